@@ -1,0 +1,127 @@
+//! Errors of the analysis core.
+//!
+//! Conventions used by every variant:
+//! * `sentence` is the 0-based index of the sentence in the request;
+//! * `layer` is the 1-based layer transition (layer `l` compares hidden state `l - 1` with
+//!   hidden state `l`), the same numbering as [`crate::analysis::stats::LayerTest::layer`];
+//! * `hidden_state` is the 0-based hidden-state index (0 = embeddings);
+//! * `position` is the 0-based token position within the sentence.
+
+/// Everything that can go wrong in the analysis core. No function of this module passes a NaN
+/// on silently: degenerate input is reported with one of these variants instead.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AnalysisError {
+    /// `angle_between` got a vector of zero norm (or an empty one): its direction, hence the
+    /// angle, is undefined.
+    #[error("angle undefined: a vector has zero norm")]
+    ZeroVector,
+    /// `angle_between` got vectors of different lengths.
+    #[error("vectors have different lengths ({a} and {b})")]
+    LengthMismatch { a: usize, b: usize },
+    /// `angle_between` got a vector with a NaN or infinite component (or one whose norm
+    /// overflows).
+    #[error("a vector has a non-finite component or norm")]
+    NonFiniteVector,
+
+    /// The target token does not occur in the sentence.
+    #[error("sentence {sentence}: target token {target} not found")]
+    TargetNotFound { sentence: usize, target: u32 },
+    /// `target position + offset` falls outside the sentence's real tokens.
+    #[error(
+        "sentence {sentence}: non-target position {position} is outside the sentence's {num_tokens} tokens"
+    )]
+    NonTargetOutOfRange {
+        sentence: usize,
+        position: i64,
+        num_tokens: usize,
+    },
+    /// A non-target offset of 0 would compare the target with itself.
+    #[error(
+        "sentence {sentence}: non-target offset 0 would make the non-target the target itself"
+    )]
+    NonTargetIsTarget { sentence: usize },
+
+    /// The hidden-state tensor does not have one row per token id.
+    #[error(
+        "sentence {sentence}: {num_ids} token ids but hidden states for {hidden_tokens} tokens"
+    )]
+    TokenCountMismatch {
+        sentence: usize,
+        num_ids: usize,
+        hidden_tokens: usize,
+    },
+    /// Fewer than two hidden states (embeddings + at least one layer) were given.
+    #[error(
+        "sentence {sentence}: {found} hidden state(s); need at least 2 (embeddings + 1 layer)"
+    )]
+    TooFewHiddenStates { sentence: usize, found: usize },
+    /// The hidden size is zero.
+    #[error("sentence {sentence}: hidden size is 0")]
+    EmptyHiddenSize { sentence: usize },
+    /// A hidden-state vector used in an angle is all zeros.
+    #[error(
+        "sentence {sentence}: hidden state {hidden_state} at position {position} is the zero vector"
+    )]
+    ZeroHiddenState {
+        sentence: usize,
+        hidden_state: usize,
+        position: usize,
+    },
+    /// A hidden-state vector used in an angle has a NaN or infinite component.
+    #[error(
+        "sentence {sentence}: hidden state {hidden_state} at position {position} is not finite"
+    )]
+    NonFiniteHiddenState {
+        sentence: usize,
+        hidden_state: usize,
+        position: usize,
+    },
+
+    /// `Rotations::assemble` got no sentences.
+    #[error("no sentences")]
+    NoSentences,
+    /// `Rotations::assemble` got the same sentence index twice.
+    #[error("sentence {sentence} appears more than once")]
+    DuplicateSentence { sentence: usize },
+    /// Sentences disagree on the number of layers (or a sentence's arrays are malformed).
+    #[error("sentence {sentence}: {found} layers, expected {expected}")]
+    LayerCountMismatch {
+        sentence: usize,
+        expected: usize,
+        found: usize,
+    },
+
+    /// A paired t-test needs at least two sentences (pairs).
+    #[error("need at least 2 sentences for a paired t-test, got {n}")]
+    NotEnoughSentences { n: u64 },
+    /// There are no layers to test.
+    #[error("no layers to test")]
+    NoLayers,
+    /// The paired differences of a layer have zero variance (to f64 working precision), so
+    /// the t statistic is undefined.
+    #[error("layer {layer}: the paired differences have zero variance; t is undefined")]
+    ZeroVariance { layer: usize },
+    /// An angle is NaN or infinite.
+    #[error("layer {layer}, sentence {sentence}: angle is not finite")]
+    NonFinite { layer: usize, sentence: usize },
+    /// Merged statistics of a layer contain a NaN or infinite sum.
+    #[error("layer {layer}: paired statistics are not finite")]
+    NonFiniteStats { layer: usize },
+    /// A condition index is not below the number of conditions.
+    #[error("condition {condition} out of range (there are {num_conditions} conditions)")]
+    ConditionOutOfRange {
+        condition: usize,
+        num_conditions: usize,
+    },
+    /// Both sides of the paired test are the same condition.
+    #[error("condition_a and condition_b are both {condition}")]
+    SameCondition { condition: usize },
+    /// `alpha` is not strictly between 0 and 1.
+    #[error("alpha must be in (0, 1), got {alpha}")]
+    InvalidAlpha { alpha: f64 },
+    /// The multiple-comparison family size is 0 or smaller than the number of tested layers.
+    #[error(
+        "num_tests must be at least the number of tested layers ({num_layers}), got {num_tests}"
+    )]
+    InvalidNumTests { num_tests: usize, num_layers: usize },
+}

@@ -1,0 +1,55 @@
+//! The science of the service, as a pure module (no model runtime, no gRPC, no async).
+//!
+//! # What is measured
+//!
+//! A transformer keeps one vector per token (the residual stream) and each layer adds to it.
+//! With `output_hidden_states` the model returns `num_layers + 1` hidden states per token:
+//! state 0 is the embedding, state `l` the output of layer `l`. The notebook asks how much a
+//! token's vector *rotates* from one layer to the next — the angle between hidden state
+//! `l − 1` and hidden state `l` at the same position — and whether a target token (`" her"`)
+//! rotates differently from the token just before it. Angles ignore vector length, which grows
+//! strongly through GPT-2's layers, so they isolate changes of direction.
+//!
+//! Three conditions per sentence and layer transition `l` ([`rotations::CONDITIONS`]):
+//! * **target** — the angle at the first occurrence of the target token ([`target::locate`]);
+//! * **non_target** — the same at `target + offset` (default: the preceding token);
+//! * **shuffled** — the angle between two vectors picked at random (random hidden state
+//!   `1..=num_layers`, random real token), a baseline for unrelated vectors
+//!   ([`shuffle::draws_for_sentence`]).
+//!
+//! Per layer, a paired t-test across sentences compares two conditions (default target vs
+//! non-target), corrected for testing every layer ([`stats::test_layers`]).
+//!
+//! # Differences from the notebook (deliberate fixes)
+//!
+//! * Angles use Kahan's `2·atan2(‖â − b̂‖, ‖â + b̂‖)` in f64 instead of float32
+//!   `acos(cos)`, which returns 0 or NaN for the tiny rotations of late layers
+//!   ([`angles::angle_between`]).
+//! * Only real tokens are used: the shuffled condition never picks padding, and a target at
+//!   position 0 is an error instead of silently wrapping `-1` to the last (padding) token.
+//! * The shuffled draws are seeded and per-sentence (ChaCha20, one stream per sentence), so
+//!   results are reproducible and independent of batching or sharding.
+//! * Bonferroni divides by the number of tests (48 layer transitions for GPT-2 XL), not by
+//!   the number of hidden states (49); other corrections (Holm, Benjamini–Hochberg) exist.
+//! * Per-layer statistics are mergeable ([`stats::PairedStats`]) for streaming and sharding.
+//!
+//! Numbering conventions: sentences are 0-based request indices; layers (transitions) are
+//! 1-based; hidden states are 0-based (0 = embeddings); token positions are 0-based.
+
+pub mod angles;
+mod error;
+pub mod rotations;
+pub mod shuffle;
+pub mod stats;
+pub mod target;
+
+pub use angles::{angle_between, AngleUnit};
+pub use error::AnalysisError;
+pub use rotations::{rotate_sentence, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
+pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+pub use stats::{
+    adjust_p_values, paired_stats, t_quantile, test_layers, test_layers_from_stats, two_sided_p,
+    Correction, Direction, LayerTest, PairedStats, SignificanceOptions, SignificanceResult,
+    CI_LEVEL,
+};
+pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};

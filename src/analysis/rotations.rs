@@ -1,0 +1,464 @@
+//! Per-sentence rotation angles (the unit of batching) and their assembly into the
+//! `[num_layers, num_sentences, 3]` tensor the notebook called `angles`.
+
+use ndarray::{Array2, Array3, ArrayView1, ArrayView3, Axis};
+
+use super::angles::{angle_between, AngleUnit};
+use super::shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+use super::stats::{test_layers, SignificanceOptions, SignificanceResult};
+use super::target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
+use super::AnalysisError;
+
+/// Names of the three conditions, in the order of the last axis of the angle tensors:
+/// the target token, the non-target comparison token, and the shuffled control.
+pub const CONDITIONS: [&str; 3] = ["target", "non_target", "shuffled"];
+
+/// What to compute for each sentence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RotationOptions {
+    /// Token id of the target token (the notebook's `tokenizer.encode(' her')[0]`).
+    pub target: u32,
+    /// Non-target position relative to the target (default −1: the preceding token).
+    pub non_target_offset: i32,
+    /// Seed of the shuffled condition (see [`draws_for_sentence`]).
+    pub seed: u64,
+    /// Unit of the reported angles.
+    pub unit: AngleUnit,
+}
+
+impl RotationOptions {
+    /// The notebook's settings for `target`: non-target = preceding token,
+    /// [`DEFAULT_SHUFFLE_SEED`], degrees.
+    pub fn new(target: u32) -> Self {
+        RotationOptions {
+            target,
+            non_target_offset: DEFAULT_NON_TARGET_OFFSET,
+            seed: DEFAULT_SHUFFLE_SEED,
+            unit: AngleUnit::Degrees,
+        }
+    }
+}
+
+/// The rotation angles of one sentence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentenceRotations {
+    /// Index of the sentence in the request (also the shuffled condition's stream number).
+    pub index: usize,
+    /// Number of real tokens (no padding).
+    pub num_tokens: usize,
+    /// Target and non-target token positions.
+    pub positions: Positions,
+    /// `[num_layers, 3]`: row `l − 1` holds, for layer transition `l`, the angle between
+    /// hidden states `l − 1` and `l` at the target position, the same at the non-target
+    /// position, and the shuffled control angle (see `draws`), in the options' unit.
+    pub angles: Array2<f64>,
+    /// `[num_layers]`: the vectors compared by the shuffled condition for each layer.
+    pub draws: Vec<ShuffleDraw>,
+}
+
+/// Computes the target, non-target and shuffled rotation angles of sentence `index`.
+///
+/// `ids` are the sentence's real token ids (no padding) and `hidden` its hidden states,
+/// `[num_hidden_states, num_tokens, hidden_size]` with `num_hidden_states = num_layers + 1`
+/// (state 0 = embeddings), real tokens only. The result does not depend on other sentences,
+/// so sentences can be computed in any batches, order or shards.
+///
+/// # Errors
+/// [`AnalysisError::TokenCountMismatch`] (`hidden.shape()[1] != ids.len()`),
+/// [`AnalysisError::TooFewHiddenStates`] (fewer than 2), [`AnalysisError::EmptyHiddenSize`],
+/// the errors of [`locate`], and [`AnalysisError::ZeroHiddenState`] /
+/// [`AnalysisError::NonFiniteHiddenState`] for a vector whose angle is undefined.
+pub fn rotate_sentence(
+    index: usize,
+    ids: &[u32],
+    hidden: ArrayView3<f32>,
+    opts: &RotationOptions,
+) -> Result<SentenceRotations, AnalysisError> {
+    let (num_states, num_tokens, hidden_size) = hidden.dim();
+    if num_tokens != ids.len() {
+        return Err(AnalysisError::TokenCountMismatch {
+            sentence: index,
+            num_ids: ids.len(),
+            hidden_tokens: num_tokens,
+        });
+    }
+    if num_states < 2 {
+        return Err(AnalysisError::TooFewHiddenStates {
+            sentence: index,
+            found: num_states,
+        });
+    }
+    if hidden_size == 0 {
+        return Err(AnalysisError::EmptyHiddenSize { sentence: index });
+    }
+    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    let num_layers = num_states - 1;
+    let draws = draws_for_sentence(opts.seed, index, num_layers, num_tokens);
+    let angle = |(s1, p1): (usize, usize), (s2, p2): (usize, usize)| {
+        vector_angle(index, hidden, (s1, p1), (s2, p2)).map(|r| opts.unit.from_radians(r))
+    };
+    let mut angles = Array2::<f64>::zeros((num_layers, CONDITIONS.len()));
+    for (l, draw) in (1..=num_layers).zip(&draws) {
+        let (t, nt) = (positions.target, positions.non_target);
+        angles[[l - 1, 0]] = angle((l - 1, t), (l, t))?;
+        angles[[l - 1, 1]] = angle((l - 1, nt), (l, nt))?;
+        angles[[l - 1, 2]] = angle(
+            (draw.layer_v as usize, draw.position_v as usize),
+            (draw.layer_u as usize, draw.position_u as usize),
+        )?;
+    }
+    Ok(SentenceRotations {
+        index,
+        num_tokens,
+        positions,
+        angles,
+        draws,
+    })
+}
+
+/// Angle in radians between `hidden[s1, p1]` and `hidden[s2, p2]`, with errors naming the
+/// offending vector.
+fn vector_angle(
+    sentence: usize,
+    hidden: ArrayView3<f32>,
+    (s1, p1): (usize, usize),
+    (s2, p2): (usize, usize),
+) -> Result<f64, AnalysisError> {
+    let v = |s: usize, p: usize| hidden.index_axis(Axis(0), s).index_axis_move(Axis(0), p);
+    let (a, b) = (v(s1, p1), v(s2, p2));
+    angle_between(a, b).map_err(|_| {
+        let bad = |x: &ArrayView1<f32>| x.iter().any(|c| !c.is_finite());
+        let (hidden_state, position, non_finite) = if bad(&a) {
+            (s1, p1, true)
+        } else if bad(&b) {
+            (s2, p2, true)
+        } else if a.iter().all(|&c| c == 0.0) {
+            (s1, p1, false)
+        } else {
+            (s2, p2, false)
+        };
+        if non_finite {
+            AnalysisError::NonFiniteHiddenState {
+                sentence,
+                hidden_state,
+                position,
+            }
+        } else {
+            AnalysisError::ZeroHiddenState {
+                sentence,
+                hidden_state,
+                position,
+            }
+        }
+    })
+}
+
+/// The rotations of all sentences of a request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rotations {
+    /// Unit of the angles.
+    pub unit: AngleUnit,
+    /// `[num_layers, num_sentences, 3]` (the notebook's `angles`): layer transition, sentence
+    /// (in index order), condition ([`CONDITIONS`]).
+    pub angles: Array3<f64>,
+    /// The per-sentence results, sorted by index.
+    pub sentences: Vec<SentenceRotations>,
+}
+
+impl Rotations {
+    /// Assembles per-sentence results (in any order, e.g. from batches or shards) into one
+    /// tensor, sorted by sentence index. `unit` must be the unit the sentences were computed
+    /// in.
+    ///
+    /// # Errors
+    /// [`AnalysisError::NoSentences`], [`AnalysisError::DuplicateSentence`], and
+    /// [`AnalysisError::LayerCountMismatch`] if a sentence's layer count (or the shape of its
+    /// `angles`/`draws`) differs from the lowest-index sentence's.
+    pub fn assemble(
+        unit: AngleUnit,
+        mut sentences: Vec<SentenceRotations>,
+    ) -> Result<Self, AnalysisError> {
+        sentences.sort_by_key(|s| s.index);
+        let first = sentences.first().ok_or(AnalysisError::NoSentences)?;
+        let num_layers = first.angles.nrows();
+        for (i, s) in sentences.iter().enumerate() {
+            if i > 0 && sentences[i - 1].index == s.index {
+                return Err(AnalysisError::DuplicateSentence { sentence: s.index });
+            }
+            let (rows, cols) = s.angles.dim();
+            if rows != num_layers || cols != CONDITIONS.len() || s.draws.len() != num_layers {
+                return Err(AnalysisError::LayerCountMismatch {
+                    sentence: s.index,
+                    expected: num_layers,
+                    found: rows,
+                });
+            }
+        }
+        let mut angles = Array3::<f64>::zeros((num_layers, sentences.len(), CONDITIONS.len()));
+        for (j, s) in sentences.iter().enumerate() {
+            angles.index_axis_mut(Axis(1), j).assign(&s.angles);
+        }
+        Ok(Rotations {
+            unit,
+            angles,
+            sentences,
+        })
+    }
+
+    /// Number of layer transitions.
+    pub fn num_layers(&self) -> usize {
+        self.angles.shape()[0]
+    }
+
+    /// Number of sentences.
+    pub fn num_sentences(&self) -> usize {
+        self.angles.shape()[1]
+    }
+
+    /// `[num_layers, 3]`: the mean angle over sentences per layer and condition (the thick
+    /// lines of the notebook's plot), in [`Self::unit`].
+    pub fn layer_means(&self) -> Array2<f64> {
+        self.angles
+            .mean_axis(Axis(1))
+            .expect("assemble guarantees at least one sentence")
+    }
+
+    /// All shuffled draws, layer-major: element `l·num_sentences + j` is layer `l + 1` of the
+    /// `j`-th sentence in index order.
+    pub fn draws_row_major(&self) -> Vec<ShuffleDraw> {
+        (0..self.num_layers())
+            .flat_map(|l| self.sentences.iter().map(move |s| s.draws[l]))
+            .collect()
+    }
+
+    /// The per-layer paired t-tests of these angles (see [`test_layers`]).
+    pub fn significance(
+        &self,
+        opts: &SignificanceOptions,
+    ) -> Result<SignificanceResult, AnalysisError> {
+        test_layers(self.angles.view(), opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+    use std::f64::consts::PI;
+
+    const T: u32 = 607;
+
+    /// Hidden states of a toy model: `[states, tokens, 2]`, the vector of state `s` at
+    /// position `p` is the unit vector at angle `phase(s, p)`, so every angle is known.
+    fn phase(s: usize, p: usize) -> f64 {
+        0.01 * (s * s) as f64 + 0.1 * p as f64 + 0.003 * (s * p) as f64
+    }
+
+    fn toy(states: usize, tokens: usize) -> Array3<f32> {
+        Array3::from_shape_fn((states, tokens, 2), |(s, p, k)| {
+            let a = phase(s, p);
+            (if k == 0 { a.cos() } else { a.sin() }) as f32
+        })
+    }
+
+    fn expected(s1: usize, p1: usize, s2: usize, p2: usize) -> f64 {
+        (phase(s1, p1) - phase(s2, p2)).abs()
+    }
+
+    #[test]
+    fn options_defaults() {
+        let o = RotationOptions::new(T);
+        assert_eq!(o.target, T);
+        assert_eq!(o.non_target_offset, -1);
+        assert_eq!(o.seed, DEFAULT_SHUFFLE_SEED);
+        assert_eq!(o.unit, AngleUnit::Degrees);
+        assert_eq!(CONDITIONS, ["target", "non_target", "shuffled"]);
+    }
+
+    #[test]
+    fn angles_of_a_toy_model() {
+        let ids = [1, 2, T, 3, T];
+        let hidden = toy(5, 5);
+        let opts = RotationOptions {
+            unit: AngleUnit::Radians,
+            ..RotationOptions::new(T)
+        };
+        let r = rotate_sentence(3, &ids, hidden.view(), &opts).unwrap();
+        assert_eq!(r.index, 3);
+        assert_eq!(r.num_tokens, 5);
+        assert_eq!(
+            r.positions,
+            Positions {
+                target: 2,
+                non_target: 1
+            }
+        );
+        assert_eq!(r.angles.dim(), (4, 3));
+        assert_eq!(r.draws, draws_for_sentence(DEFAULT_SHUFFLE_SEED, 3, 4, 5));
+        for l in 1..=4 {
+            // f32 storage of the toy vectors limits agreement to ~1e-7 absolute.
+            assert!((r.angles[[l - 1, 0]] - expected(l - 1, 2, l, 2)).abs() < 1e-6);
+            assert!((r.angles[[l - 1, 1]] - expected(l - 1, 1, l, 1)).abs() < 1e-6);
+            let d = r.draws[l - 1];
+            let (sv, pv, su, pu) = (
+                d.layer_v as usize,
+                d.position_v as usize,
+                d.layer_u as usize,
+                d.position_u as usize,
+            );
+            assert!(sv >= 1 && su >= 1);
+            assert!((r.angles[[l - 1, 2]] - expected(sv, pv, su, pu)).abs() < 1e-6);
+        }
+        // Degrees are the same angles converted.
+        let deg = rotate_sentence(3, &ids, hidden.view(), &RotationOptions::new(T)).unwrap();
+        for (d, rad) in deg.angles.iter().zip(r.angles.iter()) {
+            assert_relative_eq!(*d, rad * 180.0 / PI, max_relative = 1e-14);
+        }
+    }
+
+    #[test]
+    fn errors_name_sentence_and_vector() {
+        let ids = [1, T, 3];
+        let hidden = toy(4, 3);
+        let opts = RotationOptions::new(T);
+        assert_eq!(
+            rotate_sentence(2, &ids[..2], hidden.view(), &opts),
+            Err(AnalysisError::TokenCountMismatch {
+                sentence: 2,
+                num_ids: 2,
+                hidden_tokens: 3
+            })
+        );
+        assert_eq!(
+            rotate_sentence(2, &ids, hidden.slice(ndarray::s![..1, .., ..]), &opts),
+            Err(AnalysisError::TooFewHiddenStates {
+                sentence: 2,
+                found: 1
+            })
+        );
+        assert_eq!(
+            rotate_sentence(2, &ids, hidden.slice(ndarray::s![.., .., ..0]), &opts),
+            Err(AnalysisError::EmptyHiddenSize { sentence: 2 })
+        );
+        assert_eq!(
+            rotate_sentence(2, &[T, 1, 3], hidden.view(), &opts),
+            Err(AnalysisError::NonTargetOutOfRange {
+                sentence: 2,
+                position: -1,
+                num_tokens: 3
+            })
+        );
+        assert_eq!(
+            rotate_sentence(2, &[4, 5, 6], hidden.view(), &opts),
+            Err(AnalysisError::TargetNotFound {
+                sentence: 2,
+                target: T
+            })
+        );
+        let mut zero = hidden.clone();
+        zero.index_axis_mut(Axis(0), 2)
+            .index_axis_mut(Axis(0), 1)
+            .fill(0.0);
+        assert_eq!(
+            rotate_sentence(2, &ids, zero.view(), &opts),
+            Err(AnalysisError::ZeroHiddenState {
+                sentence: 2,
+                hidden_state: 2,
+                position: 1
+            })
+        );
+        let mut nan = hidden.clone();
+        nan[[1, 0, 1]] = f32::NAN;
+        assert_eq!(
+            rotate_sentence(2, &ids, nan.view(), &opts),
+            Err(AnalysisError::NonFiniteHiddenState {
+                sentence: 2,
+                hidden_state: 1,
+                position: 0
+            })
+        );
+    }
+
+    fn sentences(n: usize, opts: &RotationOptions) -> Vec<SentenceRotations> {
+        (0..n)
+            .map(|i| {
+                let tokens = 3 + i % 4;
+                let mut ids: Vec<u32> = (100..100 + tokens as u32).collect();
+                ids[1 + i % (tokens - 1)] = T;
+                let hidden = toy(7, tokens);
+                rotate_sentence(i, &ids, hidden.view(), opts).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn assembly_is_independent_of_batching_order() {
+        let opts = RotationOptions::new(T);
+        let all = sentences(9, &opts);
+        let ordered = Rotations::assemble(opts.unit, all.clone()).unwrap();
+        let mut shuffled = all.clone();
+        shuffled.reverse();
+        shuffled.swap(0, 4);
+        let reassembled = Rotations::assemble(opts.unit, shuffled).unwrap();
+        assert_eq!(ordered, reassembled);
+        assert_eq!(ordered.num_layers(), 6);
+        assert_eq!(ordered.num_sentences(), 9);
+        assert_eq!(ordered.angles.dim(), (6, 9, 3));
+        for (j, s) in ordered.sentences.iter().enumerate() {
+            assert_eq!(s.index, j);
+            for l in 0..6 {
+                for c in 0..3 {
+                    assert_eq!(ordered.angles[[l, j, c]], s.angles[[l, c]]);
+                }
+            }
+        }
+        // Layer means.
+        let means = ordered.layer_means();
+        assert_eq!(means.dim(), (6, 3));
+        for l in 0..6 {
+            for c in 0..3 {
+                let m = (0..9).map(|j| ordered.angles[[l, j, c]]).sum::<f64>() / 9.0;
+                assert_relative_eq!(means[[l, c]], m, max_relative = 1e-14);
+            }
+        }
+        // Draws, layer-major.
+        let draws = ordered.draws_row_major();
+        assert_eq!(draws.len(), 6 * 9);
+        for l in 0..6 {
+            for j in 0..9 {
+                assert_eq!(draws[l * 9 + j], ordered.sentences[j].draws[l]);
+            }
+        }
+        // The t-test shortcut.
+        let sig = ordered
+            .significance(&SignificanceOptions::default())
+            .unwrap();
+        assert_eq!(sig.layers.len(), 6);
+    }
+
+    #[test]
+    fn assembly_errors() {
+        let opts = RotationOptions::new(T);
+        assert_eq!(
+            Rotations::assemble(opts.unit, vec![]),
+            Err(AnalysisError::NoSentences)
+        );
+        let mut all = sentences(3, &opts);
+        all.push(all[1].clone());
+        assert_eq!(
+            Rotations::assemble(opts.unit, all),
+            Err(AnalysisError::DuplicateSentence { sentence: 1 })
+        );
+        let mut all = sentences(3, &opts);
+        let short = rotate_sentence(7, &[1, T], toy(3, 2).view(), &opts).unwrap();
+        all.push(short);
+        assert_eq!(
+            Rotations::assemble(opts.unit, all),
+            Err(AnalysisError::LayerCountMismatch {
+                sentence: 7,
+                expected: 6,
+                found: 2
+            })
+        );
+    }
+}

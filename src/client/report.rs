@@ -1,0 +1,229 @@
+//! Tables and files from an `Analysis` response.
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::proto;
+
+/// An `Analysis` unpacked for printing and plotting.
+pub struct Report {
+    pub unit: &'static str,
+    pub num_layers: usize,
+    pub num_sentences: usize,
+    /// `[layer][sentence][condition]` row-major.
+    pub angles: Vec<f32>,
+    pub layer_means: Vec<f32>,
+    pub conditions: Vec<String>,
+    pub significance: proto::SignificanceResult,
+    pub rotations: proto::RotationResult,
+    pub sentences: Vec<String>,
+}
+
+impl Report {
+    pub fn new(analysis: &proto::Analysis, sentences: &[String]) -> anyhow::Result<Self> {
+        let rotations = analysis
+            .rotations
+            .clone()
+            .context("response has no rotations")?;
+        let significance = analysis
+            .significance
+            .clone()
+            .context("response has no significance")?;
+        let angles = rotations
+            .angles
+            .clone()
+            .context("response has no angle tensor")?;
+        let means = rotations
+            .layer_means
+            .clone()
+            .context("response has no layer means")?;
+        let [l, s, c] = angles.shape[..] else {
+            anyhow::bail!("angle tensor is not 3-dimensional")
+        };
+        anyhow::ensure!(
+            c == 3 && angles.values.len() == (l * s * c) as usize,
+            "angle tensor shape {:?} does not match its values",
+            angles.shape
+        );
+        let unit = match proto::AngleUnit::try_from(rotations.unit) {
+            Ok(proto::AngleUnit::Radians) => "radians",
+            _ => "degrees",
+        };
+        Ok(Self {
+            unit,
+            num_layers: l as usize,
+            num_sentences: s as usize,
+            angles: angles.values,
+            layer_means: means.values,
+            conditions: rotations.conditions.clone(),
+            significance,
+            rotations,
+            sentences: sentences.to_vec(),
+        })
+    }
+
+    pub fn angle(&self, layer: usize, sentence: usize, condition: usize) -> f32 {
+        self.angles[(layer * self.num_sentences + sentence) * 3 + condition]
+    }
+
+    pub fn mean(&self, layer: usize, condition: usize) -> f32 {
+        self.layer_means[layer * 3 + condition]
+    }
+
+    /// The per-layer table: mean angles per condition, and the t-test.
+    pub fn table(&self) -> String {
+        let sig = &self.significance;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} sentences, {} layers; mean angle to the previous layer in {}; paired t-test {} vs {}, {} (alpha {}, {} tests)",
+            self.num_sentences,
+            self.num_layers,
+            self.unit,
+            self.conditions.get(sig.condition_a as usize).map_or("?", String::as_str),
+            self.conditions.get(sig.condition_b as usize).map_or("?", String::as_str),
+            correction_name(sig.correction),
+            sig.alpha,
+            sig.num_tests,
+        );
+        let _ = writeln!(
+            out,
+            "{:>5} {:>10} {:>10} {:>10} {:>9} {:>11} {:>11}  {}",
+            "layer", "target", "non_target", "shuffled", "t", "p", "p_adj", "significant"
+        );
+        for (k, t) in sig.layers.iter().enumerate() {
+            let verdict = match proto::Direction::try_from(t.direction) {
+                Ok(proto::Direction::AGreater) => "yes: a > b",
+                Ok(proto::Direction::BGreater) => "yes: b > a",
+                _ => "no",
+            };
+            let _ = writeln!(
+                out,
+                "{:>5} {:>10.4} {:>10.4} {:>10.4} {:>9.3} {:>11.3e} {:>11.3e}  {}",
+                t.layer,
+                self.mean(k, 0),
+                self.mean(k, 1),
+                self.mean(k, 2),
+                t.t,
+                t.p,
+                t.p_adjusted,
+                verdict
+            );
+        }
+        out
+    }
+
+    fn angles_csv(&self) -> String {
+        let mut out = String::from("layer,sentence,target,non_target,shuffled\n");
+        for l in 0..self.num_layers {
+            for s in 0..self.num_sentences {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{}",
+                    l + 1,
+                    s,
+                    self.angle(l, s, 0),
+                    self.angle(l, s, 1),
+                    self.angle(l, s, 2)
+                );
+            }
+        }
+        out
+    }
+
+    fn significance_csv(&self) -> String {
+        let mut out = String::from(
+            "layer,t,p,p_adjusted,df,mean_difference,sd_difference,cohens_dz,ci_low,ci_high,significant,direction\n",
+        );
+        for t in &self.significance.layers {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{}",
+                t.layer,
+                t.t,
+                t.p,
+                t.p_adjusted,
+                t.df,
+                t.mean_difference,
+                t.sd_difference,
+                t.cohens_dz,
+                t.ci_low,
+                t.ci_high,
+                t.significant,
+                direction_name(t.direction)
+            );
+        }
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let r = &self.rotations;
+        let sig = &self.significance;
+        serde_json::json!({
+            "model_name": r.model_name,
+            "target_token_id": r.target_token_id,
+            "unit": self.unit,
+            "shuffle_seed": r.shuffle_seed,
+            "conditions": self.conditions,
+            "shape": [self.num_layers, self.num_sentences, 3],
+            "angles": (0..self.num_layers).map(|l| (0..self.num_sentences)
+                .map(|s| [self.angle(l, s, 0), self.angle(l, s, 1), self.angle(l, s, 2)]).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "layer_means": (0..self.num_layers).map(|l| [self.mean(l, 0), self.mean(l, 1), self.mean(l, 2)]).collect::<Vec<_>>(),
+            "sentences": r.sentences.iter().map(|s| serde_json::json!({
+                "index": s.index,
+                "text": self.sentences.get(s.index as usize),
+                "num_tokens": s.num_tokens,
+                "target_position": s.target_position,
+                "non_target_position": s.non_target_position,
+            })).collect::<Vec<_>>(),
+            "shuffle_draws": r.shuffle_draws.iter().map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect::<Vec<_>>(),
+            "significance": {
+                "alpha": sig.alpha,
+                "correction": correction_name(sig.correction),
+                "threshold": sig.threshold,
+                "num_tests": sig.num_tests,
+                "condition_a": sig.condition_a,
+                "condition_b": sig.condition_b,
+                "layers": sig.layers.iter().map(|t| serde_json::json!({
+                    "layer": t.layer, "t": t.t, "p": t.p, "p_adjusted": t.p_adjusted, "df": t.df,
+                    "mean_difference": t.mean_difference, "sd_difference": t.sd_difference,
+                    "cohens_dz": t.cohens_dz, "ci_low": t.ci_low, "ci_high": t.ci_high,
+                    "significant": t.significant, "direction": direction_name(t.direction),
+                })).collect::<Vec<_>>(),
+            },
+        })
+    }
+
+    /// Writes angles.csv, significance.csv, analysis.json, angles.svg and significance.svg into `dir`.
+    pub fn write_all(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let write = |name: &str, body: String| {
+            std::fs::write(dir.join(name), body)
+                .with_context(|| format!("cannot write {}", dir.join(name).display()))
+        };
+        write("angles.csv", self.angles_csv())?;
+        write("significance.csv", self.significance_csv())?;
+        write("analysis.json", serde_json::to_string_pretty(&self.json())?)?;
+        super::plots::angles_figure(self, &dir.join("angles.svg"))?;
+        super::plots::significance_figure(self, &dir.join("significance.svg"))?;
+        Ok(())
+    }
+}
+
+fn correction_name(c: i32) -> &'static str {
+    match proto::Correction::try_from(c) {
+        Ok(proto::Correction::Holm) => "holm",
+        Ok(proto::Correction::BenjaminiHochberg) => "benjamini-hochberg",
+        Ok(proto::Correction::None) => "none",
+        _ => "bonferroni",
+    }
+}
+
+fn direction_name(d: i32) -> &'static str {
+    match proto::Direction::try_from(d) {
+        Ok(proto::Direction::AGreater) => "a_greater",
+        Ok(proto::Direction::BGreater) => "b_greater",
+        _ => "not_significant",
+    }
+}

@@ -1,0 +1,188 @@
+//! Command line and environment: one clap struct per command, every flag also an environment variable.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::ExecutionProvider;
+
+/// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
+pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
+pub const DEFAULT_PORT: u16 = 50051;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rotations",
+    version,
+    about = "How far GPT-2's hidden state of a token rotates from layer to layer"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API.
+    Serve(ServeConfig),
+    /// Run the notebook's analysis on a server; write tables, JSON and the two figures.
+    Analyze(AnalyzeArgs),
+    /// Print the served model's shape.
+    Info(ClientArgs),
+    /// Show how texts tokenize (to pick a target).
+    Tokenize(TokenizeArgs),
+    /// Exit 0 when the server reports SERVING (for container health checks).
+    Health(ClientArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything the server needs, in one place.
+#[derive(Clone, Debug, Args)]
+pub struct ServeConfig {
+    /// Model directory written by tools/export_model.py (model.onnx, tokenizer.json, model.json).
+    #[arg(long, env = "ROTATIONS_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
+    pub model_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "ROTATIONS_HOST", default_value = "0.0.0.0")]
+    pub host: std::net::IpAddr,
+    /// gRPC port (0 picks a free one).
+    #[arg(long, env = "ROTATIONS_PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Where the model runs: cpu, cuda, or auto (CUDA if it registers, else CPU).
+    #[arg(long, env = "ROTATIONS_EXECUTION_PROVIDER", value_enum, default_value_t = ExecutionProvider::Cpu)]
+    pub execution_provider: ExecutionProvider,
+    /// ONNX Runtime intra-op threads (0 = one per core).
+    #[arg(long, env = "ROTATIONS_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Path of libonnxruntime.so [default: .ort/lib/ of the checkout, or next to the binary].
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "ROTATIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Most tokens (padding included) in one forward pass.
+    #[arg(long, env = "ROTATIONS_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    pub max_batch_tokens: usize,
+    /// Most sentences in one forward pass.
+    #[arg(long, env = "ROTATIONS_MAX_BATCH_SENTENCES", default_value_t = 64)]
+    pub max_batch_sentences: usize,
+    /// Most sentences in one unary request.
+    #[arg(long, env = "ROTATIONS_MAX_SENTENCES", default_value_t = 4096)]
+    pub max_sentences: usize,
+    /// Largest gRPC message in bytes, either way (a GPT-2 XL result for 4096 sentences is about 6 MB).
+    #[arg(long, env = "ROTATIONS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Most requests computed at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ROTATIONS_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
+}
+
+impl ServeConfig {
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+
+    /// The ONNX Runtime library: the flag or ORT_DYLIB_PATH, else the first default that exists.
+    pub fn ort_library(&self) -> PathBuf {
+        resolve_ort_library(self.ort_library.clone())
+    }
+}
+
+/// Finds libonnxruntime.so: an explicit path wins; else `.ort/lib/` under the working directory (where
+/// `scripts/fetch-ort` puts it), then beside the binary, then `../lib` of the binary (the container layout).
+pub fn resolve_ort_library(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p;
+    }
+    let mut candidates = vec![PathBuf::from(".ort/lib/libonnxruntime.so")];
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(PathBuf::from))
+    {
+        candidates.push(dir.join("libonnxruntime.so"));
+        candidates.push(dir.join("../lib/libonnxruntime.so"));
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| candidates[0].clone())
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(
+        long,
+        env = "ROTATIONS_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Texts to tokenize.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum UnitArg {
+    #[default]
+    Degrees,
+    Radians,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum CorrectionArg {
+    #[default]
+    Bonferroni,
+    Holm,
+    BenjaminiHochberg,
+    None,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Text file, one sentence per line (blank lines skipped).
+    #[arg(long)]
+    pub sentences: PathBuf,
+    /// Target as text; must be one token (note the leading space: " her").
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "target_id")]
+    pub target: Option<String>,
+    /// Target as a token id.
+    #[arg(long)]
+    pub target_id: Option<u32>,
+    /// Angle unit.
+    #[arg(long, value_enum, default_value_t = UnitArg::Degrees)]
+    pub unit: UnitArg,
+    /// Seed of the shuffled control [default: the server's, 20250901].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Non-target position relative to the target [default: -1, the token before].
+    #[arg(long, allow_hyphen_values = true)]
+    pub offset: Option<i32>,
+    /// Multiple-comparison correction.
+    #[arg(long, value_enum, default_value_t = CorrectionArg::Bonferroni)]
+    pub correction: CorrectionArg,
+    /// Significance level.
+    #[arg(long, default_value_t = 0.05)]
+    pub alpha: f64,
+    /// Bonferroni divisor [default: number of layers].
+    #[arg(long)]
+    pub num_tests: Option<u32>,
+    /// Output folder.
+    #[arg(long, default_value = "analysis-output")]
+    pub out: PathBuf,
+}

@@ -1,0 +1,62 @@
+//! The service's one error type, and its one mapping to gRPC status codes.
+use tonic::{Code, Status};
+
+use crate::analysis::AnalysisError;
+use crate::model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input the analysis cannot use (target missing in a sentence, too few sentences, …).
+    #[error(transparent)]
+    Analysis(#[from] AnalysisError),
+
+    #[error(transparent)]
+    Model(#[from] ModelError),
+
+    /// A request field that is missing or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+
+    /// A configured limit was hit; says which and its value.
+    #[error("{0}")]
+    Overloaded(String),
+
+    #[error("the model is not loaded yet")]
+    NotReady,
+
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        // Exhaustive on purpose: a new error variant does not compile until someone picks its code.
+        let code = match &e {
+            Error::Analysis(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::Model(m) => match m {
+                ModelError::BadInput { .. } => Code::InvalidArgument,
+                ModelError::WorkerGone => Code::Unavailable,
+                ModelError::Runtime(_)
+                | ModelError::MissingFile { .. }
+                | ModelError::Manifest { .. }
+                | ModelError::GraphMismatch(_)
+                | ModelError::TokenizerMismatch { .. }
+                | ModelError::Tokenizer(_)
+                | ModelError::RuntimeLibrary { .. }
+                | ModelError::ProviderUnavailable { .. } => Code::Internal,
+            },
+            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::NotReady | Error::ShuttingDown => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,95 @@
+//! The thread that owns the backend. ONNX Runtime's `Session::run` takes `&mut self` and blocks for the
+//! whole forward pass, so it lives here, fed over a channel, and never blocks the async executor.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use super::{Backend, ModelError, SentenceHidden};
+
+type Reply = oneshot::Sender<Result<Vec<SentenceHidden>, ModelError>>;
+
+struct Job {
+    batch: Vec<Vec<u32>>,
+    reply: Reply,
+    /// The caller's span, so the forward pass shows up inside the request's trace.
+    span: tracing::Span,
+}
+
+/// Handle to the worker thread; cheap to clone. The thread ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct ModelWorker {
+    tx: mpsc::Sender<Job>,
+}
+
+impl ModelWorker {
+    /// Starts the thread, builds the backend on it (ONNX Runtime sessions stay on the thread that made them)
+    /// and waits until it is ready. Returns the execution provider the backend runs on.
+    pub fn spawn<B, F>(make: F) -> Result<(Self, &'static str), ModelError>
+    where
+        B: Backend,
+        F: FnOnce() -> Result<B, ModelError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("model-worker".into())
+            .spawn(move || {
+                let mut backend = match make() {
+                    Ok(b) => {
+                        let _ = ready_tx.send(Ok(b.provider()));
+                        b
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(job) = rx.recv() {
+                    let _entered = job.span.enter();
+                    if job.reply.is_closed() {
+                        continue; // the caller has gone: skip the work
+                    }
+                    // A panic inside the runtime fails this batch only; the worker keeps serving.
+                    let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&job.batch)))
+                        .unwrap_or_else(|_| {
+                            Err(ModelError::Runtime("forward pass panicked".into()))
+                        });
+                    let _ = job.reply.send(result);
+                }
+            })
+            .map_err(|e| ModelError::Runtime(format!("cannot start the model thread: {e}")))?;
+        let provider = ready_rx.recv().map_err(|_| ModelError::WorkerGone)??;
+        Ok((Self { tx }, provider))
+    }
+
+    fn submit(
+        &self,
+        batch: Vec<Vec<u32>>,
+    ) -> Result<oneshot::Receiver<Result<Vec<SentenceHidden>, ModelError>>, ModelError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                batch,
+                reply,
+                span: tracing::Span::current(),
+            })
+            .map_err(|_| ModelError::WorkerGone)?;
+        Ok(rx)
+    }
+
+    pub async fn forward(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
+        self.submit(batch)?
+            .await
+            .map_err(|_| ModelError::WorkerGone)?
+    }
+
+    pub fn forward_blocking(
+        &self,
+        batch: Vec<Vec<u32>>,
+    ) -> Result<Vec<SentenceHidden>, ModelError> {
+        self.submit(batch)?
+            .blocking_recv()
+            .map_err(|_| ModelError::WorkerGone)?
+    }
+}

@@ -1,0 +1,253 @@
+//! Wire messages ↔ domain types, at the edge: the core never sees unchecked input.
+use ndarray::{Array3, ArrayView2, ArrayView3};
+
+use crate::analysis::{
+    AngleUnit, Correction, Direction, LayerTest, Rotations, SignificanceOptions,
+    SignificanceResult, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+};
+use crate::engine::{RotationJob, Target};
+use crate::error::Error;
+use crate::model::{ModelInfo, Tokenized};
+use crate::proto;
+
+/// Request-size limits checked before any work.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLimits {
+    pub max_sentences: usize,
+}
+
+pub fn rotation_job(
+    req: &proto::RotationRequest,
+    limits: RequestLimits,
+) -> Result<RotationJob, Error> {
+    if req.sentences.is_empty() {
+        return Err(Error::invalid("sentences", "no sentences given"));
+    }
+    if req.sentences.len() > limits.max_sentences {
+        return Err(Error::invalid(
+            "sentences",
+            format!(
+                "{} sentences exceed the limit of {} per request (max_sentences); split the corpus",
+                req.sentences.len(),
+                limits.max_sentences
+            ),
+        ));
+    }
+    let target = match &req.target {
+        Some(proto::rotation_request::Target::TargetText(t)) if !t.is_empty() => {
+            Target::Text(t.clone())
+        }
+        Some(proto::rotation_request::Target::TargetText(_)) => {
+            return Err(Error::invalid("target_text", "is empty"));
+        }
+        Some(proto::rotation_request::Target::TargetTokenId(id)) => Target::Id(*id),
+        None => {
+            return Err(Error::invalid(
+                "target",
+                "set target_text (e.g. \" her\") or target_token_id",
+            ))
+        }
+    };
+    Ok(RotationJob {
+        sentences: req.sentences.clone(),
+        target,
+        unit: angle_unit(req.unit)?,
+        non_target_offset: req.non_target_offset.unwrap_or(DEFAULT_NON_TARGET_OFFSET),
+        seed: req.shuffle_seed.unwrap_or(DEFAULT_SHUFFLE_SEED),
+    })
+}
+
+fn angle_unit(raw: i32) -> Result<AngleUnit, Error> {
+    match proto::AngleUnit::try_from(raw) {
+        Ok(proto::AngleUnit::Unspecified | proto::AngleUnit::Degrees) => Ok(AngleUnit::Degrees),
+        Ok(proto::AngleUnit::Radians) => Ok(AngleUnit::Radians),
+        Err(_) => Err(Error::invalid(
+            "unit",
+            format!("unknown AngleUnit value {raw}"),
+        )),
+    }
+}
+
+fn unit_to_proto(unit: AngleUnit) -> proto::AngleUnit {
+    match unit {
+        AngleUnit::Degrees => proto::AngleUnit::Degrees,
+        AngleUnit::Radians => proto::AngleUnit::Radians,
+    }
+}
+
+pub fn significance_options(
+    opts: Option<&proto::SignificanceOptions>,
+) -> Result<SignificanceOptions, Error> {
+    let defaults = SignificanceOptions::default();
+    let Some(o) = opts else { return Ok(defaults) };
+    let correction = match proto::Correction::try_from(o.correction) {
+        Ok(proto::Correction::Unspecified | proto::Correction::Bonferroni) => {
+            Correction::Bonferroni
+        }
+        Ok(proto::Correction::Holm) => Correction::Holm,
+        Ok(proto::Correction::BenjaminiHochberg) => Correction::BenjaminiHochberg,
+        Ok(proto::Correction::None) => Correction::None,
+        Err(_) => {
+            return Err(Error::invalid(
+                "significance.correction",
+                format!("unknown Correction value {}", o.correction),
+            ))
+        }
+    };
+    Ok(SignificanceOptions {
+        condition_a: o.condition_a.map_or(defaults.condition_a, |c| c as usize),
+        condition_b: o.condition_b.map_or(defaults.condition_b, |c| c as usize),
+        alpha: o.alpha.unwrap_or(defaults.alpha),
+        correction,
+        num_tests: o.num_tests.map(|n| n as usize),
+    })
+}
+
+fn correction_to_proto(c: Correction) -> proto::Correction {
+    match c {
+        Correction::Bonferroni => proto::Correction::Bonferroni,
+        Correction::Holm => proto::Correction::Holm,
+        Correction::BenjaminiHochberg => proto::Correction::BenjaminiHochberg,
+        Correction::None => proto::Correction::None,
+    }
+}
+
+/// A client's angle tensor `[layers, sentences, conditions]` as f64.
+pub fn angles_from_proto(t: Option<&proto::Tensor>) -> Result<Array3<f64>, Error> {
+    let t = t.ok_or_else(|| Error::invalid("angles", "missing"))?;
+    let [l, s, c] = t.shape[..] else {
+        return Err(Error::invalid(
+            "angles.shape",
+            format!(
+                "must have 3 dimensions [layers, sentences, conditions], has {}",
+                t.shape.len()
+            ),
+        ));
+    };
+    let (l, s, c) = (l as usize, s as usize, c as usize);
+    let expected = l.checked_mul(s).and_then(|n| n.checked_mul(c));
+    if expected != Some(t.values.len()) {
+        return Err(Error::invalid(
+            "angles.values",
+            format!(
+                "shape [{l}, {s}, {c}] needs {} values, got {}",
+                l * s * c,
+                t.values.len()
+            ),
+        ));
+    }
+    Ok(
+        Array3::from_shape_vec((l, s, c), t.values.iter().map(|&v| f64::from(v)).collect())
+            .expect("length checked above"),
+    )
+}
+
+fn tensor3(a: ArrayView3<f64>) -> proto::Tensor {
+    proto::Tensor {
+        shape: a.shape().iter().map(|&d| d as u32).collect(),
+        values: a.iter().map(|&v| v as f32).collect(),
+    }
+}
+
+fn tensor2(a: ArrayView2<f64>) -> proto::Tensor {
+    proto::Tensor {
+        shape: a.shape().iter().map(|&d| d as u32).collect(),
+        values: a.iter().map(|&v| v as f32).collect(),
+    }
+}
+
+pub fn rotation_result(
+    r: &Rotations,
+    seed: u64,
+    target: u32,
+    model_name: &str,
+) -> proto::RotationResult {
+    proto::RotationResult {
+        angles: Some(tensor3(r.angles.view())),
+        conditions: CONDITIONS.iter().map(|c| c.to_string()).collect(),
+        unit: unit_to_proto(r.unit) as i32,
+        layer_means: Some(tensor2(r.layer_means().view())),
+        sentences: r
+            .sentences
+            .iter()
+            .map(|s| proto::SentenceReport {
+                index: s.index as u32,
+                num_tokens: s.num_tokens as u32,
+                target_position: s.positions.target as u32,
+                non_target_position: s.positions.non_target as u32,
+            })
+            .collect(),
+        shuffle_draws: r
+            .draws_row_major()
+            .into_iter()
+            .map(|d| proto::ShuffleDraw {
+                layer_v: d.layer_v,
+                position_v: d.position_v,
+                layer_u: d.layer_u,
+                position_u: d.position_u,
+            })
+            .collect(),
+        shuffle_seed: seed,
+        model_name: model_name.to_string(),
+        target_token_id: target,
+    }
+}
+
+pub fn significance_result(
+    r: &SignificanceResult,
+    opts: &SignificanceOptions,
+) -> proto::SignificanceResult {
+    proto::SignificanceResult {
+        layers: r.layers.iter().map(layer_test).collect(),
+        alpha: r.alpha,
+        correction: correction_to_proto(r.correction) as i32,
+        threshold: r.threshold,
+        num_tests: r.num_tests as u32,
+        condition_a: opts.condition_a as u32,
+        condition_b: opts.condition_b as u32,
+    }
+}
+
+fn layer_test(t: &LayerTest) -> proto::LayerTest {
+    proto::LayerTest {
+        layer: t.layer as u32,
+        t: t.t,
+        p: t.p,
+        p_adjusted: t.p_adjusted,
+        df: t.df,
+        mean_difference: t.mean_difference,
+        sd_difference: t.sd_difference,
+        cohens_dz: t.cohens_dz,
+        ci_low: t.ci_low,
+        ci_high: t.ci_high,
+        significant: t.significant,
+        direction: match t.direction {
+            Direction::NotSignificant => proto::Direction::NotSignificant,
+            Direction::AGreater => proto::Direction::AGreater,
+            Direction::BGreater => proto::Direction::BGreater,
+        } as i32,
+    }
+}
+
+pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
+    proto::ModelInfo {
+        model_name: info.name.clone(),
+        num_layers: info.num_layers as u32,
+        num_hidden_states: info.num_hidden_states() as u32,
+        hidden_size: info.hidden_size as u32,
+        vocab_size: info.vocab_size as u32,
+        max_positions: info.max_positions as u32,
+        execution_provider: info.execution_provider.to_string(),
+        dtype: info.dtype.clone(),
+        source: info.source.clone(),
+    }
+}
+
+pub fn tokenized(t: Tokenized) -> proto::TokenizedText {
+    proto::TokenizedText {
+        offset_starts: t.offsets.iter().map(|o| o.0 as u32).collect(),
+        offset_ends: t.offsets.iter().map(|o| o.1 as u32).collect(),
+        ids: t.ids,
+        tokens: t.tokens,
+    }
+}

@@ -1,0 +1,325 @@
+//! The per-layer paired t-tests against scipy / statsmodels.
+//!
+//! `tests/golden/ttest_scipy.json` is produced by `tools/make_stats_golden.py` (scipy
+//! `ttest_rel`, `t.ppf`, statsmodels `multipletests`) and holds its own input data.
+//! Statistics must agree within 1e-9 relative and p-values within 1e-6 relative, both on the
+//! full tensor and via sharded, merged `PairedStats`.
+
+use ndarray::{s, Array3};
+use rotations::analysis::{
+    paired_stats, test_layers, test_layers_from_stats, AnalysisError, Correction, Direction,
+    PairedStats, SignificanceOptions, SignificanceResult,
+};
+use serde::Deserialize;
+
+const STAT_RTOL: f64 = 1e-9;
+const P_RTOL: f64 = 1e-6;
+
+#[derive(Deserialize)]
+struct Golden {
+    ci_level: f64,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    shape: [usize; 3],
+    angles: Vec<f64>,
+    condition_a: usize,
+    condition_b: usize,
+    alpha: f64,
+    layers: Layers,
+    corrections: Vec<CorrectionRef>,
+}
+
+#[derive(Deserialize)]
+struct Layers {
+    t: Vec<f64>,
+    p: Vec<f64>,
+    df: Vec<f64>,
+    mean: Vec<f64>,
+    sd: Vec<f64>,
+    dz: Vec<f64>,
+    ci_low: Vec<f64>,
+    ci_high: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+struct CorrectionRef {
+    method: String,
+    num_tests: usize,
+    p_adjusted: Vec<f64>,
+    reject: Vec<bool>,
+}
+
+fn golden() -> Golden {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/ttest_scipy.json");
+    let text = std::fs::read_to_string(path).expect("read golden file");
+    serde_json::from_str(&text).expect("parse golden file")
+}
+
+impl Case {
+    fn angles(&self) -> Array3<f64> {
+        Array3::from_shape_vec(self.shape, self.angles.clone()).expect("shape")
+    }
+
+    fn options(&self, correction: Correction, num_tests: Option<usize>) -> SignificanceOptions {
+        SignificanceOptions {
+            condition_a: self.condition_a,
+            condition_b: self.condition_b,
+            alpha: self.alpha,
+            correction,
+            num_tests,
+        }
+    }
+
+    /// Absolute floor for comparisons of values that may be ~0 (means, CI ends, t): a tiny
+    /// fraction of the data's scale.
+    fn abs_floor(&self) -> f64 {
+        1e-12 * self.angles.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+    }
+}
+
+fn close(what: &str, got: f64, want: f64, rtol: f64, atol: f64) {
+    let tol = rtol * want.abs().max(got.abs()) + atol;
+    assert!(
+        (got - want).abs() <= tol,
+        "{what}: got {got:e}, want {want:e} (diff {:e}, tol {tol:e})",
+        (got - want).abs()
+    );
+}
+
+fn correction_of(method: &str) -> Correction {
+    match method {
+        "bonferroni" => Correction::Bonferroni,
+        "holm" => Correction::Holm,
+        "fdr_bh" => Correction::BenjaminiHochberg,
+        other => panic!("unknown method {other}"),
+    }
+}
+
+/// Compares one result with the golden statistics and one golden correction.
+fn check(case: &Case, result: &SignificanceResult, reference: &CorrectionRef, path: &str) {
+    let g = &case.layers;
+    let atol = case.abs_floor();
+    assert_eq!(result.layers.len(), g.t.len(), "{}", case.name);
+    assert_eq!(result.num_tests, reference.num_tests);
+    for (i, l) in result.layers.iter().enumerate() {
+        let at = |f: &str| format!("{} [{path}] layer {} {f}", case.name, i + 1);
+        assert_eq!(l.layer, i + 1);
+        assert_eq!(l.n as usize, case.shape[1]);
+        assert_eq!(l.df, g.df[i], "{}", at("df"));
+        close(&at("t"), l.t, g.t[i], STAT_RTOL, 1e-12);
+        close(&at("mean"), l.mean_difference, g.mean[i], STAT_RTOL, atol);
+        close(&at("sd"), l.sd_difference, g.sd[i], STAT_RTOL, 0.0);
+        close(&at("dz"), l.cohens_dz, g.dz[i], STAT_RTOL, 1e-12);
+        close(&at("ci_low"), l.ci_low, g.ci_low[i], STAT_RTOL, atol);
+        close(&at("ci_high"), l.ci_high, g.ci_high[i], STAT_RTOL, atol);
+        close(&at("p"), l.p, g.p[i], P_RTOL, 0.0);
+        close(
+            &at("p_adjusted"),
+            l.p_adjusted,
+            reference.p_adjusted[i],
+            P_RTOL,
+            0.0,
+        );
+        // Decisions agree unless the adjusted p is within rounding of alpha.
+        if (reference.p_adjusted[i] - case.alpha).abs() > 1e-9 {
+            assert_eq!(l.significant, reference.reject[i], "{}", at("significant"));
+        }
+        let expected_direction = match (l.significant, g.mean[i] > 0.0) {
+            (false, _) => Direction::NotSignificant,
+            (true, true) => Direction::AGreater,
+            (true, false) => Direction::BGreater,
+        };
+        assert_eq!(l.direction, expected_direction, "{}", at("direction"));
+    }
+}
+
+/// Per-layer stats of the case computed in uneven shards, then merged.
+fn merged_stats(case: &Case, bounds: &[usize]) -> Vec<PairedStats> {
+    let angles = case.angles();
+    let mut merged = vec![PairedStats::default(); case.shape[0]];
+    for w in bounds.windows(2) {
+        let shard = angles.slice(s![.., w[0]..w[1], ..]);
+        let stats = paired_stats(shard, case.condition_a, case.condition_b).unwrap();
+        for (m, s) in merged.iter_mut().zip(&stats) {
+            m.merge(s);
+        }
+    }
+    merged
+}
+
+#[test]
+fn golden_file_is_sane() {
+    let g = golden();
+    assert_eq!(g.ci_level, rotations::analysis::CI_LEVEL);
+    assert!(g.cases.len() >= 5);
+    let smallest = g
+        .cases
+        .iter()
+        .flat_map(|c| c.layers.p.iter().copied())
+        .fold(1.0f64, f64::min);
+    assert!(
+        smallest < 1e-30,
+        "the golden data should exercise tiny p-values"
+    );
+    assert!(g.cases.iter().any(|c| c.shape[1] == 2));
+    assert!(g
+        .cases
+        .iter()
+        .any(|c| c.layers.mean.iter().all(|&m| m < 0.0)));
+}
+
+#[test]
+fn full_tensor_matches_scipy_and_statsmodels() {
+    for case in golden().cases {
+        let angles = case.angles();
+        for reference in &case.corrections {
+            let correction = correction_of(&reference.method);
+            let result = test_layers(
+                angles.view(),
+                &case.options(correction, Some(reference.num_tests)),
+            )
+            .unwrap();
+            assert_eq!(result.correction, correction);
+            check(&case, &result, reference, "full");
+        }
+    }
+}
+
+#[test]
+fn uncorrected_matches_scipy() {
+    for case in golden().cases {
+        let result =
+            test_layers(case.angles().view(), &case.options(Correction::None, None)).unwrap();
+        let none = CorrectionRef {
+            method: "none".into(),
+            num_tests: case.shape[0],
+            p_adjusted: case.layers.p.clone(),
+            reject: case.layers.p.iter().map(|&p| p < case.alpha).collect(),
+        };
+        check(&case, &result, &none, "none");
+        assert_eq!(result.threshold, case.alpha);
+    }
+}
+
+#[test]
+fn sharded_merged_stats_match_scipy() {
+    for case in golden().cases {
+        let n = case.shape[1];
+        // Uneven shards, including single-sentence ones, and the whole as one shard.
+        let splits: Vec<Vec<usize>> = if n >= 4 {
+            vec![vec![0, n], vec![0, 1, n / 3, n / 2 + 1, n - 1, n]]
+        } else {
+            vec![vec![0, n], vec![0, 1, n]]
+        };
+        for bounds in splits {
+            let merged = merged_stats(&case, &bounds);
+            for reference in &case.corrections {
+                let opts =
+                    case.options(correction_of(&reference.method), Some(reference.num_tests));
+                let result = test_layers_from_stats(&merged, &opts).unwrap();
+                check(&case, &result, reference, &format!("shards {bounds:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn streaming_push_matches_scipy() {
+    // One difference at a time, as a streaming client would.
+    for case in golden().cases {
+        let angles = case.angles();
+        let stats: Vec<PairedStats> = (0..case.shape[0])
+            .map(|l| {
+                let mut s = PairedStats::default();
+                for j in 0..case.shape[1] {
+                    s.push(angles[[l, j, case.condition_a]] - angles[[l, j, case.condition_b]]);
+                }
+                s
+            })
+            .collect();
+        let reference = &case.corrections[0];
+        let opts = case.options(correction_of(&reference.method), Some(reference.num_tests));
+        check(
+            &case,
+            &test_layers_from_stats(&stats, &opts).unwrap(),
+            reference,
+            "push",
+        );
+    }
+}
+
+/// The notebook tested 48 layer transitions but divided alpha by `n_hiddens` = 49. The
+/// default family size is the number of tested layers; 49 is available explicitly.
+#[test]
+fn bonferroni_default_divisor_is_number_of_layers() {
+    let g = golden();
+    let case = g.cases.iter().find(|c| c.name == "notebook_like").unwrap();
+    let angles = case.angles();
+    let layers = case.shape[0];
+    assert_eq!(layers, 48);
+
+    let default = SignificanceOptions {
+        condition_a: case.condition_a,
+        condition_b: case.condition_b,
+        ..Default::default()
+    };
+    assert_eq!(default.correction, Correction::Bonferroni);
+    assert_eq!(default.alpha, 0.05);
+    assert_eq!(default.num_tests, None);
+    let ours = test_layers(angles.view(), &default).unwrap();
+    assert_eq!(ours.num_tests, 48);
+    assert_eq!(ours.threshold, 0.05 / 48.0);
+    let reference = case
+        .corrections
+        .iter()
+        .find(|c| c.method == "bonferroni" && c.num_tests == 48)
+        .unwrap();
+    check(case, &ours, reference, "default");
+
+    let notebook = test_layers(
+        angles.view(),
+        &SignificanceOptions {
+            num_tests: Some(49),
+            ..default
+        },
+    )
+    .unwrap();
+    assert_eq!(notebook.threshold, 0.05 / 49.0);
+    // Layer 46 was built with p = 0.00103, between 0.05/49 and 0.05/48: it is significant
+    // with the correct divisor and was missed by the notebook's.
+    let l46 = &ours.layers[45];
+    assert!(0.05 / 49.0 < l46.p && l46.p < 0.05 / 48.0, "p = {}", l46.p);
+    assert!(l46.significant);
+    assert!(!notebook.layers[45].significant);
+    // Everything else is unchanged.
+    for (a, b) in ours.layers.iter().zip(&notebook.layers) {
+        if a.layer != 46 {
+            assert_eq!(a.significant, b.significant, "layer {}", a.layer);
+        }
+    }
+}
+
+#[test]
+fn family_smaller_than_layers_is_rejected() {
+    let g = golden();
+    let case = &g.cases[0];
+    let err = test_layers(
+        case.angles().view(),
+        &SignificanceOptions {
+            num_tests: Some(47),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        AnalysisError::InvalidNumTests {
+            num_tests: 47,
+            num_layers: 48
+        }
+    );
+}

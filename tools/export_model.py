@@ -1,0 +1,439 @@
+#!/usr/bin/env python3
+"""Export GPT-2's transformer (no LM head) to ONNX, one output per hidden state.
+
+The model directory written here is what the rotations service loads:
+
+    model.onnx        inputs input_ids, attention_mask [batch, seq] int64 (dynamic axes);
+                      outputs hidden_state_0 .. hidden_state_N [batch, seq, hidden] float32,
+                      equal to Hugging Face's output_hidden_states=True (last one after ln_f)
+    model.onnx.data   external weights, only when the graph would exceed protobuf's 2 GB limit
+    tokenizer.json    GPT-2 BPE tokenizer, Hugging Face tokenizers format
+    model.json        shapes, token ids, provenance and the verification result
+    hf/               the PyTorch checkpoint (always for --random-init, else --save-checkpoint)
+
+The export checks itself: ONNX Runtime (CPU) must reproduce PyTorch's hidden states on a
+right-padded batch, or the script exits non-zero and writes no model.json.
+
+Examples:
+    python tools/export_model.py --model gpt2-xl --out models/gpt2-xl
+    python tools/export_model.py --random-init --preset tiny --seed 0 --out /tmp/tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxscript
+import torch
+import transformers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The bundled model's tokenizer is the GPT-2 vocabulary every preset uses.
+DEFAULT_TOKENIZER = REPO_ROOT / "models" / "gpt2-tiny-random" / "tokenizer.json"
+
+GPT2_EOS_ID = 50256  # also the padding id, as in the notebook
+GPT2_VOCAB_SIZE = 50257
+GPT2_MAX_POSITIONS = 1024
+PRESETS = {
+    "tiny": {"n_layer": 6, "n_embd": 32, "n_head": 4},
+    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12},
+    "gpt2-xl": {"n_layer": 48, "n_embd": 1600, "n_head": 25},
+}
+
+# Different lengths (1 token up to ~20) so right padding is exercised on most rows.
+VERIFY_SENTENCES = [
+    "I saw her at the market.",
+    "She gave her the book yesterday after a long day at work, and then she went home.",
+    "Hi",
+    "The author based the character on her.",
+    "They thanked her for his help with the move last spring.",
+]
+INPUT_NAMES = ["input_ids", "attention_mask"]
+FP32_TOLERANCE = 1e-4
+# fp16 keeps ~3 significant digits and GPT-2's residual stream reaches values in the
+# thousands, so the fp16 bound scales with the largest reference value.
+FP16_RELATIVE_TOLERANCE = 1e-2
+
+# Traced with a right-padded mask that contains zeros: transformers' mask helpers take
+# shortcuts when a mask has no padding, and an example without zeros risks baking such a
+# shortcut into the graph. (The legacy TorchScript exporter, dynamo=False, has been seen to
+# give hidden states off by up to 2.7 with transformers 5.x; this script uses dynamo=True.)
+TRACE_INPUT_IDS = [[464, 1772, 1912, 262, 2095, 319, 607, 13], [40, 2497, 607, 13] + [GPT2_EOS_ID] * 4]
+TRACE_ATTENTION_MASK = [[1] * 8, [1] * 4 + [0] * 4]
+
+_START = time.monotonic()
+# Both inputs share the batch and seq dims on purpose; the exporter warns about the shared names.
+warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - _START:7.1f}s] {msg}", flush=True)
+
+
+def peak_rss_gib() -> float:
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+@contextmanager
+def step(name: str):
+    log(f"{name} ...")
+    t0 = time.monotonic()
+    yield
+    log(f"{name}: done in {time.monotonic() - t0:.1f}s (peak RSS {peak_rss_gib():.2f} GiB)")
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="Hugging Face model id or local checkpoint folder (GPT-2 family)")
+    src.add_argument("--random-init", action="store_true", help="randomly initialised model (offline)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="architecture for --random-init")
+    p.add_argument("--seed", type=int, default=0, help="torch seed for --random-init (default 0)")
+    p.add_argument("--out", required=True, type=Path, help="model directory to write")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="tokenizer.json to bundle (default: the checkpoint's tokenizer for --model, "
+        f"{DEFAULT_TOKENIZER.relative_to(REPO_ROOT)} for --random-init)",
+    )
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute (for GPU); outputs stay float32")
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="apply onnxruntime.transformers' gpt2 optimizer, kept only if verification still passes",
+    )
+    p.add_argument("--save-checkpoint", action="store_true", help="with --model: also save the checkpoint to <out>/hf")
+    p.add_argument(
+        "--attn-implementation",
+        default="eager",
+        choices=["eager", "sdpa"],
+        help="attention implementation traced into the graph (default eager: plain MatMul/Softmax)",
+    )
+    args = p.parse_args()
+    if args.random_init and not args.preset:
+        p.error("--random-init needs --preset")
+    if args.model and args.preset:
+        p.error("--preset only applies to --random-init")
+    return args
+
+
+class HiddenStates(torch.nn.Module):
+    """forward(input_ids, attention_mask) -> tuple of every hidden state, as float32."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            use_cache=False,
+            return_dict=True,
+        )
+        # fp16 models still return float32 so the service reads one output type.
+        return tuple(h.float() for h in out.hidden_states)
+
+
+def load_model(args):
+    """Return (GPT2Model in eval mode, source string)."""
+    if args.random_init:
+        cfg = transformers.GPT2Config(
+            **PRESETS[args.preset],
+            n_positions=GPT2_MAX_POSITIONS,
+            vocab_size=GPT2_VOCAB_SIZE,
+            bos_token_id=GPT2_EOS_ID,
+            eos_token_id=GPT2_EOS_ID,
+        )
+        cfg._attn_implementation = args.attn_implementation
+        torch.manual_seed(args.seed)
+        model = transformers.GPT2Model(cfg)  # Hugging Face's own init, deterministic on CPU
+        source = f"random-init:{args.preset}:seed={args.seed}"
+    else:
+        model = transformers.GPT2Model.from_pretrained(
+            args.model, dtype=torch.float32, attn_implementation=args.attn_implementation
+        )
+        if model.config.model_type != "gpt2":
+            fail(f"{args.model} is a {model.config.model_type!r} model; only GPT-2 is supported")
+        if model.config.eos_token_id not in (None, GPT2_EOS_ID):
+            # padding and model.json assume GPT-2's own end-of-text token
+            fail(f"{args.model} has eos_token_id {model.config.eos_token_id}, expected {GPT2_EOS_ID}")
+        source = args.model
+    return model.eval(), source
+
+
+def write_tokenizer(args, out: Path) -> Path:
+    dest = out / "tokenizer.json"
+    if args.tokenizer is None and args.model:
+        tok = transformers.AutoTokenizer.from_pretrained(args.model)
+        backend = tok.backend_tokenizer
+        # The service pads by itself; a padding/truncation block in the file would fight it.
+        backend.no_padding()
+        backend.no_truncation()
+        backend.save(str(dest))
+        return dest
+    src = args.tokenizer or DEFAULT_TOKENIZER
+    if not src.is_file():
+        fail(f"tokenizer {src} not found (pass --tokenizer)")
+    if src.resolve() != dest.resolve():
+        shutil.copyfile(src, dest)
+    return dest
+
+
+def encode_batch(tokenizer_file: Path, sentences, vocab_size: int):
+    """Right-pad with EOS as the notebook does; return (input_ids, attention_mask, lengths)."""
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    ids = [tok.encode(s) for s in sentences]
+    if any(not row for row in ids):
+        fail("the tokenizer produced an empty sequence")
+    if max(max(row) for row in ids) >= vocab_size:
+        fail(f"the tokenizer produces ids beyond the model's vocabulary ({vocab_size})")
+    width = max(len(row) for row in ids)
+    input_ids = [row + [GPT2_EOS_ID] * (width - len(row)) for row in ids]
+    mask = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
+    return input_ids, mask, [len(row) for row in ids]
+
+
+def max_error_real_tokens(reference, actual, lengths) -> float:
+    """Largest |a - b| over all states, counting only unpadded positions."""
+    worst = 0.0
+    for ref, got in zip(reference, actual, strict=True):
+        for row, n in enumerate(lengths):
+            worst = max(worst, float(abs(ref[row, :n].astype("float64") - got[row, :n]).max()))
+    return worst
+
+
+def max_abs_real_tokens(reference, lengths) -> float:
+    return max(float(abs(ref[row, :n]).max()) for ref in reference for row, n in enumerate(lengths))
+
+
+def verify_onnx(path: Path, batches, num_states: int, tolerance: float) -> float:
+    """Run each (input_ids, mask, lengths, reference) batch in ORT; return the max error."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # keep the console to our own messages
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    expected = [f"hidden_state_{i}" for i in range(num_states)]
+    if [i.name for i in session.get_inputs()] != INPUT_NAMES:
+        raise ValueError(f"unexpected ONNX inputs {[i.name for i in session.get_inputs()]}")
+    if names != expected:
+        raise ValueError(f"unexpected ONNX outputs {names}, expected {expected}")
+    worst = 0.0
+    for input_ids, mask, lengths, reference in batches:
+        got = session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+        worst = max(worst, max_error_real_tokens(reference, got, lengths))
+    del session
+    return worst
+
+
+def add_zero_gemm_biases(onnx_path: Path, dest: Path, external_data: bool) -> bool:
+    """Write a copy to dest where bias-less Gemm nodes get an explicit zero bias.
+
+    The onnxscript optimizer drops all-zero biases (a random init has them), and the gpt2
+    fusion pass of onnxruntime.transformers assumes every Gemm has one (IndexError otherwise).
+    Returns False, writing nothing, when no Gemm needs it (real checkpoints).
+    """
+    model = onnx.load(onnx_path)
+    weights = {i.name: i for i in model.graph.initializer}
+    patched = False
+    for node in model.graph.node:
+        if node.op_type == "Gemm" and len(node.input) == 2 and node.input[1] in weights:
+            w = weights[node.input[1]]
+            zeros = np.zeros(w.dims[1], dtype=onnx.helper.tensor_dtype_to_np_dtype(w.data_type))
+            bias = onnx.numpy_helper.from_array(zeros, f"{node.name}.zero_bias")
+            model.graph.initializer.append(bias)
+            node.input.append(bias.name)
+            patched = True
+    if patched:
+        onnx.save(model, dest, save_as_external_data=external_data, location=dest.name + ".data")
+    return patched
+
+
+def optimize(onnx_path: Path, cfg, fp16: bool, batches, num_states, tolerance, max_error):
+    """Try ORT's gpt2 fusions; keep the result only if it still verifies. Returns (optimized, max_error)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    big = (onnx_path.parent / "model.onnx.data").exists()
+    tmp_dir = Path(tempfile.mkdtemp(dir=onnx_path.parent, prefix=".optimize-"))
+    tmp_path = tmp_dir / "model.onnx"
+    try:
+        with step("optimizing with onnxruntime.transformers (model_type gpt2)"):
+            src = tmp_dir / "patched.onnx"
+            if not add_zero_gemm_biases(onnx_path, src, big):
+                src = onnx_path
+            opt = optimize_model(
+                str(src), model_type="gpt2", num_heads=cfg.n_head, hidden_size=cfg.n_embd, use_gpu=fp16
+            )
+            fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+            log(f"fused operators: {fused}")
+            opt.save_model_to_file(str(tmp_path), use_external_data_format=big, all_tensors_to_one_file=True)
+            del opt
+            gc.collect()
+        with step("verifying the optimized model"):
+            opt_error = verify_onnx(tmp_path, batches, num_states, tolerance)
+            log(f"optimized max |onnx - torch|: {opt_error:.3g} (tolerance {tolerance:.3g})")
+    except Exception as e:  # the fusion passes target the legacy exporter's graphs
+        log(f"warning: optimization failed ({type(e).__name__}: {e}); keeping the unoptimized export")
+        shutil.rmtree(tmp_dir)
+        return False, max_error
+    if not opt_error <= tolerance:
+        log("warning: the optimized model fails verification; keeping the unoptimized export")
+        shutil.rmtree(tmp_dir)
+        return False, max_error
+    tmp_path.replace(onnx_path)
+    if big:
+        # onnxruntime.transformers names the data file after the model: model.onnx.data
+        (tmp_dir / "model.onnx.data").replace(onnx_path.parent / "model.onnx.data")
+    shutil.rmtree(tmp_dir)
+    return True, opt_error
+
+
+def reference_batches(wrapper: HiddenStates, tokenizer_file: Path, vocab_size: int):
+    """PyTorch hidden states for a right-padded batch and an unpadded single sentence.
+
+    Returns [(input_ids, attention_mask, lengths, [state arrays])]; the two shapes differ
+    from the traced example, so the check also covers the dynamic axes.
+    """
+    batches = []
+    for sentences in (VERIFY_SENTENCES, VERIFY_SENTENCES[3:4]):
+        input_ids, mask, lengths = encode_batch(tokenizer_file, sentences, vocab_size)
+        ids_np = np.asarray(input_ids, dtype=np.int64)
+        mask_np = np.asarray(mask, dtype=np.int64)
+        with torch.no_grad():
+            states = wrapper(torch.from_numpy(ids_np), torch.from_numpy(mask_np))
+        batches.append((ids_np, mask_np, lengths, [h.numpy() for h in states]))
+    return batches
+
+
+def export_onnx(wrapper: HiddenStates, onnx_path: Path, output_names, max_positions: int) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    seq = torch.export.Dim("seq", min=1, max=max_positions)
+    axes = {0: batch, 1: seq}
+    with step("exporting with torch.onnx.export(dynamo=True)"):
+        program = torch.onnx.export(
+            wrapper,
+            (torch.tensor(TRACE_INPUT_IDS), torch.tensor(TRACE_ATTENTION_MASK)),
+            dynamo=True,
+            input_names=INPUT_NAMES,
+            output_names=output_names,
+            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+        )
+    with step(f"saving {onnx_path}"):
+        (onnx_path.parent / "model.onnx.data").unlink(missing_ok=True)
+        # external_data=None: a separate model.onnx.data only past protobuf's 2 GB limit.
+        program.save(onnx_path, external_data=None)
+
+
+def main() -> None:
+    args = parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    # A model.json marks a verified export, so drop any stale one first.
+    (out / "model.json").unlink(missing_ok=True)
+
+    with step("loading model"):
+        model, source = load_model(args)
+        cfg = model.config
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"{source}: {cfg.n_layer} layers, hidden {cfg.n_embd}, {cfg.n_head} heads, {n_params / 1e6:.1f}M params")
+
+    if args.random_init or args.save_checkpoint:
+        with step(f"saving checkpoint to {out / 'hf'}"):
+            model.save_pretrained(out / "hf")
+
+    with step("writing tokenizer.json"):
+        tokenizer_file = write_tokenizer(args, out)
+
+    # References first, so the PyTorch weights can be freed before ONNX Runtime loads its
+    # own copy (GPT-2 XL is ~6 GB per copy).
+    wrapper = HiddenStates(model).eval()
+    with step("computing PyTorch float32 reference hidden states"):
+        batches = reference_batches(wrapper, tokenizer_file, cfg.vocab_size)
+    num_states = len(batches[0][3])
+    if num_states != cfg.n_layer + 1:
+        fail(f"model returned {num_states} hidden states, expected {cfg.n_layer + 1}")
+    output_names = [f"hidden_state_{i}" for i in range(num_states)]
+
+    if args.fp16:
+        # fp16 is checked against the float32 reference, with a bound scaled to its values.
+        tolerance = FP16_RELATIVE_TOLERANCE * max(1.0, max_abs_real_tokens(batches[0][3], batches[0][2]))
+        model.half()
+    else:
+        tolerance = FP32_TOLERANCE
+
+    onnx_path = out / "model.onnx"
+    export_onnx(wrapper, onnx_path, output_names, cfg.n_positions)
+    del wrapper, model
+    gc.collect()
+    opset = next(o.version for o in onnx.load(onnx_path, load_external_data=False).opset_import if o.domain == "")
+    log(f"ONNX opset {opset}, external data file: {(out / 'model.onnx.data').exists()}")
+
+    with step("verifying ONNX Runtime (CPU) against PyTorch"):
+        try:
+            max_error = verify_onnx(onnx_path, batches, num_states, tolerance)
+        except Exception as e:
+            fail(f"verification could not run: {type(e).__name__}: {e}")
+        log(f"max |onnx - torch| over real tokens: {max_error:.3g} (tolerance {tolerance:.3g})")
+        if not max_error <= tolerance:  # also catches NaN
+            fail(f"verification failed: max abs error {max_error:.3g} > {tolerance:.3g}; model.json not written")
+
+    optimized = False
+    if args.optimize:
+        optimized, max_error = optimize(onnx_path, cfg, args.fp16, batches, num_states, tolerance, max_error)
+
+    meta = {
+        "format_version": 1,
+        "name": out.resolve().name,
+        "num_layers": cfg.n_layer,
+        "hidden_size": cfg.n_embd,
+        "num_heads": cfg.n_head,
+        "vocab_size": cfg.vocab_size,
+        "max_positions": cfg.n_positions,
+        # GPT-2 has no pad token; the notebook pads with EOS and so do we.
+        "pad_token_id": GPT2_EOS_ID,
+        "eos_token_id": GPT2_EOS_ID,
+        "inputs": INPUT_NAMES,
+        "outputs": output_names,
+        "dtype": "float16" if args.fp16 else "float32",
+        "source": source,
+        "exporter": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__,
+            "onnxruntime": ort.__version__,
+        },
+        "verification": {
+            "max_abs_error": max_error,
+            "tolerance": tolerance,
+            "batch_sentences": len(VERIFY_SENTENCES),
+            "padding": "right",
+        },
+        "optimized": optimized,
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log(f"wrote {out / 'model.json'}; total peak RSS {peak_rss_gib():.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
