@@ -11,11 +11,7 @@ pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
 pub const DEFAULT_PORT: u16 = 50051;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "rotations",
-    version,
-    about = "How far GPT-2's hidden state of a token rotates from layer to layer"
-)]
+#[command(name = "rotations", version, about = "How far GPT-2's hidden state of a token rotates from layer to layer")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -81,6 +77,15 @@ pub struct ServeConfig {
     /// Most requests computed at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "ROTATIONS_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
+    /// Most sentences in one StreamRotations request (they arrive in one message: see max-message-bytes).
+    #[arg(long, env = "ROTATIONS_MAX_STREAM_SENTENCES", default_value_t = 1_000_000)]
+    pub max_stream_sentences: usize,
+    /// Port for Prometheus metrics at /metrics (off when unset).
+    #[arg(long, env = "ROTATIONS_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
+    #[arg(long, env = "ROTATIONS_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl ServeConfig {
@@ -101,28 +106,17 @@ pub fn resolve_ort_library(explicit: Option<PathBuf>) -> PathBuf {
         return p;
     }
     let mut candidates = vec![PathBuf::from(".ort/lib/libonnxruntime.so")];
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(PathBuf::from))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
         candidates.push(dir.join("libonnxruntime.so"));
         candidates.push(dir.join("../lib/libonnxruntime.so"));
     }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .unwrap_or_else(|| candidates[0].clone())
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| candidates[0].clone())
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct ClientArgs {
     /// Server address.
-    #[arg(
-        long,
-        env = "ROTATIONS_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "ROTATIONS_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 }
 

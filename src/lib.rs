@@ -11,3 +11,4 @@ pub mod error;
 pub mod model;
 pub mod proto;
 pub mod service;
+pub mod telemetry;

@@ -5,9 +5,7 @@ use rotations::{client, service};
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -34,10 +32,7 @@ async fn main() -> std::process::ExitCode {
             init_logging(config.log_format);
             match tokio::net::TcpListener::bind(config.listen_addr()).await {
                 Ok(listener) => service::server::serve(config, listener, shutdown_signal()).await,
-                Err(e) => Err(anyhow::anyhow!(
-                    "cannot listen on {}: {e}",
-                    config.listen_addr()
-                )),
+                Err(e) => Err(anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr())),
             }
         }
         Command::Analyze(args) => client::analyze(args).await,

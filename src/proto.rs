@@ -4,5 +4,4 @@
 tonic::include_proto!("rotations.v1");
 
 /// The encoded descriptors of our protos, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/rotations_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rotations_descriptor.bin"));

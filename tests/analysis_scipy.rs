@@ -7,8 +7,8 @@
 
 use ndarray::{s, Array3};
 use rotations::analysis::{
-    paired_stats, test_layers, test_layers_from_stats, AnalysisError, Correction, Direction,
-    PairedStats, SignificanceOptions, SignificanceResult,
+    paired_stats, test_layers, test_layers_from_stats, AnalysisError, Correction, Direction, PairedStats,
+    SignificanceOptions, SignificanceResult,
 };
 use serde::Deserialize;
 
@@ -117,13 +117,7 @@ fn check(case: &Case, result: &SignificanceResult, reference: &CorrectionRef, pa
         close(&at("ci_low"), l.ci_low, g.ci_low[i], STAT_RTOL, atol);
         close(&at("ci_high"), l.ci_high, g.ci_high[i], STAT_RTOL, atol);
         close(&at("p"), l.p, g.p[i], P_RTOL, 0.0);
-        close(
-            &at("p_adjusted"),
-            l.p_adjusted,
-            reference.p_adjusted[i],
-            P_RTOL,
-            0.0,
-        );
+        close(&at("p_adjusted"), l.p_adjusted, reference.p_adjusted[i], P_RTOL, 0.0);
         // Decisions agree unless the adjusted p is within rounding of alpha.
         if (reference.p_adjusted[i] - case.alpha).abs() > 1e-9 {
             assert_eq!(l.significant, reference.reject[i], "{}", at("significant"));
@@ -156,20 +150,10 @@ fn golden_file_is_sane() {
     let g = golden();
     assert_eq!(g.ci_level, rotations::analysis::CI_LEVEL);
     assert!(g.cases.len() >= 5);
-    let smallest = g
-        .cases
-        .iter()
-        .flat_map(|c| c.layers.p.iter().copied())
-        .fold(1.0f64, f64::min);
-    assert!(
-        smallest < 1e-30,
-        "the golden data should exercise tiny p-values"
-    );
+    let smallest = g.cases.iter().flat_map(|c| c.layers.p.iter().copied()).fold(1.0f64, f64::min);
+    assert!(smallest < 1e-30, "the golden data should exercise tiny p-values");
     assert!(g.cases.iter().any(|c| c.shape[1] == 2));
-    assert!(g
-        .cases
-        .iter()
-        .any(|c| c.layers.mean.iter().all(|&m| m < 0.0)));
+    assert!(g.cases.iter().any(|c| c.layers.mean.iter().all(|&m| m < 0.0)));
 }
 
 #[test]
@@ -178,11 +162,7 @@ fn full_tensor_matches_scipy_and_statsmodels() {
         let angles = case.angles();
         for reference in &case.corrections {
             let correction = correction_of(&reference.method);
-            let result = test_layers(
-                angles.view(),
-                &case.options(correction, Some(reference.num_tests)),
-            )
-            .unwrap();
+            let result = test_layers(angles.view(), &case.options(correction, Some(reference.num_tests))).unwrap();
             assert_eq!(result.correction, correction);
             check(&case, &result, reference, "full");
         }
@@ -192,8 +172,7 @@ fn full_tensor_matches_scipy_and_statsmodels() {
 #[test]
 fn uncorrected_matches_scipy() {
     for case in golden().cases {
-        let result =
-            test_layers(case.angles().view(), &case.options(Correction::None, None)).unwrap();
+        let result = test_layers(case.angles().view(), &case.options(Correction::None, None)).unwrap();
         let none = CorrectionRef {
             method: "none".into(),
             num_tests: case.shape[0],
@@ -218,8 +197,7 @@ fn sharded_merged_stats_match_scipy() {
         for bounds in splits {
             let merged = merged_stats(&case, &bounds);
             for reference in &case.corrections {
-                let opts =
-                    case.options(correction_of(&reference.method), Some(reference.num_tests));
+                let opts = case.options(correction_of(&reference.method), Some(reference.num_tests));
                 let result = test_layers_from_stats(&merged, &opts).unwrap();
                 check(&case, &result, reference, &format!("shards {bounds:?}"));
             }
@@ -243,12 +221,7 @@ fn streaming_push_matches_scipy() {
             .collect();
         let reference = &case.corrections[0];
         let opts = case.options(correction_of(&reference.method), Some(reference.num_tests));
-        check(
-            &case,
-            &test_layers_from_stats(&stats, &opts).unwrap(),
-            reference,
-            "push",
-        );
+        check(&case, &test_layers_from_stats(&stats, &opts).unwrap(), reference, "push");
     }
 }
 
@@ -262,32 +235,18 @@ fn bonferroni_default_divisor_is_number_of_layers() {
     let layers = case.shape[0];
     assert_eq!(layers, 48);
 
-    let default = SignificanceOptions {
-        condition_a: case.condition_a,
-        condition_b: case.condition_b,
-        ..Default::default()
-    };
+    let default =
+        SignificanceOptions { condition_a: case.condition_a, condition_b: case.condition_b, ..Default::default() };
     assert_eq!(default.correction, Correction::Bonferroni);
     assert_eq!(default.alpha, 0.05);
     assert_eq!(default.num_tests, None);
     let ours = test_layers(angles.view(), &default).unwrap();
     assert_eq!(ours.num_tests, 48);
     assert_eq!(ours.threshold, 0.05 / 48.0);
-    let reference = case
-        .corrections
-        .iter()
-        .find(|c| c.method == "bonferroni" && c.num_tests == 48)
-        .unwrap();
+    let reference = case.corrections.iter().find(|c| c.method == "bonferroni" && c.num_tests == 48).unwrap();
     check(case, &ours, reference, "default");
 
-    let notebook = test_layers(
-        angles.view(),
-        &SignificanceOptions {
-            num_tests: Some(49),
-            ..default
-        },
-    )
-    .unwrap();
+    let notebook = test_layers(angles.view(), &SignificanceOptions { num_tests: Some(49), ..default }).unwrap();
     assert_eq!(notebook.threshold, 0.05 / 49.0);
     // Layer 46 was built with p = 0.00103, between 0.05/49 and 0.05/48: it is significant
     // with the correct divisor and was missed by the notebook's.
@@ -307,19 +266,7 @@ fn bonferroni_default_divisor_is_number_of_layers() {
 fn family_smaller_than_layers_is_rejected() {
     let g = golden();
     let case = &g.cases[0];
-    let err = test_layers(
-        case.angles().view(),
-        &SignificanceOptions {
-            num_tests: Some(47),
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
-    assert_eq!(
-        err,
-        AnalysisError::InvalidNumTests {
-            num_tests: 47,
-            num_layers: 48
-        }
-    );
+    let err = test_layers(case.angles().view(), &SignificanceOptions { num_tests: Some(47), ..Default::default() })
+        .unwrap_err();
+    assert_eq!(err, AnalysisError::InvalidNumTests { num_tests: 47, num_layers: 48 });
 }

@@ -7,23 +7,13 @@ use rotations::model::{ExecutionProvider, Model, ModelError, RuntimeOptions};
 
 fn golden_batch() -> (Vec<String>, Vec<Vec<u32>>, serde_json::Value) {
     let g = golden("hidden_states.json");
-    let sentences: Vec<String> = g["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
+    let sentences: Vec<String> =
+        g["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     let ids: Vec<Vec<u32>> = g["input_ids"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect()
-        })
+        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
         .collect();
     (sentences, ids, g)
 }
@@ -46,14 +36,7 @@ fn hidden_states_equal_pytorch_on_a_padded_batch() {
     let want = g["hidden_states"].as_array().unwrap();
     let mut max_err = 0f64;
     for (s, h) in hidden.iter().enumerate() {
-        assert_eq!(
-            h.shape(),
-            &[
-                model.info.num_hidden_states(),
-                ids[s].len(),
-                model.info.hidden_size
-            ]
-        );
+        assert_eq!(h.shape(), &[model.info.num_hidden_states(), ids[s].len(), model.info.hidden_size]);
         for (k, state) in want[s].as_array().unwrap().iter().enumerate() {
             for (p, vector) in state.as_array().unwrap().iter().enumerate() {
                 for (d, v) in vector.as_array().unwrap().iter().enumerate() {
@@ -71,17 +54,9 @@ fn a_sentence_alone_equals_itself_in_a_padded_batch() {
     let (_, ids, _) = golden_batch();
     let batched = model.hidden_states_blocking(ids.clone()).unwrap();
     for (s, sentence) in ids.iter().enumerate() {
-        let alone = model
-            .hidden_states_blocking(vec![sentence.clone()])
-            .unwrap()
-            .remove(0);
-        let diff = (&alone - &batched[s])
-            .mapv(f32::abs)
-            .fold(0f32, |m, &v| m.max(v));
-        assert!(
-            diff <= 1e-5,
-            "sentence {s}: alone vs batched differ by {diff:e}"
-        );
+        let alone = model.hidden_states_blocking(vec![sentence.clone()]).unwrap().remove(0);
+        let diff = (&alone - &batched[s]).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        assert!(diff <= 1e-5, "sentence {s}: alone vs batched differ by {diff:e}");
     }
 }
 
@@ -115,8 +90,7 @@ fn copy_model() -> tempfile::TempDir {
 
 fn edit_manifest(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("model.json");
-    let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut m);
     std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
 }
@@ -133,23 +107,14 @@ fn a_broken_model_directory_gives_the_intended_errors() {
     // Missing file.
     let dir = copy_model();
     std::fs::remove_file(dir.path().join("model.onnx")).unwrap();
-    assert!(matches!(
-        load_err(dir.path()),
-        ModelError::MissingFile {
-            file: "model.onnx",
-            ..
-        }
-    ));
+    assert!(matches!(load_err(dir.path()), ModelError::MissingFile { file: "model.onnx", .. }));
 
     // model.json promises fewer hidden states than the graph returns.
     let dir = copy_model();
     edit_manifest(dir.path(), |m| {
         let n = m["num_layers"].as_u64().unwrap() - 1;
         m["num_layers"] = n.into();
-        m["outputs"] = (0..=n)
-            .map(|k| format!("hidden_state_{k}"))
-            .collect::<Vec<_>>()
-            .into();
+        m["outputs"] = (0..=n).map(|k| format!("hidden_state_{k}")).collect::<Vec<_>>().into();
     });
     let e = load_err(dir.path());
     assert!(matches!(e, ModelError::GraphMismatch(_)), "{e}");
@@ -164,16 +129,7 @@ fn a_broken_model_directory_gives_the_intended_errors() {
     let dir = copy_model();
     edit_manifest(dir.path(), |m| m["vocab_size"] = 50300.into());
     let e = load_err(dir.path());
-    assert!(
-        matches!(
-            e,
-            ModelError::TokenizerMismatch {
-                tokenizer: 50257,
-                model: 50300
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, ModelError::TokenizerMismatch { tokenizer: 50257, model: 50300 }), "{e}");
 
     // Not JSON.
     let dir = copy_model();
@@ -188,13 +144,8 @@ fn a_broken_model_directory_gives_the_intended_errors() {
 
 #[test]
 fn a_missing_runtime_library_is_an_error_not_a_panic() {
-    let opts = RuntimeOptions {
-        library: "/nonexistent/libonnxruntime.so".into(),
-        ..runtime_options()
-    };
-    let e = Model::load(&bundled_model_dir(), &opts)
-        .err()
-        .expect("must fail");
+    let opts = RuntimeOptions { library: "/nonexistent/libonnxruntime.so".into(), ..runtime_options() };
+    let e = Model::load(&bundled_model_dir(), &opts).err().expect("must fail");
     assert!(matches!(e, ModelError::RuntimeLibrary { .. }), "{e}");
     assert!(e.to_string().contains("scripts/fetch-ort"), "{e}");
 }
@@ -202,22 +153,14 @@ fn a_missing_runtime_library_is_an_error_not_a_panic() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_without_the_feature_is_a_clear_error() {
-    let opts = RuntimeOptions {
-        provider: ExecutionProvider::Cuda,
-        ..runtime_options()
-    };
-    let e = Model::load(&bundled_model_dir(), &opts)
-        .err()
-        .expect("must fail");
+    let opts = RuntimeOptions { provider: ExecutionProvider::Cuda, ..runtime_options() };
+    let e = Model::load(&bundled_model_dir(), &opts).err().expect("must fail");
     assert!(e.to_string().contains("cuda"), "{e}");
 }
 
 #[test]
 fn auto_falls_back_to_cpu_here() {
-    let opts = RuntimeOptions {
-        provider: ExecutionProvider::Auto,
-        ..runtime_options()
-    };
+    let opts = RuntimeOptions { provider: ExecutionProvider::Auto, ..runtime_options() };
     let model = Model::load(&bundled_model_dir(), &opts).unwrap();
     assert_eq!(model.info.execution_provider, "cpu");
 }

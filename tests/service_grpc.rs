@@ -51,23 +51,11 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(rotations::service::server::serve(
-            serve_config(extra),
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Self {
-            channel,
-            stop: Some(stop),
-            handle,
-        }
+        let handle = tokio::spawn(rotations::service::server::serve(serve_config(extra), listener, async {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Self { channel, stop: Some(stop), handle }
     }
 
     fn client(&self) -> RotationServiceClient<Channel> {
@@ -76,9 +64,7 @@ impl TestServer {
 
     async fn health(&self) -> ServingStatus {
         let res = HealthClient::new(self.channel.clone())
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
+            .check(HealthCheckRequest { service: String::new() })
             .await
             .unwrap()
             .into_inner();
@@ -98,11 +84,7 @@ impl TestServer {
 
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.handle)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.handle).await.unwrap().unwrap().unwrap();
     }
 }
 
@@ -111,22 +93,14 @@ async fn health_flips_to_serving_and_analyze_works_over_the_wire() {
     let server = TestServer::start(&[]).await;
     // Before the model is loaded the server answers NOT_SERVING, never an error.
     let first = server.health().await;
-    assert!(matches!(
-        first,
-        ServingStatus::NotServing | ServingStatus::Serving
-    ));
+    assert!(matches!(first, ServingStatus::NotServing | ServingStatus::Serving));
     server.wait_serving().await;
 
     let mut client = server.client();
-    let info = client
-        .get_model_info(proto::GetModelInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = client.get_model_info(proto::GetModelInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.model_name, "gpt2-tiny-random");
 
-    let sentences =
-        rotations::client::read_sentences(&repo().join("examples/her_sentences.txt")).unwrap();
+    let sentences = rotations::client::read_sentences(&repo().join("examples/her_sentences.txt")).unwrap();
     let req = RotationRequest {
         sentences: sentences.clone(),
         target: Some(Target::TargetText(" her".into())),
@@ -150,12 +124,7 @@ async fn health_flips_to_serving_and_analyze_works_over_the_wire() {
     }
     for (l, t) in sig.layers.iter().enumerate() {
         let want = g["ttest_f64"]["t"][l].as_f64().unwrap();
-        assert!(
-            (t.t - want).abs() <= 1e-4 * want.abs(),
-            "layer {}: {} vs {want}",
-            l + 1,
-            t.t
-        );
+        assert!((t.t - want).abs() <= 1e-4 * want.abs(), "layer {}: {} vs {want}", l + 1, t.t);
     }
 
     // An error names the sentence, over the wire too.
@@ -166,11 +135,7 @@ async fn health_flips_to_serving_and_analyze_works_over_the_wire() {
     };
     let status = client.analyze(bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("sentence 1"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("sentence 1"), "{}", status.message());
 
     server.stop().await;
 }
@@ -183,23 +148,13 @@ async fn reflection_lists_the_service() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
     let response = stream.message().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection response");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"rotations.v1.RotationService".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"rotations.v1.RotationService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
     server.stop().await;
 }

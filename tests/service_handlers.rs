@@ -18,7 +18,7 @@ use tonic::{Code, Request};
 fn service_with(model: Model, max_sentences: usize, max_concurrent: usize) -> RotationServiceImpl {
     RotationServiceImpl::ready(
         Engine::new(model, BatchLimits::default()),
-        RequestLimits { max_sentences },
+        RequestLimits { max_sentences, max_stream_sentences: 100_000 },
         max_concurrent,
     )
 }
@@ -28,11 +28,7 @@ fn notebook_sentences() -> Vec<String> {
 }
 
 fn her_request(sentences: Vec<String>) -> RotationRequest {
-    RotationRequest {
-        sentences,
-        target: Some(Target::TargetText(" her".into())),
-        ..Default::default()
-    }
+    RotationRequest { sentences, target: Some(Target::TargetText(" her".into())), ..Default::default() }
 }
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -44,11 +40,7 @@ async fn analyze_reproduces_the_notebook_run_in_pytorch() {
     let model = load_bundled();
     let svc = service_with(model.clone(), 4096, 4);
     let sentences = notebook_sentences();
-    let res = svc
-        .analyze(Request::new(her_request(sentences.clone())))
-        .await
-        .unwrap()
-        .into_inner();
+    let res = svc.analyze(Request::new(her_request(sentences.clone()))).await.unwrap().into_inner();
     let rot = res.rotations.unwrap();
     let sig = res.significance.unwrap();
 
@@ -63,14 +55,8 @@ async fn analyze_reproduces_the_notebook_run_in_pytorch() {
     // Positions: the notebook's .index and .index - 1.
     for (s, report) in rot.sentences.iter().enumerate() {
         assert_eq!(report.index as usize, s);
-        assert_eq!(
-            u64::from(report.target_position),
-            g["target_positions"][s].as_u64().unwrap()
-        );
-        assert_eq!(
-            u64::from(report.non_target_position),
-            g["non_target_positions"][s].as_u64().unwrap()
-        );
+        assert_eq!(u64::from(report.target_position), g["target_positions"][s].as_u64().unwrap());
+        assert_eq!(u64::from(report.non_target_position), g["non_target_positions"][s].as_u64().unwrap());
     }
 
     // Target and non-target angles: the notebook's algorithm in PyTorch, to 1e-3 degrees.
@@ -84,22 +70,13 @@ async fn analyze_reproduces_the_notebook_run_in_pytorch() {
             }
         }
     }
-    assert!(
-        max_err <= 1e-3,
-        "max angle error vs the notebook in PyTorch: {max_err:e} degrees"
-    );
+    assert!(max_err <= 1e-3, "max angle error vs the notebook in PyTorch: {max_err:e} degrees");
 
     // t per layer: scipy's ttest_rel on the reference angles, to 1e-4 relative.
     assert_eq!(sig.layers.len(), layers);
     for (l, t) in sig.layers.iter().enumerate() {
         let want_t = g["ttest_f64"]["t"][l].as_f64().unwrap();
-        assert!(
-            rel(t.t, want_t) <= 1e-4,
-            "layer {}: t {} vs scipy {}",
-            l + 1,
-            t.t,
-            want_t
-        );
+        assert!(rel(t.t, want_t) <= 1e-4, "layer {}: t {} vs scipy {}", l + 1, t.t, want_t);
         assert_eq!(t.df, (n - 1) as f64);
     }
     // Bonferroni over the layers actually tested (the notebook divided by num_layers + 1).
@@ -107,31 +84,20 @@ async fn analyze_reproduces_the_notebook_run_in_pytorch() {
     assert!((sig.threshold - 0.05 / layers as f64).abs() < 1e-15);
 
     // Shuffled angles equal their recomputation from the returned draws.
-    let ids: Vec<Vec<u32>> = sentences
-        .iter()
-        .map(|s| model.tokenizer.encode(s).unwrap().ids)
-        .collect();
+    let ids: Vec<Vec<u32>> = sentences.iter().map(|s| model.tokenizer.encode(s).unwrap().ids).collect();
     let hidden = model.hidden_states_blocking(ids.clone()).unwrap();
     assert_eq!(rot.shuffle_draws.len(), layers * n);
     for l in 0..layers {
         for s in 0..n {
             let d = &rot.shuffle_draws[l * n + s];
-            assert!(
-                (1..=layers as u32).contains(&d.layer_v)
-                    && (1..=layers as u32).contains(&d.layer_u)
-            );
-            assert!(
-                (d.position_v as usize) < ids[s].len() && (d.position_u as usize) < ids[s].len()
-            );
+            assert!((1..=layers as u32).contains(&d.layer_v) && (1..=layers as u32).contains(&d.layer_u));
+            assert!((d.position_v as usize) < ids[s].len() && (d.position_u as usize) < ids[s].len());
             let h = &hidden[s];
             let v = h.slice(ndarray::s![d.layer_v as usize, d.position_v as usize, ..]);
             let u = h.slice(ndarray::s![d.layer_u as usize, d.position_u as usize, ..]);
             let want = angle_between(v, u).unwrap().to_degrees();
             let ours = f64::from(angles.values[(l * n + s) * 3 + 2]);
-            assert!(
-                (ours - want).abs() <= 1e-3,
-                "shuffled ({l}, {s}): {ours} vs {want}"
-            );
+            assert!((ours - want).abs() <= 1e-3, "shuffled ({l}, {s}): {ours} vs {want}");
         }
     }
 }
@@ -145,12 +111,7 @@ async fn same_seed_same_result_other_seed_other_draws_radians_on_request() {
         req.shuffle_seed = seed;
         req.unit = unit as i32;
         let svc = svc.clone();
-        async move {
-            svc.compute_rotations(Request::new(req))
-                .await
-                .unwrap()
-                .into_inner()
-        }
+        async move { svc.compute_rotations(Request::new(req)).await.unwrap().into_inner() }
     };
     let a = run(None, proto::AngleUnit::Unspecified).await;
     let b = run(None, proto::AngleUnit::Degrees).await;
@@ -160,13 +121,7 @@ async fn same_seed_same_result_other_seed_other_draws_radians_on_request() {
     assert_ne!(a.shuffle_draws, c.shuffle_draws);
     let r = run(None, proto::AngleUnit::Radians).await;
     assert_eq!(r.unit, proto::AngleUnit::Radians as i32);
-    for (deg, rad) in a
-        .angles
-        .unwrap()
-        .values
-        .iter()
-        .zip(&r.angles.unwrap().values)
-    {
+    for (deg, rad) in a.angles.unwrap().values.iter().zip(&r.angles.unwrap().values) {
         assert!((f64::from(*deg).to_radians() - f64::from(*rad)).abs() < 1e-5);
     }
 }
@@ -175,72 +130,33 @@ async fn expect_error(svc: &RotationServiceImpl, req: RotationRequest, code: Cod
     let status = svc.analyze(Request::new(req)).await.expect_err("must fail");
     assert_eq!(status.code(), code, "{}", status.message());
     for w in words {
-        assert!(
-            status.message().contains(w),
-            "message {:?} lacks {w:?}",
-            status.message()
-        );
+        assert!(status.message().contains(w), "message {:?} lacks {w:?}", status.message());
     }
 }
 
 #[tokio::test]
 async fn bad_requests_get_invalid_argument_naming_the_sentence() {
     let svc = service_with(load_bundled(), 10, 4);
-    let ok = || {
-        vec![
-            "I saw her at the market.".to_string(),
-            "She gave her the book.".to_string(),
-        ]
-    };
+    let ok = || vec!["I saw her at the market.".to_string(), "She gave her the book.".to_string()];
 
-    expect_error(
-        &svc,
-        her_request(vec![]),
-        Code::InvalidArgument,
-        &["sentences"],
-    )
-    .await;
+    expect_error(&svc, her_request(vec![]), Code::InvalidArgument, &["sentences"]).await;
 
     let mut sentences = ok();
     sentences.push("Nobody else was there.".into());
-    expect_error(
-        &svc,
-        her_request(sentences),
-        Code::InvalidArgument,
-        &["sentence 2"],
-    )
-    .await;
+    expect_error(&svc, her_request(sentences), Code::InvalidArgument, &["sentence 2"]).await;
 
     // A target at position 0 has no token before it: the notebook silently wrapped to padding.
     let mut sentences = ok();
     sentences.insert(1, " her book was there.".into());
-    expect_error(
-        &svc,
-        her_request(sentences),
-        Code::InvalidArgument,
-        &["sentence 1"],
-    )
-    .await;
+    expect_error(&svc, her_request(sentences), Code::InvalidArgument, &["sentence 1"]).await;
 
     let mut req = her_request(ok());
     req.target = Some(Target::TargetText(" herself and".into()));
-    expect_error(
-        &svc,
-        req,
-        Code::InvalidArgument,
-        &["target_text", "exactly one token"],
-    )
-    .await;
+    expect_error(&svc, req, Code::InvalidArgument, &["target_text", "exactly one token"]).await;
 
     let mut req = her_request(ok());
     req.target = Some(Target::TargetTokenId(50257));
-    expect_error(
-        &svc,
-        req,
-        Code::InvalidArgument,
-        &["target_token_id", "vocabulary"],
-    )
-    .await;
+    expect_error(&svc, req, Code::InvalidArgument, &["target_token_id", "vocabulary"]).await;
 
     let mut req = her_request(ok());
     req.target = None;
@@ -250,13 +166,7 @@ async fn bad_requests_get_invalid_argument_naming_the_sentence() {
     req.non_target_offset = Some(5);
     expect_error(&svc, req, Code::InvalidArgument, &["sentence 0"]).await;
 
-    expect_error(
-        &svc,
-        her_request(vec![String::new(), "x her".into()]),
-        Code::InvalidArgument,
-        &["sentence 0"],
-    )
-    .await;
+    expect_error(&svc, her_request(vec![String::new(), "x her".into()]), Code::InvalidArgument, &["sentence 0"]).await;
 
     let long = format!("a{}", " her".repeat(1100));
     expect_error(
@@ -267,39 +177,22 @@ async fn bad_requests_get_invalid_argument_naming_the_sentence() {
     )
     .await;
 
-    expect_error(
-        &svc,
-        her_request(vec!["I saw her.".into(); 11]),
-        Code::InvalidArgument,
-        &["max_sentences", "10"],
-    )
-    .await;
+    expect_error(&svc, her_request(vec!["I saw her.".into(); 11]), Code::InvalidArgument, &["max_sentences", "10"])
+        .await;
 
     // One sentence: no paired t-test is possible.
-    expect_error(
-        &svc,
-        her_request(vec!["I saw her.".into()]),
-        Code::InvalidArgument,
-        &[],
-    )
-    .await;
+    expect_error(&svc, her_request(vec!["I saw her.".into()]), Code::InvalidArgument, &[]).await;
 
     let mut req = her_request(ok());
     req.unit = 9;
     expect_error(&svc, req, Code::InvalidArgument, &["unit"]).await;
 
     let mut req = her_request(ok());
-    req.significance = Some(proto::SignificanceOptions {
-        alpha: Some(1.5),
-        ..Default::default()
-    });
+    req.significance = Some(proto::SignificanceOptions { alpha: Some(1.5), ..Default::default() });
     expect_error(&svc, req, Code::InvalidArgument, &[]).await;
 
     let mut req = her_request(ok());
-    req.significance = Some(proto::SignificanceOptions {
-        condition_b: Some(3),
-        ..Default::default()
-    });
+    req.significance = Some(proto::SignificanceOptions { condition_b: Some(3), ..Default::default() });
     expect_error(&svc, req, Code::InvalidArgument, &[]).await;
 
     // The service is unharmed: a good request still works.
@@ -316,60 +209,36 @@ async fn test_significance_checks_its_tensor() {
     for (req, words) in [
         (bad(vec![2, 3], vec![0.0; 6]), "3 dimensions"),
         (bad(vec![2, 3, 3], vec![0.0; 5]), "needs 18 values"),
-        (
-            proto::SignificanceRequest {
-                angles: None,
-                options: None,
-            },
-            "angles",
-        ),
+        (proto::SignificanceRequest { angles: None, options: None }, "angles"),
     ] {
-        let status = svc
-            .test_significance(Request::new(req))
-            .await
-            .expect_err("must fail");
+        let status = svc.test_significance(Request::new(req)).await.expect_err("must fail");
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains(words), "{}", status.message());
     }
     let mut values = vec![f32::NAN; 2 * 3 * 3];
     values[0] = 1.0;
-    let status = svc
-        .test_significance(Request::new(bad(vec![2, 3, 3], values)))
-        .await
-        .expect_err("NaN");
+    let status = svc.test_significance(Request::new(bad(vec![2, 3, 3], values))).await.expect_err("NaN");
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
 async fn before_the_model_is_ready_requests_are_unavailable() {
-    let svc = RotationServiceImpl::new(RequestLimits { max_sentences: 10 }, 4);
-    let status = svc
-        .get_model_info(Request::new(proto::GetModelInfoRequest {}))
-        .await
-        .unwrap_err();
+    let svc = RotationServiceImpl::new(RequestLimits { max_sentences: 10, max_stream_sentences: 100 }, 4);
+    let status = svc.get_model_info(Request::new(proto::GetModelInfoRequest {})).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    let status = svc
-        .analyze(Request::new(her_request(vec!["I saw her.".into()])))
-        .await
-        .unwrap_err();
+    let status = svc.analyze(Request::new(her_request(vec!["I saw her.".into()]))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
 }
 
 #[tokio::test]
 async fn model_info_and_tokenize() {
     let svc = service_with(load_bundled(), 10, 4);
-    let info = svc
-        .get_model_info(Request::new(proto::GetModelInfoRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let info = svc.get_model_info(Request::new(proto::GetModelInfoRequest {})).await.unwrap().into_inner();
     assert_eq!(info.num_hidden_states, info.num_layers + 1);
     assert_eq!(info.vocab_size, 50257);
     assert_eq!(info.execution_provider, "cpu");
     let t = svc
-        .tokenize(Request::new(proto::TokenizeRequest {
-            texts: vec!["I saw her".into()],
-        }))
+        .tokenize(Request::new(proto::TokenizeRequest { texts: vec!["I saw her".into()] }))
         .await
         .unwrap()
         .into_inner();
@@ -390,9 +259,7 @@ impl Backend for SlowBackend {
         Ok(batch
             .iter()
             .map(|ids| {
-                SentenceHidden::from_shape_fn((self.layers + 1, ids.len(), 4), |(k, p, d)| {
-                    (1 + k + p * 3 + d) as f32
-                })
+                SentenceHidden::from_shape_fn((self.layers + 1, ids.len(), 4), |(k, p, d)| (1 + k + p * 3 + d) as f32)
             })
             .collect())
     }
@@ -403,14 +270,7 @@ async fn past_the_concurrency_limit_requests_are_refused_at_once() {
     let dir = bundled_model_dir();
     let manifest = Manifest::read(&dir.join("model.json")).unwrap();
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let model = Model::with_backend(
-        &manifest,
-        tokenizer,
-        SlowBackend {
-            layers: manifest.num_layers,
-        },
-    )
-    .unwrap();
+    let model = Model::with_backend(&manifest, tokenizer, SlowBackend { layers: manifest.num_layers }).unwrap();
     let svc = service_with(model, 10, 1);
     let req = || her_request(vec!["I saw her.".into(), "We met her.".into()]);
     let first = tokio::spawn({
@@ -418,16 +278,9 @@ async fn past_the_concurrency_limit_requests_are_refused_at_once() {
         async move { svc.compute_rotations(Request::new(req())).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let status = svc
-        .compute_rotations(Request::new(req()))
-        .await
-        .unwrap_err();
+    let status = svc.compute_rotations(Request::new(req())).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(
-        status.message().contains("max_concurrent_requests (1)"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("max_concurrent_requests (1)"), "{}", status.message());
     first.await.unwrap().unwrap();
     svc.compute_rotations(Request::new(req())).await.unwrap();
 }

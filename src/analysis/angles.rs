@@ -54,10 +54,7 @@ impl AngleUnit {
 ///   angle, is undefined) — this includes empty vectors.
 pub fn angle_between(a: ArrayView1<f32>, b: ArrayView1<f32>) -> Result<f64, AnalysisError> {
     if a.len() != b.len() {
-        return Err(AnalysisError::LengthMismatch {
-            a: a.len(),
-            b: b.len(),
-        });
+        return Err(AnalysisError::LengthMismatch { a: a.len(), b: b.len() });
     }
     let norm_a = norm(a)?;
     let norm_b = norm(b)?;
@@ -164,11 +161,7 @@ mod tests {
             // (~6e-8 relative each).
             let a3 = a.mapv(|x| x * 3.7);
             let b9 = b.mapv(|x| x * 0.013);
-            approx::assert_relative_eq!(
-                angle_between(a3.view(), b9.view()).unwrap(),
-                ab,
-                max_relative = 1e-6
-            );
+            approx::assert_relative_eq!(angle_between(a3.view(), b9.view()).unwrap(), ab, max_relative = 1e-6);
             // The angle to a scaled copy of itself is exactly 0 for power-of-two scales.
             assert_eq!(angle_between(a.view(), a4.view()).unwrap(), 0.0);
         }
@@ -181,12 +174,8 @@ mod tests {
     fn accurate_for_nearly_parallel_vectors() {
         let mut rng = ChaCha20Rng::from_seed([9; 32]);
         // u: random signs (±1); v: ±1 with exactly half of the products u_i v_i positive.
-        let signs: Vec<f32> = (0..DIM)
-            .map(|_| if rng.next_u32() & 1 == 0 { 1.0 } else { -1.0 })
-            .collect();
-        let mut halves: Vec<f32> = (0..DIM)
-            .map(|i| if i < DIM / 2 { 1.0 } else { -1.0 })
-            .collect();
+        let signs: Vec<f32> = (0..DIM).map(|_| if rng.next_u32() & 1 == 0 { 1.0 } else { -1.0 }).collect();
+        let mut halves: Vec<f32> = (0..DIM).map(|i| if i < DIM / 2 { 1.0 } else { -1.0 }).collect();
         // Deterministic Fisher–Yates shuffle so the ±1 pattern is irregular.
         for i in (1..DIM).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
@@ -205,10 +194,7 @@ mod tests {
             let expected = t.atan();
             let got = angle_between(u.view(), b.view()).unwrap();
             let rel = (got - expected).abs() / expected;
-            assert!(
-                rel < 1e-9,
-                "k={k}: got {got:e}, expected {expected:e}, rel {rel:e}"
-            );
+            assert!(rel < 1e-9, "k={k}: got {got:e}, expected {expected:e}, rel {rel:e}");
 
             if k >= 15 {
                 // The notebook's float32 acos formula collapses to 0 (or NaN) here.
@@ -238,10 +224,7 @@ mod tests {
             let expected = (aa.sqrt() * d_perp.dot(&d_perp).sqrt()).atan2(aa + ad);
             let got = angle_between(a.view(), b.view()).unwrap();
             let rel = (got - expected).abs() / expected;
-            assert!(
-                rel < 1e-6,
-                "scale {scale}: got {got:e}, expected {expected:e}"
-            );
+            assert!(rel < 1e-6, "scale {scale}: got {got:e}, expected {expected:e}");
         }
     }
 
@@ -249,34 +232,16 @@ mod tests {
     fn errors() {
         let z = Array1::<f32>::zeros(4);
         let a = array![1.0f32, 2.0, 3.0, 4.0];
-        assert_eq!(
-            angle_between(z.view(), a.view()),
-            Err(AnalysisError::ZeroVector)
-        );
-        assert_eq!(
-            angle_between(a.view(), z.view()),
-            Err(AnalysisError::ZeroVector)
-        );
+        assert_eq!(angle_between(z.view(), a.view()), Err(AnalysisError::ZeroVector));
+        assert_eq!(angle_between(a.view(), z.view()), Err(AnalysisError::ZeroVector));
         let empty = Array1::<f32>::zeros(0);
-        assert_eq!(
-            angle_between(empty.view(), empty.view()),
-            Err(AnalysisError::ZeroVector)
-        );
+        assert_eq!(angle_between(empty.view(), empty.view()), Err(AnalysisError::ZeroVector));
         let short = array![1.0f32];
-        assert_eq!(
-            angle_between(a.view(), short.view()),
-            Err(AnalysisError::LengthMismatch { a: 4, b: 1 })
-        );
+        assert_eq!(angle_between(a.view(), short.view()), Err(AnalysisError::LengthMismatch { a: 4, b: 1 }));
         let nan = array![1.0f32, f32::NAN, 0.0, 0.0];
-        assert_eq!(
-            angle_between(nan.view(), a.view()),
-            Err(AnalysisError::NonFiniteVector)
-        );
+        assert_eq!(angle_between(nan.view(), a.view()), Err(AnalysisError::NonFiniteVector));
         let inf = array![1.0f32, f32::INFINITY, 0.0, 0.0];
-        assert_eq!(
-            angle_between(a.view(), inf.view()),
-            Err(AnalysisError::NonFiniteVector)
-        );
+        assert_eq!(angle_between(a.view(), inf.view()), Err(AnalysisError::NonFiniteVector));
         // Huge but finite f32 components do not overflow.
         let big = array![f32::MAX, f32::MAX, 0.0, 0.0];
         approx::assert_relative_eq!(

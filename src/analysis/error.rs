@@ -27,55 +27,27 @@ pub enum AnalysisError {
     #[error("sentence {sentence}: target token {target} not found")]
     TargetNotFound { sentence: usize, target: u32 },
     /// `target position + offset` falls outside the sentence's real tokens.
-    #[error(
-        "sentence {sentence}: non-target position {position} is outside the sentence's {num_tokens} tokens"
-    )]
-    NonTargetOutOfRange {
-        sentence: usize,
-        position: i64,
-        num_tokens: usize,
-    },
+    #[error("sentence {sentence}: non-target position {position} is outside the sentence's {num_tokens} tokens")]
+    NonTargetOutOfRange { sentence: usize, position: i64, num_tokens: usize },
     /// A non-target offset of 0 would compare the target with itself.
-    #[error(
-        "sentence {sentence}: non-target offset 0 would make the non-target the target itself"
-    )]
+    #[error("sentence {sentence}: non-target offset 0 would make the non-target the target itself")]
     NonTargetIsTarget { sentence: usize },
 
     /// The hidden-state tensor does not have one row per token id.
-    #[error(
-        "sentence {sentence}: {num_ids} token ids but hidden states for {hidden_tokens} tokens"
-    )]
-    TokenCountMismatch {
-        sentence: usize,
-        num_ids: usize,
-        hidden_tokens: usize,
-    },
+    #[error("sentence {sentence}: {num_ids} token ids but hidden states for {hidden_tokens} tokens")]
+    TokenCountMismatch { sentence: usize, num_ids: usize, hidden_tokens: usize },
     /// Fewer than two hidden states (embeddings + at least one layer) were given.
-    #[error(
-        "sentence {sentence}: {found} hidden state(s); need at least 2 (embeddings + 1 layer)"
-    )]
+    #[error("sentence {sentence}: {found} hidden state(s); need at least 2 (embeddings + 1 layer)")]
     TooFewHiddenStates { sentence: usize, found: usize },
     /// The hidden size is zero.
     #[error("sentence {sentence}: hidden size is 0")]
     EmptyHiddenSize { sentence: usize },
     /// A hidden-state vector used in an angle is all zeros.
-    #[error(
-        "sentence {sentence}: hidden state {hidden_state} at position {position} is the zero vector"
-    )]
-    ZeroHiddenState {
-        sentence: usize,
-        hidden_state: usize,
-        position: usize,
-    },
+    #[error("sentence {sentence}: hidden state {hidden_state} at position {position} is the zero vector")]
+    ZeroHiddenState { sentence: usize, hidden_state: usize, position: usize },
     /// A hidden-state vector used in an angle has a NaN or infinite component.
-    #[error(
-        "sentence {sentence}: hidden state {hidden_state} at position {position} is not finite"
-    )]
-    NonFiniteHiddenState {
-        sentence: usize,
-        hidden_state: usize,
-        position: usize,
-    },
+    #[error("sentence {sentence}: hidden state {hidden_state} at position {position} is not finite")]
+    NonFiniteHiddenState { sentence: usize, hidden_state: usize, position: usize },
 
     /// `Rotations::assemble` got no sentences.
     #[error("no sentences")]
@@ -85,11 +57,7 @@ pub enum AnalysisError {
     DuplicateSentence { sentence: usize },
     /// Sentences disagree on the number of layers (or a sentence's arrays are malformed).
     #[error("sentence {sentence}: {found} layers, expected {expected}")]
-    LayerCountMismatch {
-        sentence: usize,
-        expected: usize,
-        found: usize,
-    },
+    LayerCountMismatch { sentence: usize, expected: usize, found: usize },
 
     /// A paired t-test needs at least two sentences (pairs).
     #[error("need at least 2 sentences for a paired t-test, got {n}")]
@@ -109,10 +77,7 @@ pub enum AnalysisError {
     NonFiniteStats { layer: usize },
     /// A condition index is not below the number of conditions.
     #[error("condition {condition} out of range (there are {num_conditions} conditions)")]
-    ConditionOutOfRange {
-        condition: usize,
-        num_conditions: usize,
-    },
+    ConditionOutOfRange { condition: usize, num_conditions: usize },
     /// Both sides of the paired test are the same condition.
     #[error("condition_a and condition_b are both {condition}")]
     SameCondition { condition: usize },
@@ -120,8 +85,6 @@ pub enum AnalysisError {
     #[error("alpha must be in (0, 1), got {alpha}")]
     InvalidAlpha { alpha: f64 },
     /// The multiple-comparison family size is 0 or smaller than the number of tested layers.
-    #[error(
-        "num_tests must be at least the number of tested layers ({num_layers}), got {num_tests}"
-    )]
+    #[error("num_tests must be at least the number of tested layers ({num_layers}), got {num_tests}")]
     InvalidNumTests { num_tests: usize, num_layers: usize },
 }

@@ -83,10 +83,7 @@ pub fn rotate_sentence(
         });
     }
     if num_states < 2 {
-        return Err(AnalysisError::TooFewHiddenStates {
-            sentence: index,
-            found: num_states,
-        });
+        return Err(AnalysisError::TooFewHiddenStates { sentence: index, found: num_states });
     }
     if hidden_size == 0 {
         return Err(AnalysisError::EmptyHiddenSize { sentence: index });
@@ -107,13 +104,7 @@ pub fn rotate_sentence(
             (draw.layer_u as usize, draw.position_u as usize),
         )?;
     }
-    Ok(SentenceRotations {
-        index,
-        num_tokens,
-        positions,
-        angles,
-        draws,
-    })
+    Ok(SentenceRotations { index, num_tokens, positions, angles, draws })
 }
 
 /// Angle in radians between `hidden[s1, p1]` and `hidden[s2, p2]`, with errors naming the
@@ -138,17 +129,9 @@ fn vector_angle(
             (s2, p2, false)
         };
         if non_finite {
-            AnalysisError::NonFiniteHiddenState {
-                sentence,
-                hidden_state,
-                position,
-            }
+            AnalysisError::NonFiniteHiddenState { sentence, hidden_state, position }
         } else {
-            AnalysisError::ZeroHiddenState {
-                sentence,
-                hidden_state,
-                position,
-            }
+            AnalysisError::ZeroHiddenState { sentence, hidden_state, position }
         }
     })
 }
@@ -174,10 +157,7 @@ impl Rotations {
     /// [`AnalysisError::NoSentences`], [`AnalysisError::DuplicateSentence`], and
     /// [`AnalysisError::LayerCountMismatch`] if a sentence's layer count (or the shape of its
     /// `angles`/`draws`) differs from the lowest-index sentence's.
-    pub fn assemble(
-        unit: AngleUnit,
-        mut sentences: Vec<SentenceRotations>,
-    ) -> Result<Self, AnalysisError> {
+    pub fn assemble(unit: AngleUnit, mut sentences: Vec<SentenceRotations>) -> Result<Self, AnalysisError> {
         sentences.sort_by_key(|s| s.index);
         let first = sentences.first().ok_or(AnalysisError::NoSentences)?;
         let num_layers = first.angles.nrows();
@@ -187,22 +167,14 @@ impl Rotations {
             }
             let (rows, cols) = s.angles.dim();
             if rows != num_layers || cols != CONDITIONS.len() || s.draws.len() != num_layers {
-                return Err(AnalysisError::LayerCountMismatch {
-                    sentence: s.index,
-                    expected: num_layers,
-                    found: rows,
-                });
+                return Err(AnalysisError::LayerCountMismatch { sentence: s.index, expected: num_layers, found: rows });
             }
         }
         let mut angles = Array3::<f64>::zeros((num_layers, sentences.len(), CONDITIONS.len()));
         for (j, s) in sentences.iter().enumerate() {
             angles.index_axis_mut(Axis(1), j).assign(&s.angles);
         }
-        Ok(Rotations {
-            unit,
-            angles,
-            sentences,
-        })
+        Ok(Rotations { unit, angles, sentences })
     }
 
     /// Number of layer transitions.
@@ -218,24 +190,17 @@ impl Rotations {
     /// `[num_layers, 3]`: the mean angle over sentences per layer and condition (the thick
     /// lines of the notebook's plot), in [`Self::unit`].
     pub fn layer_means(&self) -> Array2<f64> {
-        self.angles
-            .mean_axis(Axis(1))
-            .expect("assemble guarantees at least one sentence")
+        self.angles.mean_axis(Axis(1)).expect("assemble guarantees at least one sentence")
     }
 
     /// All shuffled draws, layer-major: element `l·num_sentences + j` is layer `l + 1` of the
     /// `j`-th sentence in index order.
     pub fn draws_row_major(&self) -> Vec<ShuffleDraw> {
-        (0..self.num_layers())
-            .flat_map(|l| self.sentences.iter().map(move |s| s.draws[l]))
-            .collect()
+        (0..self.num_layers()).flat_map(|l| self.sentences.iter().map(move |s| s.draws[l])).collect()
     }
 
     /// The per-layer paired t-tests of these angles (see [`test_layers`]).
-    pub fn significance(
-        &self,
-        opts: &SignificanceOptions,
-    ) -> Result<SignificanceResult, AnalysisError> {
+    pub fn significance(&self, opts: &SignificanceOptions) -> Result<SignificanceResult, AnalysisError> {
         test_layers(self.angles.view(), opts)
     }
 }
@@ -279,20 +244,11 @@ mod tests {
     fn angles_of_a_toy_model() {
         let ids = [1, 2, T, 3, T];
         let hidden = toy(5, 5);
-        let opts = RotationOptions {
-            unit: AngleUnit::Radians,
-            ..RotationOptions::new(T)
-        };
+        let opts = RotationOptions { unit: AngleUnit::Radians, ..RotationOptions::new(T) };
         let r = rotate_sentence(3, &ids, hidden.view(), &opts).unwrap();
         assert_eq!(r.index, 3);
         assert_eq!(r.num_tokens, 5);
-        assert_eq!(
-            r.positions,
-            Positions {
-                target: 2,
-                non_target: 1
-            }
-        );
+        assert_eq!(r.positions, Positions { target: 2, non_target: 1 });
         assert_eq!(r.angles.dim(), (4, 3));
         assert_eq!(r.draws, draws_for_sentence(DEFAULT_SHUFFLE_SEED, 3, 4, 5));
         for l in 1..=4 {
@@ -300,12 +256,8 @@ mod tests {
             assert!((r.angles[[l - 1, 0]] - expected(l - 1, 2, l, 2)).abs() < 1e-6);
             assert!((r.angles[[l - 1, 1]] - expected(l - 1, 1, l, 1)).abs() < 1e-6);
             let d = r.draws[l - 1];
-            let (sv, pv, su, pu) = (
-                d.layer_v as usize,
-                d.position_v as usize,
-                d.layer_u as usize,
-                d.position_u as usize,
-            );
+            let (sv, pv, su, pu) =
+                (d.layer_v as usize, d.position_v as usize, d.layer_u as usize, d.position_u as usize);
             assert!(sv >= 1 && su >= 1);
             assert!((r.angles[[l - 1, 2]] - expected(sv, pv, su, pu)).abs() < 1e-6);
         }
@@ -323,18 +275,11 @@ mod tests {
         let opts = RotationOptions::new(T);
         assert_eq!(
             rotate_sentence(2, &ids[..2], hidden.view(), &opts),
-            Err(AnalysisError::TokenCountMismatch {
-                sentence: 2,
-                num_ids: 2,
-                hidden_tokens: 3
-            })
+            Err(AnalysisError::TokenCountMismatch { sentence: 2, num_ids: 2, hidden_tokens: 3 })
         );
         assert_eq!(
             rotate_sentence(2, &ids, hidden.slice(ndarray::s![..1, .., ..]), &opts),
-            Err(AnalysisError::TooFewHiddenStates {
-                sentence: 2,
-                found: 1
-            })
+            Err(AnalysisError::TooFewHiddenStates { sentence: 2, found: 1 })
         );
         assert_eq!(
             rotate_sentence(2, &ids, hidden.slice(ndarray::s![.., .., ..0]), &opts),
@@ -342,40 +287,23 @@ mod tests {
         );
         assert_eq!(
             rotate_sentence(2, &[T, 1, 3], hidden.view(), &opts),
-            Err(AnalysisError::NonTargetOutOfRange {
-                sentence: 2,
-                position: -1,
-                num_tokens: 3
-            })
+            Err(AnalysisError::NonTargetOutOfRange { sentence: 2, position: -1, num_tokens: 3 })
         );
         assert_eq!(
             rotate_sentence(2, &[4, 5, 6], hidden.view(), &opts),
-            Err(AnalysisError::TargetNotFound {
-                sentence: 2,
-                target: T
-            })
+            Err(AnalysisError::TargetNotFound { sentence: 2, target: T })
         );
         let mut zero = hidden.clone();
-        zero.index_axis_mut(Axis(0), 2)
-            .index_axis_mut(Axis(0), 1)
-            .fill(0.0);
+        zero.index_axis_mut(Axis(0), 2).index_axis_mut(Axis(0), 1).fill(0.0);
         assert_eq!(
             rotate_sentence(2, &ids, zero.view(), &opts),
-            Err(AnalysisError::ZeroHiddenState {
-                sentence: 2,
-                hidden_state: 2,
-                position: 1
-            })
+            Err(AnalysisError::ZeroHiddenState { sentence: 2, hidden_state: 2, position: 1 })
         );
         let mut nan = hidden.clone();
         nan[[1, 0, 1]] = f32::NAN;
         assert_eq!(
             rotate_sentence(2, &ids, nan.view(), &opts),
-            Err(AnalysisError::NonFiniteHiddenState {
-                sentence: 2,
-                hidden_state: 1,
-                position: 0
-            })
+            Err(AnalysisError::NonFiniteHiddenState { sentence: 2, hidden_state: 1, position: 0 })
         );
     }
 
@@ -430,35 +358,23 @@ mod tests {
             }
         }
         // The t-test shortcut.
-        let sig = ordered
-            .significance(&SignificanceOptions::default())
-            .unwrap();
+        let sig = ordered.significance(&SignificanceOptions::default()).unwrap();
         assert_eq!(sig.layers.len(), 6);
     }
 
     #[test]
     fn assembly_errors() {
         let opts = RotationOptions::new(T);
-        assert_eq!(
-            Rotations::assemble(opts.unit, vec![]),
-            Err(AnalysisError::NoSentences)
-        );
+        assert_eq!(Rotations::assemble(opts.unit, vec![]), Err(AnalysisError::NoSentences));
         let mut all = sentences(3, &opts);
         all.push(all[1].clone());
-        assert_eq!(
-            Rotations::assemble(opts.unit, all),
-            Err(AnalysisError::DuplicateSentence { sentence: 1 })
-        );
+        assert_eq!(Rotations::assemble(opts.unit, all), Err(AnalysisError::DuplicateSentence { sentence: 1 }));
         let mut all = sentences(3, &opts);
         let short = rotate_sentence(7, &[1, T], toy(3, 2).view(), &opts).unwrap();
         all.push(short);
         assert_eq!(
             Rotations::assemble(opts.unit, all),
-            Err(AnalysisError::LayerCountMismatch {
-                sentence: 7,
-                expected: 6,
-                found: 2
-            })
+            Err(AnalysisError::LayerCountMismatch { sentence: 7, expected: 6, found: 2 })
         );
     }
 }

@@ -43,12 +43,7 @@ pub const DEFAULT_SHUFFLE_SEED: u64 = 20250901;
 /// # Panics
 /// If `num_layers > 0` and `num_tokens == 0` (there is nothing to draw from), or if
 /// `num_layers` or `num_tokens` exceeds `u32::MAX`.
-pub fn draws_for_sentence(
-    seed: u64,
-    sentence: usize,
-    num_layers: usize,
-    num_tokens: usize,
-) -> Vec<ShuffleDraw> {
+pub fn draws_for_sentence(seed: u64, sentence: usize, num_layers: usize, num_tokens: usize) -> Vec<ShuffleDraw> {
     if num_layers == 0 {
         return Vec::new();
     }
@@ -62,12 +57,7 @@ pub fn draws_for_sentence(
             let position_v = below(&mut rng, tokens);
             let layer_u = 1 + below(&mut rng, layers);
             let position_u = below(&mut rng, tokens);
-            ShuffleDraw {
-                layer_v,
-                position_v,
-                layer_u,
-                position_u,
-            }
+            ShuffleDraw { layer_v, position_v, layer_u, position_u }
         })
         .collect()
 }
@@ -120,13 +110,9 @@ mod tests {
             }
         }
         assert!(draws_for_sentence(1, 0, 0, 0).is_empty());
-        assert!(draws_for_sentence(1, 0, 1, 1).iter().all(|d| d
-            == &ShuffleDraw {
-                layer_v: 1,
-                position_v: 0,
-                layer_u: 1,
-                position_u: 0
-            }));
+        assert!(draws_for_sentence(1, 0, 1, 1)
+            .iter()
+            .all(|d| d == &ShuffleDraw { layer_v: 1, position_v: 0, layer_u: 1, position_u: 0 }));
     }
 
     #[test]
@@ -145,15 +131,9 @@ mod tests {
         assert_eq!(draws_for_sentence(DEFAULT_SHUFFLE_SEED, 17, 48, 9), alone);
         // Different sentences and different seeds give different draws.
         assert_ne!(draws_for_sentence(DEFAULT_SHUFFLE_SEED, 18, 48, 9), alone);
-        assert_ne!(
-            draws_for_sentence(DEFAULT_SHUFFLE_SEED + 1, 17, 48, 9),
-            alone
-        );
+        assert_ne!(draws_for_sentence(DEFAULT_SHUFFLE_SEED + 1, 17, 48, 9), alone);
         // The seed's bytes all matter (not only the low ones).
-        assert_ne!(
-            draws_for_sentence(DEFAULT_SHUFFLE_SEED | (1 << 63), 17, 48, 9),
-            alone
-        );
+        assert_ne!(draws_for_sentence(DEFAULT_SHUFFLE_SEED | (1 << 63), 17, 48, 9), alone);
     }
 
     /// Pins the stream: if rand_chacha's output or our key layout ever changed, previously
@@ -172,17 +152,12 @@ mod tests {
             assert_eq!(ours.next_u64(), direct.next_u64());
         }
         let draws = draws_for_sentence(DEFAULT_SHUFFLE_SEED, 0, 4, 7);
-        let flat: Vec<u32> = draws
-            .iter()
-            .flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u])
-            .collect();
+        let flat: Vec<u32> = draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect();
         assert_eq!(flat, [4, 5, 1, 1, 1, 2, 2, 4, 4, 5, 1, 6, 2, 3, 4, 0]);
         // A nonzero stream (sentence 5), 48 layers, 9 tokens: first three layers.
         let draws = draws_for_sentence(DEFAULT_SHUFFLE_SEED, 5, 48, 9);
-        let flat: Vec<u32> = draws[..3]
-            .iter()
-            .flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u])
-            .collect();
+        let flat: Vec<u32> =
+            draws[..3].iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect();
         assert_eq!(flat, [13, 2, 20, 3, 7, 2, 46, 8, 33, 8, 39, 1]);
     }
 
@@ -205,10 +180,7 @@ mod tests {
         let chi2 = |counts: &[u64]| {
             let total: u64 = counts.iter().sum();
             let expected = total as f64 / counts.len() as f64;
-            counts
-                .iter()
-                .map(|&c| (c as f64 - expected).powi(2) / expected)
-                .sum::<f64>()
+            counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum::<f64>()
         };
         let (c_layers, c_pos) = (chi2(&layer_counts), chi2(&pos_counts));
         // df = 47: mean 47, sd ≈ 9.7; df = 6: mean 6, sd ≈ 3.5.
@@ -217,16 +189,11 @@ mod tests {
         // And not suspiciously perfect either.
         assert!(c_layers > 10.0, "layer chi2 {c_layers}");
         // v and u draws are not copies of each other.
-        let same = (0..500)
-            .flat_map(|s| draws_for_sentence(42, s, layers, tokens))
-            .filter(|d| d.layer_v == d.layer_u)
-            .count();
+        let same =
+            (0..500).flat_map(|s| draws_for_sentence(42, s, layers, tokens)).filter(|d| d.layer_v == d.layer_u).count();
         let n = 500 * layers;
         // Expected n/48 = 500 matches; allow a wide margin.
-        assert!(
-            (350..650).contains(&same),
-            "{same} equal layer pairs of {n}"
-        );
+        assert!((350..650).contains(&same), "{same} equal layer pairs of {n}");
     }
 
     #[test]

@@ -197,11 +197,7 @@ pub struct SignificanceResult {
 ///
 /// # Errors
 /// Condition index out of range, `a == b`, or a non-finite angle (or difference).
-pub fn paired_stats(
-    angles: ArrayView3<f64>,
-    a: usize,
-    b: usize,
-) -> Result<Vec<PairedStats>, AnalysisError> {
+pub fn paired_stats(angles: ArrayView3<f64>, a: usize, b: usize) -> Result<Vec<PairedStats>, AnalysisError> {
     check_conditions(angles.shape()[2], a, b)?;
     (0..angles.shape()[0])
         .map(|l| {
@@ -224,10 +220,7 @@ pub fn paired_stats(
 /// [`AnalysisError::NotEnoughSentences`] (fewer than 2), [`AnalysisError::InvalidNumTests`],
 /// [`AnalysisError::NonFinite`] (first non-finite angle, by layer then sentence) and
 /// [`AnalysisError::ZeroVariance`] (differences constant to f64 precision).
-pub fn test_layers(
-    angles: ArrayView3<f64>,
-    opts: &SignificanceOptions,
-) -> Result<SignificanceResult, AnalysisError> {
+pub fn test_layers(angles: ArrayView3<f64>, opts: &SignificanceOptions) -> Result<SignificanceResult, AnalysisError> {
     let (num_layers, num_sentences, num_conditions) = angles.dim();
     check_conditions(num_conditions, opts.condition_a, opts.condition_b)?;
     check_alpha(opts.alpha)?;
@@ -235,9 +228,7 @@ pub fn test_layers(
         return Err(AnalysisError::NoLayers);
     }
     if num_sentences < 2 {
-        return Err(AnalysisError::NotEnoughSentences {
-            n: num_sentences as u64,
-        });
+        return Err(AnalysisError::NotEnoughSentences { n: num_sentences as u64 });
     }
     let num_tests = family_size(opts.num_tests, num_layers)?;
     let mut raw = Vec::with_capacity(num_layers);
@@ -370,13 +361,7 @@ struct RawTest {
 /// judged to be zero: below `16·n·ε·mean_sq` it is indistinguishable from rounding error of
 /// the sums (t would be > ~10⁷ and meaningless), and both code paths report
 /// [`AnalysisError::ZeroVariance`] rather than an arbitrary huge t.
-fn raw_test(
-    layer: usize,
-    n: u64,
-    mean: f64,
-    variance: f64,
-    mean_sq: f64,
-) -> Result<RawTest, AnalysisError> {
+fn raw_test(layer: usize, n: u64, mean: f64, variance: f64, mean_sq: f64) -> Result<RawTest, AnalysisError> {
     let nf = n as f64;
     if variance.is_nan() || variance <= 16.0 * nf * f64::EPSILON * mean_sq {
         return Err(AnalysisError::ZeroVariance { layer });
@@ -387,15 +372,7 @@ fn raw_test(
     let df = nf - 1.0;
     let p = two_sided_p(t, df);
     let ci_half_width = t_quantile(0.5 + CI_LEVEL / 2.0, df) * se;
-    Ok(RawTest {
-        layer,
-        n,
-        t,
-        p,
-        mean,
-        sd,
-        ci_half_width,
-    })
+    Ok(RawTest { layer, n, t, p, mean, sd, ci_half_width })
 }
 
 /// Applies the correction and decides significance.
@@ -438,22 +415,13 @@ fn finish(raw: Vec<RawTest>, opts: &SignificanceOptions, num_tests: usize) -> Si
             }
         })
         .collect();
-    SignificanceResult {
-        layers,
-        alpha: opts.alpha,
-        correction: opts.correction,
-        threshold,
-        num_tests,
-    }
+    SignificanceResult { layers, alpha: opts.alpha, correction: opts.correction, threshold, num_tests }
 }
 
 fn check_conditions(num_conditions: usize, a: usize, b: usize) -> Result<(), AnalysisError> {
     for condition in [a, b] {
         if condition >= num_conditions {
-            return Err(AnalysisError::ConditionOutOfRange {
-                condition,
-                num_conditions,
-            });
+            return Err(AnalysisError::ConditionOutOfRange { condition, num_conditions });
         }
     }
     if a == b {
@@ -473,21 +441,13 @@ fn check_alpha(alpha: f64) -> Result<(), AnalysisError> {
 fn family_size(num_tests: Option<usize>, num_layers: usize) -> Result<usize, AnalysisError> {
     let m = num_tests.unwrap_or(num_layers);
     if m == 0 || m < num_layers {
-        return Err(AnalysisError::InvalidNumTests {
-            num_tests: m,
-            num_layers,
-        });
+        return Err(AnalysisError::InvalidNumTests { num_tests: m, num_layers });
     }
     Ok(m)
 }
 
 /// `a − b` for every sentence of layer index `l` (0-based), checking finiteness.
-fn differences(
-    angles: ArrayView3<f64>,
-    l: usize,
-    a: usize,
-    b: usize,
-) -> Result<Vec<f64>, AnalysisError> {
+fn differences(angles: ArrayView3<f64>, l: usize, a: usize, b: usize) -> Result<Vec<f64>, AnalysisError> {
     let layer = angles.index_axis(ndarray::Axis(0), l);
     layer
         .outer_iter()
@@ -497,10 +457,7 @@ fn differences(
             if d.is_finite() {
                 Ok(d)
             } else {
-                Err(AnalysisError::NonFinite {
-                    layer: l + 1,
-                    sentence,
-                })
+                Err(AnalysisError::NonFinite { layer: l + 1, sentence })
             }
         })
         .collect()
@@ -516,9 +473,7 @@ mod tests {
     fn fake_angles(layers: usize, sentences: usize, seed: u64) -> Array3<f64> {
         let mut state = seed;
         let mut next = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
         Array3::from_shape_fn((layers, sentences, 3), |(l, _, c)| {
@@ -545,22 +500,12 @@ mod tests {
         assert_eq!(adjust_p_values(&p, Correction::None, 4), p.to_vec());
         // Caps at 1.
         let big = [0.5, 0.9];
-        assert_eq!(
-            adjust_p_values(&big, Correction::Bonferroni, 2),
-            vec![1.0, 1.0]
-        );
+        assert_eq!(adjust_p_values(&big, Correction::Bonferroni, 2), vec![1.0, 1.0]);
         assert_eq!(adjust_p_values(&big, Correction::Holm, 2), vec![1.0, 1.0]);
-        assert_eq!(
-            adjust_p_values(&big, Correction::BenjaminiHochberg, 2),
-            vec![0.9, 0.9]
-        );
+        assert_eq!(adjust_p_values(&big, Correction::BenjaminiHochberg, 2), vec![0.9, 0.9]);
         // A larger family behaves like extra tests with p = 1.
         let padded: Vec<f64> = p.iter().copied().chain([1.0]).collect();
-        for c in [
-            Correction::Holm,
-            Correction::BenjaminiHochberg,
-            Correction::Bonferroni,
-        ] {
+        for c in [Correction::Holm, Correction::BenjaminiHochberg, Correction::Bonferroni] {
             let with_pad = adjust_p_values(&padded, c, 5);
             assert_eq!(adjust_p_values(&p, c, 5), with_pad[..4].to_vec(), "{c:?}");
         }
@@ -569,32 +514,16 @@ mod tests {
     #[test]
     fn p_values_and_quantiles() {
         // t = 2.0, df = 10: scipy 2*t.sf(2, 10) = 0.07338803477074...
-        assert_relative_eq!(
-            two_sided_p(2.0, 10.0),
-            0.073_388_034_770_740_37,
-            max_relative = 1e-10
-        );
+        assert_relative_eq!(two_sided_p(2.0, 10.0), 0.073_388_034_770_740_37, max_relative = 1e-10);
         assert_eq!(two_sided_p(2.0, 10.0), two_sided_p(-2.0, 10.0));
         assert_eq!(two_sided_p(0.0, 10.0), 1.0);
         // Tiny p keeps relative precision (1 − cdf would give 0): scipy 2*t.sf(40, 53).
         let tiny = two_sided_p(40.0, 53.0);
         assert_relative_eq!(tiny, 2.842_162_218_870_368_3e-41, max_relative = 1e-8);
         // t quantiles: scipy t.ppf(0.975, df).
-        assert_relative_eq!(
-            t_quantile(0.975, 1.0),
-            12.706_204_736_174_694,
-            max_relative = 1e-12
-        );
-        assert_relative_eq!(
-            t_quantile(0.975, 53.0),
-            2.005_745_995_317_868_7,
-            max_relative = 1e-12
-        );
-        assert_relative_eq!(
-            t_quantile(0.975, 1e6),
-            1.959_966_356_814_107,
-            max_relative = 1e-9
-        );
+        assert_relative_eq!(t_quantile(0.975, 1.0), 12.706_204_736_174_694, max_relative = 1e-12);
+        assert_relative_eq!(t_quantile(0.975, 53.0), 2.005_745_995_317_868_7, max_relative = 1e-12);
+        assert_relative_eq!(t_quantile(0.975, 1e6), 1.959_966_356_814_107, max_relative = 1e-9);
     }
 
     #[test]
@@ -620,11 +549,7 @@ mod tests {
         assert_eq!(l.direction, Direction::AGreater);
         assert_eq!(r.threshold, 0.05);
         // Swapping the conditions flips t and the direction, not p.
-        let opts = SignificanceOptions {
-            condition_a: 1,
-            condition_b: 0,
-            ..Default::default()
-        };
+        let opts = SignificanceOptions { condition_a: 1, condition_b: 0, ..Default::default() };
         let s = test_layers(angles.view(), &opts).unwrap().layers[0];
         assert_eq!(s.t, -l.t);
         assert_eq!(s.p, l.p);
@@ -645,10 +570,7 @@ mod tests {
             assert_eq!(l.p_adjusted, (l.p * 48.0).min(1.0));
         }
         // The notebook's divisor is available explicitly.
-        let nb = SignificanceOptions {
-            num_tests: Some(49),
-            ..Default::default()
-        };
+        let nb = SignificanceOptions { num_tests: Some(49), ..Default::default() };
         let r49 = test_layers(angles.view(), &nb).unwrap();
         assert_eq!(r49.threshold, 0.05 / 49.0);
         assert_eq!(r49.num_tests, 49);
@@ -657,10 +579,7 @@ mod tests {
     #[test]
     fn merged_shards_equal_whole() {
         let angles = fake_angles(12, 54, 2);
-        let opts = SignificanceOptions {
-            correction: Correction::Holm,
-            ..Default::default()
-        };
+        let opts = SignificanceOptions { correction: Correction::Holm, ..Default::default() };
         let whole = test_layers(angles.view(), &opts).unwrap();
         let mut merged = vec![PairedStats::default(); 12];
         for (lo, hi) in [(0, 5), (5, 6), (6, 30), (30, 54)] {
@@ -692,14 +611,7 @@ mod tests {
     #[test]
     fn paired_stats_basics() {
         let s = PairedStats::from_differences(&[1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(
-            s,
-            PairedStats {
-                n: 4,
-                sum: 10.0,
-                sum_sq: 30.0
-            }
-        );
+        assert_eq!(s, PairedStats { n: 4, sum: 10.0, sum_sq: 30.0 });
         assert_eq!(s.mean(), 2.5);
         assert_relative_eq!(s.variance(), 5.0 / 3.0, max_relative = 1e-15);
         let mut a = PairedStats::from_differences(&[1.0, 2.0]);
@@ -718,68 +630,29 @@ mod tests {
         let d = SignificanceOptions::default();
         let run = |o: SignificanceOptions| test_layers(angles.view(), &o).unwrap_err();
         assert_eq!(
-            run(SignificanceOptions {
-                condition_a: 3,
-                ..d
-            }),
-            AnalysisError::ConditionOutOfRange {
-                condition: 3,
-                num_conditions: 3
-            }
+            run(SignificanceOptions { condition_a: 3, ..d }),
+            AnalysisError::ConditionOutOfRange { condition: 3, num_conditions: 3 }
         );
-        assert_eq!(
-            run(SignificanceOptions {
-                condition_b: 0,
-                ..d
-            }),
-            AnalysisError::SameCondition { condition: 0 }
-        );
+        assert_eq!(run(SignificanceOptions { condition_b: 0, ..d }), AnalysisError::SameCondition { condition: 0 });
         for alpha in [0.0, 1.0, -0.1, f64::NAN] {
-            assert!(matches!(
-                run(SignificanceOptions { alpha, ..d }),
-                AnalysisError::InvalidAlpha { .. }
-            ));
+            assert!(matches!(run(SignificanceOptions { alpha, ..d }), AnalysisError::InvalidAlpha { .. }));
         }
         assert_eq!(
-            run(SignificanceOptions {
-                num_tests: Some(0),
-                ..d
-            }),
-            AnalysisError::InvalidNumTests {
-                num_tests: 0,
-                num_layers: 3
-            }
+            run(SignificanceOptions { num_tests: Some(0), ..d }),
+            AnalysisError::InvalidNumTests { num_tests: 0, num_layers: 3 }
         );
         assert_eq!(
-            run(SignificanceOptions {
-                num_tests: Some(2),
-                ..d
-            }),
-            AnalysisError::InvalidNumTests {
-                num_tests: 2,
-                num_layers: 3
-            }
+            run(SignificanceOptions { num_tests: Some(2), ..d }),
+            AnalysisError::InvalidNumTests { num_tests: 2, num_layers: 3 }
         );
         let one = fake_angles(3, 1, 3);
-        assert_eq!(
-            test_layers(one.view(), &d).unwrap_err(),
-            AnalysisError::NotEnoughSentences { n: 1 }
-        );
+        assert_eq!(test_layers(one.view(), &d).unwrap_err(), AnalysisError::NotEnoughSentences { n: 1 });
         let none = Array3::<f64>::zeros((0, 5, 3));
-        assert_eq!(
-            test_layers(none.view(), &d).unwrap_err(),
-            AnalysisError::NoLayers
-        );
+        assert_eq!(test_layers(none.view(), &d).unwrap_err(), AnalysisError::NoLayers);
         let mut nan = angles.clone();
         nan[[1, 4, 1]] = f64::NAN;
         nan[[2, 0, 0]] = f64::INFINITY;
-        assert_eq!(
-            test_layers(nan.view(), &d).unwrap_err(),
-            AnalysisError::NonFinite {
-                layer: 2,
-                sentence: 4
-            }
-        );
+        assert_eq!(test_layers(nan.view(), &d).unwrap_err(), AnalysisError::NonFinite { layer: 2, sentence: 4 });
         // NaN in an untested condition is irrelevant.
         let mut other = angles.clone();
         other[[0, 0, 2]] = f64::NAN;
@@ -793,31 +666,14 @@ mod tests {
             let stats = paired_stats(flat.view(), 0, 1).unwrap();
             let expected = AnalysisError::ZeroVariance { layer: 2 };
             assert_eq!(test_layers(flat.view(), &d).unwrap_err(), expected, "c={c}");
-            assert_eq!(
-                test_layers_from_stats(&stats, &d).unwrap_err(),
-                expected,
-                "c={c}"
-            );
+            assert_eq!(test_layers_from_stats(&stats, &d).unwrap_err(), expected, "c={c}");
         }
         // From stats.
-        assert_eq!(
-            test_layers_from_stats(&[], &d).unwrap_err(),
-            AnalysisError::NoLayers
-        );
-        let bad = PairedStats {
-            n: 3,
-            sum: f64::NAN,
-            sum_sq: 1.0,
-        };
-        assert_eq!(
-            test_layers_from_stats(&[bad], &d).unwrap_err(),
-            AnalysisError::NonFiniteStats { layer: 1 }
-        );
+        assert_eq!(test_layers_from_stats(&[], &d).unwrap_err(), AnalysisError::NoLayers);
+        let bad = PairedStats { n: 3, sum: f64::NAN, sum_sq: 1.0 };
+        assert_eq!(test_layers_from_stats(&[bad], &d).unwrap_err(), AnalysisError::NonFiniteStats { layer: 1 });
         let small = PairedStats::from_differences(&[1.0]);
-        assert_eq!(
-            test_layers_from_stats(&[small], &d).unwrap_err(),
-            AnalysisError::NotEnoughSentences { n: 1 }
-        );
+        assert_eq!(test_layers_from_stats(&[small], &d).unwrap_err(), AnalysisError::NotEnoughSentences { n: 1 });
     }
 
     #[test]
@@ -830,8 +686,7 @@ mod tests {
                 test_layers_from_stats(&[stats], &SignificanceOptions::default()).unwrap_err(),
                 AnalysisError::ZeroVariance { layer: 1 }
             );
-            let angles =
-                Array3::from_shape_fn((1, n, 2), |(_, _, c)| if c == 0 { 0.1 } else { 0.0 });
+            let angles = Array3::from_shape_fn((1, n, 2), |(_, _, c)| if c == 0 { 0.1 } else { 0.0 });
             assert_eq!(
                 test_layers(angles.view(), &SignificanceOptions::default()).unwrap_err(),
                 AnalysisError::ZeroVariance { layer: 1 }
@@ -842,16 +697,8 @@ mod tests {
     #[test]
     fn corrections_decide_significance() {
         let angles = fake_angles(48, 54, 4);
-        for correction in [
-            Correction::Bonferroni,
-            Correction::Holm,
-            Correction::BenjaminiHochberg,
-            Correction::None,
-        ] {
-            let opts = SignificanceOptions {
-                correction,
-                ..Default::default()
-            };
+        for correction in [Correction::Bonferroni, Correction::Holm, Correction::BenjaminiHochberg, Correction::None] {
+            let opts = SignificanceOptions { correction, ..Default::default() };
             let r = test_layers(angles.view(), &opts).unwrap();
             assert_eq!(r.correction, correction);
             for l in &r.layers {

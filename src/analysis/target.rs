@@ -26,31 +26,17 @@ pub struct Positions {
 /// * [`AnalysisError::NonTargetOutOfRange`] if `target position + offset` is negative or
 ///   not below `ids.len()` (the notebook silently wrapped `-1` to the last token, padding
 ///   included, when the target was the first token).
-pub fn locate(
-    sentence: usize,
-    ids: &[u32],
-    target: u32,
-    offset: i32,
-) -> Result<Positions, AnalysisError> {
-    let target_pos = ids
-        .iter()
-        .position(|&id| id == target)
-        .ok_or(AnalysisError::TargetNotFound { sentence, target })?;
+pub fn locate(sentence: usize, ids: &[u32], target: u32, offset: i32) -> Result<Positions, AnalysisError> {
+    let target_pos =
+        ids.iter().position(|&id| id == target).ok_or(AnalysisError::TargetNotFound { sentence, target })?;
     if offset == 0 {
         return Err(AnalysisError::NonTargetIsTarget { sentence });
     }
     let position = target_pos as i64 + i64::from(offset);
     if position < 0 || position >= ids.len() as i64 {
-        return Err(AnalysisError::NonTargetOutOfRange {
-            sentence,
-            position,
-            num_tokens: ids.len(),
-        });
+        return Err(AnalysisError::NonTargetOutOfRange { sentence, position, num_tokens: ids.len() });
     }
-    Ok(Positions {
-        target: target_pos,
-        non_target: position as usize,
-    })
+    Ok(Positions { target: target_pos, non_target: position as usize })
 }
 
 #[cfg(test)]
@@ -63,24 +49,12 @@ mod tests {
     fn first_occurrence_and_default_offset() {
         // "I saw her at the market." with ' her' at position 2.
         let ids = [40, 2497, HER, 379, 262, 1910, 13];
-        assert_eq!(
-            locate(0, &ids, HER, DEFAULT_NON_TARGET_OFFSET).unwrap(),
-            Positions {
-                target: 2,
-                non_target: 1
-            }
-        );
+        assert_eq!(locate(0, &ids, HER, DEFAULT_NON_TARGET_OFFSET).unwrap(), Positions { target: 2, non_target: 1 });
         // First occurrence wins.
         let twice = [1, HER, 2, HER];
         assert_eq!(locate(3, &twice, HER, -1).unwrap().target, 1);
         // Positive offsets: the token after the target.
-        assert_eq!(
-            locate(0, &ids, HER, 2).unwrap(),
-            Positions {
-                target: 2,
-                non_target: 4
-            }
-        );
+        assert_eq!(locate(0, &ids, HER, 2).unwrap(), Positions { target: 2, non_target: 4 });
         // Last token as non-target is in range.
         assert_eq!(locate(0, &ids, HER, 4).unwrap().non_target, 6);
     }
@@ -88,49 +62,20 @@ mod tests {
     #[test]
     fn errors_name_the_sentence() {
         let ids = [HER, 5, 6];
-        assert_eq!(
-            locate(7, &[1, 2, 3], HER, -1),
-            Err(AnalysisError::TargetNotFound {
-                sentence: 7,
-                target: HER
-            })
-        );
-        assert_eq!(
-            locate(4, &[], HER, -1),
-            Err(AnalysisError::TargetNotFound {
-                sentence: 4,
-                target: HER
-            })
-        );
+        assert_eq!(locate(7, &[1, 2, 3], HER, -1), Err(AnalysisError::TargetNotFound { sentence: 7, target: HER }));
+        assert_eq!(locate(4, &[], HER, -1), Err(AnalysisError::TargetNotFound { sentence: 4, target: HER }));
         // Target is the first token: the notebook's `targidx - 1` would wrap to -1.
         assert_eq!(
             locate(5, &ids, HER, -1),
-            Err(AnalysisError::NonTargetOutOfRange {
-                sentence: 5,
-                position: -1,
-                num_tokens: 3
-            })
+            Err(AnalysisError::NonTargetOutOfRange { sentence: 5, position: -1, num_tokens: 3 })
         );
         assert_eq!(
             locate(6, &ids, HER, 3),
-            Err(AnalysisError::NonTargetOutOfRange {
-                sentence: 6,
-                position: 3,
-                num_tokens: 3
-            })
+            Err(AnalysisError::NonTargetOutOfRange { sentence: 6, position: 3, num_tokens: 3 })
         );
-        assert_eq!(
-            locate(8, &ids, HER, 0),
-            Err(AnalysisError::NonTargetIsTarget { sentence: 8 })
-        );
+        assert_eq!(locate(8, &ids, HER, 0), Err(AnalysisError::NonTargetIsTarget { sentence: 8 }));
         // Extreme offsets do not overflow.
-        assert!(matches!(
-            locate(9, &ids, HER, i32::MIN),
-            Err(AnalysisError::NonTargetOutOfRange { sentence: 9, .. })
-        ));
-        assert!(matches!(
-            locate(9, &ids, HER, i32::MAX),
-            Err(AnalysisError::NonTargetOutOfRange { sentence: 9, .. })
-        ));
+        assert!(matches!(locate(9, &ids, HER, i32::MIN), Err(AnalysisError::NonTargetOutOfRange { sentence: 9, .. })));
+        assert!(matches!(locate(9, &ids, HER, i32::MAX), Err(AnalysisError::NonTargetOutOfRange { sentence: 9, .. })));
     }
 }

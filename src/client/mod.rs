@@ -33,17 +33,10 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
 
 pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
     let mut client = connect(&args).await?;
-    let info = client
-        .get_model_info(proto::GetModelInfoRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let info = client.get_model_info(proto::GetModelInfoRequest {}).await.map_err(status_error)?.into_inner();
     println!("model              {}", info.model_name);
     println!("source             {}", info.source);
-    println!(
-        "layers             {} ({} hidden states)",
-        info.num_layers, info.num_hidden_states
-    );
+    println!("layers             {} ({} hidden states)", info.num_layers, info.num_hidden_states);
     println!("hidden size        {}", info.hidden_size);
     println!("vocabulary         {}", info.vocab_size);
     println!("max positions      {}", info.max_positions);
@@ -54,20 +47,12 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
 
 pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
-    let res = client
-        .tokenize(proto::TokenizeRequest {
-            texts: args.texts.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let res =
+        client.tokenize(proto::TokenizeRequest { texts: args.texts.clone() }).await.map_err(status_error)?.into_inner();
     for (text, t) in args.texts.iter().zip(res.texts) {
         println!("{text:?}");
         for (i, (id, tok)) in t.ids.iter().zip(&t.tokens).enumerate() {
-            println!(
-                "  {i:>4}  {id:>6}  {tok:?}  bytes {}..{}",
-                t.offset_starts[i], t.offset_ends[i]
-            );
+            println!("  {i:>4}  {id:>6}  {tok:?}  bytes {}..{}", t.offset_starts[i], t.offset_ends[i]);
         }
     }
     Ok(())
@@ -76,9 +61,7 @@ pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
 pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
     let channel = Channel::from_shared(args.server.clone())?.connect().await?;
     let res = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
+        .check(HealthCheckRequest { service: String::new() })
         .await
         .map_err(status_error)?
         .into_inner();
@@ -93,20 +76,11 @@ pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
 
 /// Reads one sentence per line, skipping blank lines.
 pub fn read_sentences(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect())
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).map(String::from).collect())
 }
 
-pub fn rotation_request(
-    args: &AnalyzeArgs,
-    sentences: Vec<String>,
-) -> anyhow::Result<proto::RotationRequest> {
+pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::Result<proto::RotationRequest> {
     let target = match (&args.target, args.target_id) {
         (Some(t), None) => proto::rotation_request::Target::TargetText(t.clone()),
         (None, Some(id)) => proto::rotation_request::Target::TargetTokenId(id),
@@ -140,11 +114,7 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let sentences = read_sentences(&args.sentences)?;
     let request = rotation_request(&args, sentences.clone())?;
     let mut client = connect(&args.client).await?;
-    let analysis = client
-        .analyze(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let analysis = client.analyze(request).await.map_err(status_error)?.into_inner();
     let report = report::Report::new(&analysis, &sentences)?;
     print!("{}", report.table());
     report.write_all(&args.out)?;

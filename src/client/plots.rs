@@ -22,17 +22,9 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let max = r
-        .angles
-        .iter()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(0.0f32, f32::max) as f64;
+    let max = r.angles.iter().copied().filter(|v| v.is_finite()).fold(0.0f32, f32::max) as f64;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Rotation of each token's vector relative to the previous layer",
-            ("sans-serif", 20),
-        )
+        .caption("Rotation of each token's vector relative to the previous layer", ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -58,12 +50,8 @@ pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     ];
     for &(c, faint, _, _) in &conditions {
         for s in 0..r.num_sentences {
-            let points = layers
-                .clone()
-                .map(|l| (l as f64, r.angle(l - 1, s, c) as f64));
-            chart
-                .draw_series(LineSeries::new(points, faint.mix(0.5)))
-                .map_err(plot_err)?;
+            let points = layers.clone().map(|l| (l as f64, r.angle(l - 1, s, c) as f64));
+            chart.draw_series(LineSeries::new(points, faint.mix(0.5))).map_err(plot_err)?;
         }
     }
     for &(c, _, bold, label) in &conditions {
@@ -72,9 +60,7 @@ pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
             .draw_series(LineSeries::new(points, bold.stroke_width(3)))
             .map_err(plot_err)?
             .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], bold.stroke_width(3))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], bold.stroke_width(3)));
     }
     chart
         .configure_series_labels()
@@ -92,22 +78,14 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let layers = &r.significance.layers;
-    let (lo, hi) = layers
-        .iter()
-        .fold((0f64, 0f64), |(lo, hi), t| (lo.min(t.t), hi.max(t.t)));
+    let (lo, hi) = layers.iter().fold((0f64, 0f64), |(lo, hi), t| (lo.min(t.t), hi.max(t.t)));
     let pad = ((hi - lo) * 0.08).max(0.5);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Statistical significance of rotation differences",
-            ("sans-serif", 20),
-        )
+        .caption("Statistical significance of rotation differences", ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(
-            0f64..(r.num_layers + 1) as f64,
-            (lo - pad)..(hi + pad + 0.35 * (hi - lo + pad)),
-        )
+        .build_cartesian_2d(0f64..(r.num_layers + 1) as f64, (lo - pad)..(hi + pad + 0.35 * (hi - lo + pad)))
         .map_err(plot_err)?;
     chart
         .configure_mesh()
@@ -128,21 +106,13 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     chart.draw_series(dashes).map_err(plot_err)?;
 
     let cond = |i: u32| r.conditions.get(i as usize).cloned().unwrap_or_default();
-    let (a, b) = (
-        cond(r.significance.condition_a),
-        cond(r.significance.condition_b),
-    );
+    let (a, b) = (cond(r.significance.condition_a), cond(r.significance.condition_b));
     let pick = |d: proto::Direction| {
-        layers
-            .iter()
-            .filter(move |t| proto::Direction::try_from(t.direction) == Ok(d))
-            .map(|t| (t.layer as f64, t.t))
+        layers.iter().filter(move |t| proto::Direction::try_from(t.direction) == Ok(d)).map(|t| (t.layer as f64, t.t))
     };
     chart
         .draw_series(pick(proto::Direction::AGreater).map(|p| {
-            EmptyElement::at(p)
-                + Circle::new((0, 0), 6, FAINT_SHUFFLED.filled())
-                + Circle::new((0, 0), 6, BLACK)
+            EmptyElement::at(p) + Circle::new((0, 0), 6, FAINT_SHUFFLED.filled()) + Circle::new((0, 0), 6, BLACK)
         }))
         .map_err(plot_err)?
         .label(format!("{a} > {b}"))
@@ -155,14 +125,9 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
         }))
         .map_err(plot_err)?
         .label(format!("{b} > {a}"))
-        .legend(|(x, y)| {
-            Rectangle::new([(x + 4, y - 6), (x + 16, y + 6)], FAINT_NON_TARGET.filled())
-        });
+        .legend(|(x, y)| Rectangle::new([(x + 4, y - 6), (x + 16, y + 6)], FAINT_NON_TARGET.filled()));
     chart
-        .draw_series(
-            pick(proto::Direction::NotSignificant)
-                .map(|p| Cross::new(p, 5, TARGET.stroke_width(2))),
-        )
+        .draw_series(pick(proto::Direction::NotSignificant).map(|p| Cross::new(p, 5, TARGET.stroke_width(2))))
         .map_err(plot_err)?
         .label("Non-sig.")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, TARGET.stroke_width(2)));

@@ -22,25 +22,11 @@ pub struct Report {
 
 impl Report {
     pub fn new(analysis: &proto::Analysis, sentences: &[String]) -> anyhow::Result<Self> {
-        let rotations = analysis
-            .rotations
-            .clone()
-            .context("response has no rotations")?;
-        let significance = analysis
-            .significance
-            .clone()
-            .context("response has no significance")?;
-        let angles = rotations
-            .angles
-            .clone()
-            .context("response has no angle tensor")?;
-        let means = rotations
-            .layer_means
-            .clone()
-            .context("response has no layer means")?;
-        let [l, s, c] = angles.shape[..] else {
-            anyhow::bail!("angle tensor is not 3-dimensional")
-        };
+        let rotations = analysis.rotations.clone().context("response has no rotations")?;
+        let significance = analysis.significance.clone().context("response has no significance")?;
+        let angles = rotations.angles.clone().context("response has no angle tensor")?;
+        let means = rotations.layer_means.clone().context("response has no layer means")?;
+        let [l, s, c] = angles.shape[..] else { anyhow::bail!("angle tensor is not 3-dimensional") };
         anyhow::ensure!(
             c == 3 && angles.values.len() == (l * s * c) as usize,
             "angle tensor shape {:?} does not match its values",
@@ -199,8 +185,7 @@ impl Report {
     pub fn write_all(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let write = |name: &str, body: String| {
-            std::fs::write(dir.join(name), body)
-                .with_context(|| format!("cannot write {}", dir.join(name).display()))
+            std::fs::write(dir.join(name), body).with_context(|| format!("cannot write {}", dir.join(name).display()))
         };
         write("angles.csv", self.angles_csv())?;
         write("significance.csv", self.significance_csv())?;

@@ -22,10 +22,7 @@ pub enum ModelError {
     RuntimeLibrary { path: PathBuf, reason: String },
 
     #[error("execution provider {provider} is unavailable: {reason}")]
-    ProviderUnavailable {
-        provider: &'static str,
-        reason: String,
-    },
+    ProviderUnavailable { provider: &'static str, reason: String },
 
     #[error("sentence {sentence}: {reason}")]
     BadInput { sentence: usize, reason: String },

@@ -52,10 +52,7 @@ impl ModelFiles {
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(ModelError::MissingFile {
-                    dir: dir.to_path_buf(),
-                    file,
-                })
+                Err(ModelError::MissingFile { dir: dir.to_path_buf(), file })
             }
         };
         Ok(Self {
@@ -69,10 +66,7 @@ impl ModelFiles {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Self, ModelError> {
-        let bad = |reason: String| ModelError::Manifest {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| ModelError::Manifest { path: path.to_path_buf(), reason };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let m: Manifest = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         m.validate().map_err(bad)?;
@@ -82,29 +76,15 @@ impl Manifest {
     /// Internal consistency: one output per hidden state, the inputs we feed.
     fn validate(&self) -> Result<(), String> {
         if self.format_version != 1 {
-            return Err(format!(
-                "format_version {} is not supported (expected 1)",
-                self.format_version
-            ));
+            return Err(format!("format_version {} is not supported (expected 1)", self.format_version));
         }
-        if self.num_layers == 0
-            || self.hidden_size == 0
-            || self.vocab_size == 0
-            || self.max_positions == 0
-        {
-            return Err(
-                "num_layers, hidden_size, vocab_size and max_positions must be positive".into(),
-            );
+        if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 || self.max_positions == 0 {
+            return Err("num_layers, hidden_size, vocab_size and max_positions must be positive".into());
         }
         if self.inputs != ["input_ids", "attention_mask"] {
-            return Err(format!(
-                "inputs must be [\"input_ids\", \"attention_mask\"], found {:?}",
-                self.inputs
-            ));
+            return Err(format!("inputs must be [\"input_ids\", \"attention_mask\"], found {:?}", self.inputs));
         }
-        let expected: Vec<String> = (0..=self.num_layers)
-            .map(|k| format!("hidden_state_{k}"))
-            .collect();
+        let expected: Vec<String> = (0..=self.num_layers).map(|k| format!("hidden_state_{k}")).collect();
         if self.outputs != expected {
             return Err(format!(
                 "outputs must be hidden_state_0 ..= hidden_state_{} ({} names), found {} names",
@@ -114,16 +94,10 @@ impl Manifest {
             ));
         }
         if !matches!(self.dtype.as_str(), "float32" | "float16") {
-            return Err(format!(
-                "dtype must be float32 or float16, found {}",
-                self.dtype
-            ));
+            return Err(format!("dtype must be float32 or float16, found {}", self.dtype));
         }
         if self.pad_token_id as usize >= self.vocab_size {
-            return Err(format!(
-                "pad_token_id {} is outside the vocabulary",
-                self.pad_token_id
-            ));
+            return Err(format!("pad_token_id {} is outside the vocabulary", self.pad_token_id));
         }
         Ok(())
     }

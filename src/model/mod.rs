@@ -104,21 +104,12 @@ impl Model {
     }
 
     /// A model over any backend (tests use a fake one).
-    pub fn with_backend<B: Backend>(
-        manifest: &Manifest,
-        tokenizer: Tokenizer,
-        backend: B,
-    ) -> Result<Self, ModelError> {
+    pub fn with_backend<B: Backend>(manifest: &Manifest, tokenizer: Tokenizer, backend: B) -> Result<Self, ModelError> {
         let (worker, provider) = ModelWorker::spawn(move || Ok(backend))?;
         Ok(Self::from_parts(manifest, provider, tokenizer, worker))
     }
 
-    fn from_parts(
-        m: &Manifest,
-        provider: &'static str,
-        tokenizer: Tokenizer,
-        worker: ModelWorker,
-    ) -> Self {
+    fn from_parts(m: &Manifest, provider: &'static str, tokenizer: Tokenizer, worker: ModelWorker) -> Self {
         let info = ModelInfo {
             name: m.name.clone(),
             num_layers: m.num_layers,
@@ -130,11 +121,7 @@ impl Model {
             dtype: m.dtype.clone(),
             source: m.source.clone(),
         };
-        Self {
-            info: Arc::new(info),
-            tokenizer: Arc::new(tokenizer),
-            worker,
-        }
+        Self { info: Arc::new(info), tokenizer: Arc::new(tokenizer), worker }
     }
 
     /// Checks a batch against the model: no empty sentence, none longer than the positions, ids in the vocabulary.
@@ -143,28 +130,18 @@ impl Model {
         for (i, ids) in batch.iter().enumerate() {
             let sentence = first_index + i;
             if ids.is_empty() {
-                return Err(ModelError::BadInput {
-                    sentence,
-                    reason: "sentence has no tokens".into(),
-                });
+                return Err(ModelError::BadInput { sentence, reason: "sentence has no tokens".into() });
             }
             if ids.len() > self.info.max_positions {
                 return Err(ModelError::BadInput {
                     sentence,
-                    reason: format!(
-                        "{} tokens exceed the model's {} positions",
-                        ids.len(),
-                        self.info.max_positions
-                    ),
+                    reason: format!("{} tokens exceed the model's {} positions", ids.len(), self.info.max_positions),
                 });
             }
             if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.info.vocab_size) {
                 return Err(ModelError::BadInput {
                     sentence,
-                    reason: format!(
-                        "token id {bad} is outside the vocabulary of {}",
-                        self.info.vocab_size
-                    ),
+                    reason: format!("token id {bad} is outside the vocabulary of {}", self.info.vocab_size),
                 });
             }
         }
@@ -172,19 +149,18 @@ impl Model {
     }
 
     /// Every hidden state of each sentence in the batch (checked first), computed on the worker thread.
-    pub async fn hidden_states(
-        &self,
-        batch: Vec<Vec<u32>>,
-    ) -> Result<Vec<SentenceHidden>, ModelError> {
+    pub async fn hidden_states(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
         self.check_batch(&batch, 0)?;
         self.worker.forward(batch).await
     }
 
+    /// For callers that already checked the batch with [`Model::check_batch`] (the batcher).
+    pub async fn forward_unchecked(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
+        self.worker.forward(batch).await
+    }
+
     /// Blocking variant for callers outside an async runtime.
-    pub fn hidden_states_blocking(
-        &self,
-        batch: Vec<Vec<u32>>,
-    ) -> Result<Vec<SentenceHidden>, ModelError> {
+    pub fn hidden_states_blocking(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
         self.check_batch(&batch, 0)?;
         self.worker.forward_blocking(batch)
     }

@@ -8,9 +8,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{
-    Backend, ExecutionProvider, Manifest, ModelError, ModelFiles, RuntimeOptions, SentenceHidden,
-};
+use super::{Backend, ExecutionProvider, Manifest, ModelError, ModelFiles, RuntimeOptions, SentenceHidden};
 
 /// ONNX Runtime allows one library and one environment per process; every model shares them.
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -19,10 +17,7 @@ static ENVIRONMENT_INIT: Mutex<()> = Mutex::new(());
 /// Loads libonnxruntime (once per process) and returns the shared environment. A missing or
 /// unloadable library is an error here, never a panic at first use.
 pub fn environment(library: &Path) -> Result<&'static Environment, ModelError> {
-    let lib_err = |reason: String| ModelError::RuntimeLibrary {
-        path: library.to_path_buf(),
-        reason,
-    };
+    let lib_err = |reason: String| ModelError::RuntimeLibrary { path: library.to_path_buf(), reason };
     // Checked every time, so a wrong path is reported even when another model already loaded the runtime.
     if !library.is_file() {
         return Err(lib_err("no such file".into()));
@@ -52,21 +47,14 @@ pub struct OnnxBackend {
 
 impl OnnxBackend {
     /// Creates the session and checks the graph's declared inputs and outputs against model.json.
-    pub fn load(
-        files: &ModelFiles,
-        manifest: &Manifest,
-        opts: &RuntimeOptions,
-    ) -> Result<Self, ModelError> {
+    pub fn load(files: &ModelFiles, manifest: &Manifest, opts: &RuntimeOptions) -> Result<Self, ModelError> {
         let env = environment(&opts.library)?;
         let threads = match opts.intra_threads {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        let builder = Session::builder(env)?
-            .with_optimization_level(GraphOptimizationLevel::All)?
-            .with_intra_threads(threads)?;
+        let builder =
+            Session::builder(env)?.with_optimization_level(GraphOptimizationLevel::All)?.with_intra_threads(threads)?;
         let (mut builder, provider) = register_provider(builder, opts.provider)?;
         let session = builder.commit_from_file(&files.onnx)?;
         check_graph(&session, manifest)?;
@@ -90,10 +78,7 @@ impl OnnxBackend {
 type Builder = ort::session::builder::SessionBuilder;
 
 #[cfg(feature = "cuda")]
-fn register_provider(
-    builder: Builder,
-    provider: ExecutionProvider,
-) -> Result<(Builder, &'static str), ModelError> {
+fn register_provider(builder: Builder, provider: ExecutionProvider) -> Result<(Builder, &'static str), ModelError> {
     use ort::ep::ExecutionProvider as _;
     match provider {
         ExecutionProvider::Cpu => Ok((builder, "cpu")),
@@ -101,10 +86,7 @@ fn register_provider(
             let mut builder = builder;
             ort::ep::CUDA::default()
                 .register(&mut builder)
-                .map_err(|e| ModelError::ProviderUnavailable {
-                    provider: "cuda",
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| ModelError::ProviderUnavailable { provider: "cuda", reason: e.to_string() })?;
             Ok((builder, "cuda"))
         }
         ExecutionProvider::Auto => {
@@ -124,10 +106,7 @@ fn register_provider(
 }
 
 #[cfg(not(feature = "cuda"))]
-fn register_provider(
-    builder: Builder,
-    provider: ExecutionProvider,
-) -> Result<(Builder, &'static str), ModelError> {
+fn register_provider(builder: Builder, provider: ExecutionProvider) -> Result<(Builder, &'static str), ModelError> {
     match provider {
         ExecutionProvider::Cpu => Ok((builder, "cpu")),
         ExecutionProvider::Cuda => Err(ModelError::ProviderUnavailable {
@@ -159,12 +138,7 @@ fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), ModelError>
         return Err(ModelError::GraphMismatch(format!(
             "graph has {} outputs ({}…), model.json names {} hidden states",
             outputs.len(),
-            outputs
-                .iter()
-                .take(3)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", "),
+            outputs.iter().take(3).copied().collect::<Vec<_>>().join(", "),
             manifest.outputs.len()
         )));
     }
@@ -204,16 +178,11 @@ impl Backend for OnnxBackend {
             }
             let hidden = shape[2];
             for (r, sentence) in batch.iter().enumerate() {
-                let out = per_sentence[r]
-                    .get_or_insert_with(|| Array3::zeros((num_states, sentence.len(), hidden)));
-                out.slice_mut(s![k, .., ..])
-                    .assign(&state.slice(s![r, ..sentence.len(), ..]));
+                let out = per_sentence[r].get_or_insert_with(|| Array3::zeros((num_states, sentence.len(), hidden)));
+                out.slice_mut(s![k, .., ..]).assign(&state.slice(s![r, ..sentence.len(), ..]));
             }
         }
-        Ok(per_sentence
-            .into_iter()
-            .map(|h| h.expect("every row filled"))
-            .collect())
+        Ok(per_sentence.into_iter().map(|h| h.expect("every row filled")).collect())
     }
 
     fn provider(&self) -> &'static str {

@@ -30,10 +30,7 @@ impl Tokenizer {
 
     /// Tokenizes without adding special tokens, as Hugging Face's GPT-2 tokenizer does.
     pub fn encode(&self, text: &str) -> Result<Tokenized, ModelError> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(Tokenized {
             ids: enc.get_ids().to_vec(),
             tokens: enc.get_tokens().to_vec(),

@@ -52,9 +52,7 @@ impl ModelWorker {
                     }
                     // A panic inside the runtime fails this batch only; the worker keeps serving.
                     let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&job.batch)))
-                        .unwrap_or_else(|_| {
-                            Err(ModelError::Runtime("forward pass panicked".into()))
-                        });
+                        .unwrap_or_else(|_| Err(ModelError::Runtime("forward pass panicked".into())));
                     let _ = job.reply.send(result);
                 }
             })
@@ -68,28 +66,15 @@ impl ModelWorker {
         batch: Vec<Vec<u32>>,
     ) -> Result<oneshot::Receiver<Result<Vec<SentenceHidden>, ModelError>>, ModelError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                batch,
-                reply,
-                span: tracing::Span::current(),
-            })
-            .map_err(|_| ModelError::WorkerGone)?;
+        self.tx.send(Job { batch, reply, span: tracing::Span::current() }).map_err(|_| ModelError::WorkerGone)?;
         Ok(rx)
     }
 
     pub async fn forward(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
-        self.submit(batch)?
-            .await
-            .map_err(|_| ModelError::WorkerGone)?
+        self.submit(batch)?.await.map_err(|_| ModelError::WorkerGone)?
     }
 
-    pub fn forward_blocking(
-        &self,
-        batch: Vec<Vec<u32>>,
-    ) -> Result<Vec<SentenceHidden>, ModelError> {
-        self.submit(batch)?
-            .blocking_recv()
-            .map_err(|_| ModelError::WorkerGone)?
+    pub fn forward_blocking(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
+        self.submit(batch)?.blocking_recv().map_err(|_| ModelError::WorkerGone)?
     }
 }

@@ -2,8 +2,8 @@
 use ndarray::{Array3, ArrayView2, ArrayView3};
 
 use crate::analysis::{
-    AngleUnit, Correction, Direction, LayerTest, Rotations, SignificanceOptions,
-    SignificanceResult, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    AngleUnit, Correction, Direction, LayerTest, Rotations, SignificanceOptions, SignificanceResult, CONDITIONS,
+    DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
 };
 use crate::engine::{RotationJob, Target};
 use crate::error::Error;
@@ -13,40 +13,40 @@ use crate::proto;
 /// Request-size limits checked before any work.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestLimits {
+    /// Most sentences in one unary request.
     pub max_sentences: usize,
+    /// Most sentences in one StreamRotations request.
+    pub max_stream_sentences: usize,
 }
 
+/// Refuses more than `limit` items, naming the limit and its value.
+pub fn check_count(field: &str, count: usize, limit: usize, limit_name: &str) -> Result<(), Error> {
+    if count > limit {
+        return Err(Error::invalid(
+            field,
+            format!("{count} exceed the limit of {limit} per request ({limit_name}); split the input or use StreamRotations"),
+        ));
+    }
+    Ok(())
+}
+
+/// A rotation request as a job; at most `max_sentences` sentences (the limit named `limit_name`).
 pub fn rotation_job(
     req: &proto::RotationRequest,
-    limits: RequestLimits,
+    max_sentences: usize,
+    limit_name: &str,
 ) -> Result<RotationJob, Error> {
     if req.sentences.is_empty() {
         return Err(Error::invalid("sentences", "no sentences given"));
     }
-    if req.sentences.len() > limits.max_sentences {
-        return Err(Error::invalid(
-            "sentences",
-            format!(
-                "{} sentences exceed the limit of {} per request (max_sentences); split the corpus",
-                req.sentences.len(),
-                limits.max_sentences
-            ),
-        ));
-    }
+    check_count("sentences", req.sentences.len(), max_sentences, limit_name)?;
     let target = match &req.target {
-        Some(proto::rotation_request::Target::TargetText(t)) if !t.is_empty() => {
-            Target::Text(t.clone())
-        }
+        Some(proto::rotation_request::Target::TargetText(t)) if !t.is_empty() => Target::Text(t.clone()),
         Some(proto::rotation_request::Target::TargetText(_)) => {
             return Err(Error::invalid("target_text", "is empty"));
         }
         Some(proto::rotation_request::Target::TargetTokenId(id)) => Target::Id(*id),
-        None => {
-            return Err(Error::invalid(
-                "target",
-                "set target_text (e.g. \" her\") or target_token_id",
-            ))
-        }
+        None => return Err(Error::invalid("target", "set target_text (e.g. \" her\") or target_token_id")),
     };
     Ok(RotationJob {
         sentences: req.sentences.clone(),
@@ -61,37 +61,27 @@ fn angle_unit(raw: i32) -> Result<AngleUnit, Error> {
     match proto::AngleUnit::try_from(raw) {
         Ok(proto::AngleUnit::Unspecified | proto::AngleUnit::Degrees) => Ok(AngleUnit::Degrees),
         Ok(proto::AngleUnit::Radians) => Ok(AngleUnit::Radians),
-        Err(_) => Err(Error::invalid(
-            "unit",
-            format!("unknown AngleUnit value {raw}"),
-        )),
+        Err(_) => Err(Error::invalid("unit", format!("unknown AngleUnit value {raw}"))),
     }
 }
 
-fn unit_to_proto(unit: AngleUnit) -> proto::AngleUnit {
+pub fn unit_to_proto(unit: AngleUnit) -> proto::AngleUnit {
     match unit {
         AngleUnit::Degrees => proto::AngleUnit::Degrees,
         AngleUnit::Radians => proto::AngleUnit::Radians,
     }
 }
 
-pub fn significance_options(
-    opts: Option<&proto::SignificanceOptions>,
-) -> Result<SignificanceOptions, Error> {
+pub fn significance_options(opts: Option<&proto::SignificanceOptions>) -> Result<SignificanceOptions, Error> {
     let defaults = SignificanceOptions::default();
     let Some(o) = opts else { return Ok(defaults) };
     let correction = match proto::Correction::try_from(o.correction) {
-        Ok(proto::Correction::Unspecified | proto::Correction::Bonferroni) => {
-            Correction::Bonferroni
-        }
+        Ok(proto::Correction::Unspecified | proto::Correction::Bonferroni) => Correction::Bonferroni,
         Ok(proto::Correction::Holm) => Correction::Holm,
         Ok(proto::Correction::BenjaminiHochberg) => Correction::BenjaminiHochberg,
         Ok(proto::Correction::None) => Correction::None,
         Err(_) => {
-            return Err(Error::invalid(
-                "significance.correction",
-                format!("unknown Correction value {}", o.correction),
-            ))
+            return Err(Error::invalid("significance.correction", format!("unknown Correction value {}", o.correction)))
         }
     };
     Ok(SignificanceOptions {
@@ -118,10 +108,7 @@ pub fn angles_from_proto(t: Option<&proto::Tensor>) -> Result<Array3<f64>, Error
     let [l, s, c] = t.shape[..] else {
         return Err(Error::invalid(
             "angles.shape",
-            format!(
-                "must have 3 dimensions [layers, sentences, conditions], has {}",
-                t.shape.len()
-            ),
+            format!("must have 3 dimensions [layers, sentences, conditions], has {}", t.shape.len()),
         ));
     };
     let (l, s, c) = (l as usize, s as usize, c as usize);
@@ -129,17 +116,11 @@ pub fn angles_from_proto(t: Option<&proto::Tensor>) -> Result<Array3<f64>, Error
     if expected != Some(t.values.len()) {
         return Err(Error::invalid(
             "angles.values",
-            format!(
-                "shape [{l}, {s}, {c}] needs {} values, got {}",
-                l * s * c,
-                t.values.len()
-            ),
+            format!("shape [{l}, {s}, {c}] needs {} values, got {}", l * s * c, t.values.len()),
         ));
     }
-    Ok(
-        Array3::from_shape_vec((l, s, c), t.values.iter().map(|&v| f64::from(v)).collect())
-            .expect("length checked above"),
-    )
+    Ok(Array3::from_shape_vec((l, s, c), t.values.iter().map(|&v| f64::from(v)).collect())
+        .expect("length checked above"))
 }
 
 fn tensor3(a: ArrayView3<f64>) -> proto::Tensor {
@@ -156,47 +137,58 @@ fn tensor2(a: ArrayView2<f64>) -> proto::Tensor {
     }
 }
 
-pub fn rotation_result(
-    r: &Rotations,
-    seed: u64,
-    target: u32,
-    model_name: &str,
-) -> proto::RotationResult {
+fn sentence_reports(r: &Rotations) -> Vec<proto::SentenceReport> {
+    r.sentences
+        .iter()
+        .map(|s| proto::SentenceReport {
+            index: s.index as u32,
+            num_tokens: s.num_tokens as u32,
+            target_position: s.positions.target as u32,
+            non_target_position: s.positions.non_target as u32,
+        })
+        .collect()
+}
+
+fn shuffle_draws(r: &Rotations) -> Vec<proto::ShuffleDraw> {
+    r.draws_row_major()
+        .into_iter()
+        .map(|d| proto::ShuffleDraw {
+            layer_v: d.layer_v,
+            position_v: d.position_v,
+            layer_u: d.layer_u,
+            position_u: d.position_u,
+        })
+        .collect()
+}
+
+/// One streamed chunk: a slice of consecutive sentences starting at `first`.
+pub fn chunk(part: &Rotations, first: usize, seed: u64) -> proto::RotationChunk {
+    proto::RotationChunk {
+        first_sentence: first as u32,
+        angles: Some(tensor3(part.angles.view())),
+        sentences: sentence_reports(part),
+        shuffle_draws: shuffle_draws(part),
+        unit: unit_to_proto(part.unit) as i32,
+        shuffle_seed: seed,
+        ..Default::default()
+    }
+}
+
+pub fn rotation_result(r: &Rotations, seed: u64, target: u32, model_name: &str) -> proto::RotationResult {
     proto::RotationResult {
         angles: Some(tensor3(r.angles.view())),
         conditions: CONDITIONS.iter().map(|c| c.to_string()).collect(),
         unit: unit_to_proto(r.unit) as i32,
         layer_means: Some(tensor2(r.layer_means().view())),
-        sentences: r
-            .sentences
-            .iter()
-            .map(|s| proto::SentenceReport {
-                index: s.index as u32,
-                num_tokens: s.num_tokens as u32,
-                target_position: s.positions.target as u32,
-                non_target_position: s.positions.non_target as u32,
-            })
-            .collect(),
-        shuffle_draws: r
-            .draws_row_major()
-            .into_iter()
-            .map(|d| proto::ShuffleDraw {
-                layer_v: d.layer_v,
-                position_v: d.position_v,
-                layer_u: d.layer_u,
-                position_u: d.position_u,
-            })
-            .collect(),
+        sentences: sentence_reports(r),
+        shuffle_draws: shuffle_draws(r),
         shuffle_seed: seed,
         model_name: model_name.to_string(),
         target_token_id: target,
     }
 }
 
-pub fn significance_result(
-    r: &SignificanceResult,
-    opts: &SignificanceOptions,
-) -> proto::SignificanceResult {
+pub fn significance_result(r: &SignificanceResult, opts: &SignificanceOptions) -> proto::SignificanceResult {
     proto::SignificanceResult {
         layers: r.layers.iter().map(layer_test).collect(),
         alpha: r.alpha,

@@ -1,21 +1,27 @@
 //! gRPC handlers: validate, convert, delegate to the engine and the analysis. Nothing else.
 pub mod convert;
 pub mod server;
+mod stream;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::analysis::stats::test_layers;
-use crate::analysis::Rotations;
+use crate::analysis::{test_layers, Rotations};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::proto;
 use crate::proto::rotation_service_server::RotationService;
+use crate::telemetry::{self, StageTimings};
 use convert::RequestLimits;
+
+/// Response metadata key carrying the per-stage timings (milliseconds).
+pub const TIMING_HEADER: &str = "server-timing";
 
 /// State shared by all handlers. The engine appears once the model has loaded and warmed up.
 #[derive(Clone)]
@@ -29,11 +35,12 @@ pub struct RotationServiceImpl {
 
 impl RotationServiceImpl {
     pub fn new(limits: RequestLimits, max_concurrent: usize) -> Self {
+        let max_concurrent = max_concurrent.max(1);
         Self {
             engine: Arc::new(OnceLock::new()),
             limits,
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
-            max_concurrent: max_concurrent.max(1),
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -54,6 +61,11 @@ impl RotationServiceImpl {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
+    /// Requests currently holding a slot.
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrent - self.permits.available_permits()
+    }
+
     fn engine(&self) -> Result<&Engine, Error> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
@@ -71,19 +83,40 @@ impl RotationServiceImpl {
         })
     }
 
-    /// Validates, admits and computes a rotation request; returns the f64 angles and their wire form.
+    /// Validates, admits and computes a rotation request.
     async fn rotations(
         &self,
         req: &proto::RotationRequest,
-    ) -> Result<(Rotations, proto::RotationResult), Error> {
+    ) -> Result<(Rotations, proto::RotationResult, StageTimings), Error> {
         let engine = self.engine()?;
-        let job = convert::rotation_job(req, self.limits)?;
-        let target = engine.resolve_target(&job.target)?;
+        let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
         let _permit = self.admit()?;
-        let rotations = engine.rotations(&job).await?;
+        let (rotations, target, timings) = engine.rotations(&job).await?;
         let wire = convert::rotation_result(&rotations, job.seed, target, &engine.model.info.name);
-        Ok((rotations, wire))
+        Ok((rotations, wire, timings))
     }
+}
+
+/// Counts and times one RPC, whatever its outcome.
+async fn observed<T>(rpc: &'static str, f: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = f.await;
+    let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+    telemetry::request(rpc, code, started.elapsed());
+    if let Err(s) = &result {
+        tracing::info!(rpc, code = ?s.code(), message = s.message(), "request failed");
+    }
+    result
+}
+
+/// A response with the per-stage timings in its metadata.
+fn timed<T>(body: T, timings: &StageTimings) -> Response<T> {
+    timings.record();
+    let mut response = Response::new(body);
+    if let Ok(value) = timings.header_value().parse() {
+        response.metadata_mut().insert(TIMING_HEADER, value);
+    }
+    response
 }
 
 #[tonic::async_trait]
@@ -93,8 +126,11 @@ impl RotationService for RotationServiceImpl {
         &self,
         _req: Request<proto::GetModelInfoRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
-        let engine = self.engine()?;
-        Ok(Response::new(convert::model_info(&engine.model.info)))
+        observed("GetModelInfo", async {
+            let engine = self.engine()?;
+            Ok(Response::new(convert::model_info(&engine.model.info)))
+        })
+        .await
     }
 
     #[instrument(skip_all, fields(texts = req.get_ref().texts.len()))]
@@ -102,33 +138,26 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::TokenizeRequest>,
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
-        let engine = self.engine()?;
-        let texts = &req.get_ref().texts;
-        if texts.len() > self.limits.max_sentences {
-            return Err(Error::invalid(
-                "texts",
-                format!(
-                    "{} texts exceed the limit of {} per request (max_sentences)",
-                    texts.len(),
-                    self.limits.max_sentences
-                ),
-            )
-            .into());
-        }
-        let texts = engine
-            .tokenize(texts)?
-            .into_iter()
-            .map(convert::tokenized)
-            .collect();
-        Ok(Response::new(proto::TokenizeResponse { texts }))
+        observed("Tokenize", async {
+            let engine = self.engine()?;
+            let texts = &req.get_ref().texts;
+            convert::check_count("texts", texts.len(), self.limits.max_sentences, "max_sentences")?;
+            let texts = engine.tokenize(texts)?.into_iter().map(convert::tokenized).collect();
+            Ok(Response::new(proto::TokenizeResponse { texts }))
+        })
+        .await
     }
 
-    #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len()))]
+    #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
     async fn compute_rotations(
         &self,
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResult>, Status> {
-        Ok(Response::new(self.rotations(req.get_ref()).await?.1))
+        observed("ComputeRotations", async {
+            let (_, wire, timings) = self.rotations(req.get_ref()).await?;
+            Ok(timed(wire, &timings))
+        })
+        .await
     }
 
     #[instrument(skip_all)]
@@ -136,30 +165,59 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::SignificanceRequest>,
     ) -> Result<Response<proto::SignificanceResult>, Status> {
-        if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(Error::ShuttingDown.into());
-        }
-        let req = req.get_ref();
-        let angles = convert::angles_from_proto(req.angles.as_ref())?;
-        let opts = convert::significance_options(req.options.as_ref())?;
-        let result = test_layers(angles.view(), &opts).map_err(Error::from)?;
-        Ok(Response::new(convert::significance_result(&result, &opts)))
+        observed("TestSignificance", async {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(Error::ShuttingDown.into());
+            }
+            let req = req.get_ref();
+            let angles = convert::angles_from_proto(req.angles.as_ref())?;
+            let opts = convert::significance_options(req.options.as_ref())?;
+            let result = test_layers(angles.view(), &opts).map_err(Error::from)?;
+            Ok(Response::new(convert::significance_result(&result, &opts)))
+        })
+        .await
     }
 
+    #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
+    async fn analyze(&self, req: Request<proto::RotationRequest>) -> Result<Response<proto::Analysis>, Status> {
+        observed("Analyze", async {
+            let req = req.get_ref();
+            // Options are checked before the forward pass so a bad option costs no compute.
+            let opts = convert::significance_options(req.significance.as_ref())?;
+            let (rotations, wire, mut timings) = self.rotations(req).await?;
+            let started = Instant::now();
+            // Tested on the f64 angles, not on their f32 wire form.
+            let significance = test_layers(rotations.angles.view(), &opts).map_err(Error::from)?;
+            timings.analysis += started.elapsed();
+            let body = proto::Analysis {
+                rotations: Some(wire),
+                significance: Some(convert::significance_result(&significance, &opts)),
+            };
+            Ok(timed(body, &timings))
+        })
+        .await
+    }
+
+    type StreamRotationsStream = stream::ChunkStream;
+
     #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len()))]
-    async fn analyze(
+    async fn stream_rotations(
         &self,
         req: Request<proto::RotationRequest>,
-    ) -> Result<Response<proto::Analysis>, Status> {
-        let req = req.get_ref();
-        // Options are checked before the forward pass so a bad option costs no compute.
-        let opts = convert::significance_options(req.significance.as_ref())?;
-        let (rotations, wire) = self.rotations(req).await?;
-        // Tested on the f64 angles, not on their f32 wire form.
-        let significance = test_layers(rotations.angles.view(), &opts).map_err(Error::from)?;
-        Ok(Response::new(proto::Analysis {
-            rotations: Some(wire),
-            significance: Some(convert::significance_result(&significance, &opts)),
-        }))
+    ) -> Result<Response<Self::StreamRotationsStream>, Status> {
+        observed("StreamRotations", async {
+            let req = req.into_inner();
+            let engine = self.engine()?.clone();
+            let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
+            let opts = convert::significance_options(req.significance.as_ref())?;
+            let permit = self.admit()?;
+            // Tokenizing a large corpus takes a while: off the async executor.
+            let (engine2, job2) = (engine.clone(), job.clone());
+            let prepared = tokio::task::spawn_blocking(move || engine2.prepare(&job2))
+                .await
+                .map_err(|e| Status::internal(format!("tokenizer task failed: {e}")))??;
+            Ok(Response::new(stream::start(engine, job, prepared, opts, permit)))
+        })
+        .await
     }
 }

@@ -1,11 +1,13 @@
 //! Starting and stopping the server: listen at once (health NOT_SERVING), load and warm the model,
-//! then SERVING; on shutdown NOT_SERVING, refuse new work, let requests in flight finish.
+//! then SERVING; on shutdown NOT_SERVING, refuse new work with UNAVAILABLE, let requests in flight
+//! finish within the grace period, then return.
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use super::convert::RequestLimits;
@@ -15,9 +17,10 @@ use crate::engine::{BatchLimits, Engine};
 use crate::model::{Model, RuntimeOptions};
 use crate::proto::rotation_service_server::{RotationServiceServer, SERVICE_NAME};
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::telemetry;
 
-/// Loads the model directory named by the config (blocking: call from a blocking context).
-pub fn load_engine(config: &ServeConfig) -> anyhow::Result<Engine> {
+/// Loads and warms the model named by the config (blocking: call from a blocking context).
+pub fn load_model(config: &ServeConfig) -> anyhow::Result<Model> {
     let started = Instant::now();
     let opts = RuntimeOptions {
         library: config.ort_library(),
@@ -28,6 +31,7 @@ pub fn load_engine(config: &ServeConfig) -> anyhow::Result<Engine> {
     // Warm-up: the first run allocates and picks kernels; do it before reporting SERVING.
     let warm = model.tokenizer.encode("Warm up the model.")?.ids;
     model.hidden_states_blocking(vec![warm])?;
+    telemetry::model_loaded(started.elapsed());
     tracing::info!(
         model = %model.info.name,
         dir = %config.model_dir.display(),
@@ -35,82 +39,93 @@ pub fn load_engine(config: &ServeConfig) -> anyhow::Result<Engine> {
         seconds = started.elapsed().as_secs_f64(),
         "model ready"
     );
-    let limits = BatchLimits {
-        max_tokens: config.max_batch_tokens,
-        max_sentences: config.max_batch_sentences,
-    };
-    Ok(Engine::new(model, limits))
+    Ok(model)
 }
 
-/// Serves on `listener` until `shutdown` resolves. Returns an error if the model cannot be loaded.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Serves on `listener` until `shutdown` resolves. Errors if the model cannot be loaded.
 pub async fn serve(
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let service = RotationServiceImpl::new(
-        RequestLimits {
-            max_sentences: config.max_sentences,
-        },
-        config.max_concurrent_requests,
-    );
+    if let Some(port) = config.metrics_port {
+        telemetry::install_prometheus(std::net::SocketAddr::new(config.host, port))?;
+    }
+    let limits =
+        RequestLimits { max_sentences: config.max_sentences, max_stream_sentences: config.max_stream_sentences };
+    let service = RotationServiceImpl::new(limits, config.max_concurrent_requests);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<RotationServiceServer<RotationServiceImpl>>()
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-
     let grpc = RotationServiceServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, service = SERVICE_NAME, "listening (NOT_SERVING until the model is ready)");
-
-    // On shutdown: report NOT_SERVING and refuse new requests before the transport stops accepting.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let on_shutdown = {
-        let (health, service) = (health.clone(), service.clone());
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: NOT_SERVING, finishing requests in flight");
-            service.begin_shutdown();
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            health
-                .set_not_serving::<RotationServiceServer<RotationServiceImpl>>()
-                .await;
-            let _ = stop_tx.send(());
-        }
-    };
-    tokio::spawn(on_shutdown);
+    let mut server = tokio::spawn(
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
 
-    let server = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(grpc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
-    let server = tokio::spawn(server);
-
+    tokio::pin!(shutdown);
     let load_config = config.clone();
-    let engine = tokio::task::spawn_blocking(move || load_engine(&load_config)).await??;
-    service.set_engine(engine);
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_serving::<RotationServiceServer<RotationServiceImpl>>()
-        .await;
-    tracing::info!(%addr, "SERVING");
-
-    server.await??;
+    let loading = tokio::task::spawn_blocking(move || load_model(&load_config));
+    let mut stopping = false;
+    tokio::select! {
+        loaded = loading => {
+            let model = loaded??;
+            let batch = BatchLimits { max_tokens: config.max_batch_tokens, max_sentences: config.max_batch_sentences };
+            service.set_engine(Engine::new(model, batch));
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!(%addr, "SERVING");
+        }
+        _ = &mut shutdown => stopping = true,
+        ended = &mut server => {
+            ended??;
+            anyhow::bail!("the server stopped before the model was loaded");
+        }
+    }
+    if !stopping {
+        tokio::select! {
+            _ = &mut shutdown => {}
+            ended = &mut server => {
+                ended??;
+                return Ok(());
+            }
+        }
+    }
+    // Refuse new work first, so nothing new starts while the transport drains.
+    service.begin_shutdown();
+    set_health(&health, ServingStatus::NotServing).await;
+    let in_flight = service.in_flight();
+    tracing::info!(
+        in_flight,
+        grace_seconds = config.shutdown_grace_seconds,
+        "shutting down: NOT_SERVING, finishing requests in flight"
+    );
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_seconds), &mut server).await {
+        Ok(ended) => ended??,
+        Err(_) => {
+            tracing::warn!(in_flight = service.in_flight(), "grace period over; exiting with requests unfinished")
+        }
+    }
+    tracing::info!("stopped");
     Ok(())
 }

@@ -10,9 +10,7 @@ pub fn repo() -> PathBuf {
 
 /// libonnxruntime.so: ORT_DYLIB_PATH (set by `make test`) or the checkout's .ort/ folder.
 pub fn ort_library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".ort/lib/libonnxruntime.so"))
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| repo().join(".ort/lib/libonnxruntime.so"))
 }
 
 pub fn bundled_model_dir() -> PathBuf {
@@ -20,11 +18,7 @@ pub fn bundled_model_dir() -> PathBuf {
 }
 
 pub fn runtime_options() -> RuntimeOptions {
-    RuntimeOptions {
-        library: ort_library(),
-        provider: ExecutionProvider::Cpu,
-        intra_threads: 1,
-    }
+    RuntimeOptions { library: ort_library(), provider: ExecutionProvider::Cpu, intra_threads: 1 }
 }
 
 pub fn load_bundled() -> Model {
