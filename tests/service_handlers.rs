@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use rotations::analysis::angles::angle_between;
 use rotations::engine::{BatchLimits, Engine};
-use rotations::model::{Backend, Manifest, Model, ModelError, SentenceHidden, Tokenizer};
+use rotations::model::Model;
 use rotations::proto::rotation_request::Target;
 use rotations::proto::rotation_service_server::RotationService;
 use rotations::proto::{self, RotationRequest};
@@ -248,29 +248,9 @@ async fn model_info_and_tokenize() {
     assert_eq!((t.offset_starts[2], t.offset_ends[2]), (5, 9));
 }
 
-/// A backend that takes its time, to hold the only request slot.
-struct SlowBackend {
-    layers: usize,
-}
-
-impl Backend for SlowBackend {
-    fn forward(&mut self, batch: &[Vec<u32>]) -> Result<Vec<SentenceHidden>, ModelError> {
-        std::thread::sleep(Duration::from_millis(400));
-        Ok(batch
-            .iter()
-            .map(|ids| {
-                SentenceHidden::from_shape_fn((self.layers + 1, ids.len(), 4), |(k, p, d)| (1 + k + p * 3 + d) as f32)
-            })
-            .collect())
-    }
-}
-
 #[tokio::test]
 async fn past_the_concurrency_limit_requests_are_refused_at_once() {
-    let dir = bundled_model_dir();
-    let manifest = Manifest::read(&dir.join("model.json")).unwrap();
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let model = Model::with_backend(&manifest, tokenizer, SlowBackend { layers: manifest.num_layers }).unwrap();
+    let (model, _) = slow_model(Duration::from_millis(400));
     let svc = service_with(model, 10, 1);
     let req = || her_request(vec!["I saw her.".into(), "We met her.".into()]);
     let first = tokio::spawn({

@@ -338,6 +338,10 @@ def export_onnx(wrapper: HiddenStates, onnx_path: Path, output_names, max_positi
             output_names=output_names,
             dynamic_shapes={"input_ids": axes, "attention_mask": axes},
         )
+    # Per-node Python stack traces hold absolute paths and line numbers of this checkout;
+    # dropping them keeps the file free of local paths and byte-identical across machines.
+    for node in program.model.graph:  # GPT-2's graph has no subgraphs
+        node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
     with step(f"saving {onnx_path}"):
         (onnx_path.parent / "model.onnx.data").unlink(missing_ok=True)
         # external_data=None: a separate model.onnx.data only past protobuf's 2 GB limit.

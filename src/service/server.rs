@@ -42,6 +42,9 @@ pub fn load_model(config: &ServeConfig) -> anyhow::Result<Model> {
     Ok(model)
 }
 
+/// Time given to the last responses' bodies to reach their clients before connections close.
+const RESPONSE_DRAIN: Duration = Duration::from_millis(500);
+
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status(SERVICE_NAME, status).await;
@@ -110,17 +113,20 @@ pub async fn serve(
             }
         }
     }
-    // Refuse new work first, so nothing new starts while the transport drains.
+    // Refuse new work first (UNAVAILABLE), so nothing new starts while requests in flight finish.
     service.begin_shutdown();
     set_health(&health, ServingStatus::NotServing).await;
-    let in_flight = service.in_flight();
-    tracing::info!(
-        in_flight,
-        grace_seconds = config.shutdown_grace_seconds,
-        "shutting down: NOT_SERVING, finishing requests in flight"
-    );
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(in_flight = service.in_flight(), grace_seconds = grace.as_secs(), "shutting down: NOT_SERVING");
+    // Let handlers finish before the transport starts closing connections: closing a connection
+    // while a large response is still being read can reset it and lose the response.
+    while service.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(RESPONSE_DRAIN.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
     let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(config.shutdown_grace_seconds), &mut server).await {
+    match tokio::time::timeout_at(deadline, &mut server).await {
         Ok(ended) => ended??,
         Err(_) => {
             tracing::warn!(in_flight = service.in_flight(), "grace period over; exiting with requests unfinished")

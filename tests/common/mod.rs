@@ -1,8 +1,13 @@
 //! Shared by the integration tests: where the runtime library and the bundled model are.
 #![allow(dead_code)]
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use rotations::model::{ExecutionProvider, Model, RuntimeOptions};
+use rotations::model::{
+    Backend, ExecutionProvider, Manifest, Model, ModelError, RuntimeOptions, SentenceHidden, Tokenizer,
+};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -29,4 +34,37 @@ pub fn golden(name: &str) -> serde_json::Value {
     let path = repo().join("tests/golden").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("golden JSON parses")
+}
+
+/// A fake backend that takes its time and counts the sentences it computed: for tests of
+/// admission, cancellation and batching that must not depend on the real model's speed.
+pub struct SlowBackend {
+    pub layers: usize,
+    pub delay: Duration,
+    pub sentences_computed: Arc<AtomicUsize>,
+}
+
+impl Backend for SlowBackend {
+    fn forward(&mut self, batch: &[Vec<u32>]) -> Result<Vec<SentenceHidden>, ModelError> {
+        std::thread::sleep(self.delay);
+        self.sentences_computed.fetch_add(batch.len(), Ordering::SeqCst);
+        Ok(batch
+            .iter()
+            .map(|ids| {
+                SentenceHidden::from_shape_fn((self.layers + 1, ids.len(), 4), |(k, p, d)| {
+                    (1 + k * k + p * 3 + d + ids[p] as usize % 7) as f32
+                })
+            })
+            .collect())
+    }
+}
+
+/// The bundled model's tokenizer and shape over a [`SlowBackend`]; returns its sentence counter.
+pub fn slow_model(delay: Duration) -> (Model, Arc<AtomicUsize>) {
+    let dir = bundled_model_dir();
+    let manifest = Manifest::read(&dir.join("model.json")).unwrap();
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let backend = SlowBackend { layers: manifest.num_layers, delay, sentences_computed: counter.clone() };
+    (Model::with_backend(&manifest, tokenizer, backend).unwrap(), counter)
 }

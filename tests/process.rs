@@ -1,0 +1,142 @@
+//! The real binary as a process: metrics on their port, timings in response metadata, and a
+//! graceful SIGTERM (NOT_SERVING, requests in flight finish, exit 0).
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rotations::proto::rotation_request::Target;
+use rotations::proto::rotation_service_client::RotationServiceClient;
+use rotations::proto::{self, RotationRequest};
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_rotations"))
+            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1"])
+            .arg("--model-dir")
+            .arg(bundled_model_dir())
+            .arg("--ort-library")
+            .arg(ort_library())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    async fn wait_serving(&self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(channel) = Channel::from_shared(self.url.clone()).unwrap().connect().await {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+                let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                if let Ok(r) = health.check(req).await {
+                    if r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                        return channel;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not become SERVING");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn her(sentences: Vec<String>) -> RotationRequest {
+    RotationRequest { sentences, target: Some(Target::TargetText(" her".into())), ..Default::default() }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test]
+async fn metrics_and_stage_timings_are_exposed() {
+    let metrics_port = free_port();
+    let server = Server::start(&["--metrics-port", &metrics_port.to_string()]);
+    let channel = server.wait_serving().await;
+    let mut client = RotationServiceClient::new(channel);
+    let response = client.analyze(her(vec!["I saw her.".into(), "We met her there.".into()])).await.unwrap();
+    let timing = response.metadata().get("server-timing").expect("timings in metadata").to_str().unwrap().to_string();
+    for stage in ["tokenize;dur=", "queue;dur=", "inference;dur=", "analysis;dur="] {
+        assert!(timing.contains(stage), "{timing}");
+    }
+    let _ = client.analyze(her(vec!["No target.".into()])).await.unwrap_err();
+
+    let page = http_get(metrics_port, "/metrics");
+    for name in [
+        "rotations_requests_total",
+        "rotations_request_duration_seconds",
+        "rotations_batch_sentences",
+        "rotations_batch_padding_ratio",
+        "rotations_queue_depth",
+        "rotations_sentences_total",
+        "rotations_tokens_total",
+        "rotations_model_load_seconds",
+        "rotations_stage_seconds",
+    ] {
+        assert!(page.contains(name), "/metrics lacks {name}:\n{page}");
+    }
+    assert!(page.contains("code=\"InvalidArgument\""), "{page}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_requests_in_flight_and_exits_zero() {
+    let mut server = Server::start(&["--shutdown-grace-seconds", "60", "--max-sentences", "20000"]);
+    let channel = server.wait_serving().await;
+    let mut client = RotationServiceClient::new(channel.clone());
+    let sentences: Vec<String> = (0..20000).map(|i| format!("On day {i} they thanked her for the help.")).collect();
+    let started = Instant::now();
+    let in_flight = tokio::spawn(async move { client.compute_rotations(her(sentences)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // New work is refused (by the service, or by a transport that no longer accepts).
+    let mut late = RotationServiceClient::new(channel);
+    if let Err(status) = late.get_model_info(proto::GetModelInfoRequest {}).await {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{}", status.message());
+    }
+
+    // The request in flight finishes with its full result.
+    let result = in_flight.await.unwrap().expect("the request in flight completes").into_inner();
+    assert_eq!(result.sentences.len(), 20000);
+    eprintln!("request in flight took {:?}", started.elapsed());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
