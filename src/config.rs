@@ -179,4 +179,7 @@ pub struct AnalyzeArgs {
     /// Output folder.
     #[arg(long, default_value = "analysis-output")]
     pub out: PathBuf,
+    /// Above this many sentences, use StreamRotations (with a progress bar) instead of Analyze.
+    #[arg(long, env = "ROTATIONS_STREAM_ABOVE", default_value_t = 2000)]
+    pub stream_above: usize,
 }

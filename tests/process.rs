@@ -140,3 +140,45 @@ async fn sigterm_drains_requests_in_flight_and_exits_zero() {
     };
     assert!(status.success(), "exit status {status:?}");
 }
+
+fn read_csv(path: &std::path::Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').filter_map(|v| v.parse::<f64>().ok()).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cli_streams_large_inputs_with_the_same_results() {
+    let server = Server::start(&[]);
+    server.wait_serving().await;
+    let out = tempfile::tempdir().unwrap();
+    let run = |dir: &str, stream_above: &str| {
+        let status = Command::new(env!("CARGO_BIN_EXE_rotations"))
+            .args(["analyze", "--server", &server.url, "--target", " her", "--stream-above", stream_above])
+            .arg("--sentences")
+            .arg(repo().join("examples/her_sentences.txt"))
+            .arg("--out")
+            .arg(out.path().join(dir))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    run("unary", "100000");
+    run("stream", "0");
+    for name in ["angles.svg", "significance.svg", "analysis.json"] {
+        assert!(out.path().join("stream").join(name).is_file(), "{name}");
+    }
+    let (a, b) = (read_csv(&out.path().join("unary/angles.csv")), read_csv(&out.path().join("stream/angles.csv")));
+    assert_eq!(a, b, "streamed angles equal unary ones");
+    let (a, b) =
+        (read_csv(&out.path().join("unary/significance.csv")), read_csv(&out.path().join("stream/significance.csv")));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        // t from merged sums vs two-pass: equal to rounding.
+        assert!((x[1] - y[1]).abs() <= 1e-9 * x[1].abs().max(1.0), "t {} vs {}", x[1], y[1]);
+    }
+}

@@ -114,7 +114,11 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let sentences = read_sentences(&args.sentences)?;
     let request = rotation_request(&args, sentences.clone())?;
     let mut client = connect(&args.client).await?;
-    let analysis = client.analyze(request).await.map_err(status_error)?.into_inner();
+    let analysis = if sentences.len() > args.stream_above {
+        stream_analysis(&mut client, request).await?
+    } else {
+        client.analyze(request).await.map_err(status_error)?.into_inner()
+    };
     let report = report::Report::new(&analysis, &sentences)?;
     print!("{}", report.table());
     report.write_all(&args.out)?;
@@ -123,4 +127,78 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Large corpora: StreamRotations with a progress bar, reassembled into the shape `Analyze` returns.
+/// The significance comes from the server's merged per-layer statistics.
+pub async fn stream_analysis(
+    client: &mut RotationServiceClient<Channel>,
+    request: proto::RotationRequest,
+) -> anyhow::Result<proto::Analysis> {
+    let total = request.sentences.len();
+    let mut stream = client.stream_rotations(request).await.map_err(status_error)?.into_inner();
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} sentences ({per_sec}, eta {eta})",
+        )?
+        .progress_chars("=> "),
+    );
+    let mut chunks = Vec::new();
+    let mut last = None;
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        if chunk.last {
+            last = Some(chunk);
+            break;
+        }
+        if let Some(p) = &chunk.progress {
+            bar.set_position(u64::from(p.done));
+        }
+        chunks.push(chunk);
+    }
+    bar.finish_and_clear();
+    let last = last.context("the stream ended without its final chunk")?;
+    let significance = match last.significance {
+        Some(s) => s,
+        None => anyhow::bail!("no significance test: {}", last.significance_error),
+    };
+    let layers = chunks.first().and_then(|c| c.angles.as_ref()).map_or(0, |t| t.shape[0] as usize);
+    let mut angles = vec![0f32; layers * total * 3];
+    let mut draws = vec![proto::ShuffleDraw::default(); layers * total];
+    let mut reports = Vec::with_capacity(total);
+    for chunk in chunks {
+        let t = chunk.angles.context("a chunk without angles")?;
+        let (first, k) = (chunk.first_sentence as usize, t.shape[1] as usize);
+        anyhow::ensure!(
+            t.shape[0] as usize == layers && first + k <= total,
+            "chunk shape {:?} at {first} does not fit",
+            t.shape
+        );
+        for l in 0..layers {
+            for s in 0..k {
+                let (from, to) = (l * k + s, l * total + first + s);
+                angles[to * 3..to * 3 + 3].copy_from_slice(&t.values[from * 3..from * 3 + 3]);
+                draws[to] = chunk.shuffle_draws[from];
+            }
+        }
+        reports.extend(chunk.sentences);
+    }
+    anyhow::ensure!(reports.len() == total, "the stream delivered {} of {total} sentences", reports.len());
+    let means: Vec<f32> = (0..layers * 3)
+        .map(|i| {
+            let (l, c) = (i / 3, i % 3);
+            ((0..total).map(|s| f64::from(angles[(l * total + s) * 3 + c])).sum::<f64>() / total as f64) as f32
+        })
+        .collect();
+    let rotations = proto::RotationResult {
+        angles: Some(proto::Tensor { shape: vec![layers as u32, total as u32, 3], values: angles }),
+        conditions: crate::analysis::CONDITIONS.iter().map(|c| c.to_string()).collect(),
+        unit: last.unit,
+        layer_means: Some(proto::Tensor { shape: vec![layers as u32, 3], values: means }),
+        sentences: reports,
+        shuffle_draws: draws,
+        shuffle_seed: last.shuffle_seed,
+        model_name: last.model_name,
+        target_token_id: last.target_token_id,
+    };
+    Ok(proto::Analysis { rotations: Some(rotations), significance: Some(significance) })
 }

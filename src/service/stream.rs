@@ -87,6 +87,8 @@ async fn produce(
             .map(|(l, s)| proto::LayerStatistics { layer: l as u32 + 1, n: s.n, sum: s.sum, sum_sq: s.sum_sq })
             .collect(),
         last: true,
+        model_name: engine.model.info.name.clone(),
+        target_token_id: prepared.target,
         ..Default::default()
     };
     match test_layers_from_stats(&stats, opts) {
