@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test ort build release lint fmt bench clean-demo
+.PHONY: demo test ort build release lint fmt bench bench-batching clean-demo
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -23,6 +23,10 @@ demo: build
 ## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy.
 test: ort
 	cargo test --all-targets -- --test-threads=2
+
+## Throughput of 32 small concurrent clients, with and without dynamic batching.
+bench-batching: ort
+	cargo bench --bench batching
 
 lint:
 	cargo fmt --check

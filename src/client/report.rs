@@ -75,8 +75,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:>5} {:>10} {:>10} {:>10} {:>9} {:>11} {:>11}  {}",
-            "layer", "target", "non_target", "shuffled", "t", "p", "p_adj", "significant"
+            "{:>5} {:>10} {:>10} {:>10} {:>9} {:>11} {:>11}  significant",
+            "layer", "target", "non_target", "shuffled", "t", "p", "p_adj"
         );
         for (k, t) in sig.layers.iter().enumerate() {
             let verdict = match proto::Direction::try_from(t.direction) {
