@@ -41,6 +41,16 @@ fn angles_of(r: &proto::RotationResult) -> (usize, usize, Vec<f32>) {
     (t.shape[0] as usize, t.shape[1] as usize, t.values.clone())
 }
 
+/// Each sentence's angles `[layer][condition]` when it is sent alone, one request at a time.
+async fn alone_angles(svc: &RotationServiceImpl, sentences: &[String]) -> HashMap<String, Vec<f32>> {
+    let mut alone = HashMap::new();
+    for s in sentences {
+        let r = svc.compute_rotations(Request::new(her(vec![s.clone()]))).await.unwrap().into_inner();
+        alone.insert(s.clone(), angles_of(&r).2);
+    }
+    alone
+}
+
 #[tokio::test]
 async fn batching_across_concurrent_requests_does_not_change_results() {
     let model = load_bundled();
@@ -50,11 +60,7 @@ async fn batching_across_concurrent_requests_does_not_change_results() {
     let sentences = corpus(40);
 
     // Reference: each sentence alone, one request at a time.
-    let mut alone: HashMap<String, Vec<f32>> = HashMap::new();
-    for s in &sentences {
-        let r = svc.compute_rotations(Request::new(her(vec![s.clone()]))).await.unwrap().into_inner();
-        alone.insert(s.clone(), angles_of(&r).2);
-    }
+    let alone = alone_angles(&svc, &sentences).await;
 
     // 32 clients at once, 1-3 sentences each.
     let mut tasks = Vec::new();
@@ -201,11 +207,7 @@ async fn mixed_load_loses_nothing_and_leaves_the_server_serving() {
     let svc =
         RotationServiceImpl::ready(Engine::new(model, BatchLimits { max_tokens: 256, max_sentences: 16 }), LIMITS, 256);
     let sentences = corpus(30);
-    let mut alone: HashMap<String, Vec<f32>> = HashMap::new();
-    for s in &sentences {
-        let r = svc.compute_rotations(Request::new(her(vec![s.clone()]))).await.unwrap().into_inner();
-        alone.insert(s.clone(), angles_of(&r).2);
-    }
+    let alone = alone_angles(&svc, &sentences).await;
 
     let mut tasks = Vec::new();
     for c in 0..60usize {

@@ -18,6 +18,29 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing the figure: {e:?}")
 }
 
+/// Draws the legend (top right, in the headroom left for it) and writes the file.
+fn finish<'a, DB: DrawingBackend + 'a>(
+    mut chart: ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
 /// Each sentence's angle per layer (faint) and the mean over sentences (bold), for the three conditions.
 pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 440)).into_drawing_area();
@@ -62,15 +85,7 @@ pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], bold.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err)?;
-    Ok(())
+    finish(chart, &root)
 }
 
 /// t per layer: significant layers marked by direction (circles a > b, squares b > a), the rest with crosses.
@@ -131,13 +146,5 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
         .map_err(plot_err)?
         .label("Non-sig.")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, TARGET.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(plot_err)?;
-    root.present().map_err(plot_err)?;
-    Ok(())
+    finish(chart, &root)
 }
