@@ -85,7 +85,7 @@ async fn analyze_reproduces_the_notebook_run_in_pytorch() {
 
     // Shuffled angles equal their recomputation from the returned draws.
     let ids: Vec<Vec<u32>> = sentences.iter().map(|s| model.tokenizer.encode(s).unwrap().ids).collect();
-    let hidden = model.hidden_states_blocking(ids.clone()).unwrap();
+    let hidden = model.hidden_states(ids.clone()).await.unwrap();
     assert_eq!(rot.shuffle_draws.len(), layers * n);
     for l in 0..layers {
         for s in 0..n {
