@@ -130,6 +130,15 @@ impl Engine {
         Ok(Prepared { ids, target, opts })
     }
 
+    /// [`Engine::prepare`] on a blocking thread: tokenizing thousands of sentences must not stall
+    /// the async executor that serves other requests.
+    pub async fn prepare_off_executor(&self, job: &RotationJob) -> Result<Prepared, Error> {
+        let (engine, job) = (self.clone(), job.clone());
+        tokio::task::spawn_blocking(move || engine.prepare(&job))
+            .await
+            .map_err(|e| ModelError::Tokenizer(format!("tokenizer task failed: {e}")))?
+    }
+
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
     pub fn submit(&self, prepared: &Prepared, range: Range<usize>) -> Pending {
         let replies = prepared.ids[range.clone()].iter().map(|ids| self.batcher.submit(ids.clone())).collect();
@@ -163,7 +172,7 @@ impl Engine {
     pub async fn rotations(&self, job: &RotationJob) -> Result<(Rotations, u32, StageTimings), Error> {
         let mut timings = StageTimings::default();
         let started = Instant::now();
-        let prepared = self.prepare(job)?;
+        let prepared = self.prepare_off_executor(job).await?;
         timings.tokenize = started.elapsed();
         let pending = self.submit(&prepared, 0..prepared.len());
         let sentences = self.finish(&prepared, pending, &mut timings).await?;

@@ -211,11 +211,7 @@ impl RotationService for RotationServiceImpl {
             let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
             let opts = convert::significance_options(req.significance.as_ref())?;
             let permit = self.admit()?;
-            // Tokenizing a large corpus takes a while: off the async executor.
-            let (engine2, job2) = (engine.clone(), job.clone());
-            let prepared = tokio::task::spawn_blocking(move || engine2.prepare(&job2))
-                .await
-                .map_err(|e| Status::internal(format!("tokenizer task failed: {e}")))??;
+            let prepared = engine.prepare_off_executor(&job).await?;
             Ok(Response::new(stream::start(engine, job, prepared, opts, permit)))
         })
         .await
