@@ -27,7 +27,6 @@ import json
 import resource
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -62,15 +61,17 @@ VERIFY_SENTENCES = [
     "They thanked her for his help with the move last spring.",
 ]
 INPUT_NAMES = ["input_ids", "attention_mask"]
-FP32_TOLERANCE = 1e-4
-# fp16 keeps ~3 significant digits and GPT-2's residual stream reaches values in the
-# thousands, so the fp16 bound scales with the largest reference value.
-FP16_RELATIVE_TOLERANCE = 1e-2
+# Verification bound per token vector: |onnx - torch| <= absolute + relative * max|vector|.
+# Rounding error grows with magnitude, and trained GPT-2 carries "massive activations"
+# (hundreds to thousands) in a few residual dimensions: a GPT-2-sized model given such
+# dimensions (up to ~2900) verified at 2.1e-3 abs, 9e-6 of its vector's largest value, which
+# a flat 1e-4 would reject. Real export bugs (wrong mask, missing ln_f) are off by far more.
+TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2)}
 
 # Traced with a right-padded mask that contains zeros: transformers' mask helpers take
 # shortcuts when a mask has no padding, and an example without zeros risks baking such a
-# shortcut into the graph. (The legacy TorchScript exporter, dynamo=False, has been seen to
-# give hidden states off by up to 2.7 with transformers 5.x; this script uses dynamo=True.)
+# shortcut into the graph. (The legacy TorchScript exporter, dynamo=False, was measured off
+# by up to 2.7 with transformers 5.x; only dynamo=True is used and verified here.)
 TRACE_INPUT_IDS = [[464, 1772, 1912, 262, 2095, 319, 607, 13], [40, 2497, 607, 13] + [GPT2_EOS_ID] * 4]
 TRACE_ATTENTION_MASK = [[1] * 8, [1] * 4 + [0] * 4]
 
@@ -214,48 +215,59 @@ def encode_batch(tokenizer_file: Path, sentences, vocab_size: int):
     return input_ids, mask, [len(row) for row in ids]
 
 
-def max_error_real_tokens(reference, actual, lengths) -> float:
-    """Largest |a - b| over all states, counting only unpadded positions."""
-    worst = 0.0
+def compare(reference, actual, lengths, tolerance) -> tuple[float, float]:
+    """Compare states over real tokens; return (max abs error, max of error / bound).
+
+    The bound of each token vector is absolute + relative * max|reference vector|, so the
+    check passes when the second value is <= 1.
+    """
+    absolute, relative = tolerance
+    max_error, worst = 0.0, 0.0
     for ref, got in zip(reference, actual, strict=True):
         for row, n in enumerate(lengths):
-            worst = max(worst, float(abs(ref[row, :n].astype("float64") - got[row, :n]).max()))
-    return worst
+            r, g = ref[row, :n].astype(np.float64), got[row, :n]
+            if not np.isfinite(g).all():
+                return float("inf"), float("inf")
+            err = np.abs(r - g).max(axis=-1)
+            bound = absolute + relative * np.abs(r).max(axis=-1)
+            max_error = max(max_error, float(err.max()))
+            worst = max(worst, float((err / bound).max()))
+    return max_error, worst
 
 
-def max_abs_real_tokens(reference, lengths) -> float:
-    return max(float(abs(ref[row, :n]).max()) for ref in reference for row, n in enumerate(lengths))
-
-
-def verify_onnx(path: Path, batches, num_states: int, tolerance: float) -> float:
-    """Run each (input_ids, mask, lengths, reference) batch in ORT; return the max error."""
+def verify_onnx(path: Path, batches, num_states: int, tolerance) -> tuple[float, float]:
+    """Run each (input_ids, mask, lengths, reference) batch in ORT; return compare()'s worst."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # keep the console to our own messages
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != INPUT_NAMES:
+        raise ValueError(f"unexpected ONNX inputs {inputs}, expected {INPUT_NAMES}")
     expected = [f"hidden_state_{i}" for i in range(num_states)]
-    if [i.name for i in session.get_inputs()] != INPUT_NAMES:
-        raise ValueError(f"unexpected ONNX inputs {[i.name for i in session.get_inputs()]}")
-    if names != expected:
-        raise ValueError(f"unexpected ONNX outputs {names}, expected {expected}")
-    worst = 0.0
+    if outputs != expected:
+        raise ValueError(f"unexpected ONNX outputs {outputs}, expected {expected}")
+    max_error, worst = 0.0, 0.0
     for input_ids, mask, lengths, reference in batches:
         got = session.run(None, {"input_ids": input_ids, "attention_mask": mask})
-        worst = max(worst, max_error_real_tokens(reference, got, lengths))
+        e, w = compare(reference, got, lengths, tolerance)
+        max_error, worst = max(max_error, e), max(worst, w)
     del session
-    return worst
+    return max_error, worst
 
 
-def add_zero_gemm_biases(onnx_path: Path, dest: Path, external_data: bool) -> bool:
-    """Write a copy to dest where bias-less Gemm nodes get an explicit zero bias.
+def describe(max_error: float, worst: float) -> str:
+    return f"max |onnx - torch| over real tokens {max_error:.3g}, {worst:.3g} of the allowed bound"
+
+
+def add_zero_gemm_biases(model: onnx.ModelProto) -> None:
+    """Give bias-less Gemm nodes an explicit zero bias, in place.
 
     The onnxscript optimizer drops all-zero biases (a random init has them), and the gpt2
     fusion pass of onnxruntime.transformers assumes every Gemm has one (IndexError otherwise).
-    Returns False, writing nothing, when no Gemm needs it (real checkpoints).
+    Real checkpoints have non-zero biases and are left unchanged.
     """
-    model = onnx.load(onnx_path)
     weights = {i.name: i for i in model.graph.initializer}
-    patched = False
     for node in model.graph.node:
         if node.op_type == "Gemm" and len(node.input) == 2 and node.input[1] in weights:
             w = weights[node.input[1]]
@@ -263,48 +275,44 @@ def add_zero_gemm_biases(onnx_path: Path, dest: Path, external_data: bool) -> bo
             bias = onnx.numpy_helper.from_array(zeros, f"{node.name}.zero_bias")
             model.graph.initializer.append(bias)
             node.input.append(bias.name)
-            patched = True
-    if patched:
-        onnx.save(model, dest, save_as_external_data=external_data, location=dest.name + ".data")
-    return patched
 
 
-def optimize(onnx_path: Path, cfg, fp16: bool, batches, num_states, tolerance, max_error):
-    """Try ORT's gpt2 fusions; keep the result only if it still verifies. Returns (optimized, max_error)."""
+def optimize(onnx_path: Path, cfg, fp16: bool, batches, num_states, tolerance):
+    """Try ORT's gpt2 fusions; keep the result only if it still verifies. Returns (optimized, max error).
+
+    The fusions work on the graph only: weights in model.onnx.data are neither loaded nor
+    rewritten (loading them costs several copies of GPT-2 XL's 6 GB), and the optimized graph
+    is saved next to the original so it refers to the same data file.
+    """
     from onnxruntime.transformers.optimizer import optimize_model
 
-    big = (onnx_path.parent / "model.onnx.data").exists()
-    tmp_dir = Path(tempfile.mkdtemp(dir=onnx_path.parent, prefix=".optimize-"))
-    tmp_path = tmp_dir / "model.onnx"
+    out = onnx_path.parent
+    candidate = out / ".optimized.onnx"
     try:
         with step("optimizing with onnxruntime.transformers (model_type gpt2)"):
-            src = tmp_dir / "patched.onnx"
-            if not add_zero_gemm_biases(onnx_path, src, big):
-                src = onnx_path
+            model = onnx.load(onnx_path, load_external_data=False)
+            add_zero_gemm_biases(model)
+            # opt_level=0: Python fusions only; ONNX Runtime applies its own graph
+            # optimizations when it loads the model anyway.
             opt = optimize_model(
-                str(src), model_type="gpt2", num_heads=cfg.n_head, hidden_size=cfg.n_embd, use_gpu=fp16
+                model, model_type="gpt2", num_heads=cfg.n_head, hidden_size=cfg.n_embd, opt_level=0, use_gpu=fp16
             )
             fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
             log(f"fused operators: {fused}")
-            opt.save_model_to_file(str(tmp_path), use_external_data_format=big, all_tensors_to_one_file=True)
-            del opt
-            gc.collect()
+            onnx.save(opt.model, candidate)
+            del opt, model
         with step("verifying the optimized model"):
-            opt_error = verify_onnx(tmp_path, batches, num_states, tolerance)
-            log(f"optimized max |onnx - torch|: {opt_error:.3g} (tolerance {tolerance:.3g})")
+            opt_error, worst = verify_onnx(candidate, batches, num_states, tolerance)
+            log(f"optimized: {describe(opt_error, worst)}")
     except Exception as e:  # the fusion passes target the legacy exporter's graphs
         log(f"warning: optimization failed ({type(e).__name__}: {e}); keeping the unoptimized export")
-        shutil.rmtree(tmp_dir)
-        return False, max_error
-    if not opt_error <= tolerance:
-        log("warning: the optimized model fails verification; keeping the unoptimized export")
-        shutil.rmtree(tmp_dir)
-        return False, max_error
-    tmp_path.replace(onnx_path)
-    if big:
-        # onnxruntime.transformers names the data file after the model: model.onnx.data
-        (tmp_dir / "model.onnx.data").replace(onnx_path.parent / "model.onnx.data")
-    shutil.rmtree(tmp_dir)
+        candidate.unlink(missing_ok=True)
+        return False, None
+    if not worst <= 1.0:
+        log("warning: the optimized model does not pass verification; keeping the unoptimized export")
+        candidate.unlink()
+        return False, None
+    candidate.replace(onnx_path)
     return True, opt_error
 
 
@@ -346,6 +354,10 @@ def export_onnx(wrapper: HiddenStates, onnx_path: Path, output_names, max_positi
         (onnx_path.parent / "model.onnx.data").unlink(missing_ok=True)
         # external_data=None: a separate model.onnx.data only past protobuf's 2 GB limit.
         program.save(onnx_path, external_data=None)
+    # onnxscript 0.7's rewriter keeps a module-level reference to the last graph it matched,
+    # which would keep every weight alive next to ONNX Runtime's copy (12 GB peak for XL).
+    for value in program.model.graph.initializers.values():
+        value.const_value = None
 
 
 def main() -> None:
@@ -378,12 +390,11 @@ def main() -> None:
         fail(f"model returned {num_states} hidden states, expected {cfg.n_layer + 1}")
     output_names = [f"hidden_state_{i}" for i in range(num_states)]
 
+    # fp16 is checked against the float32 reference too, with its own looser bound.
+    dtype = "float16" if args.fp16 else "float32"
+    tolerance = TOLERANCE[dtype]
     if args.fp16:
-        # fp16 is checked against the float32 reference, with a bound scaled to its values.
-        tolerance = FP16_RELATIVE_TOLERANCE * max(1.0, max_abs_real_tokens(batches[0][3], batches[0][2]))
         model.half()
-    else:
-        tolerance = FP32_TOLERANCE
 
     onnx_path = out / "model.onnx"
     export_onnx(wrapper, onnx_path, output_names, cfg.n_positions)
@@ -394,16 +405,21 @@ def main() -> None:
 
     with step("verifying ONNX Runtime (CPU) against PyTorch"):
         try:
-            max_error = verify_onnx(onnx_path, batches, num_states, tolerance)
+            max_error, worst = verify_onnx(onnx_path, batches, num_states, tolerance)
         except Exception as e:
             fail(f"verification could not run: {type(e).__name__}: {e}")
-        log(f"max |onnx - torch| over real tokens: {max_error:.3g} (tolerance {tolerance:.3g})")
-        if not max_error <= tolerance:  # also catches NaN
-            fail(f"verification failed: max abs error {max_error:.3g} > {tolerance:.3g}; model.json not written")
+        log(describe(max_error, worst))
+        if not worst <= 1.0:  # also catches NaN
+            fail(
+                f"verification failed: {describe(max_error, worst)} (|error| <= {tolerance[0]:g} + "
+                f"{tolerance[1]:g} * max|vector|); model.json not written"
+            )
 
     optimized = False
     if args.optimize:
-        optimized, max_error = optimize(onnx_path, cfg, args.fp16, batches, num_states, tolerance, max_error)
+        optimized, opt_error = optimize(onnx_path, cfg, args.fp16, batches, num_states, tolerance)
+        if optimized:
+            max_error = opt_error
 
     meta = {
         "format_version": 1,
@@ -418,7 +434,7 @@ def main() -> None:
         "eos_token_id": GPT2_EOS_ID,
         "inputs": INPUT_NAMES,
         "outputs": output_names,
-        "dtype": "float16" if args.fp16 else "float32",
+        "dtype": dtype,
         "source": source,
         "exporter": {
             "torch": torch.__version__,
@@ -429,7 +445,9 @@ def main() -> None:
         },
         "verification": {
             "max_abs_error": max_error,
-            "tolerance": tolerance,
+            "tolerance": tolerance[0],
+            # per token vector: |error| <= tolerance + relative_tolerance * max|reference vector|
+            "relative_tolerance": tolerance[1],
             "batch_sentences": len(VERIFY_SENTENCES),
             "padding": "right",
         },

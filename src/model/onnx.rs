@@ -32,6 +32,8 @@ pub fn environment(library: &Path) -> Result<&'static Environment, ModelError> {
     let env = ort::init_from(library)
         .map_err(|e| lib_err(e.to_string()))?
         .with_name("rotations")
+        // No usage telemetry leaves a researcher's machine.
+        .with_telemetry(false)
         .build()
         .map_err(|e| lib_err(e.to_string()))?;
     Ok(ENVIRONMENT.get_or_init(|| env))
@@ -43,6 +45,8 @@ pub struct OnnxBackend {
     outputs: Vec<String>,
     pad_token_id: i64,
     provider: &'static str,
+    /// See [`OrtTuning::pass_cost_tokens`].
+    pass_cost_tokens: Option<usize>,
 }
 
 impl OnnxBackend {
@@ -53,15 +57,26 @@ impl OnnxBackend {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        let builder =
-            Session::builder(env)?.with_optimization_level(GraphOptimizationLevel::All)?.with_intra_threads(threads)?;
+        let tuning = OrtTuning::from_env()?;
+        let builder = Session::builder(env)?
+            .with_optimization_level(tuning.graph_optimization)?
+            .with_prepacking(tuning.prepack_weights)?
+            .with_intra_threads(threads)?;
+        let builder = match &tuning.save_optimized {
+            Some(path) => builder.with_optimized_model_path(path)?,
+            None => builder,
+        };
         let (mut builder, provider) = register_provider(builder, opts.provider)?;
+        if tuning.prefetch {
+            prefetch(&files.onnx.with_extension("onnx.data"));
+        }
         let session = builder.commit_from_file(&files.onnx)?;
         check_graph(&session, manifest)?;
         tracing::info!(
             model = %manifest.name,
             provider,
             threads,
+            ?tuning,
             layers = manifest.num_layers,
             hidden = manifest.hidden_size,
             "model loaded"
@@ -71,11 +86,88 @@ impl OnnxBackend {
             outputs: manifest.outputs.clone(),
             pad_token_id: i64::from(manifest.pad_token_id),
             provider,
+            pass_cost_tokens: tuning.pass_cost_tokens,
         })
     }
 }
 
 type Builder = ort::session::builder::SessionBuilder;
+
+/// Reads the external weights file once, start to end, on a background thread while ONNX Runtime
+/// builds the session. From a cold page cache ONNX Runtime's memory-mapped reads fault the file in
+/// small scattered pieces; a sequential read pulls it in at the disk's full speed ahead of them
+/// (BENCHMARKS.md: start of GPT-2 XL from a cold cache). Reading through the page cache adds
+/// nothing to the process's resident memory; a missing file (models under 2 GB) is skipped.
+fn prefetch(path: &Path) {
+    let Ok(mut file) = std::fs::File::open(path) else { return };
+    let spawned = std::thread::Builder::new().name("prefetch-weights".into()).spawn(move || {
+        let mut buf = vec![0u8; 8 << 20];
+        while matches!(std::io::Read::read(&mut file, &mut buf), Ok(n) if n > 0) {}
+    });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no prefetch thread");
+    }
+}
+
+/// ONNX Runtime settings that BENCHMARKS.md measured; the defaults are the measured best, the other
+/// values are kept so the measurement can be repeated. Read from the environment, like every server
+/// setting, so they need no new plumbing between the command line and the model thread.
+#[derive(Clone, Debug)]
+pub struct OrtTuning {
+    /// `ROTATIONS_ORT_GRAPH_OPTIMIZATION` = disable | basic | extended | all (default all).
+    pub graph_optimization: GraphOptimizationLevel,
+    /// `ROTATIONS_ORT_PREPACK` = 1 | 0 (default 1): MLAS packs the weight matrices once at load.
+    /// Off: the weights stay memory-mapped from model.onnx.data (near-instant start) but every
+    /// product re-packs its weights, which the benchmark measured as slower.
+    pub prepack_weights: bool,
+    /// `ROTATIONS_ORT_SAVE_OPTIMIZED` = path: also write ONNX Runtime's optimized graph there.
+    pub save_optimized: Option<std::path::PathBuf>,
+    /// `ROTATIONS_ORT_PREFETCH` = 1 | 0 (default 1): read model.onnx.data ahead of ONNX Runtime.
+    pub prefetch: bool,
+    /// `ROTATIONS_ORT_PASS_COST_TOKENS` = N | off: a batch is run as passes of similar length
+    /// where the padding saved outweighs N tokens per extra pass ([`plan_passes`]); off = one pass.
+    pub pass_cost_tokens: Option<usize>,
+}
+
+/// Measured in BENCHMARKS.md (length-split passes).
+const DEFAULT_PASS_COST_TOKENS: Option<usize> = Some(16);
+
+impl OrtTuning {
+    pub fn from_env() -> Result<Self, ModelError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let bad =
+            |name: &str, value: &str| ModelError::Runtime(format!("{name}={value:?} is not one of the allowed values"));
+        let graph_optimization = match var("ROTATIONS_ORT_GRAPH_OPTIMIZATION").as_deref() {
+            None | Some("all") => GraphOptimizationLevel::All,
+            Some("extended") => GraphOptimizationLevel::Level2,
+            Some("basic") => GraphOptimizationLevel::Level1,
+            Some("disable") => GraphOptimizationLevel::Disable,
+            Some(other) => return Err(bad("ROTATIONS_ORT_GRAPH_OPTIMIZATION", other)),
+        };
+        let prepack_weights = match var("ROTATIONS_ORT_PREPACK").as_deref() {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(other) => return Err(bad("ROTATIONS_ORT_PREPACK", other)),
+        };
+        let pass_cost_tokens = match var("ROTATIONS_ORT_PASS_COST_TOKENS").as_deref() {
+            None => DEFAULT_PASS_COST_TOKENS,
+            Some("off") => None,
+            Some(n) => Some(n.parse().map_err(|_| bad("ROTATIONS_ORT_PASS_COST_TOKENS", n))?),
+        };
+        let prefetch = match var("ROTATIONS_ORT_PREFETCH").as_deref() {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(other) => return Err(bad("ROTATIONS_ORT_PREFETCH", other)),
+        };
+        Ok(Self {
+            graph_optimization,
+            prepack_weights,
+            prefetch,
+            save_optimized: var("ROTATIONS_ORT_SAVE_OPTIMIZED").map(Into::into),
+            pass_cost_tokens,
+        })
+    }
+}
 
 #[cfg(feature = "cuda")]
 fn register_provider(builder: Builder, provider: ExecutionProvider) -> Result<(Builder, &'static str), ModelError> {
@@ -145,13 +237,11 @@ fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), ModelError>
     Ok(())
 }
 
-impl Backend for OnnxBackend {
-    fn forward(&mut self, batch: &[Vec<u32>]) -> Result<Vec<SentenceHidden>, ModelError> {
+impl OnnxBackend {
+    /// One forward pass over `batch` (right-padded to its longest sentence).
+    fn run_padded(&mut self, batch: &[&[u32]]) -> Result<Vec<SentenceHidden>, ModelError> {
         let rows = batch.len();
-        let width = batch.iter().map(Vec::len).max().unwrap_or(0);
-        if rows == 0 || width == 0 {
-            return Ok(Vec::new());
-        }
+        let width = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         // Right padding: real tokens keep positions 0..len, as GPT-2's learned positions expect.
         let mut ids = Array2::<i64>::from_elem((rows, width), self.pad_token_id);
         let mut mask = Array2::<i64>::zeros((rows, width));
@@ -161,10 +251,12 @@ impl Backend for OnnxBackend {
                 mask[[r, c]] = 1;
             }
         }
+        let started = std::time::Instant::now();
         let outputs = self.session.run(ort::inputs![
             "input_ids" => Tensor::from_array(ids)?,
             "attention_mask" => Tensor::from_array(mask)?,
         ])?;
+        let ran = started.elapsed();
 
         let mut per_sentence: Vec<Option<Array3<f32>>> = vec![None; rows];
         let num_states = self.outputs.len();
@@ -182,10 +274,99 @@ impl Backend for OnnxBackend {
                 out.slice_mut(s![k, .., ..]).assign(&state.slice(s![r, ..sentence.len(), ..]));
             }
         }
+        // How much of a pass is the runtime and how much our copy of every real token's states
+        // (BENCHMARKS.md: the copy bounds what skipping unread hidden states could save).
+        tracing::debug!(
+            rows,
+            width,
+            run_ms = ran.as_secs_f64() * 1e3,
+            copy_ms = (started.elapsed() - ran).as_secs_f64() * 1e3,
+            "forward pass"
+        );
         Ok(per_sentence.into_iter().map(|h| h.expect("every row filled")).collect())
+    }
+}
+
+/// Splits a batch into passes of similar length: `lengths` sorted ascending; returns the end
+/// (exclusive) of each group. A group costs rows × its longest row, plus `pass_cost` for the pass
+/// itself (streaming every weight once: GPT-2 XL's 6 GB make that worth about a dozen tokens on
+/// this kind of machine). Exact over contiguous groups of the sorted lengths (dynamic programming
+/// over the distinct lengths); equal lengths never need to be split.
+pub fn plan_passes(lengths: &[usize], pass_cost: usize) -> Vec<usize> {
+    debug_assert!(lengths.windows(2).all(|w| w[0] <= w[1]));
+    // Ends of runs of equal length: the only places a cut can help.
+    let ends: Vec<usize> =
+        (1..=lengths.len()).filter(|&i| i == lengths.len() || lengths[i] != lengths[i - 1]).collect();
+    // best[j]: cheapest cost of the first ends[j - 1] sentences; from[j]: where its last group starts.
+    let mut best = vec![0usize; ends.len() + 1];
+    let mut from = vec![0usize; ends.len() + 1];
+    for j in 1..=ends.len() {
+        let (end, width) = (ends[j - 1], lengths[ends[j - 1] - 1]);
+        (best[j], from[j]) = (0..j)
+            .map(|i| {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                (best[i] + (end - start) * width + pass_cost, i)
+            })
+            .min()
+            .expect("j >= 1");
+    }
+    let mut cuts = Vec::new();
+    let mut j = ends.len();
+    while j > 0 {
+        cuts.push(ends[j - 1]);
+        j = from[j];
+    }
+    cuts.reverse();
+    cuts
+}
+
+impl Backend for OnnxBackend {
+    fn forward(&mut self, batch: &[Vec<u32>]) -> Result<Vec<SentenceHidden>, ModelError> {
+        if batch.is_empty() || batch.iter().all(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        let Some(pass_cost) = self.pass_cost_tokens else {
+            let all: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
+            return self.run_padded(&all);
+        };
+        // Passes of similar length, to spend less on padding (BENCHMARKS.md measures the split).
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].len());
+        let lengths: Vec<usize> = order.iter().map(|&i| batch[i].len()).collect();
+        let mut out: Vec<Option<SentenceHidden>> = vec![None; batch.len()];
+        let mut start = 0;
+        for end in plan_passes(&lengths, pass_cost) {
+            let group: Vec<&[u32]> = order[start..end].iter().map(|&i| batch[i].as_slice()).collect();
+            for (&i, hidden) in order[start..end].iter().zip(self.run_padded(&group)?) {
+                out[i] = Some(hidden);
+            }
+            start = end;
+        }
+        Ok(out.into_iter().map(|h| h.expect("every sentence planned")).collect())
     }
 
     fn provider(&self) -> &'static str {
         self.provider
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_passes;
+
+    #[test]
+    fn a_free_pass_gives_one_pass_per_length_and_a_costly_one_a_single_pass() {
+        let lengths = [5, 5, 5, 6, 6, 7, 7, 7, 7, 8];
+        assert_eq!(plan_passes(&lengths, 0), vec![3, 5, 9, 10]);
+        assert_eq!(plan_passes(&lengths, 1000), vec![10]);
+    }
+
+    #[test]
+    fn groups_merge_where_the_padding_costs_less_than_a_pass() {
+        // 3 × 5 tokens padded to 6 costs 3 tokens of padding, less than a pass of 10.
+        let lengths = [5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 20];
+        assert_eq!(plan_passes(&lengths, 10), vec![15, 16]);
+        assert_eq!(plan_passes(&[], 10), Vec::<usize>::new());
+        assert_eq!(plan_passes(&[4], 10), vec![1]);
     }
 }

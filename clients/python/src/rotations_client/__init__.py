@@ -1,0 +1,48 @@
+"""Typed Python client of the rotations gRPC service (``rotations.v1.RotationService``).
+
+    >>> from rotations_client import Client
+    >>> with Client("localhost:50051") as client:
+    ...     result = client.rotations(sentences, target=" her")
+    ...     result.angles.shape        # [layers, sentences, 3]: target, non_target, shuffled
+
+The gRPC stubs are generated from the repository's ``proto/`` when the package is built or
+installed (``pip install ./clients/python``); see ``docs/PYTHON.md``.
+"""
+
+from ._types import (
+    CONDITIONS,
+    DRAW_FIELDS,
+    Analysis,
+    LayerStatistics,
+    LayerTest,
+    ModelInfo,
+    Progress,
+    RotationChunk,
+    RotationResult,
+    SentenceReport,
+    SignificanceResult,
+    Tokenized,
+)
+from .client import DEFAULT_ADDRESS, Client, collect_stream
+from .errors import RotationsError
+
+__all__ = [
+    "CONDITIONS",
+    "DEFAULT_ADDRESS",
+    "DRAW_FIELDS",
+    "Analysis",
+    "Client",
+    "LayerStatistics",
+    "LayerTest",
+    "ModelInfo",
+    "Progress",
+    "RotationChunk",
+    "RotationResult",
+    "RotationsError",
+    "SentenceReport",
+    "SignificanceResult",
+    "Tokenized",
+    "collect_stream",
+]
+
+__version__ = "0.1.0"

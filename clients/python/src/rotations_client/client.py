@@ -1,0 +1,385 @@
+"""``Client``: a thin, typed wrapper over the generated ``RotationServiceStub``."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, TypeVar, Union
+
+import grpc
+import numpy as np
+
+from ._pb import pb, pb_grpc
+from ._types import (
+    CONDITIONS,
+    Analysis,
+    ModelInfo,
+    RotationChunk,
+    RotationResult,
+    SentenceReport,
+    SignificanceResult,
+    Tokenized,
+)
+from .errors import RotationsError
+
+#: Where ``rotations serve`` listens by default.
+DEFAULT_ADDRESS = "localhost:50051"
+#: Largest message either way; the server's default limit (a unary GPT-2 XL result for 4096 sentences is ~6 MB).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+Unit = Literal["degrees", "radians"]
+Correction = Literal["bonferroni", "holm", "benjamini-hochberg", "none"]
+Target = Union[str, int]
+Condition = Union[int, str]
+
+_UNITS: Dict[str, Any] = {"degrees": pb.ANGLE_UNIT_DEGREES, "radians": pb.ANGLE_UNIT_RADIANS}
+_CORRECTIONS: Dict[str, Any] = {
+    "bonferroni": pb.CORRECTION_BONFERRONI,
+    "holm": pb.CORRECTION_HOLM,
+    "benjamini-hochberg": pb.CORRECTION_BENJAMINI_HOCHBERG,
+    "none": pb.CORRECTION_NONE,
+}
+
+T = TypeVar("T")
+
+
+def _channel_target(address: str) -> tuple[str, bool]:
+    """``host:port``, ``http://host:port`` (as the Rust CLI takes) or ``https://host:port`` -> (target, secure)."""
+    for scheme, secure in (("http://", False), ("https://", True)):
+        if address.startswith(scheme):
+            return address[len(scheme) :].rstrip("/"), secure
+    if "://" in address:
+        raise ValueError(f"unsupported address {address!r}: give host:port, http://host:port or https://host:port")
+    return address, False
+
+
+def _sentences(sentences: Iterable[str]) -> List[str]:
+    if isinstance(sentences, (str, bytes)):
+        raise TypeError("sentences must be a list of strings, not one string")
+    out = list(sentences)
+    for i, s in enumerate(out):
+        if not isinstance(s, str):
+            raise TypeError(f"sentence {i} is {type(s).__name__}, not str")
+    return out
+
+
+def _unit(unit: str) -> Any:
+    try:
+        return _UNITS[unit]
+    except KeyError:
+        raise ValueError(f"unit must be 'degrees' or 'radians', not {unit!r}") from None
+
+
+def _correction(correction: Optional[str]) -> Any:
+    if correction is None:
+        return pb.CORRECTION_UNSPECIFIED
+    key = correction.lower().replace("_", "-")
+    try:
+        return _CORRECTIONS[key]
+    except KeyError:
+        raise ValueError(f"correction must be one of {sorted(_CORRECTIONS)}, not {correction!r}") from None
+
+
+def _condition(condition: Optional[Condition]) -> Optional[int]:
+    """An index (0, 1, 2) or a name from CONDITIONS; None keeps the server's default."""
+    if condition is None:
+        return None
+    if isinstance(condition, str):
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, not {condition!r}")
+        return CONDITIONS.index(condition)
+    if isinstance(condition, bool):
+        raise TypeError("a condition is an index (0, 1, 2) or a name ('target', 'non_target', 'shuffled')")
+    return operator.index(condition)
+
+
+def _significance_options(
+    condition_a: Optional[Condition],
+    condition_b: Optional[Condition],
+    alpha: Optional[float],
+    correction: Optional[str],
+    num_tests: Optional[int],
+) -> "pb.SignificanceOptions":
+    options = pb.SignificanceOptions(correction=_correction(correction))
+    a, b = _condition(condition_a), _condition(condition_b)
+    if a is not None:
+        options.condition_a = a
+    if b is not None:
+        options.condition_b = b
+    if alpha is not None:
+        options.alpha = float(alpha)
+    if num_tests is not None:
+        options.num_tests = operator.index(num_tests)
+    return options
+
+
+def _angle_tensor(angles: Union[np.ndarray, RotationResult, Analysis, Sequence[Any]]) -> "pb.Tensor":
+    if isinstance(angles, Analysis):
+        angles = angles.rotations
+    if isinstance(angles, RotationResult):
+        angles = angles.angles
+    array = np.asarray(angles, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"angles must be [layers, sentences, conditions], got shape {list(array.shape)}")
+    return pb.Tensor(shape=list(array.shape), values=array.ravel(order="C").tolist())
+
+
+class Client:
+    """A connection to a rotations server.
+
+    ``address`` is ``host:port`` (default ``localhost:50051``); ``http://host:port`` as the Rust CLI
+    takes it works too, and ``https://`` uses TLS. ``timeout`` (seconds) is every call's deadline
+    unless a call gives its own. Use it as a context manager, or call :meth:`close`.
+
+    Every failed call raises :class:`RotationsError` with the server's status code and message.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: Optional[float] = None,
+        options: Sequence[tuple[str, Any]] = (),
+        credentials: Optional[grpc.ChannelCredentials] = None,
+    ) -> None:
+        target, secure = _channel_target(address)
+        channel_options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *options,
+        ]
+        if secure or credentials is not None:
+            self._channel = grpc.secure_channel(target, credentials or grpc.ssl_channel_credentials(), channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, channel_options)
+        self._stub = pb_grpc.RotationServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.address = address
+        self.timeout = timeout
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the channel (idempotent); later calls raise ``ValueError``."""
+        if not self._closed:
+            self._closed = True
+            self._channel.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Client({self.address!r}, {state})"
+
+    def wait_ready(self, timeout: float = 30.0) -> ModelInfo:
+        """Waits until the server answers ``GetModelInfo`` (it is UNAVAILABLE while the model loads); returns it."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self.model_info(timeout=max(left, 0.1))
+            except RotationsError as e:
+                if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or left <= 0:
+                    raise
+            time.sleep(min(0.2, max(left, 0)))
+
+    def _call(self, rpc: str, method: Callable[..., T], request: Any, timeout: Optional[float]) -> T:
+        if self._closed:
+            raise ValueError("this Client is closed")
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as error:
+            raise RotationsError.from_rpc_error(error, rpc) from None
+
+    # -- the RPCs --------------------------------------------------------------------------------
+
+    def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
+        """The served model's name, layers, hidden size, vocabulary, positions, execution provider, dtype."""
+        m = self._call("GetModelInfo", self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)
+        return ModelInfo.from_pb(m)
+
+    def tokenize(self, texts: Iterable[str], *, timeout: Optional[float] = None) -> List[Tokenized]:
+        """Token ids, strings and byte offsets of each text (to pick a target: note GPT-2's leading space, ``" her"``)."""
+        texts = _sentences(texts)
+        m = self._call("Tokenize", self._stub.Tokenize, pb.TokenizeRequest(texts=texts), timeout)
+        return [Tokenized.from_pb(text, t) for text, t in zip(texts, m.texts)]
+
+    def _rotation_request(
+        self,
+        sentences: Iterable[str],
+        target: Target,
+        unit: str,
+        seed: Optional[int],
+        non_target_offset: Optional[int],
+        significance: Optional["pb.SignificanceOptions"] = None,
+    ) -> "pb.RotationRequest":
+        request = pb.RotationRequest(sentences=_sentences(sentences), unit=_unit(unit))
+        if isinstance(target, str):
+            request.target_text = target
+        elif isinstance(target, bool):
+            raise TypeError("target must be a text (e.g. ' her') or a token id, not bool")
+        else:
+            try:
+                request.target_token_id = operator.index(target)
+            except TypeError:
+                raise TypeError(f"target must be a text or a token id, not {type(target).__name__}") from None
+        if seed is not None:
+            request.shuffle_seed = operator.index(seed)
+        if non_target_offset is not None:
+            request.non_target_offset = operator.index(non_target_offset)
+        if significance is not None:
+            request.significance.CopyFrom(significance)
+        return request
+
+    def rotations(
+        self,
+        sentences: Iterable[str],
+        target: Target = " her",
+        *,
+        unit: Unit = "degrees",
+        seed: Optional[int] = None,
+        non_target_offset: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> RotationResult:
+        """The notebook's ``angles`` (``[layers, sentences, 3]``) with positions and shuffle draws.
+
+        ``target`` is a text that tokenizes to one token (``" her"``) or a token id. ``seed`` seeds
+        the shuffled control (server default 20250901); ``non_target_offset`` picks the non-target
+        relative to the target (default -1, the token before).
+        """
+        request = self._rotation_request(sentences, target, unit, seed, non_target_offset)
+        m = self._call("ComputeRotations", self._stub.ComputeRotations, request, timeout)
+        return RotationResult.from_pb(m)
+
+    def significance(
+        self,
+        angles: Union[np.ndarray, RotationResult, Analysis],
+        *,
+        condition_a: Optional[Condition] = None,
+        condition_b: Optional[Condition] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> SignificanceResult:
+        """Per-layer paired t-tests of ``angles[:, :, a]`` against ``angles[:, :, b]``.
+
+        Defaults (the server's): conditions 0 (target) and 1 (non_target), alpha 0.05, Bonferroni
+        over the number of layers tested (the notebook divided by ``n_hiddens``: pass
+        ``num_tests=n_hiddens`` to reproduce that).
+        """
+        request = pb.SignificanceRequest(
+            angles=_angle_tensor(angles),
+            options=_significance_options(condition_a, condition_b, alpha, correction, num_tests),
+        )
+        m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
+        return SignificanceResult.from_pb(m)
+
+    def analyze(
+        self,
+        sentences: Iterable[str],
+        target: Target = " her",
+        *,
+        unit: Unit = "degrees",
+        seed: Optional[int] = None,
+        non_target_offset: Optional[int] = None,
+        condition_a: Optional[Condition] = None,
+        condition_b: Optional[Condition] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> Analysis:
+        """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result."""
+        options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
+        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options)
+        m = self._call("Analyze", self._stub.Analyze, request, timeout)
+        return Analysis.from_pb(m)
+
+    def stream_rotations(
+        self,
+        sentences: Iterable[str],
+        target: Target = " her",
+        *,
+        unit: Unit = "degrees",
+        seed: Optional[int] = None,
+        non_target_offset: Optional[int] = None,
+        condition_a: Optional[Condition] = None,
+        condition_b: Optional[Condition] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> Iterator[RotationChunk]:
+        """For large corpora: chunks of sentences in input order as they finish, then a final chunk
+        (``last``) with the merged per-layer statistics and their t-tests. :func:`collect_stream`
+        reassembles them into an :class:`Analysis`. Closing the iterator early cancels the request.
+        """
+        options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
+        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options)
+        call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
+        return self._chunks(call)
+
+    @staticmethod
+    def _chunks(call: Any) -> Iterator[RotationChunk]:
+        try:
+            for message in call:
+                yield RotationChunk.from_pb(message)
+        except grpc.RpcError as error:
+            raise RotationsError.from_rpc_error(error, "StreamRotations") from None
+        finally:
+            call.cancel()  # a no-op once the stream has ended; stops the server's work otherwise
+
+
+def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
+    """Reassembles :meth:`Client.stream_rotations` into what :meth:`Client.analyze` returns.
+
+    Layer means are computed here from the float32 angles (in float64, then rounded to float32, as
+    the server does). Raises ``ValueError`` if the stream ends early or has no significance test.
+    """
+    parts: List[RotationChunk] = []
+    last: Optional[RotationChunk] = None
+    for chunk in chunks:
+        if chunk.last:
+            last = chunk
+            break
+        parts.append(chunk)
+    if last is None:
+        raise ValueError("the stream ended without its final chunk")
+    if last.significance is None:
+        raise ValueError(f"no significance test: {last.significance_error}")
+    total = last.progress.total
+    layers = parts[0].angles.shape[0] if parts else 0
+    angles = np.zeros((layers, total, 3), dtype=np.float32)
+    draws = np.zeros((layers, total, 4), dtype=np.int64)
+    reports: List[SentenceReport] = []
+    for part in parts:
+        first, k = part.first_sentence, part.angles.shape[1]
+        if part.angles.shape[0] != layers or first + k > total:
+            raise ValueError(f"chunk of shape {list(part.angles.shape)} at sentence {first} does not fit")
+        angles[:, first : first + k] = part.angles
+        draws[:, first : first + k] = part.shuffle_draws
+        reports.extend(part.sentences)
+    if len(reports) != total:
+        raise ValueError(f"the stream delivered {len(reports)} of {total} sentences")
+    rotations = RotationResult(
+        angles=angles,
+        layer_means=angles.astype(np.float64).mean(axis=1).astype(np.float32),
+        conditions=CONDITIONS,
+        unit=last.unit,
+        sentences=tuple(reports),
+        shuffle_draws=draws,
+        shuffle_seed=last.shuffle_seed,
+        model_name=last.model_name,
+        target_token_id=last.target_token_id,
+    )
+    return Analysis(rotations, last.significance)

@@ -1,0 +1,112 @@
+"""A real server on the bundled model for the whole session: free port, spawn, wait for health, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from rotations_client import Client
+
+REPO = Path(__file__).resolve().parents[3]
+MODEL_DIR = REPO / "models" / "gpt2-tiny-random"
+SENTENCES_FILE = REPO / "examples" / "her_sentences.txt"
+STARTUP_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Server:
+    binary: Path
+    port: int
+    log: Path
+
+    @property
+    def address(self) -> str:
+        """What the Python client takes."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """What the Rust CLI takes."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _binary() -> Path:
+    binary = Path(os.environ.get("ROTATIONS_BIN", REPO / "target" / "debug" / "rotations"))
+    if not binary.is_file():
+        pytest.fail(f"{binary} is missing: run `cargo build --bins` (make python-test does)", pytrace=False)
+    return binary
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    ort = REPO / ".ort" / "lib" / "libonnxruntime.so"
+    if "ORT_DYLIB_PATH" not in env and ort.exists():
+        env["ORT_DYLIB_PATH"] = str(ort)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(binary: Path, url: str) -> bool:
+    probe = subprocess.run(
+        [str(binary), "health", "--server", url], capture_output=True, timeout=30, env=_env(), cwd=REPO
+    )
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    binary = _binary()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    port = _free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(binary), "serve", "--port", str(port), "--host", "127.0.0.1", "--model-dir", str(MODEL_DIR)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            cwd=REPO,
+        )
+    srv = Server(binary, port, log)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not _healthy(binary, srv.url):
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not SERVING after {STARTUP_SECONDS}s:\n{log.read_text()}", pytrace=False)
+            time.sleep(0.5)
+        yield srv
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # graceful: drains and exits 0
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture()
+def client(server: Server) -> Iterator[Client]:
+    with Client(server.address, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def sentences() -> List[str]:
+    """The notebook's 54 sentences, read as the CLI reads them (one a line, blank lines skipped)."""
+    lines = SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.rstrip() for line in lines if line.strip()]

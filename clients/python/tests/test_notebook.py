@@ -1,0 +1,44 @@
+"""examples/notebook.py against the real server: both figures written; the .ipynb in step with the .py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import Server
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_notebook_script_writes_both_figures(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "notebook.py"), "--server", server.address, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # the script finds the sentences relative to itself, not the working directory
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "There are 54 sentences." in run.stdout
+    for name in ("angles.png", "significance.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        assert len(data) > 10_000, f"{name} is suspiciously small ({len(data)} bytes)"
+
+
+def test_ipynb_is_the_script_with_outputs_cleared() -> None:
+    check = subprocess.run(
+        [sys.executable, str(EXAMPLES / "py_to_ipynb.py"), str(EXAMPLES / "notebook.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    nb = json.loads((EXAMPLES / "notebook.ipynb").read_text(encoding="utf-8"))
+    assert nb["nbformat"] == 4
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    assert any("client.rotations(sentences" in "".join(c["source"]) for c in code)
