@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test python-test ort build release lint fmt bench bench-batching clean-demo docker-test
+.PHONY: demo test python-test ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -35,6 +35,10 @@ python-test: build
 ## The notebook's PyTorch pipeline vs Analyze at GPT-2 and GPT-2 XL shape; writes BENCHMARKS.md (not part of test).
 bench: ort
 	scripts/bench
+
+## Each ONNX Runtime lever against the defaults, per model; writes its tables into BENCHMARKS.md.
+bench-levers: ort
+	scripts/bench --levers
 
 ## Build the image, run it, call it from the host through the published port (needs Docker; not part of test).
 docker-test:

@@ -63,7 +63,8 @@ async fn main() {
     let dir = std::env::var_os("BENCH_MODEL_DIR").map_or_else(|| repo.join("models/gpt2-tiny-random"), PathBuf::from);
     let library =
         std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| repo.join(".ort/lib/libonnxruntime.so"), PathBuf::from);
-    let opts = RuntimeOptions { library, provider: ExecutionProvider::Cpu, intra_threads: 0 };
+    let opts =
+        RuntimeOptions { library, provider: ExecutionProvider::Cpu, intra_threads: 0, tuning: Default::default() };
     let model = Model::load(&dir, &opts).expect("model loads");
     let text = std::fs::read_to_string(repo.join("examples/her_sentences.txt")).unwrap();
     let sentences: Vec<String> = text.lines().map(String::from).collect();

@@ -9,8 +9,9 @@ the weights) this script, in one session on one machine:
   * alternates the notebook's pipeline (tokenize with padding, forward with all hidden states,
     angles, ttest_rel; timed in-process) with Analyze (timed at the gRPC client), after a warm-up
     of each, so drift and other load hit both;
-  * measures the machine's float32 matrix-product rate (torch.matmul 2048^3, same thread count)
-    before and after, and counts the work the forward pass needs on the real (unpadded) tokens;
+  * measures the machine's float32 matrix-product rate before and after (torch.matmul 2048^3 and
+    ONNX Runtime's MatMul at 2048^3 and at the model's widest product, same thread count; the best
+    is the limit), and counts the work the forward pass needs on the real (unpadded) tokens;
   * reads the server's peak resident memory (VmHWM) after the runs.
 
 It prints one table and, with --write, puts it into BENCHMARKS.md between the generated-section
@@ -186,44 +187,53 @@ atexit.register(lambda: [stop_process(p) for p in Server.live])
 # ---------------------------------------------------------------------------------------------
 # The machine's limit and the work the forward pass needs.
 # ---------------------------------------------------------------------------------------------
-def matmul_rate(device: str = "cpu", dtype=torch.float32, runs: int = 10) -> list[float]:
-    """GFLOP/s of torch.matmul n x n x n (2048 on CPU, 8192 on a GPU), one value per run."""
-    n = 2048 if device == "cpu" else 8192
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+def timed_rate(flop: float, product, sync=lambda: None, runs: int = 10, min_seconds: float = 0.2) -> list[float]:
+    """GFLOP/s of `product` (one call = `flop` floating-point operations), one value per run; a run
+    repeats the call for at least `min_seconds`, so thread wake-up is amortized as in a forward pass."""
     for _ in range(2):
-        torch.matmul(a, b)
+        product()
+    sync()
+    t0 = time.perf_counter()
+    product()
+    sync()
+    reps = max(1, int(min_seconds / max(1e-6, time.perf_counter() - t0)))
     rates = []
     for _ in range(runs):
         sync()
         t0 = time.perf_counter()
-        torch.matmul(a, b)
+        for _ in range(reps):
+            product()
         sync()
-        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
+        rates.append(flop * reps / (time.perf_counter() - t0) / 1e9)
     return rates
 
 
-def ort_matmul_rate(threads: int, n: int = 2048, runs: int = 10) -> list[float]:
-    """The same product in ONNX Runtime's CPU kernels (MLAS), which the service's forward pass uses:
-    on some CPUs it is faster than PyTorch's, and the machine's rate is the better of the two."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+def matmul_rate(device: str = "cpu", dtype=torch.float32, runs: int = 10) -> list[float]:
+    """GFLOP/s of torch.matmul n x n x n (2048 on CPU, 8192 on a GPU)."""
+    n = 2048 if device == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return timed_rate(2 * n**3, lambda: torch.matmul(a, b), sync, runs)
 
-    spec = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ABC"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "mm", spec[:2], spec[2:])
+
+def ort_matmul_rate(threads: int, m: int = 2048, k: int = 2048, n: int = 2048, runs: int = 10) -> list[float]:
+    """The product [m, k] x [k, n] in ONNX Runtime's CPU kernels (MLAS), which the service's forward
+    pass uses, with the right-hand side a constant as a model's weights are (so ORT pre-packs it,
+    as it does the model's). At a model's own shapes this is the rate its dense layers can reach."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "B")
+    a = helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])
+    c = helper.make_tensor_value_info("C", TensorProto.FLOAT, [m, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "mm", [a], [c], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feeds = {"A": np.random.randn(n, n).astype(np.float32), "B": np.random.randn(n, n).astype(np.float32)}
-    for _ in range(2):
-        session.run(None, feeds)
-    rates = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        rates.append(2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return rates
+    feeds = {"A": rng.standard_normal((m, k), dtype=np.float32)}
+    return timed_rate(2 * m * k * n, lambda: session.run(None, feeds), runs=runs)
 
 
 def forward_flop(cfg, lengths: list[int]) -> float:
@@ -415,9 +425,10 @@ def render(report: dict) -> str:
         f"Command: `{report['command']}`: {report['runs']} alternated runs per model after a warm-up of each; "
         f"torch {m['torch']}, transformers {m['transformers']}, ONNX Runtime {report['onnxruntime']}.",
         "",
-        "The machine's float32 matrix-product rate, measured before and after each model ("
-        + ", ".join(f"{k}: median {v['median']:.1f} GFLOP/s, {v['min']:.1f}–{v['max']:.1f}" for k, v in rates.items())
-        + f"); the better float32 median, **{limit:.1f} GFLOP/s**, is the limit the shares below are of ({where}"
+        "The machine's float32 matrix-product rate, measured before and after each model, each run repeating "
+        "the product for at least 0.2 s ("
+        + "; ".join(f"{k}: median {v['median']:.1f} GFLOP/s, {v['min']:.1f}–{v['max']:.1f}" for k, v in rates.items())
+        + f"); the best float32 median, **{limit:.1f} GFLOP/s**, is the limit the shares below are of ({where}"
         + ("; float16 models against the float16 rate)." if "float16" in report["limit_gflops"] else ")."),
         "",
         "| model | real tokens (notebook pads to) | work on real tokens | notebook pipeline, s | `Analyze`, s "
@@ -481,13 +492,14 @@ def targets(report: dict) -> str:
     return "\n".join(["", "| target | measured | goal | |", "|---|---|---|---|", *rows])
 
 
-def write_markdown(path: Path, block: str) -> None:
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
+def write_markdown(path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replaces what lies between the markers (appended when missing); the rest of the file is kept."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{block}\n{end}{tail}")
 
 
 def load_average() -> str:
@@ -530,10 +542,20 @@ def main() -> None:
     }
 
     # The limit before and after each model, so a change in clock or load shows as a spread.
+    # The model's widest product (MLP up-projection, [tokens of a pass, d] x [d, 4d]); a pass of
+    # the notebook's sentences holds about 128 tokens.
+    shapes = {}
+    for name in args.models.split(","):
+        cfg = transformers.GPT2Config.from_pretrained(args.cache / name / "hf")
+        shapes[f"onnxruntime MatMul 128×{cfg.n_embd}×{cfg.n_inner or 4 * cfg.n_embd} ({name}'s MLP)"] = (
+            128, cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd)
+
     def limit_rates(into):
-        into.setdefault("torch.matmul", []).extend(matmul_rate(args.device))
+        into.setdefault("torch.matmul 2048³", []).extend(matmul_rate(args.device))
         if args.device == "cpu":
-            into.setdefault("onnxruntime MatMul", []).extend(ort_matmul_rate(args.threads))
+            into.setdefault("onnxruntime MatMul 2048³", []).extend(ort_matmul_rate(args.threads))
+            for label, (m, k, n) in shapes.items():
+                into.setdefault(label, []).extend(ort_matmul_rate(args.threads, m, k, n))
         else:  # fp16 exports are meant for the GPU: their limit is the fp16 rate
             into.setdefault("torch.matmul float16", []).extend(matmul_rate(args.device, torch.float16))
 

@@ -47,7 +47,7 @@ export LD_LIBRARY_PATH="${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ORT_DYLIB_PATH="$PWD/.ort-gpu/lib/libonnxruntime.so"
 
 # One pass per batch: on a GPU a pass costs kernel launches rather than a read of every weight from
-# memory, so splitting by length is less likely to pay (compare with ROTATIONS_ORT_PASS_COST_TOKENS=16).
+# memory, so splitting by length is less likely to pay (compare with --pass-cost-tokens 16).
 BENCH_COMMAND="bench/gpu.sh (BENCH_REPEAT=$repeat)" ROTATIONS_ORT_PASS_COST_TOKENS=off \
   "$py" bench/bench.py --device cuda --models gpt2-xl,gpt2-xl-fp16 --runs "$runs" --repeat "$repeat" \
   --save-angles --server-arg=--execution-provider=cuda --json bench/cache/gpu-last-run.json |

@@ -14,6 +14,9 @@ states out of ONNX Runtime's outputs (from the server's debug log).
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -22,43 +25,55 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402 (the harness next to this file)
 
-# label -> (model directory suffix, environment, extra `serve` arguments)
+# label -> (model directory suffix, extra `serve` arguments)
 LEVERS = {
-    "pass-split-0": ("", {"ROTATIONS_ORT_PASS_COST_TOKENS": "0"}, []),
-    "pass-split-16": ("", {"ROTATIONS_ORT_PASS_COST_TOKENS": "16"}, []),
-    "pass-split-48": ("", {"ROTATIONS_ORT_PASS_COST_TOKENS": "48"}, []),
-    "pass-split-off": ("", {"ROTATIONS_ORT_PASS_COST_TOKENS": "off"}, []),
-    "batch-sentences-27": ("", {}, ["--max-batch-sentences", "27"]),
-    "batch-tokens-216": ("", {}, ["--max-batch-tokens", "216"]),
-    "batch-sentences-8": ("", {}, ["--max-batch-sentences", "8"]),
-    "threads-1": ("", {}, ["--threads", "1"]),
-    "graph-opt-extended": ("", {"ROTATIONS_ORT_GRAPH_OPTIMIZATION": "extended"}, []),
-    "graph-opt-basic": ("", {"ROTATIONS_ORT_GRAPH_OPTIMIZATION": "basic"}, []),
-    "graph-opt-disable": ("", {"ROTATIONS_ORT_GRAPH_OPTIMIZATION": "disable"}, []),
-    "prepack-off": ("", {"ROTATIONS_ORT_PREPACK": "0"}, []),
-    "transformer-optimizer": ("-opt", {}, []),
+    "pass-split-0": ("", ["--pass-cost-tokens", "0"]),
+    "pass-split-48": ("", ["--pass-cost-tokens", "48"]),
+    "pass-split-off": ("", ["--pass-cost-tokens", "off"]),
+    "batch-sentences-27": ("", ["--max-batch-sentences", "27"]),
+    "batch-sentences-8": ("", ["--max-batch-sentences", "8"]),
+    "threads-1": ("", ["--threads", "1"]),
+    "graph-opt-extended": ("", ["--graph-optimization", "extended"]),
+    "graph-opt-basic": ("", ["--graph-optimization", "basic"]),
+    "graph-opt-disable": ("", ["--graph-optimization", "disable"]),
+    "prepack-off": ("", ["--prepack-weights", "false"]),
+    "saved-optimized-graph": ("-saved", ["--graph-optimization", "disable"]),
+    "transformer-optimizer": ("-opt", []),
 }
 # Levers of the start only: timed from a cold page cache, one server at a time, alternated.
 START_LEVERS = {
-    "prefetch-off": {"ROTATIONS_ORT_PREFETCH": "0"},
-    "prepack-off-start": {"ROTATIONS_ORT_PREPACK": "0"},
+    "prefetch-off": ["--prefetch-weights", "false"],
+    "prepack-off-start": ["--prepack-weights", "false"],
 }
 
 
-def cold_starts(args, label: str, env: dict, rounds: int = 2) -> str:
+def cold_starts(args, label: str, extra: list[str], rounds: int = 4) -> str:
     model_dir = args.cache / args.model
     times = {"baseline": [], label: []}
     for i in range(rounds):
         for name in (["baseline", label] if i % 2 == 0 else [label, "baseline"]):
             bench.evict(model_dir)
             log = args.cache / f"levers-{args.model}-{name}.log"
-            server = bench.Server(args.binary, model_dir, [], log, args.threads, env if name == label else {})
+            server = bench.Server(args.binary, model_dir, extra if name == label else [], log, args.threads)
             times[name].append(server.start_to_serving)
             server.stop()
     fmt = lambda v: ", ".join(f"{t:.1f}" for t in v)  # noqa: E731
     line = f"| {label} | cold start → SERVING, s: {fmt(times[label])} | baseline: {fmt(times['baseline'])} |"
     print(line, flush=True)
     return line
+
+
+def saved_optimized(args) -> None:
+    """<model>-saved/: ONNX Runtime's own optimized graph, written once by a server started with
+    --save-optimized-model; the lever loads it with optimization off (the fusions are already in it)."""
+    base, saved = args.cache / args.model, args.cache / f"{args.model}-saved"
+    if (saved / "model.json").exists():
+        return
+    saved.mkdir(exist_ok=True)
+    log = args.cache / f"levers-{args.model}-save.log"
+    bench.Server(args.binary, base, ["--save-optimized-model", str(saved / "model.onnx")], log, args.threads).stop()
+    for f in ("tokenizer.json", "model.json"):  # model.json last: it marks the directory complete
+        shutil.copy(base / f, saved / f)
 
 
 def memory_gib(server) -> float:
@@ -80,7 +95,10 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", help="comma-separated lever labels (default: all whose model exists)")
+    p.add_argument("--write", type=Path, help="put the table into this Markdown file between its markers")
     args = p.parse_args()
+    args.command = os.environ.get("BENCH_COMMAND", shlex.join(["bench/levers.py", *sys.argv[1:]]))
+    load_before = bench.load_average()
 
     pb2, pb2_grpc = bench.load_stubs()
     sentences = [s for s in (bench.REPO / "examples/her_sentences.txt").read_text().splitlines() if s.strip()]
@@ -92,16 +110,18 @@ def main() -> None:
         if label in START_LEVERS:
             start_rows.append(cold_starts(args, label, START_LEVERS[label]))
             continue
-        suffix, env, extra = LEVERS[label]
+        suffix, extra = LEVERS[label]
+        if suffix == "-saved":
+            saved_optimized(args)
         model_dir = args.cache / f"{args.model}{suffix}"
         if not (model_dir / "model.json").exists():
             print(f"[{label}] skipped: {model_dir} has no model.json", flush=True)
             continue
         # One at a time with its own baseline: two GPT-2 XL servers fit in memory, more may not.
         servers = {}
-        for name, (d, e, x) in (("baseline", (args.cache / args.model, {}, [])), (label, (model_dir, env, extra))):
+        for name, (d, x) in (("baseline", (args.cache / args.model, [])), (label, (model_dir, extra))):
             log = args.cache / f"levers-{args.model}-{name}.log"
-            servers[name] = bench.Server(args.binary, d, x, log, args.threads, e)
+            servers[name] = bench.Server(args.binary, d, x, log, args.threads)
         stubs = {n: pb2_grpc.RotationServiceStub(s.channel) for n, s in servers.items()}
         times = {n: [] for n in servers}
         for n in servers:  # warm-up
@@ -143,23 +163,32 @@ def main() -> None:
             flush=True,
         )
 
-    print(f"\n{args.model}, {args.runs} alternated runs per pair, load average now {bench.load_average()}:\n")
-    print(
-        "| lever | Analyze, s: median (min–max) | baseline of the pair: median, min | change: medians, minima "
-        "| start → SERVING (baseline) | VmHWM (baseline) | passes |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    m = bench.machine()
+    out = [
+        f"{args.model}: measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {m['cpu']}, {m['cores']} cores, "
+        f"{args.threads} threads; {args.runs} alternated runs per pair after a warm-up; load average before / "
+        f"after: {load_before} / {bench.load_average()}. Command: `{args.command}`.",
+        "",
+        "| lever | `Analyze`, s: median (min–max) | baseline of the pair: median, min | change: medians, minima "
+        "| start → SERVING (baseline) | VmHWM (baseline) | passes per `Analyze` |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lo, hi = r["lever_min_max"]
-        print(
+        out.append(
             f"| {r['lever']} | {r['lever_s']:.3f} ({lo:.3f}–{hi:.3f}) | {r['baseline_s']:.3f}, {r['baseline_min']:.3f} "
             f"| {r['change']:+.1%}, {r['min_change']:+.1%} "
             f"| {r['start_s']:.1f} s ({r['base_start_s']:.1f}) | {r['vmhwm_gib']:.2f} GiB ({r['base_vmhwm_gib']:.2f}) "
             f"| {r['passes']:.1f} |"
         )
     if start_rows:
-        print("\n| lever | with the lever | without |\n|---|---|---|")
-        print("\n".join(start_rows))
+        out += ["", "| lever | with the lever | without |", "|---|---|---|", *start_rows]
+    block = "\n".join(out)
+    print("\n" + block)
+    if args.write:
+        tag = f"levers-{args.model}"
+        bench.write_markdown(args.write, block, f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->")
+        print(f"\nwrote {args.write}")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::ExecutionProvider;
+use crate::model::{ExecutionProvider, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
 pub const DEFAULT_PORT: u16 = 50051;
+const ORT_TUNING: &str = "ONNX Runtime tuning (defaults: the measured best, BENCHMARKS.md)";
 
 #[derive(Debug, Parser)]
 #[command(name = "rotations", version, about = "How far GPT-2's hidden state of a token rotates from layer to layer")]
@@ -86,11 +88,47 @@ pub struct ServeConfig {
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, env = "ROTATIONS_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// ONNX Runtime graph optimization level.
+    #[arg(long, env = "ROTATIONS_ORT_GRAPH_OPTIMIZATION", value_enum, default_value_t = GraphOptimization::All,
+          help_heading = ORT_TUNING)]
+    pub graph_optimization: GraphOptimization,
+    /// Pack the weight matrices once at load (off: faster start, slower passes).
+    #[arg(long, env = "ROTATIONS_ORT_PREPACK", default_value_t = true, action = ArgAction::Set,
+          value_parser = BoolishValueParser::new(), value_name = "BOOL", help_heading = ORT_TUNING)]
+    pub prepack_weights: bool,
+    /// Read the external weights file sequentially while the session is built (faster cold start).
+    #[arg(long, env = "ROTATIONS_ORT_PREFETCH", default_value_t = true, action = ArgAction::Set,
+          value_parser = BoolishValueParser::new(), value_name = "BOOL", help_heading = ORT_TUNING)]
+    pub prefetch_weights: bool,
+    /// Tokens one more forward pass is worth: a batch is split into passes of similar length where
+    /// that saves more padding; `off` runs each batch in one pass.
+    #[arg(long, env = "ROTATIONS_ORT_PASS_COST_TOKENS", default_value_t = PassCost::DEFAULT, value_name = "N|off",
+          help_heading = ORT_TUNING)]
+    pub pass_cost_tokens: PassCost,
+    /// Also write ONNX Runtime's optimized graph to this path (to inspect its fusions).
+    #[arg(long, env = "ROTATIONS_ORT_SAVE_OPTIMIZED", help_heading = ORT_TUNING)]
+    pub save_optimized_model: Option<PathBuf>,
 }
 
 impl ServeConfig {
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// How the model thread starts ONNX Runtime.
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            library: self.ort_library(),
+            provider: self.execution_provider,
+            intra_threads: self.threads,
+            tuning: OrtTuning {
+                graph_optimization: self.graph_optimization,
+                prepack_weights: self.prepack_weights,
+                save_optimized: self.save_optimized_model.clone(),
+                prefetch: self.prefetch_weights,
+                pass_cost_tokens: self.pass_cost_tokens,
+            },
+        }
     }
 
     /// The ONNX Runtime library: the flag or ORT_DYLIB_PATH, else the first default that exists.
@@ -182,4 +220,52 @@ pub struct AnalyzeArgs {
     /// Above this many sentences, use StreamRotations (with a progress bar) instead of Analyze.
     #[arg(long, env = "ROTATIONS_STREAM_ABOVE", default_value_t = 2000)]
     pub stream_above: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, ServeConfig};
+    use crate::model::{GraphOptimization, PassCost};
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, clap::Error> {
+        let cli = Cli::try_parse_from(["rotations", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(config) => Ok(config),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ort_tuning_defaults_are_the_measured_best() {
+        let tuning = serve(&[]).unwrap().runtime_options().tuning;
+        assert_eq!(tuning.graph_optimization, GraphOptimization::All);
+        assert!(tuning.prepack_weights && tuning.prefetch);
+        assert_eq!(tuning.pass_cost_tokens, PassCost::DEFAULT);
+        assert_eq!(tuning.save_optimized, None);
+    }
+
+    #[test]
+    fn ort_tuning_flags_parse_and_bad_values_name_the_flag() {
+        let config = serve(&[
+            "--graph-optimization=basic",
+            "--prepack-weights=false",
+            "--prefetch-weights=0",
+            "--pass-cost-tokens=off",
+            "--save-optimized-model=/tmp/opt.onnx",
+        ])
+        .unwrap();
+        let tuning = config.runtime_options().tuning;
+        assert_eq!(tuning.graph_optimization, GraphOptimization::Basic);
+        assert!(!tuning.prepack_weights && !tuning.prefetch);
+        assert_eq!(tuning.pass_cost_tokens, PassCost(None));
+        assert_eq!(tuning.save_optimized.as_deref(), Some(std::path::Path::new("/tmp/opt.onnx")));
+        assert_eq!(serve(&["--pass-cost-tokens", "48"]).unwrap().pass_cost_tokens, PassCost(Some(48)));
+
+        let err = serve(&["--pass-cost-tokens", "many"]).unwrap_err().to_string();
+        assert!(err.contains("--pass-cost-tokens") && err.contains("neither a token count nor `off`"), "{err}");
+        let err = serve(&["--graph-optimization", "max"]).unwrap_err().to_string();
+        assert!(err.contains("--graph-optimization"), "{err}");
+    }
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use rotations::model::{ExecutionProvider, Model, ModelError, RuntimeOptions};
+use rotations::model::{ExecutionProvider, GraphOptimization, Model, ModelError, OrtTuning, PassCost, RuntimeOptions};
 
 fn golden_batch() -> (Vec<String>, Vec<Vec<u32>>, serde_json::Value) {
     let g = golden("hidden_states.json");
@@ -46,6 +46,43 @@ fn hidden_states_equal_pytorch_on_a_padded_batch() {
         }
     }
     assert!(max_err <= 1e-4, "max abs error vs PyTorch {max_err:e}");
+}
+
+/// Largest |a - b| over every hidden state of every sentence.
+fn max_diff(a: &[rotations::model::SentenceHidden], b: &[rotations::model::SentenceHidden]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).mapv(f32::abs).fold(0f32, |m, &v| m.max(v))).fold(0f32, f32::max)
+}
+
+#[test]
+fn every_ort_tuning_gives_the_same_hidden_states() {
+    let (_, ids, _) = golden_batch();
+    let reference = load_bundled().hidden_states_blocking(ids.clone()).unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let with = |tuning: OrtTuning| RuntimeOptions { tuning, ..runtime_options() };
+    let variants = [
+        ("one pass per batch", OrtTuning { pass_cost_tokens: PassCost(None), ..Default::default() }),
+        ("one pass per length", OrtTuning { pass_cost_tokens: PassCost(Some(0)), ..Default::default() }),
+        ("no graph optimization", OrtTuning { graph_optimization: GraphOptimization::Disable, ..Default::default() }),
+        ("no prepacking, no prefetch", OrtTuning { prepack_weights: false, prefetch: false, ..Default::default() }),
+        (
+            "saving the optimized graph",
+            OrtTuning { save_optimized: Some(saved.path().join("model.onnx")), ..Default::default() },
+        ),
+    ];
+    for (what, tuning) in variants {
+        let model = Model::load(&bundled_model_dir(), &with(tuning)).unwrap();
+        let diff = max_diff(&model.hidden_states_blocking(ids.clone()).unwrap(), &reference);
+        assert!(diff <= 1e-5, "{what}: differs by {diff:e}");
+    }
+    // ONNX Runtime's saved graph, weights beside it, loads as a model directory of its own.
+    assert!(saved.path().join("model.onnx.data").is_file(), "weights are written beside the graph");
+    for f in ["model.json", "tokenizer.json"] {
+        std::fs::copy(bundled_model_dir().join(f), saved.path().join(f)).unwrap();
+    }
+    let tuning = OrtTuning { graph_optimization: GraphOptimization::Disable, ..Default::default() };
+    let model = Model::load(saved.path(), &with(tuning)).unwrap();
+    let diff = max_diff(&model.hidden_states_blocking(ids).unwrap(), &reference);
+    assert!(diff <= 1e-5, "the saved optimized graph differs by {diff:e}");
 }
 
 #[test]

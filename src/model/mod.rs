@@ -14,7 +14,7 @@ use ndarray::Array3;
 
 pub use error::ModelError;
 pub use manifest::{Manifest, ModelFiles};
-pub use onnx::OnnxBackend;
+pub use onnx::{GraphOptimization, OnnxBackend, OrtTuning, PassCost};
 pub use tokenizer::{Tokenized, Tokenizer};
 pub use worker::ModelWorker;
 
@@ -54,6 +54,7 @@ pub struct RuntimeOptions {
     pub provider: ExecutionProvider,
     /// Intra-op threads; 0 = one per core.
     pub intra_threads: usize,
+    pub tuning: OrtTuning,
 }
 
 /// What the service reports about the loaded model.

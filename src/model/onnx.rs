@@ -45,7 +45,7 @@ pub struct OnnxBackend {
     outputs: Vec<String>,
     pad_token_id: i64,
     provider: &'static str,
-    /// See [`OrtTuning::pass_cost_tokens`].
+    /// See [`OrtTuning::pass_cost_tokens`]; `None`: one pass per batch.
     pass_cost_tokens: Option<usize>,
 }
 
@@ -57,13 +57,20 @@ impl OnnxBackend {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        let tuning = OrtTuning::from_env()?;
+        let tuning = &opts.tuning;
         let builder = Session::builder(env)?
-            .with_optimization_level(tuning.graph_optimization)?
+            .with_optimization_level(tuning.graph_optimization.into())?
             .with_prepacking(tuning.prepack_weights)?
             .with_intra_threads(threads)?;
         let builder = match &tuning.save_optimized {
-            Some(path) => builder.with_optimized_model_path(path)?,
+            // Weights go to a file beside the graph: GPT-2 XL's exceed protobuf's 2 GB limit.
+            Some(path) => {
+                let data = path.file_name().map(|n| format!("{}.data", n.to_string_lossy())).unwrap_or_default();
+                builder
+                    .with_optimized_model_path(path)?
+                    .with_config_entry("session.optimized_model_external_initializers_file_name", data)?
+                    .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")?
+            }
             None => builder,
         };
         let (mut builder, provider) = register_provider(builder, opts.provider)?;
@@ -86,7 +93,7 @@ impl OnnxBackend {
             outputs: manifest.outputs.clone(),
             pad_token_id: i64::from(manifest.pad_token_id),
             provider,
-            pass_cost_tokens: tuning.pass_cost_tokens,
+            pass_cost_tokens: tuning.pass_cost_tokens.0,
         })
     }
 }
@@ -110,62 +117,81 @@ fn prefetch(path: &Path) {
 }
 
 /// ONNX Runtime settings that BENCHMARKS.md measured; the defaults are the measured best, the other
-/// values are kept so the measurement can be repeated. Read from the environment, like every server
-/// setting, so they need no new plumbing between the command line and the model thread.
+/// values are kept so the measurement can be repeated. Set from the command line (`ServeConfig`).
 #[derive(Clone, Debug)]
 pub struct OrtTuning {
-    /// `ROTATIONS_ORT_GRAPH_OPTIMIZATION` = disable | basic | extended | all (default all).
-    pub graph_optimization: GraphOptimizationLevel,
-    /// `ROTATIONS_ORT_PREPACK` = 1 | 0 (default 1): MLAS packs the weight matrices once at load.
-    /// Off: the weights stay memory-mapped from model.onnx.data (near-instant start) but every
-    /// product re-packs its weights, which the benchmark measured as slower.
+    pub graph_optimization: GraphOptimization,
+    /// MLAS packs the weight matrices once at load. Off: the weights stay memory-mapped from
+    /// model.onnx.data (near-instant start) but every product re-packs its weights, measured slower.
     pub prepack_weights: bool,
-    /// `ROTATIONS_ORT_SAVE_OPTIMIZED` = path: also write ONNX Runtime's optimized graph there.
+    /// Also write ONNX Runtime's optimized graph here.
     pub save_optimized: Option<std::path::PathBuf>,
-    /// `ROTATIONS_ORT_PREFETCH` = 1 | 0 (default 1): read model.onnx.data ahead of ONNX Runtime.
+    /// Read model.onnx.data ahead of ONNX Runtime ([`prefetch`]).
     pub prefetch: bool,
-    /// `ROTATIONS_ORT_PASS_COST_TOKENS` = N | off: a batch is run as passes of similar length
-    /// where the padding saved outweighs N tokens per extra pass ([`plan_passes`]); off = one pass.
-    pub pass_cost_tokens: Option<usize>,
+    /// A batch runs as passes of similar length where the padding saved outweighs this many tokens
+    /// per extra pass ([`plan_passes`]); off = one pass per batch.
+    pub pass_cost_tokens: PassCost,
 }
 
-/// Measured in BENCHMARKS.md (length-split passes).
-const DEFAULT_PASS_COST_TOKENS: Option<usize> = Some(16);
+impl Default for OrtTuning {
+    fn default() -> Self {
+        Self {
+            graph_optimization: GraphOptimization::All,
+            prepack_weights: true,
+            save_optimized: None,
+            prefetch: true,
+            pass_cost_tokens: PassCost::DEFAULT,
+        }
+    }
+}
 
-impl OrtTuning {
-    pub fn from_env() -> Result<Self, ModelError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let bad =
-            |name: &str, value: &str| ModelError::Runtime(format!("{name}={value:?} is not one of the allowed values"));
-        let graph_optimization = match var("ROTATIONS_ORT_GRAPH_OPTIMIZATION").as_deref() {
-            None | Some("all") => GraphOptimizationLevel::All,
-            Some("extended") => GraphOptimizationLevel::Level2,
-            Some("basic") => GraphOptimizationLevel::Level1,
-            Some("disable") => GraphOptimizationLevel::Disable,
-            Some(other) => return Err(bad("ROTATIONS_ORT_GRAPH_OPTIMIZATION", other)),
-        };
-        let prepack_weights = match var("ROTATIONS_ORT_PREPACK").as_deref() {
-            None | Some("1") => true,
-            Some("0") => false,
-            Some(other) => return Err(bad("ROTATIONS_ORT_PREPACK", other)),
-        };
-        let pass_cost_tokens = match var("ROTATIONS_ORT_PASS_COST_TOKENS").as_deref() {
-            None => DEFAULT_PASS_COST_TOKENS,
-            Some("off") => None,
-            Some(n) => Some(n.parse().map_err(|_| bad("ROTATIONS_ORT_PASS_COST_TOKENS", n))?),
-        };
-        let prefetch = match var("ROTATIONS_ORT_PREFETCH").as_deref() {
-            None | Some("1") => true,
-            Some("0") => false,
-            Some(other) => return Err(bad("ROTATIONS_ORT_PREFETCH", other)),
-        };
-        Ok(Self {
-            graph_optimization,
-            prepack_weights,
-            prefetch,
-            save_optimized: var("ROTATIONS_ORT_SAVE_OPTIMIZED").map(Into::into),
-            pass_cost_tokens,
-        })
+/// ONNX Runtime's graph optimization level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GraphOptimization {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
+impl From<GraphOptimization> for GraphOptimizationLevel {
+    fn from(level: GraphOptimization) -> Self {
+        match level {
+            GraphOptimization::Disable => Self::Disable,
+            GraphOptimization::Basic => Self::Level1,
+            GraphOptimization::Extended => Self::Level2,
+            GraphOptimization::All => Self::All,
+        }
+    }
+}
+
+/// The cost of one more forward pass, in tokens, for [`plan_passes`]; `off` runs a batch in one pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassCost(pub Option<usize>);
+
+impl PassCost {
+    /// Measured in BENCHMARKS.md (length-split passes).
+    pub const DEFAULT: Self = Self(Some(16));
+}
+
+impl std::str::FromStr for PassCost {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self(None)),
+            n => n.parse().map(|n| Self(Some(n))).map_err(|_| format!("{s:?} is neither a token count nor `off`")),
+        }
+    }
+}
+
+impl std::fmt::Display for PassCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("off"),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::convert::RequestLimits;
 use super::RotationServiceImpl;
 use crate::config::ServeConfig;
 use crate::engine::{BatchLimits, Engine};
-use crate::model::{Model, RuntimeOptions};
+use crate::model::Model;
 use crate::proto::rotation_service_server::{RotationServiceServer, SERVICE_NAME};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::telemetry;
@@ -22,12 +22,7 @@ use crate::telemetry;
 /// Loads and warms the model named by the config (blocking: call from a blocking context).
 pub fn load_model(config: &ServeConfig) -> anyhow::Result<Model> {
     let started = Instant::now();
-    let opts = RuntimeOptions {
-        library: config.ort_library(),
-        provider: config.execution_provider,
-        intra_threads: config.threads,
-    };
-    let model = Model::load(&config.model_dir, &opts)?;
+    let model = Model::load(&config.model_dir, &config.runtime_options())?;
     // Warm-up: the first run allocates and picks kernels; do it before reporting SERVING.
     let warm = model.tokenizer.encode("Warm up the model.")?.ids;
     model.hidden_states_blocking(vec![warm])?;

@@ -23,7 +23,12 @@ pub fn bundled_model_dir() -> PathBuf {
 }
 
 pub fn runtime_options() -> RuntimeOptions {
-    RuntimeOptions { library: ort_library(), provider: ExecutionProvider::Cpu, intra_threads: 1 }
+    RuntimeOptions {
+        library: ort_library(),
+        provider: ExecutionProvider::Cpu,
+        intra_threads: 1,
+        tuning: Default::default(),
+    }
 }
 
 pub fn load_bundled() -> Model {
