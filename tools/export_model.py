@@ -6,7 +6,8 @@ The model directory written here is what the rotations service loads:
     model.onnx        inputs input_ids, attention_mask [batch, seq] int64 (dynamic axes);
                       outputs hidden_state_0 .. hidden_state_N [batch, seq, hidden] float32,
                       equal to Hugging Face's output_hidden_states=True (last one after ln_f)
-    model.onnx.data   external weights, only when the graph would exceed protobuf's 2 GB limit
+    model.onnx.data   the weights (always, unless --external-data auto: then only past protobuf's
+                      2 GB limit); ONNX Runtime memory-maps them, so the server holds one copy
     tokenizer.json    GPT-2 BPE tokenizer, Hugging Face tokenizers format
     model.json        shapes, token ids, provenance and the verification result
     hf/               the PyTorch checkpoint (always for --random-init, else --save-checkpoint)
@@ -121,6 +122,13 @@ def parse_args() -> argparse.Namespace:
         "--optimize",
         action="store_true",
         help="apply onnxruntime.transformers' gpt2 optimizer, kept only if verification still passes",
+    )
+    p.add_argument(
+        "--external-data",
+        choices=["always", "auto"],
+        default="always",
+        help="weights in model.onnx.data: always (default; memory-mapped by ONNX Runtime, BENCHMARKS.md: "
+        "GPT-2's peak memory 1.0x instead of 1.5x the weights) or auto (only past protobuf's 2 GB limit)",
     )
     p.add_argument("--save-checkpoint", action="store_true", help="with --model: also save the checkpoint to <out>/hf")
     p.add_argument(
@@ -333,7 +341,7 @@ def reference_batches(wrapper: HiddenStates, tokenizer_file: Path, vocab_size: i
     return batches
 
 
-def export_onnx(wrapper: HiddenStates, onnx_path: Path, output_names, max_positions: int) -> None:
+def export_onnx(wrapper: HiddenStates, onnx_path: Path, output_names, max_positions: int, external_data: str) -> None:
     batch = torch.export.Dim("batch", min=1)
     seq = torch.export.Dim("seq", min=1, max=max_positions)
     axes = {0: batch, 1: seq}
@@ -352,8 +360,8 @@ def export_onnx(wrapper: HiddenStates, onnx_path: Path, output_names, max_positi
         node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
     with step(f"saving {onnx_path}"):
         (onnx_path.parent / "model.onnx.data").unlink(missing_ok=True)
-        # external_data=None: a separate model.onnx.data only past protobuf's 2 GB limit.
-        program.save(onnx_path, external_data=None)
+        # None: a separate model.onnx.data only past protobuf's 2 GB limit.
+        program.save(onnx_path, external_data=True if external_data == "always" else None)
     # onnxscript 0.7's rewriter keeps a module-level reference to the last graph it matched,
     # which would keep every weight alive next to ONNX Runtime's copy (12 GB peak for XL).
     for value in program.model.graph.initializers.values():
@@ -397,7 +405,7 @@ def main() -> None:
         model.half()
 
     onnx_path = out / "model.onnx"
-    export_onnx(wrapper, onnx_path, output_names, cfg.n_positions)
+    export_onnx(wrapper, onnx_path, output_names, cfg.n_positions, args.external_data)
     del wrapper, model
     gc.collect()
     opset = next(o.version for o in onnx.load(onnx_path, load_external_data=False).opset_import if o.domain == "")
