@@ -547,8 +547,8 @@ def main() -> None:
     shapes = {}
     for name in args.models.split(","):
         cfg = transformers.GPT2Config.from_pretrained(args.cache / name / "hf")
-        shapes[f"onnxruntime MatMul 128×{cfg.n_embd}×{cfg.n_inner or 4 * cfg.n_embd} ({name}'s MLP)"] = (
-            128, cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd)
+        d, inner = cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd
+        shapes[f"onnxruntime MatMul 128×{d}×{inner} ({name}'s MLP)"] = (128, d, inner)
 
     def limit_rates(into):
         into.setdefault("torch.matmul 2048³", []).extend(matmul_rate(args.device))

@@ -108,10 +108,11 @@ def main() -> None:
 
     rows, start_rows = [], []
     for label in labels:
-        suffix, extra = START_LEVERS[label.removesuffix(" (start)")] if label.endswith(" (start)") else LEVERS[label]
+        start_only = label.endswith(" (start)")
+        suffix, extra = START_LEVERS[label.removesuffix(" (start)")] if start_only else LEVERS[label]
         if suffix == "-saved":
             saved_optimized(args)
-        if label.endswith(" (start)"):
+        if start_only:
             start_rows.append(cold_starts(args, label, suffix, extra))
             continue
         model_dir = args.cache / f"{args.model}{suffix}"

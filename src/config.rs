@@ -89,20 +89,20 @@ pub struct ServeConfig {
     #[arg(long, env = "ROTATIONS_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
     /// ONNX Runtime graph optimization level.
-    #[arg(long, env = "ROTATIONS_ORT_GRAPH_OPTIMIZATION", value_enum, default_value_t = GraphOptimization::All,
+    #[arg(long, env = "ROTATIONS_ORT_GRAPH_OPTIMIZATION", value_enum, default_value_t = OrtTuning::DEFAULT.graph_optimization,
           help_heading = ORT_TUNING)]
     pub graph_optimization: GraphOptimization,
     /// Pack the weight matrices once at load (off: faster start, slower passes).
-    #[arg(long, env = "ROTATIONS_ORT_PREPACK", default_value_t = true, action = ArgAction::Set,
+    #[arg(long, env = "ROTATIONS_ORT_PREPACK", default_value_t = OrtTuning::DEFAULT.prepack_weights, action = ArgAction::Set,
           value_parser = BoolishValueParser::new(), value_name = "BOOL", help_heading = ORT_TUNING)]
     pub prepack_weights: bool,
     /// Read the external weights file sequentially while the session is built (faster cold start).
-    #[arg(long, env = "ROTATIONS_ORT_PREFETCH", default_value_t = true, action = ArgAction::Set,
+    #[arg(long, env = "ROTATIONS_ORT_PREFETCH", default_value_t = OrtTuning::DEFAULT.prefetch, action = ArgAction::Set,
           value_parser = BoolishValueParser::new(), value_name = "BOOL", help_heading = ORT_TUNING)]
     pub prefetch_weights: bool,
     /// Tokens one more forward pass is worth: a batch is split into passes of similar length where
     /// that saves more padding; `off` runs each batch in one pass.
-    #[arg(long, env = "ROTATIONS_ORT_PASS_COST_TOKENS", default_value_t = PassCost::DEFAULT, value_name = "N|off",
+    #[arg(long, env = "ROTATIONS_ORT_PASS_COST_TOKENS", default_value_t = OrtTuning::DEFAULT.pass_cost_tokens, value_name = "N|off",
           help_heading = ORT_TUNING)]
     pub pass_cost_tokens: PassCost,
     /// Also write ONNX Runtime's optimized graph to this path (to inspect its fusions).
@@ -242,7 +242,7 @@ mod tests {
         let tuning = serve(&[]).unwrap().runtime_options().tuning;
         assert_eq!(tuning.graph_optimization, GraphOptimization::All);
         assert!(tuning.prepack_weights && tuning.prefetch);
-        assert_eq!(tuning.pass_cost_tokens, PassCost::DEFAULT);
+        assert_eq!(tuning.pass_cost_tokens, PassCost(Some(16)));
         assert_eq!(tuning.save_optimized, None);
     }
 

@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use rotations::model::{ExecutionProvider, GraphOptimization, Model, ModelError, OrtTuning, PassCost, RuntimeOptions};
+use rotations::model::{
+    ExecutionProvider, GraphOptimization, Model, ModelError, OrtTuning, PassCost, RuntimeOptions, SentenceHidden,
+};
 
 fn golden_batch() -> (Vec<String>, Vec<Vec<u32>>, serde_json::Value) {
     let g = golden("hidden_states.json");
@@ -48,9 +50,14 @@ fn hidden_states_equal_pytorch_on_a_padded_batch() {
     assert!(max_err <= 1e-4, "max abs error vs PyTorch {max_err:e}");
 }
 
-/// Largest |a - b| over every hidden state of every sentence.
-fn max_diff(a: &[rotations::model::SentenceHidden], b: &[rotations::model::SentenceHidden]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).mapv(f32::abs).fold(0f32, |m, &v| m.max(v))).fold(0f32, f32::max)
+/// Largest |a - b| over every hidden state of one sentence.
+fn max_diff(a: &SentenceHidden, b: &SentenceHidden) -> f32 {
+    (a - b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v))
+}
+
+/// Largest |a - b| over every sentence of a batch.
+fn max_batch_diff(a: &[SentenceHidden], b: &[SentenceHidden]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| max_diff(x, y)).fold(0f32, f32::max)
 }
 
 #[test]
@@ -71,7 +78,7 @@ fn every_ort_tuning_gives_the_same_hidden_states() {
     ];
     for (what, tuning) in variants {
         let model = Model::load(&bundled_model_dir(), &with(tuning)).unwrap();
-        let diff = max_diff(&model.hidden_states_blocking(ids.clone()).unwrap(), &reference);
+        let diff = max_batch_diff(&model.hidden_states_blocking(ids.clone()).unwrap(), &reference);
         assert!(diff <= 1e-5, "{what}: differs by {diff:e}");
     }
     // ONNX Runtime's saved graph, weights beside it, loads as a model directory of its own.
@@ -81,7 +88,7 @@ fn every_ort_tuning_gives_the_same_hidden_states() {
     }
     let tuning = OrtTuning { graph_optimization: GraphOptimization::Disable, ..Default::default() };
     let model = Model::load(saved.path(), &with(tuning)).unwrap();
-    let diff = max_diff(&model.hidden_states_blocking(ids).unwrap(), &reference);
+    let diff = max_batch_diff(&model.hidden_states_blocking(ids).unwrap(), &reference);
     assert!(diff <= 1e-5, "the saved optimized graph differs by {diff:e}");
 }
 
@@ -92,7 +99,7 @@ fn a_sentence_alone_equals_itself_in_a_padded_batch() {
     let batched = model.hidden_states_blocking(ids.clone()).unwrap();
     for (s, sentence) in ids.iter().enumerate() {
         let alone = model.hidden_states_blocking(vec![sentence.clone()]).unwrap().remove(0);
-        let diff = (&alone - &batched[s]).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        let diff = max_diff(&alone, &batched[s]);
         assert!(diff <= 1e-5, "sentence {s}: alone vs batched differ by {diff:e}");
     }
 }

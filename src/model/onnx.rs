@@ -133,25 +133,29 @@ pub struct OrtTuning {
     pub pass_cost_tokens: PassCost,
 }
 
+impl OrtTuning {
+    /// The measured best (BENCHMARKS.md); also the command line's defaults.
+    pub const DEFAULT: Self = Self {
+        graph_optimization: GraphOptimization::All,
+        prepack_weights: true,
+        save_optimized: None,
+        prefetch: true,
+        pass_cost_tokens: PassCost(Some(16)),
+    };
+}
+
 impl Default for OrtTuning {
     fn default() -> Self {
-        Self {
-            graph_optimization: GraphOptimization::All,
-            prepack_weights: true,
-            save_optimized: None,
-            prefetch: true,
-            pass_cost_tokens: PassCost::DEFAULT,
-        }
+        Self::DEFAULT
     }
 }
 
 /// ONNX Runtime's graph optimization level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum GraphOptimization {
     Disable,
     Basic,
     Extended,
-    #[default]
     All,
 }
 
@@ -169,11 +173,6 @@ impl From<GraphOptimization> for GraphOptimizationLevel {
 /// The cost of one more forward pass, in tokens, for [`plan_passes`]; `off` runs a batch in one pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PassCost(pub Option<usize>);
-
-impl PassCost {
-    /// Measured in BENCHMARKS.md (length-split passes).
-    pub const DEFAULT: Self = Self(Some(16));
-}
 
 impl std::str::FromStr for PassCost {
     type Err = String;
