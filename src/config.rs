@@ -108,6 +108,10 @@ pub struct ServeConfig {
     /// Also write ONNX Runtime's optimized graph to this path (to inspect its fusions).
     #[arg(long, env = "ROTATIONS_ORT_SAVE_OPTIMIZED", help_heading = ORT_TUNING)]
     pub save_optimized_model: Option<PathBuf>,
+    /// Plaintext port serving only gRPC health checks (off when unset): for probes that cannot use
+    /// TLS, such as Kubernetes' grpc probe. Health service "liveness" stays SERVING while draining.
+    #[arg(long, env = "ROTATIONS_HEALTH_PORT")]
+    pub health_port: Option<u16>,
 }
 
 impl ServeConfig {

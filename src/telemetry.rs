@@ -55,6 +55,8 @@ pub fn batch(sentences: usize, tokens: usize, padded_tokens: usize, elapsed: Dur
 
 pub fn model_loaded(elapsed: Duration) {
     gauge!("rotations_model_load_seconds").set(elapsed.as_secs_f64());
+    // Publish the queue depth at 0 from the start: an autoscaler needs the series of idle pods too.
+    queue_depth(0.0);
 }
 
 /// Per-stage timings of one request, reported in its span, its metrics and its response metadata.

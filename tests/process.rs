@@ -11,6 +11,7 @@ use rotations::proto::rotation_request::Target;
 use rotations::proto::rotation_service_client::RotationServiceClient;
 use rotations::proto::{self, RotationRequest};
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -139,6 +140,57 @@ async fn sigterm_drains_requests_in_flight_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status:?}");
+}
+
+async fn health_of(channel: &Channel, service: &str) -> ServingStatus {
+    let req = tonic_health::pb::HealthCheckRequest { service: service.into() };
+    let res = tonic_health::pb::health_client::HealthClient::new(channel.clone()).check(req).await.unwrap();
+    ServingStatus::try_from(res.into_inner().status).unwrap()
+}
+
+#[tokio::test]
+async fn the_health_port_serves_probes_and_liveness_stays_serving_while_draining() {
+    use ServingStatus::{NotServing, Serving};
+    let (health_port, metrics_port) = (free_port(), free_port());
+    let mut server = Server::start(&[
+        "--health-port",
+        &health_port.to_string(),
+        "--metrics-port",
+        &metrics_port.to_string(),
+        "--shutdown-grace-seconds",
+        "60",
+        "--max-sentences",
+        "20000",
+    ]);
+    let channel = server.wait_serving().await;
+    let probe = Channel::from_shared(format!("http://127.0.0.1:{health_port}")).unwrap().connect().await.unwrap();
+    let readiness = ["", "rotations.v1.RotationService"];
+    for service in readiness.iter().chain(&[rotations::service::server::LIVENESS_SERVICE]) {
+        assert_eq!(health_of(&probe, service).await, Serving, "{service:?}");
+    }
+    // The probe port serves health checks only.
+    let err =
+        RotationServiceClient::new(probe.clone()).get_model_info(proto::GetModelInfoRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    // An idle server already publishes its queue depth, for the autoscaler.
+    let page = http_get(metrics_port, "/metrics");
+    assert!(page.lines().any(|l| l == "rotations_queue_depth 0"), "{page}");
+
+    let mut client = RotationServiceClient::new(channel);
+    let sentences: Vec<String> = (0..20000).map(|i| format!("On day {i} they thanked her for the help.")).collect();
+    let in_flight = tokio::spawn(async move { client.compute_rotations(her(sentences)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Draining: not ready, still alive.
+    for service in readiness {
+        assert_eq!(health_of(&probe, service).await, NotServing, "{service:?}");
+    }
+    assert_eq!(health_of(&probe, rotations::service::server::LIVENESS_SERVICE).await, Serving);
+    assert!(!in_flight.is_finished(), "the request should still be in flight while the probes are checked");
+    assert_eq!(in_flight.await.unwrap().expect("the request in flight completes").into_inner().sentences.len(), 20000);
+    let _ = server.child.wait();
 }
 
 fn read_csv(path: &std::path::Path) -> Vec<Vec<f64>> {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -40,9 +41,36 @@ pub fn load_model(config: &ServeConfig) -> anyhow::Result<Model> {
 /// Time given to the last responses' bodies to reach their clients before connections close.
 const RESPONSE_DRAIN: Duration = Duration::from_millis(500);
 
+/// Health service name that is SERVING from the moment the server listens until it exits, loading,
+/// busy and draining included: for liveness probes, which must not restart such a pod. Readiness
+/// uses "" or the RotationService's name (NOT_SERVING until the model is loaded and while draining).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Stops the task when dropped, on every way out of `serve`.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves only grpc.health.v1, in plaintext, on `--health-port`: for probes that cannot speak TLS
+/// (Kubernetes' grpc probe) when the gRPC port does. It reports what the main port reports.
+async fn spawn_health_port(
+    config: &ServeConfig,
+    port: u16,
+    health_service: HealthServer<impl Health>,
+) -> anyhow::Result<AbortOnDrop<Result<(), tonic::transport::Error>>> {
+    let listener = TcpListener::bind(std::net::SocketAddr::new(config.host, port)).await?;
+    tracing::info!(addr = %listener.local_addr()?, "health checks only (plaintext)");
+    let server = Server::builder().add_service(health_service).serve_with_incoming(TcpListenerStream::new(listener));
+    Ok(AbortOnDrop(tokio::spawn(server)))
 }
 
 /// Serves on `listener` until `shutdown` resolves. Errors if the model cannot be loaded.
@@ -59,6 +87,11 @@ pub async fn serve(
     let service = RotationServiceImpl::new(limits, config.max_concurrent_requests);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
+    health.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
+    let _health_port = match config.health_port {
+        Some(port) => Some(spawn_health_port(&config, port, health_service.clone()).await?),
+        None => None,
+    };
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
