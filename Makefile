@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test python-test ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test
+.PHONY: demo test python-test ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -21,7 +21,7 @@ demo: build
 	scripts/demo
 
 ## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; then the Python client.
-test: ort
+test: ort deploy-check
 	cargo test --all-targets -- --test-threads=2
 	$(MAKE) python-test
 
@@ -39,6 +39,11 @@ bench: ort
 ## Each ONNX Runtime lever against the defaults, per model; writes its tables into BENCHMARKS.md.
 bench-levers: ort
 	scripts/bench --levers
+
+## The Helm chart (deploy/helm/rotations) offline: helm lint, helm template per values file and option set, every
+## manifest validated strictly against the Kubernetes schemas; tools in .venv-deploy/ (git-ignored).
+deploy-check:
+	scripts/deploy-check
 
 ## Build the image, run it, call it from the host through the published port (needs Docker; not part of test).
 docker-test:
