@@ -289,6 +289,18 @@ def check_scenario(name, docs, text, notes, sets):
         expect(mounts["corpus"].get("readOnly") is True, "corpus must be mounted read-only")
 
 
+def check_examples(node_modules):
+    """The example manifests validate too, and the adapter rule serves the metric the HPA asks for."""
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy/examples/volumes.yaml").read_text()) if d]
+    validate_schemas(docs, node_modules)
+    check_pod_hardening(one(docs, "Pod", "rotations-loader")["spec"], "loader")
+    adapter = yaml.safe_load((REPO / "deploy/prometheus-adapter-values.yaml").read_text())
+    (rule,) = adapter["rules"]["custom"]
+    expect(rule["seriesQuery"].startswith(QUEUE_METRIC + "{") and rule["name"]["as"] == QUEUE_METRIC, "adapter rule")
+    expect(set(rule["resources"]["overrides"]) == {"namespace", "pod"}, "adapter rule must map namespace and pod")
+    return len(docs)
+
+
 def check_names_match_the_server():
     """The probe services, the metric and the environment variables the chart uses exist in src/."""
     sources = "\n".join(p.read_text() for p in (REPO / "src").rglob("*.rs"))
@@ -324,6 +336,12 @@ def main():
         else:
             failures += 1
             print(f"FAIL {' '.join(sets)} should be refused with '{words}': rc {out.returncode} {out.stderr}")
+    try:
+        n = check_examples(node_modules)
+        print(f"ok   deploy/examples: {n} manifests strict against Kubernetes {KUBERNETES_VERSION}; adapter rule")
+    except Failure as e:
+        failures += 1
+        print(f"FAIL examples: {e}")
     try:
         pending = check_names_match_the_server()
         print("ok   probe services, queue metric and environment variables match src/"
