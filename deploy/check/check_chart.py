@@ -281,6 +281,7 @@ def check_scenario(name, docs, text, notes, sets):
         args = client["args"]
         want_server = f"dns:///{FULL}-headless.{NAMESPACE}.svc.cluster.local:{env['ROTATIONS_PORT']['value']}"
         expect(args[:3] == ["analyze", "--server", want_server], f"Job arguments {args[:3]}")
+        expect(not client["image"].endswith(":cuda"), "the client needs no CUDA image")
         expect("$(PART)" in args[args.index("--sentences") + 1] and "$(PART)" in args[args.index("--out") + 1],
                "each index needs its own input and output")
         part = env_of(client)["PART"]["valueFrom"]["fieldRef"]["fieldPath"]
