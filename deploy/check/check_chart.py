@@ -87,14 +87,19 @@ SCENARIOS = {
         ],
     ),
 }
-# Settings that must not render, and the words the refusal must contain.
+# Settings that must not render, and the words the refusal must contain (the chart's own checks in
+# templates/_helpers.tpl, then values.schema.json).
 REFUSED = [
     (["terminationGracePeriodSeconds=30"], "must exceed lifecycle.preStopSleepSeconds"),
     (["tls.enabled=true"], "tls.enabled needs tls.existingSecret"),
     (["tls.clientCA.existingSecret=ca"], "needs tls.enabled"),
     (["model.source=pvc"], "needs model.pvc.claimName"),
-    (["model.source=s3"], "model.source must be"),
-    (["auth.existingSecret=k", "auth.mode=plain"], "auth.mode must be"),
+    # values.schema.json: each value alone.
+    (["model.source=s3"], "at '/model/source': value must be one of 'bundled', 'pvc', 'image'"),
+    (["auth.existingSecret=k", "auth.mode=plain"], "at '/auth/mode': value must be one of"),
+    (["replicaCont=3"], "additional properties 'replicaCont' not allowed"),
+    (["server.port=70000"], "at '/server/port': maximum"),
+    (["probes.startup.failureThreshold=0"], "at '/probes/startup/failureThreshold': minimum"),
     (["autoscaling.enabled=true", "metrics.enabled=false"], "needs metrics.enabled"),
     (["job.enabled=true"], "job.enabled needs"),
 ]

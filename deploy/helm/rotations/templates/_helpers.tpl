@@ -86,11 +86,8 @@ app.kubernetes.io/component: server
 {{- end }}
 {{- end }}
 
-{{/* Fails on settings that cannot work together. */}}
+{{/* Fails on settings that cannot work together (values.schema.json checks each value alone). */}}
 {{- define "rotations.validate" -}}
-{{- if not (has .Values.model.source (list "bundled" "pvc" "image")) }}
-{{- fail (printf "model.source must be bundled, pvc or image, not %q" .Values.model.source) }}
-{{- end }}
 {{- if and (eq .Values.model.source "pvc") (not .Values.model.pvc.claimName) }}
 {{- fail "model.source=pvc needs model.pvc.claimName (a PersistentVolumeClaim holding the exported model)" }}
 {{- end }}
@@ -102,9 +99,6 @@ app.kubernetes.io/component: server
 {{- end }}
 {{- if and .Values.tls.clientCA.existingSecret (not .Values.tls.enabled) }}
 {{- fail "tls.clientCA (mutual TLS) needs tls.enabled" }}
-{{- end }}
-{{- if not (has .Values.auth.mode (list "file" "env")) }}
-{{- fail (printf "auth.mode must be file or env, not %q" .Values.auth.mode) }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (not .Values.metrics.enabled) }}
 {{- fail "autoscaling on the queue depth needs metrics.enabled (Prometheus scrapes the metrics port)" }}
