@@ -157,10 +157,11 @@ async fn the_health_port_serves_probes_and_liveness_stays_serving_while_draining
         &health_port.to_string(),
         "--metrics-port",
         &metrics_port.to_string(),
+        // A long grace: on a loaded machine the request may take a while; it must never be cut off.
         "--shutdown-grace-seconds",
-        "60",
+        "600",
         "--max-sentences",
-        "20000",
+        "5000",
     ]);
     let channel = server.wait_serving().await;
     let probe = Channel::from_shared(format!("http://127.0.0.1:{health_port}")).unwrap().connect().await.unwrap();
@@ -177,7 +178,8 @@ async fn the_health_port_serves_probes_and_liveness_stays_serving_while_draining
     assert!(page.lines().any(|l| l == "rotations_queue_depth 0"), "{page}");
 
     let mut client = RotationServiceClient::new(channel);
-    let sentences: Vec<String> = (0..20000).map(|i| format!("On day {i} they thanked her for the help.")).collect();
+    let sentences: Vec<String> = (0..5000).map(|i| format!("On day {i} they thanked her for the help.")).collect();
+    let started = Instant::now();
     let in_flight = tokio::spawn(async move { client.compute_rotations(her(sentences)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap().success());
@@ -189,7 +191,8 @@ async fn the_health_port_serves_probes_and_liveness_stays_serving_while_draining
     }
     assert_eq!(health_of(&probe, rotations::service::server::LIVENESS_SERVICE).await, Serving);
     assert!(!in_flight.is_finished(), "the request should still be in flight while the probes are checked");
-    assert_eq!(in_flight.await.unwrap().expect("the request in flight completes").into_inner().sentences.len(), 20000);
+    assert_eq!(in_flight.await.unwrap().expect("the request in flight completes").into_inner().sentences.len(), 5000);
+    eprintln!("request in flight took {:?}", started.elapsed());
     let _ = server.child.wait();
 }
 
