@@ -157,7 +157,7 @@ async fn the_health_port_serves_probes_and_liveness_stays_serving_while_draining
         &health_port.to_string(),
         "--metrics-port",
         &metrics_port.to_string(),
-        // A long grace: on a loaded machine the request may take a while; it must never be cut off.
+        // A long grace keeps the drain window open however slow the machine.
         "--shutdown-grace-seconds",
         "600",
         "--max-sentences",
@@ -179,7 +179,6 @@ async fn the_health_port_serves_probes_and_liveness_stays_serving_while_draining
 
     let mut client = RotationServiceClient::new(channel);
     let sentences: Vec<String> = (0..5000).map(|i| format!("On day {i} they thanked her for the help.")).collect();
-    let started = Instant::now();
     let in_flight = tokio::spawn(async move { client.compute_rotations(her(sentences)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap().success());
@@ -191,8 +190,8 @@ async fn the_health_port_serves_probes_and_liveness_stays_serving_while_draining
     }
     assert_eq!(health_of(&probe, rotations::service::server::LIVENESS_SERVICE).await, Serving);
     assert!(!in_flight.is_finished(), "the request should still be in flight while the probes are checked");
-    assert_eq!(in_flight.await.unwrap().expect("the request in flight completes").into_inner().sentences.len(), 5000);
-    eprintln!("request in flight took {:?}", started.elapsed());
+    // That the request then completes and the server exits 0 is sigterm_drains_requests_in_flight_and_exits_zero's subject.
+    let _ = in_flight.await;
     let _ = server.child.wait();
 }
 
