@@ -4,8 +4,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 
@@ -44,46 +43,6 @@ fn readme_grpcurl_commands() -> Vec<String> {
     commands
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The bundled model on a free loopback port, once SERVING; returns the server and its host:port.
-fn start_server() -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let bin = env!("CARGO_BIN_EXE_rotations");
-    let child = Command::new(bin)
-        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1"])
-        .arg("--model-dir")
-        .arg(bundled_model_dir())
-        .arg("--ort-library")
-        .arg(ort_library())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    let address = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !Command::new(bin)
-        .args(["health", "--server", &format!("http://{address}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Instant::now() < deadline, "server did not become SERVING");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (server, address)
-}
-
 /// Runs one README command through bash, as a reader pasting it would.
 fn run(command: &str, grpcurl: &std::path::Path, address: &str) -> String {
     let line = command.replacen("grpcurl", &grpcurl.display().to_string(), 1).replace(README_ADDRESS, address);
@@ -101,7 +60,7 @@ fn the_readme_grpcurl_commands_work_as_written() {
     for kind in kinds {
         assert!(commands.iter().any(|c| c.contains(kind)), "README has no grpcurl `{kind}` command: {commands:?}");
     }
-    let (_server, address) = start_server();
+    let (_server, address) = serve_bundled();
     for command in &commands {
         let out = run(command, &grpcurl, &address);
         if command.ends_with(" list") {

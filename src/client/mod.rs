@@ -1,7 +1,9 @@
 //! The command-line client: calls the gRPC API and writes what a reader of the notebook expects
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
+pub mod output;
 pub mod plots;
 pub mod report;
+pub mod sentences;
 
 use anyhow::Context;
 use tonic::transport::Channel;
@@ -76,8 +78,7 @@ pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
 
 /// Reads one sentence per line, skipping blank lines.
 pub fn read_sentences(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).map(String::from).collect())
+    Ok(sentences::SentenceFile::read(path)?.sentences)
 }
 
 pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::Result<proto::RotationRequest> {
@@ -111,21 +112,21 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
 }
 
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let sentences = read_sentences(&args.sentences)?;
+    let file = sentences::SentenceFile::read(&args.sentences)?;
+    let sentences = file.sentences.clone();
     let request = rotation_request(&args, sentences.clone())?;
+    output::prepare(&args.out, args.overwrite)?;
     let mut client = connect(&args.client).await?;
     let analysis = if sentences.len() > args.stream_above {
-        stream_analysis(&mut client, request).await?
+        stream_analysis(&mut client, request).await
     } else {
-        client.analyze(request).await.map_err(status_error)?.into_inner()
+        client.analyze(request).await.map(|r| r.into_inner()).map_err(status_error)
     };
+    let analysis = analysis.map_err(|e| file.locate(e))?;
     let report = report::Report::new(&analysis, &sentences)?;
     print!("{}", report.table());
     report.write_all(&args.out)?;
-    println!(
-        "\nwrote {}/{{angles.csv, significance.csv, analysis.json, angles.svg, significance.svg}}",
-        args.out.display()
-    );
+    println!("\nwrote {}/{{{}}}", args.out.display(), output::FILES.join(", "));
     Ok(())
 }
 
