@@ -51,13 +51,28 @@ pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
     let res =
         client.tokenize(proto::TokenizeRequest { texts: args.texts.clone() }).await.map_err(status_error)?.into_inner();
-    for (text, t) in args.texts.iter().zip(res.texts) {
-        println!("{text:?}");
-        for (i, (id, tok)) in t.ids.iter().zip(&t.tokens).enumerate() {
-            println!("  {i:>4}  {id:>6}  {tok:?}  bytes {}..{}", t.offset_starts[i], t.offset_ends[i]);
+    print!("{}", tokens_table(&args.texts, &res.texts));
+    Ok(())
+}
+
+/// Each text's tokens under a header, with the text each covers; a note on GPT-2's `Ġ` where one shows.
+pub fn tokens_table(texts: &[String], tokenized: &[proto::TokenizedText]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (text, t) in texts.iter().zip(tokenized) {
+        let _ = writeln!(out, "{text:?}\n  {:>4}  {:>6}  {:<16}  {:<16}  bytes", "pos", "id", "token", "text");
+        for (i, (id, token)) in t.ids.iter().zip(&t.tokens).enumerate() {
+            let (start, end) = (t.offset_starts[i] as usize, t.offset_ends[i] as usize);
+            let covered = format!("{:?}", text.get(start..end).unwrap_or(""));
+            let _ = writeln!(out, "  {i:>4}  {id:>6}  {:<16}  {covered:<16}  {start}..{end}", format!("{token:?}"));
         }
     }
-    Ok(())
+    if tokenized.iter().flat_map(|t| &t.tokens).any(|t| t.contains('Ġ')) {
+        out.push_str(
+            "\nĠ is GPT-2's mark for a leading space: token \"Ġher\" is the text \" her\" (pass --target \" her\").\n",
+        );
+    }
+    out
 }
 
 pub async fn health(args: ClientArgs) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
-//! What a user of the CLI sees when something is wrong: the place in their file, the spelling to
-//! try, the output folder checked before any work, a model folder that does not exist.
+//! What a user of the CLI sees: when something is wrong, the place in their file, the spelling to
+//! try, the output folder checked before any work, a model folder that does not exist; and
+//! `tokenize` output that explains itself.
 mod common;
 
 use std::path::Path;
@@ -83,4 +84,19 @@ fn a_model_folder_that_does_not_exist_says_so_with_the_resolved_path() {
     let resolved = dir.path().join("models/no-such-model");
     let expected = format!("model directory models/no-such-model does not exist (resolved to {})", resolved.display());
     assert!(err.contains(&expected), "{err}");
+}
+
+#[test]
+fn tokenize_prints_a_header_and_explains_the_space_mark() {
+    let (_server, address) = serve_bundled();
+    let out = rotations(&["tokenize", "--server", &format!("http://{address}"), "I saw her."], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], r#""I saw her.""#);
+    let header: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(header, ["pos", "id", "token", "text", "bytes"], "{stdout}");
+    let her: Vec<&str> = lines[4].split_whitespace().collect();
+    assert_eq!(her, ["2", "607", r#""Ġher""#, r#"""#, r#"her""#, "5..9"], "{stdout}");
+    assert!(stdout.contains(r#"Ġ is GPT-2's mark for a leading space: token "Ġher" is the text " her""#), "{stdout}");
 }
