@@ -68,6 +68,7 @@ fn a_bad_sentence_is_named_by_its_line_in_the_file() {
     ));
     let expected = format!(r#"{}:6: "#, file.display());
     assert!(err.contains(&expected) && err.contains(r#"sentence 2 ("We thanked him for the help.")"#), "{err}");
+    assert!(!out.exists(), "a failed analysis leaves no empty output folder behind");
 }
 
 #[test]

@@ -130,19 +130,35 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let file = sentences::SentenceFile::read(&args.sentences)?;
     let sentences = file.sentences.clone();
     let request = rotation_request(&args, sentences.clone())?;
-    output::prepare(&args.out, args.overwrite)?;
-    let mut client = connect(&args.client).await?;
-    let analysis = if sentences.len() > args.stream_above {
-        stream_analysis(&mut client, request).await
-    } else {
-        client.analyze(request).await.map(|r| r.into_inner()).map_err(status_error)
+    let created = output::prepare(&args.out, args.overwrite)?;
+    let analysis = match compute(&args, request, sentences.len()).await {
+        Ok(analysis) => analysis,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_dir(&args.out); // only if still empty
+            }
+            return Err(file.locate(e));
+        }
     };
-    let analysis = analysis.map_err(|e| file.locate(e))?;
     let report = report::Report::new(&analysis, &sentences)?;
     print!("{}", report.table());
     report.write_all(&args.out)?;
     println!("\nwrote {}/{{{}}}", args.out.display(), output::FILES.join(", "));
     Ok(())
+}
+
+/// The analysis from the server: `Analyze`, or `StreamRotations` above `--stream-above` sentences.
+async fn compute(
+    args: &AnalyzeArgs,
+    request: proto::RotationRequest,
+    num_sentences: usize,
+) -> anyhow::Result<proto::Analysis> {
+    let mut client = connect(&args.client).await?;
+    if num_sentences > args.stream_above {
+        stream_analysis(&mut client, request).await
+    } else {
+        Ok(client.analyze(request).await.map_err(status_error)?.into_inner())
+    }
 }
 
 /// Large corpora: StreamRotations with a progress bar, reassembled into the shape `Analyze` returns.

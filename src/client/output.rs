@@ -8,7 +8,8 @@ use anyhow::Context;
 pub const FILES: [&str; 5] = ["angles.csv", "significance.csv", "analysis.json", "angles.svg", "significance.svg"];
 
 /// Creates `dir` and proves it writable; refuses a folder with an earlier analysis unless `overwrite`.
-pub fn prepare(dir: &Path, overwrite: bool) -> anyhow::Result<()> {
+/// Returns whether it created the folder (so a failed analysis can take the empty folder away again).
+pub fn prepare(dir: &Path, overwrite: bool) -> anyhow::Result<bool> {
     let earlier: Vec<&str> = FILES.iter().copied().filter(|f| dir.join(f).exists()).collect();
     if !earlier.is_empty() && !overwrite {
         anyhow::bail!(
@@ -17,11 +18,12 @@ pub fn prepare(dir: &Path, overwrite: bool) -> anyhow::Result<()> {
             earlier.join(", ")
         );
     }
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
     let probe = dir.join(format!(".rotations-write-check-{}", std::process::id()));
     std::fs::write(&probe, b"").with_context(|| format!("cannot write into the output folder {}", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
-    Ok(())
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -32,7 +34,7 @@ mod tests {
     fn refuses_an_earlier_analysis_unless_told_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("new/nested");
-        prepare(&out, false).unwrap();
+        assert!(prepare(&out, false).unwrap(), "created");
         assert!(out.is_dir());
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "the write check leaves nothing behind");
         std::fs::write(out.join("angles.svg"), "<svg/>").unwrap();
@@ -41,7 +43,7 @@ mod tests {
             refused.contains("already holds an analysis (angles.svg)") && refused.contains("--overwrite"),
             "{refused}"
         );
-        prepare(&out, true).unwrap();
+        assert!(!prepare(&out, true).unwrap(), "already there");
     }
 
     #[test]
