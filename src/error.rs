@@ -17,6 +17,10 @@ pub enum Error {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
 
+    /// A sentence the engine cannot use: its index, the sentence quoted (shortened) and why.
+    #[error("sentence {index} ({quote}): {reason}")]
+    Sentence { index: usize, quote: String, reason: String },
+
     /// A configured limit was hit; says which and its value.
     #[error("{0}")]
     Overloaded(String),
@@ -38,11 +42,12 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         // Exhaustive on purpose: a new error variant does not compile until someone picks its code.
         let code = match &e {
-            Error::Analysis(_) | Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::Analysis(_) | Error::InvalidArgument { .. } | Error::Sentence { .. } => Code::InvalidArgument,
             Error::Model(m) => match m {
                 ModelError::BadInput { .. } => Code::InvalidArgument,
                 ModelError::WorkerGone => Code::Unavailable,
                 ModelError::Runtime(_)
+                | ModelError::NoModelDir { .. }
                 | ModelError::MissingFile { .. }
                 | ModelError::Manifest { .. }
                 | ModelError::GraphMismatch(_)

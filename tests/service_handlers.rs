@@ -200,6 +200,42 @@ async fn bad_requests_get_invalid_argument_naming_the_sentence() {
 }
 
 #[tokio::test]
+async fn sentence_errors_quote_the_sentence_and_suggest_the_spelling_that_occurs() {
+    let svc = service_with(load_bundled(), 10, 4);
+    let ok = || vec!["I saw her at the market.".to_string(), "She gave her the book.".to_string()];
+
+    // The likeliest mistake: "her" without GPT-2's leading space (372 is "her", 607 is " her").
+    let mut req = her_request(ok());
+    req.target = Some(Target::TargetText("her".into()));
+    let message =
+        r#"sentence 0 ("I saw her at the market."): target token 372 "her" not found; did you mean " her" (607)?"#;
+    expect_error(&svc, req, Code::InvalidArgument, &[message]).await;
+
+    // The other way round, and a capital at the start of the sentence.
+    let mut req = her_request(vec!["I saw her.".into(), "Her book was there.".into()]);
+    req.target = Some(Target::TargetText(" her".into()));
+    expect_error(
+        &svc,
+        req,
+        Code::InvalidArgument,
+        &[r#"target token 607 " her" not found; did you mean "Her" (9360)?"#],
+    )
+    .await;
+
+    // No spelling of the target occurs: no suggestion.
+    let mut sentences = ok();
+    sentences.push("Nobody else was there.".into());
+    let status = svc.analyze(Request::new(her_request(sentences))).await.unwrap_err();
+    assert_eq!(status.message(), r#"sentence 2 ("Nobody else was there."): target token 607 " her" not found"#);
+
+    // Long sentences are quoted shortened; length errors quote them too.
+    let long = format!("a{}", " her".repeat(1100));
+    let status = svc.analyze(Request::new(her_request(vec!["I saw her.".into(), long]))).await.unwrap_err();
+    assert!(status.message().starts_with(r#"sentence 1 ("a her her"#), "{}", status.message());
+    assert!(status.message().contains(r#"…"): 1101 tokens exceed the model's 1024 positions"#), "{}", status.message());
+}
+
+#[tokio::test]
 async fn test_significance_checks_its_tensor() {
     let svc = service_with(load_bundled(), 10, 4);
     let bad = |shape: Vec<u32>, values: Vec<f32>| proto::SignificanceRequest {

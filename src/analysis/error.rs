@@ -88,3 +88,22 @@ pub enum AnalysisError {
     #[error("num_tests must be at least the number of tested layers ({num_layers}), got {num_tests}")]
     InvalidNumTests { num_tests: usize, num_layers: usize },
 }
+
+impl AnalysisError {
+    /// The sentence an error is about, for the variants that name one.
+    pub fn sentence(&self) -> Option<usize> {
+        match *self {
+            Self::TargetNotFound { sentence, .. }
+            | Self::NonTargetOutOfRange { sentence, .. }
+            | Self::NonTargetIsTarget { sentence }
+            | Self::TokenCountMismatch { sentence, .. }
+            | Self::TooFewHiddenStates { sentence, .. }
+            | Self::EmptyHiddenSize { sentence }
+            | Self::ZeroHiddenState { sentence, .. }
+            | Self::NonFiniteHiddenState { sentence, .. }
+            | Self::DuplicateSentence { sentence }
+            | Self::LayerCountMismatch { sentence, .. } => Some(sentence),
+            _ => None,
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The command-line client: calls the gRPC API and writes what a reader of the notebook expects
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
+pub mod output;
 pub mod plots;
 pub mod report;
+pub mod sentences;
 
 use anyhow::Context;
 use tonic::transport::Channel;
@@ -49,13 +51,28 @@ pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
     let res =
         client.tokenize(proto::TokenizeRequest { texts: args.texts.clone() }).await.map_err(status_error)?.into_inner();
-    for (text, t) in args.texts.iter().zip(res.texts) {
-        println!("{text:?}");
-        for (i, (id, tok)) in t.ids.iter().zip(&t.tokens).enumerate() {
-            println!("  {i:>4}  {id:>6}  {tok:?}  bytes {}..{}", t.offset_starts[i], t.offset_ends[i]);
+    print!("{}", tokens_table(&args.texts, &res.texts));
+    Ok(())
+}
+
+/// Each text's tokens under a header, with the text each covers; a note on GPT-2's `Ġ` where one shows.
+pub fn tokens_table(texts: &[String], tokenized: &[proto::TokenizedText]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (text, t) in texts.iter().zip(tokenized) {
+        let _ = writeln!(out, "{text:?}\n  {:>4}  {:>6}  {:<16}  {:<16}  bytes", "pos", "id", "token", "text");
+        for (i, (id, token)) in t.ids.iter().zip(&t.tokens).enumerate() {
+            let (start, end) = (t.offset_starts[i] as usize, t.offset_ends[i] as usize);
+            let covered = format!("{:?}", text.get(start..end).unwrap_or(""));
+            let _ = writeln!(out, "  {i:>4}  {id:>6}  {:<16}  {covered:<16}  {start}..{end}", format!("{token:?}"));
         }
     }
-    Ok(())
+    if tokenized.iter().flat_map(|t| &t.tokens).any(|t| t.contains('Ġ')) {
+        out.push_str(
+            "\nĠ is GPT-2's mark for a leading space: token \"Ġher\" is the text \" her\" (pass --target \" her\").\n",
+        );
+    }
+    out
 }
 
 pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
@@ -76,8 +93,7 @@ pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
 
 /// Reads one sentence per line, skipping blank lines.
 pub fn read_sentences(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).map(String::from).collect())
+    Ok(sentences::SentenceFile::read(path)?.sentences)
 }
 
 pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::Result<proto::RotationRequest> {
@@ -111,22 +127,38 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
 }
 
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let sentences = read_sentences(&args.sentences)?;
+    let file = sentences::SentenceFile::read(&args.sentences)?;
+    let sentences = file.sentences.clone();
     let request = rotation_request(&args, sentences.clone())?;
-    let mut client = connect(&args.client).await?;
-    let analysis = if sentences.len() > args.stream_above {
-        stream_analysis(&mut client, request).await?
-    } else {
-        client.analyze(request).await.map_err(status_error)?.into_inner()
+    let created = output::prepare(&args.out, args.overwrite)?;
+    let analysis = match compute(&args, request, sentences.len()).await {
+        Ok(analysis) => analysis,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_dir(&args.out); // only if still empty
+            }
+            return Err(file.locate(e));
+        }
     };
     let report = report::Report::new(&analysis, &sentences)?;
     print!("{}", report.table());
     report.write_all(&args.out)?;
-    println!(
-        "\nwrote {}/{{angles.csv, significance.csv, analysis.json, angles.svg, significance.svg}}",
-        args.out.display()
-    );
+    println!("\nwrote {}/{{{}}}", args.out.display(), output::FILES.join(", "));
     Ok(())
+}
+
+/// The analysis from the server: `Analyze`, or `StreamRotations` above `--stream-above` sentences.
+async fn compute(
+    args: &AnalyzeArgs,
+    request: proto::RotationRequest,
+    num_sentences: usize,
+) -> anyhow::Result<proto::Analysis> {
+    let mut client = connect(&args.client).await?;
+    if num_sentences > args.stream_above {
+        stream_analysis(&mut client, request).await
+    } else {
+        Ok(client.analyze(request).await.map_err(status_error)?.into_inner())
+    }
 }
 
 /// Large corpora: StreamRotations with a progress bar, reassembled into the shape `Analyze` returns.

@@ -2,6 +2,7 @@
 //! sentences through the cross-request batcher, and hands each sentence's hidden states to the
 //! analysis. No gRPC types here.
 pub mod batcher;
+mod sentence_error;
 
 use std::ops::Range;
 use std::time::Instant;
@@ -123,9 +124,10 @@ impl Engine {
         let target = self.resolve_target(&job.target)?;
         let opts = RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit };
         let ids: Vec<Vec<u32>> = self.tokenize(&job.sentences)?.into_iter().map(|t| t.ids).collect();
-        self.model.check_batch(&ids, 0)?;
+        let explain = |e: Error| sentence_error::explain(e, 0, &job.sentences, &ids, &self.model.tokenizer);
+        self.model.check_batch(&ids, 0).map_err(|e| explain(e.into()))?;
         for (i, sentence) in ids.iter().enumerate() {
-            analysis::locate(i, sentence, target, job.non_target_offset)?;
+            analysis::locate(i, sentence, target, job.non_target_offset).map_err(|e| explain(e.into()))?;
         }
         Ok(Prepared { ids, target, opts })
     }

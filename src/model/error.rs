@@ -3,6 +3,9 @@ use std::path::PathBuf;
 /// What can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    #[error("model directory {} does not exist{}; pass --model-dir (ROTATIONS_MODEL_DIR), or export one with tools/export_model.py", .given.display(), resolved_note(.given, .resolved))]
+    NoModelDir { given: PathBuf, resolved: PathBuf },
+
     #[error("model directory {dir}: missing file {file}")]
     MissingFile { dir: PathBuf, file: &'static str },
 
@@ -37,5 +40,14 @@ pub enum ModelError {
 impl<T> From<ort::Error<T>> for ModelError {
     fn from(e: ort::Error<T>) -> Self {
         ModelError::Runtime(e.to_string())
+    }
+}
+
+/// " (resolved to /abs/path)" where the path given was relative.
+fn resolved_note(given: &std::path::Path, resolved: &std::path::Path) -> String {
+    if given == resolved {
+        String::new()
+    } else {
+        format!(" (resolved to {})", resolved.display())
     }
 }

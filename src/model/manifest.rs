@@ -47,6 +47,10 @@ impl ModelFiles {
 
     /// Checks that the directory holds the three files a model needs.
     pub fn locate(dir: &Path) -> Result<Self, ModelError> {
+        if !dir.is_dir() {
+            let resolved = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            return Err(ModelError::NoModelDir { given: dir.to_path_buf(), resolved });
+        }
         let need = |file: &'static str| {
             let p = dir.join(file);
             if p.is_file() {

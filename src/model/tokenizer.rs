@@ -38,6 +38,11 @@ impl Tokenizer {
         })
     }
 
+    /// The text of token ids (GPT-2's byte-level `Ġ` back to a space).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.inner.decode(ids, false).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
     /// The token string of an id, if it is in the vocabulary.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)

@@ -73,3 +73,44 @@ pub fn slow_model(delay: Duration) -> (Model, Arc<AtomicUsize>) {
     let backend = SlowBackend { layers: manifest.num_layers, delay, sentences_computed: counter.clone() };
     (Model::with_backend(&manifest, tokenizer, backend).unwrap(), counter)
 }
+
+/// A `rotations serve` process, killed when dropped.
+pub struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The bundled model on a free loopback port, once SERVING; returns the server and its host:port.
+pub fn serve_bundled() -> (ServerProcess, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bin = env!("CARGO_BIN_EXE_rotations");
+    let child = std::process::Command::new(bin)
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1"])
+        .arg("--model-dir")
+        .arg(bundled_model_dir())
+        .arg("--ort-library")
+        .arg(ort_library())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = ServerProcess(child);
+    let address = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::process::Command::new(bin)
+        .args(["health", "--server", &format!("http://{address}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(std::time::Instant::now() < deadline, "server did not become SERVING");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (server, address)
+}

@@ -9,7 +9,7 @@ class RotationsError(Exception):
     """A call failed: the server's (or the transport's) status code and message.
 
     ``code`` is a :class:`grpc.StatusCode` (e.g. ``grpc.StatusCode.INVALID_ARGUMENT``), ``message``
-    the server's text, e.g. ``"sentence 3: target token 607 not found"``; ``rpc`` names the call.
+    the server's text, e.g. ``'sentence 3 ("I saw him."): target token 607 " her" not found'``; ``rpc`` names the call.
     """
 
     def __init__(self, code: grpc.StatusCode, message: str, rpc: str = "") -> None:

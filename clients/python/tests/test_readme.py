@@ -1,0 +1,50 @@
+"""The main README's Python snippet runs as written, and the notebook's own t-tests (scipy, from the
+``[examples]`` extra) run unchanged on its ``angles`` and agree with the server's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from .conftest import REPO, Server
+
+README = REPO / "README.md"
+README_ADDRESS = "localhost:50051"
+
+
+def readme_snippet() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    # The first block that calls rotations: the notebook's cells as three lines.
+    return next(b for b in blocks if "client.rotations(sentences" in b)
+
+
+def test_the_examples_extra_brings_scipy() -> None:
+    pyproject = (REPO / "clients" / "python" / "pyproject.toml").read_text(encoding="utf-8")
+    [extra] = re.findall(r"^examples = \[(.*)\]$", pyproject, flags=re.M)
+    assert '"scipy' in extra and '"matplotlib' in extra, extra
+
+
+def test_the_readme_snippet_and_the_notebooks_t_tests_run_unchanged(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snippet = readme_snippet()
+    assert README_ADDRESS in snippet and "sentences = " in snippet, "the snippet defines its sentences"
+    monkeypatch.chdir(REPO)  # the snippet reads examples/her_sentences.txt from the repository root
+    scope: dict = {}
+    exec(snippet.replace(README_ADDRESS, server.address), scope)  # noqa: S102 - our own README
+    client, angles = scope["client"], scope["angles"]
+    try:
+        assert angles.shape[1:] == (len(scope["sentences"]), 3) == (angles.shape[1], 3)
+        assert len(scope["sentences"]) == 54
+        # The notebook's cell, as it is: one paired t-test per layer, target vs non-target.
+        n_hiddens = angles.shape[0] + 1
+        t = np.zeros(n_hiddens - 1)
+        for layeri in range(n_hiddens - 1):
+            t[layeri] = stats.ttest_rel(angles[layeri, :, 0], angles[layeri, :, 1]).statistic
+        np.testing.assert_allclose(client.significance(angles).t, t, rtol=1e-6)
+    finally:
+        client.close()

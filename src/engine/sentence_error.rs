@@ -1,0 +1,102 @@
+//! Errors about one sentence that say what to do: the sentence quoted (shortened), the target
+//! token's text, and the spelling of the target that does occur in the sentence.
+use crate::analysis::AnalysisError;
+use crate::error::Error;
+use crate::model::{ModelError, Tokenizer};
+
+/// Longest quote of a sentence in a message, in characters.
+const QUOTE_CHARS: usize = 60;
+
+/// The sentence in double quotes, cut to [`QUOTE_CHARS`] with an ellipsis.
+pub fn quote(sentence: &str) -> String {
+    match sentence.char_indices().nth(QUOTE_CHARS) {
+        Some((cut, _)) => format!("{:?}", format!("{}…", &sentence[..cut])),
+        None => format!("{sentence:?}"),
+    }
+}
+
+/// Rewrites an error about one sentence as [`Error::Sentence`]; other errors pass unchanged.
+/// `sentences` and `ids` hold the sentences numbered from `first` on.
+pub fn explain(error: Error, first: usize, sentences: &[String], ids: &[Vec<u32>], tokenizer: &Tokenizer) -> Error {
+    let index = match &error {
+        Error::Analysis(e) => e.sentence(),
+        Error::Model(ModelError::BadInput { sentence, .. }) => Some(*sentence),
+        _ => None,
+    };
+    let Some((index, text)) = index.and_then(|i| Some((i, sentences.get(i.checked_sub(first)?)?))) else {
+        return error;
+    };
+    let reason = match &error {
+        Error::Analysis(AnalysisError::TargetNotFound { target, .. }) => {
+            target_not_found(*target, &ids[index - first], tokenizer)
+        }
+        Error::Model(ModelError::BadInput { reason, .. }) => reason.clone(),
+        other => {
+            let message = other.to_string();
+            message.strip_prefix(&format!("sentence {index}: ")).unwrap_or(&message).to_string()
+        }
+    };
+    Error::Sentence { index, quote: quote(text), reason }
+}
+
+/// `target token 372 "her" not found; did you mean " her" (607)?`
+fn target_not_found(target: u32, ids: &[u32], tokenizer: &Tokenizer) -> String {
+    let Ok(text) = tokenizer.decode(&[target]) else {
+        return format!("target token {target} not found");
+    };
+    let mut message = format!("target token {target} {text:?} not found");
+    let present = spellings(&text).into_iter().find_map(|candidate| match tokenizer.encode(&candidate) {
+        Ok(t) if t.ids.len() == 1 && ids.contains(&t.ids[0]) => Some((candidate, t.ids[0])),
+        _ => None,
+    });
+    if let Some((candidate, id)) = present {
+        message.push_str(&format!("; did you mean {candidate:?} ({id})?"));
+    }
+    message
+}
+
+/// The likeliest intended spellings of a token: leading space toggled (GPT-2 words inside a
+/// sentence carry it), then the first letter's case toggled, then both.
+fn spellings(text: &str) -> Vec<String> {
+    let spaced = match text.strip_prefix(' ') {
+        Some(bare) => bare.to_string(),
+        None => format!(" {text}"),
+    };
+    let recased = |s: &str| {
+        let start = s.len() - s.trim_start().len();
+        let mut chars = s[start..].chars();
+        chars.next().map(|c| {
+            let flipped: String =
+                if c.is_uppercase() { c.to_lowercase().collect() } else { c.to_uppercase().collect() };
+            format!("{}{flipped}{}", &s[..start], chars.as_str())
+        })
+    };
+    let mut out: Vec<String> = Vec::new();
+    for candidate in [Some(spaced.clone()), recased(text), recased(&spaced)].into_iter().flatten() {
+        if candidate != text && !out.contains(&candidate) {
+            out.push(candidate);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_are_shortened_on_a_character_boundary() {
+        assert_eq!(quote("I saw her."), "\"I saw her.\"");
+        let long = "é".repeat(100);
+        let q = quote(&long);
+        assert_eq!(q.chars().count(), QUOTE_CHARS + 3, "{q}");
+        assert!(q.ends_with("…\""), "{q}");
+    }
+
+    #[test]
+    fn spellings_toggle_the_space_then_the_case() {
+        assert_eq!(spellings("her"), [" her", "Her", " Her"]);
+        assert_eq!(spellings(" Her"), ["Her", " her", "her"]);
+        assert_eq!(spellings("."), [" ."]);
+    }
+}
