@@ -288,6 +288,18 @@ mod tests {
     }
 
     #[test]
+    fn the_bare_binary_listens_on_loopback_and_never_shows_its_key() {
+        let config = serve(&[]).unwrap();
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!((config.host, config.metrics_host), (loopback, loopback));
+        assert!(config.tls_cert.is_none() && config.api_key.is_none());
+        let config = serve(&["--api-key", "hunter2-secret"]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let err = serve(&["--tls-cert", "cert.pem"]).unwrap_err().to_string();
+        assert!(err.contains("--tls-key"), "{err}");
+    }
+
+    #[test]
     fn ort_tuning_flags_parse_and_bad_values_name_the_flag() {
         let config = serve(&[
             "--graph-optimization=basic",

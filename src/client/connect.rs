@@ -163,6 +163,10 @@ pub fn explain(address: &Address, error: &(dyn StdError + 'static)) -> anyhow::E
     use std::io::ErrorKind::*;
     let cause = root_cause(error);
     let lower = cause.to_lowercase();
+    let hung_up = matches!(io_kind(error), Some(ConnectionReset | BrokenPipe | UnexpectedEof))
+        || ["connection closed", "broken pipe", "connection reset", "frame with invalid size"]
+            .iter()
+            .any(|m| lower.contains(m));
     let host_port = address.uri.authority().map_or_else(String::new, |a| a.to_string());
     let message = if io_kind(error) == Some(ConnectionRefused) {
         format!("no server at {address} — is `rotations serve` running, on that host and port?")
@@ -172,12 +176,11 @@ pub fn explain(address: &Address, error: &(dyn StdError + 'static)) -> anyhow::E
         format!("{address} requires a client certificate (mutual TLS) — give --client-cert and --client-key")
     } else if address.tls && (lower.contains("invalid peer certificate") || lower.contains("unknownissuer")) {
         format!("{address}: the server's certificate is not trusted ({cause}) — give its CA with --ca-cert")
-    } else if !address.tls
-        && (matches!(io_kind(error), Some(ConnectionReset | BrokenPipe | UnexpectedEof))
-            || lower.contains("connection closed")
-            || lower.contains("broken pipe")
-            || lower.contains("frame with invalid size"))
-    {
+    } else if address.tls && hung_up {
+        // TLS 1.3 finishes the client's side of the handshake before the server checks the client's
+        // certificate, so a refused or missing one often shows only as a closed connection.
+        format!("{address} closed the TLS connection ({cause}) — if it requires mutual TLS, give --client-cert and --client-key signed by its client CA")
+    } else if !address.tls && hung_up {
         format!("{address} hung up without a gRPC answer — if the server uses TLS, try https://{host_port} (with --ca-cert)")
     } else {
         format!("cannot reach {address}: {cause}")
