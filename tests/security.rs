@@ -288,15 +288,6 @@ fn api_keys_right_wrong_missing_and_rotated_through_the_keys_file() {
     }
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
 #[test]
 fn tls_material_that_does_not_load_stops_the_start_and_names_the_file() {
     let pki = Pki::new();
