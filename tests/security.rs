@@ -179,6 +179,20 @@ async fn tls_serves_rpcs_health_and_reflection_and_plaintext_clients_hear_what_t
     assert!(err.contains(&format!("if the server uses TLS, try https://{bare}")), "{err}");
     let err = cli_error(&["health", "--server", &https], &[]);
     assert!(err.contains("--ca-cert"), "no trusted CA: {err}");
+    // A machine without a system trust store (rustls-native-certs reads only SSL_CERT_FILE/SSL_CERT_DIR when set).
+    let empty = pki.dir.path().join("empty-trust-store.pem");
+    std::fs::write(&empty, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rotations"))
+        .args(["health", "--server", &https])
+        .env("SSL_CERT_FILE", &empty)
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no trusted root certificates") && err.contains("--ca-cert"),
+        "{err}"
+    );
     let err = cli_error(&["health", "--server", &server.url("http", "localhost")], &ca);
     assert!(err.contains("use https://"), "http:// with a CA is refused, not sent in plaintext: {err}");
 }

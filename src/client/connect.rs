@@ -126,7 +126,15 @@ pub async fn connect(address: &str, options: &ConnectArgs) -> anyhow::Result<Aut
         endpoint = endpoint.tls_config(client_tls(options)?).map_err(|e| {
             let files = [&options.ca_cert, &options.client_cert].into_iter().flatten();
             let files: Vec<String> = files.map(|f| f.display().to_string()).collect();
-            anyhow::anyhow!("TLS with {}: {}", files.join(" and "), root_cause(&e))
+            if options.ca_cert.is_none() {
+                // The usual cause: no system trust store (a slim container), or a private CA.
+                anyhow::anyhow!(
+                    "no trusted root certificates ({}) — give the server's CA with --ca-cert",
+                    root_cause(&e)
+                )
+            } else {
+                anyhow::anyhow!("TLS with {}: {}", files.join(" and "), root_cause(&e))
+            }
         })?;
     }
     let channel = endpoint.connect().await.map_err(|e| explain(&address, &e))?;
