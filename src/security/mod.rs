@@ -14,8 +14,8 @@ use auth::{ApiKeys, AuthLayer};
 
 /// The server's TLS and API-key settings, read and checked at start-up.
 pub struct ServerSecurity {
-    tls: Option<ServerTlsConfig>,
-    files: String,
+    /// The TLS settings, and the files they came from (for an error only rustls can find).
+    tls: Option<(ServerTlsConfig, String)>,
     auth: AuthLayer,
 }
 
@@ -25,20 +25,15 @@ impl ServerSecurity {
     pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
-                let tls = ServerTlsConfig::new().identity(pem::identity(cert, key, "TLS")?);
-                Some(match &config.tls_client_ca {
-                    Some(ca) => tls.client_ca_root(pem::certificates(ca, "client CA certificate")?),
-                    None => tls,
-                })
+                let mut tls = ServerTlsConfig::new().identity(pem::identity(cert, key, "TLS")?);
+                if let Some(ca) = &config.tls_client_ca {
+                    tls = tls.client_ca_root(pem::certificates(ca, "client CA certificate")?);
+                }
+                Some((tls, format!("the TLS certificate {} and key {}", cert.display(), key.display())))
             }
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
-        let files = format!(
-            "{} and {}",
-            config.tls_cert.as_deref().unwrap_or(std::path::Path::new("")).display(),
-            config.tls_key.as_deref().unwrap_or(std::path::Path::new("")).display()
-        );
         let keys = ApiKeys::new(config.api_key.clone(), config.api_keys_file.clone())?;
         #[cfg(unix)]
         if let Some(keys) = keys.as_ref().filter(|k| k.file().is_some()) {
@@ -50,15 +45,16 @@ impl ServerSecurity {
             api_keys = keys.is_some(),
             "security"
         );
-        Ok(ServerSecurity { tls, files, auth: AuthLayer(keys) })
+        Ok(ServerSecurity { tls, auth: AuthLayer(keys) })
     }
 
     /// A server builder with TLS (when configured) and the API-key check on every request.
     pub fn server_builder(self) -> anyhow::Result<Server<Stack<AuthLayer, Identity>>> {
         let mut builder = Server::builder();
-        if let Some(tls) = self.tls {
-            builder =
-                builder.tls_config(tls).map_err(|e| anyhow::anyhow!("TLS with {}: {}", self.files, root_cause(&e)))?;
+        if let Some((tls, files)) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("{files} do not go together: {}", root_cause(&e)))?;
         }
         Ok(builder.layer(self.auth))
     }
