@@ -79,7 +79,8 @@ def run_server(
     port = _free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [str(binary), "serve", "--port", str(port), "--host", "127.0.0.1", "--model-dir", str(MODEL_DIR), *serve_args],
+            [str(binary), "serve", "--port", str(port), "--host", "127.0.0.1", "--model-dir", str(MODEL_DIR)]
+            + list(serve_args),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=_env(),

@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import grpc
 import pytest
@@ -23,14 +23,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from rotations_client import Client, RotationsError, collect_stream
-from rotations_client.connect import Address, parse_address
+from rotations_client.connect import Address, open_channel, parse_address
 
 from .conftest import Server, run_server
 
 Key = ec.EllipticCurvePrivateKey
 
 
-def _certificate(name: str, key: Key, issuer: Tuple[x509.Name, Key] | None, sans: List[x509.GeneralName]) -> x509.Certificate:
+def _certificate(
+    name: str, key: Key, issuer: Optional[Tuple[x509.Name, Key]], sans: List[x509.GeneralName]
+) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     issuer_name, issuer_key = issuer or (subject, key)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -104,8 +106,10 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[S
 
 @pytest.fixture(scope="module")
 def mtls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Server]:
-    serve = ["--tls-cert", pki.path("server.pem"), "--tls-key", pki.path("server.key"), "--tls-client-ca", pki.path("ca.pem")]
-    client = ["--ca-cert", pki.path("ca.pem"), "--client-cert", pki.path("client.pem"), "--client-key", pki.path("client.key")]
+    serve = ["--tls-cert", pki.path("server.pem"), "--tls-key", pki.path("server.key")]
+    serve += ["--tls-client-ca", pki.path("ca.pem")]
+    client = ["--ca-cert", pki.path("ca.pem"), "--client-cert", pki.path("client.pem")]
+    client += ["--client-key", pki.path("client.key")]
     with run_server(tmp_path_factory, serve, client) as srv:
         yield srv
 
@@ -147,7 +151,8 @@ def test_a_closed_port_says_no_server(server: Server) -> None:
         port = s.getsockname()[1]
     with Client(f"127.0.0.1:{port}", timeout=10) as c:
         error = _failure(c)
-    assert error.message == f"no server at http://127.0.0.1:{port} — is `rotations serve` running, on that host and port?"
+    expected = f"no server at http://127.0.0.1:{port} — is `rotations serve` running, on that host and port?"
+    assert error.message == expected
     assert "Connection refused" in error.details
 
 
@@ -158,6 +163,11 @@ def test_tls_handshake_and_api_keys(tls_server: Secured, pki: Pki) -> None:
         chunks = c.stream_rotations(["I saw her.", "We met her there.", "They told her so."], " her")
         assert collect_stream(chunks).rotations.angles.shape[1] == 3, "the key rides on streaming calls too"
         assert "key-one" not in repr(c)
+    # Health needs no key (probes cannot send one): grpc.health.v1.Health/Check answers SERVING (field 1 = 1).
+    health = open_channel(f"https://localhost:{port}", root_certificates=pki.path("ca.pem"))
+    check = health.channel.unary_unary("/grpc.health.v1.Health/Check", lambda _: b"", bytes)
+    assert check(None, timeout=30) == b"\x08\x01"
+    health.channel.close()
     # Bare host:port with a CA is TLS; the CA as bytes works as well as a path.
     with Client(f"127.0.0.1:{port}", root_certificates=pki.read("ca.pem"), timeout=30) as c:
         error = _failure(c)
@@ -206,13 +216,13 @@ def test_plaintext_against_tls_and_the_reverse_say_what_to_do(tls_server: Secure
 def test_mutual_tls_needs_a_client_certificate_from_its_ca(mtls_server: Server, pki: Pki) -> None:
     address = f"https://localhost:{mtls_server.port}"
     ca = pki.path("ca.pem")
-    with Client(address, root_certificates=ca, certificate_chain=pki.path("client.pem"), private_key=pki.path("client.key")) as c:
+    mine = {"certificate_chain": pki.path("client.pem"), "private_key": pki.path("client.key")}
+    with Client(address, root_certificates=ca, **mine) as c:
         assert c.model_info().model_name == "gpt2-tiny-random"
     with Client(address, root_certificates=ca, timeout=10) as c:
         error = _failure(c)
     assert "mutual TLS" in error.message and "certificate_chain=" in error.message, error.message
-    stranger = Client(
-        address, root_certificates=ca, certificate_chain=pki.read("stranger.pem"), private_key=pki.read("stranger.key"), timeout=10
-    )
+    theirs = {"certificate_chain": pki.read("stranger.pem"), "private_key": pki.read("stranger.key")}
+    stranger = Client(address, root_certificates=ca, timeout=10, **theirs)
     with stranger:
         assert _failure(stranger).code == grpc.StatusCode.UNAVAILABLE
