@@ -116,12 +116,15 @@ COPY models/gpt2-tiny-random/ /models/gpt2-tiny-random/
 COPY --from=build /out/rotations /usr/local/bin/rotations
 
 # Every server setting is a ROTATIONS_* variable (see `rotations serve --help`); `docker run -e` overrides
-# these, and flags appended to `docker run IMAGE` are passed to `rotations serve`. NO_COLOR: plain text
-# logs (no ANSI colour codes in `docker logs`); RUST_LOG sets the log filter (default info,ort=warn).
+# these, and flags appended to `docker run IMAGE` are passed to `rotations serve`. The bare binary listens
+# on 127.0.0.1 only; the image listens on all interfaces, gRPC and metrics (reachable only where the port
+# is published). NO_COLOR: plain text logs (no ANSI colour codes in `docker logs`); RUST_LOG sets the log
+# filter (default info,ort=warn).
 # ORT_DISABLE_TELEMETRY: ONNX Runtime 1.32 would otherwise try to send usage telemetry over HTTPS (and
 # warn at start-up that it cannot: the image has no CA bundle).
 ENV ROTATIONS_MODEL_DIR=/models/gpt2-tiny-random \
     ROTATIONS_HOST=0.0.0.0 \
+    ROTATIONS_METRICS_HOST=0.0.0.0 \
     ROTATIONS_PORT=50051 \
     ROTATIONS_EXECUTION_PROVIDER=${VARIANT} \
     ROTATIONS_THREADS=0 \

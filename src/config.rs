@@ -6,11 +6,13 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{ExecutionProvider, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
+use crate::security::Secret;
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
 pub const DEFAULT_PORT: u16 = 50051;
 const ORT_TUNING: &str = "ONNX Runtime tuning (defaults: the measured best, BENCHMARKS.md)";
+const SECURITY: &str = "Security (README.md, section Security)";
 
 #[derive(Debug, Parser)]
 #[command(name = "rotations", version, about = "How far GPT-2's hidden state of a token rotates from layer to layer")]
@@ -46,8 +48,9 @@ pub struct ServeConfig {
     /// Model directory written by tools/export_model.py (model.onnx, tokenizer.json, model.json).
     #[arg(long, env = "ROTATIONS_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
     pub model_dir: PathBuf,
-    /// Address to listen on.
-    #[arg(long, env = "ROTATIONS_HOST", default_value = "0.0.0.0")]
+    /// Address to listen on: loopback only by default; 0.0.0.0 (all interfaces) opens the port to the
+    /// network (the Docker image sets it).
+    #[arg(long, env = "ROTATIONS_HOST", default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
     /// gRPC port (0 picks a free one).
     #[arg(long, env = "ROTATIONS_PORT", default_value_t = DEFAULT_PORT)]
@@ -82,9 +85,12 @@ pub struct ServeConfig {
     /// Most sentences in one StreamRotations request (they arrive in one message: see max-message-bytes).
     #[arg(long, env = "ROTATIONS_MAX_STREAM_SENTENCES", default_value_t = 1_000_000)]
     pub max_stream_sentences: usize,
-    /// Port for Prometheus metrics at /metrics (off when unset).
+    /// Port for Prometheus metrics at /metrics (off when unset; plain HTTP without authentication).
     #[arg(long, env = "ROTATIONS_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// Address the metrics port listens on (loopback only by default).
+    #[arg(long, env = "ROTATIONS_METRICS_HOST", default_value = "127.0.0.1")]
+    pub metrics_host: std::net::IpAddr,
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, env = "ROTATIONS_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -112,6 +118,22 @@ pub struct ServeConfig {
     /// TLS, such as Kubernetes' grpc probe. Health service "liveness" stays SERVING while draining.
     #[arg(long, env = "ROTATIONS_HEALTH_PORT")]
     pub health_port: Option<u16>,
+    /// Serve TLS only, with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "ROTATIONS_TLS_CERT", requires = "tls_key", value_name = "FILE", help_heading = SECURITY)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "ROTATIONS_TLS_KEY", requires = "tls_cert", value_name = "FILE", help_heading = SECURITY)]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients whose certificate this CA (PEM) signed.
+    #[arg(long, env = "ROTATIONS_TLS_CLIENT_CA", requires = "tls_cert", value_name = "FILE", help_heading = SECURITY)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer KEY` on every RPC except health checks.
+    #[arg(long, env = "ROTATIONS_API_KEY", hide_env_values = true, value_name = "KEY", help_heading = SECURITY)]
+    pub api_key: Option<Secret>,
+    /// Accept the keys in this file (one a line, `#` comments), re-read on SIGHUP so keys rotate
+    /// without a restart; together with --api-key, both are accepted.
+    #[arg(long, env = "ROTATIONS_API_KEYS_FILE", value_name = "FILE", help_heading = SECURITY)]
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -157,9 +179,28 @@ pub fn resolve_ort_library(explicit: Option<PathBuf>) -> PathBuf {
 
 #[derive(Clone, Debug, Args)]
 pub struct ClientArgs {
-    /// Server address.
+    /// Server address: host:port or http://host:port (plaintext), https://host:port (TLS).
     #[arg(long, env = "ROTATIONS_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How a client authenticates: API key and TLS material (every client command takes these).
+#[derive(Clone, Debug, Default, Args)]
+pub struct ConnectArgs {
+    /// API key, sent as `authorization: Bearer KEY`.
+    #[arg(long, env = "ROTATIONS_API_KEY", hide_env_values = true, value_name = "KEY", help_heading = SECURITY)]
+    pub api_key: Option<Secret>,
+    /// CA certificate(s) (PEM) to trust for an https:// server [default: the system's roots].
+    #[arg(long, env = "ROTATIONS_CA_CERT", value_name = "FILE", help_heading = SECURITY)]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires mutual TLS; needs --client-key.
+    #[arg(long, env = "ROTATIONS_CLIENT_CERT", requires = "client_key", value_name = "FILE", help_heading = SECURITY)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, env = "ROTATIONS_CLIENT_KEY", requires = "client_cert", value_name = "FILE", help_heading = SECURITY)]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -251,6 +292,18 @@ mod tests {
         assert!(tuning.prepack_weights && tuning.prefetch);
         assert_eq!(tuning.pass_cost_tokens, PassCost(Some(16)));
         assert_eq!(tuning.save_optimized, None);
+    }
+
+    #[test]
+    fn the_bare_binary_listens_on_loopback_and_never_shows_its_key() {
+        let config = serve(&[]).unwrap();
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!((config.host, config.metrics_host), (loopback, loopback));
+        assert!(config.tls_cert.is_none() && config.api_key.is_none());
+        let config = serve(&["--api-key", "hunter2-secret"]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let err = serve(&["--tls-cert", "cert.pem"]).unwrap_err().to_string();
+        assert!(err.contains("--tls-key"), "{err}");
     }
 
     #[test]

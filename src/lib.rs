@@ -10,5 +10,6 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod proto;
+pub mod security;
 pub mod service;
 pub mod telemetry;

@@ -53,6 +53,11 @@ pub fn batch(sentences: usize, tokens: usize, padded_tokens: usize, elapsed: Dur
     counter!("rotations_tokens_total").increment(tokens as u64);
 }
 
+/// A request refused for its API key (`missing` or `wrong`); the key itself is never recorded.
+pub fn auth_failure(reason: &'static str) {
+    counter!("rotations_auth_failures_total", "reason" => reason).increment(1);
+}
+
 pub fn model_loaded(elapsed: Duration) {
     gauge!("rotations_model_load_seconds").set(elapsed.as_secs_f64());
     // Publish the queue depth at 0 from the start: an autoscaler needs the series of idle pods too.

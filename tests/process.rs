@@ -2,7 +2,6 @@
 //! graceful SIGTERM (NOT_SERVING, requests in flight finish, exit 0).
 mod common;
 
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,14 +65,6 @@ impl Drop for Server {
 
 fn her(sentences: Vec<String>) -> RotationRequest {
     RotationRequest { sentences, target: Some(Target::TargetText(" her".into())), ..Default::default() }
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
 }
 
 #[tokio::test]

@@ -31,16 +31,6 @@ FULL = f"{RELEASE}-rotations"
 READINESS_SERVICE = "rotations.v1.RotationService"
 LIVENESS_SERVICE = "liveness"
 QUEUE_METRIC = "rotations_queue_depth"
-# Issue 19's flags, being added by the security work in parallel: allowed before they appear in src/.
-# Once that is merged they are found in src/ like the others and this set can go.
-PENDING_ENV = {
-    "ROTATIONS_TLS_CERT",
-    "ROTATIONS_TLS_KEY",
-    "ROTATIONS_TLS_CLIENT_CA",
-    "ROTATIONS_API_KEY",
-    "ROTATIONS_API_KEYS_FILE",
-    "ROTATIONS_METRICS_HOST",
-}
 
 SECURE = [
     "tls.enabled=true",
@@ -317,9 +307,8 @@ def check_names_match_the_server():
     known = set(re.findall(r'env = "(ROTATIONS_[A-Z_]+)"', sources)) | {"RUST_LOG"}
     templates = "\n".join(p.read_text() for p in (CHART / "templates").glob("*"))
     used = set(re.findall(r"name: ((?:ROTATIONS|RUST)_[A-Z_]+)", templates))
-    unknown = used - known - PENDING_ENV
+    unknown = used - known
     expect(not unknown, f"the chart sets variables the server does not read: {sorted(unknown)}")
-    return sorted(used & PENDING_ENV - known)
 
 
 def main():
@@ -349,9 +338,8 @@ def main():
         failures += 1
         print(f"FAIL examples: {e}")
     try:
-        pending = check_names_match_the_server()
-        print("ok   probe services, queue metric and environment variables match src/"
-              + (f" (not yet in src/, from issue 19: {', '.join(pending)})" if pending else ""))
+        check_names_match_the_server()
+        print("ok   probe services, queue metric and environment variables match src/")
     except Failure as e:
         failures += 1
         print(f"FAIL names: {e}")

@@ -1,12 +1,12 @@
 //! The command-line client: calls the gRPC API and writes what a reader of the notebook expects
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
+pub mod connect;
 pub mod output;
 pub mod plots;
 pub mod report;
 pub mod sentences;
 
 use anyhow::Context;
-use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -14,22 +14,28 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::config::{AnalyzeArgs, ClientArgs, CorrectionArg, TokenizeArgs, UnitArg};
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
+use connect::AuthChannel;
 
 /// Largest response the client accepts (matches the server's default limit).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-async fn connect(args: &ClientArgs) -> anyhow::Result<RotationServiceClient<Channel>> {
-    let channel = Channel::from_shared(args.server.clone())
-        .with_context(|| format!("bad server address {}", args.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", args.server))?;
+async fn connect(args: &ClientArgs) -> anyhow::Result<RotationServiceClient<AuthChannel>> {
+    let channel = connect::connect(&args.server, &args.connect).await?;
     Ok(RotationServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
+    if connect::is_transport_failure(&s) {
+        return anyhow::anyhow!("the connection failed: {}", connect::root_cause(&s));
+    }
+    if s.code() == tonic::Code::Unauthenticated {
+        return anyhow::anyhow!(
+            "server answered Unauthenticated: {} — give the key with --api-key or ROTATIONS_API_KEY",
+            s.message()
+        );
+    }
     anyhow::anyhow!("server answered {:?}: {}", s.code(), s.message())
 }
 
@@ -76,7 +82,7 @@ pub fn tokens_table(texts: &[String], tokenized: &[proto::TokenizedText]) -> Str
 }
 
 pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(args.server.clone())?.connect().await?;
+    let channel = connect::connect(&args.server, &args.connect).await?;
     let res = HealthClient::new(channel)
         .check(HealthCheckRequest { service: String::new() })
         .await
@@ -164,7 +170,7 @@ async fn compute(
 /// Large corpora: StreamRotations with a progress bar, reassembled into the shape `Analyze` returns.
 /// The significance comes from the server's merged per-layer statistics.
 pub async fn stream_analysis(
-    client: &mut RotationServiceClient<Channel>,
+    client: &mut RotationServiceClient<AuthChannel>,
     request: proto::RotationRequest,
 ) -> anyhow::Result<proto::Analysis> {
     let total = request.sentences.len();

@@ -18,6 +18,7 @@ use crate::engine::{BatchLimits, Engine};
 use crate::model::Model;
 use crate::proto::rotation_service_server::{RotationServiceServer, SERVICE_NAME};
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::security::ServerSecurity;
 use crate::telemetry;
 
 /// Loads and warms the model named by the config (blocking: call from a blocking context).
@@ -80,8 +81,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if let Some(port) = config.metrics_port {
-        telemetry::install_prometheus(std::net::SocketAddr::new(config.host, port))?;
+        telemetry::install_prometheus(std::net::SocketAddr::new(config.metrics_host, port))?;
     }
+    let security = ServerSecurity::from_config(&config)?;
     let limits =
         RequestLimits { max_sentences: config.max_sentences, max_stream_sentences: config.max_stream_sentences };
     let service = RotationServiceImpl::new(limits, config.max_concurrent_requests);
@@ -108,7 +110,8 @@ pub async fn serve(
     tracing::info!(%addr, service = SERVICE_NAME, "listening (NOT_SERVING until the model is ready)");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
-        Server::builder()
+        security
+            .server_builder()?
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

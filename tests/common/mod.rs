@@ -114,3 +114,13 @@ pub fn serve_bundled() -> (ServerProcess, String) {
     }
     (server, address)
 }
+
+/// A plain HTTP/1.0 GET on loopback (the metrics page): the whole response, headers included.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}

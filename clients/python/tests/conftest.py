@@ -7,9 +7,10 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 import pytest
 
@@ -26,6 +27,7 @@ class Server:
     binary: Path
     port: int
     log: Path
+    pid: int = 0
 
     @property
     def address(self) -> str:
@@ -59,30 +61,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _healthy(binary: Path, url: str) -> bool:
+def _healthy(binary: Path, url: str, client_args: Sequence[str] = ()) -> bool:
     probe = subprocess.run(
-        [str(binary), "health", "--server", url], capture_output=True, timeout=30, env=_env(), cwd=REPO
+        [str(binary), "health", "--server", url, *client_args], capture_output=True, timeout=30, env=_env(), cwd=REPO
     )
     return probe.returncode == 0
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextmanager
+def run_server(
+    tmp_path_factory: pytest.TempPathFactory, serve_args: Sequence[str] = (), client_args: Sequence[str] = ()
+) -> Iterator[Server]:
+    """``rotations serve`` on a free port with extra ``serve_args``, SERVING by ``rotations health``
+    (given ``client_args``: TLS material for a TLS server); stopped with SIGTERM afterwards."""
     binary = _binary()
     log = tmp_path_factory.mktemp("server") / "server.log"
     port = _free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [str(binary), "serve", "--port", str(port), "--host", "127.0.0.1", "--model-dir", str(MODEL_DIR)],
+            [str(binary), "serve", "--port", str(port), "--host", "127.0.0.1", "--model-dir", str(MODEL_DIR)]
+            + list(serve_args),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=_env(),
             cwd=REPO,
         )
-    srv = Server(binary, port, log)
+    srv = Server(binary, port, log, process.pid)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
-        while not _healthy(binary, srv.url):
+        # host:port with --ca-cert among client_args is TLS to the CLI, as to the Python client.
+        while not _healthy(binary, srv.address, client_args):
             if process.poll() is not None:
                 pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()}", pytrace=False)
             if time.monotonic() > deadline:
@@ -97,6 +105,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with run_server(tmp_path_factory) as srv:
+        yield srv
 
 
 @pytest.fixture()

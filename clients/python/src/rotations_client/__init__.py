@@ -24,6 +24,7 @@ from ._types import (
     Tokenized,
 )
 from .client import DEFAULT_ADDRESS, Client, collect_stream
+from .connect import open_channel
 from .errors import RotationsError
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "SignificanceResult",
     "Tokenized",
     "collect_stream",
+    "open_channel",
 ]
 
 __version__ = "0.1.0"

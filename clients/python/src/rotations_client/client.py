@@ -19,6 +19,7 @@ from ._types import (
     SignificanceResult,
     Tokenized,
 )
+from .connect import Pem, open_channel
 from .errors import RotationsError
 
 #: Where ``rotations serve`` listens by default.
@@ -40,16 +41,6 @@ _CORRECTIONS: Dict[str, Any] = {
 }
 
 T = TypeVar("T")
-
-
-def _channel_target(address: str) -> tuple[str, bool]:
-    """``host:port``, ``http://host:port`` (as the Rust CLI takes) or ``https://host:port`` -> (target, secure)."""
-    for scheme, secure in (("http://", False), ("https://", True)):
-        if address.startswith(scheme):
-            return address[len(scheme) :].rstrip("/"), secure
-    if "://" in address:
-        raise ValueError(f"unsupported address {address!r}: give host:port, http://host:port or https://host:port")
-    return address, False
 
 
 def _sentences(sentences: Iterable[str]) -> List[str]:
@@ -130,6 +121,11 @@ class Client:
     takes it works too, and ``https://`` uses TLS. ``timeout`` (seconds) is every call's deadline
     unless a call gives its own. Use it as a context manager, or call :meth:`close`.
 
+    Security: ``api_key`` is sent as ``authorization: Bearer <key>``. For TLS, ``root_certificates``
+    is the CA to trust (default: grpc's bundled roots); ``certificate_chain`` and ``private_key`` are
+    the client's certificate for mutual TLS; each is PEM bytes or a PEM file's path. Any of them (or
+    ``credentials``, a ready ``grpc.ChannelCredentials``) makes a bare ``host:port`` a TLS address.
+
     Every failed call raises :class:`RotationsError` with the server's status code and message.
     """
 
@@ -140,17 +136,26 @@ class Client:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
         credentials: Optional[grpc.ChannelCredentials] = None,
+        api_key: Optional[str] = None,
+        root_certificates: Optional[Pem] = None,
+        certificate_chain: Optional[Pem] = None,
+        private_key: Optional[Pem] = None,
     ) -> None:
-        target, secure = _channel_target(address)
         channel_options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             *options,
         ]
-        if secure or credentials is not None:
-            self._channel = grpc.secure_channel(target, credentials or grpc.ssl_channel_credentials(), channel_options)
-        else:
-            self._channel = grpc.insecure_channel(target, channel_options)
+        self._connection = open_channel(
+            address,
+            api_key=api_key,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            credentials=credentials,
+            options=channel_options,
+        )
+        self._channel = self._connection.channel
         self._stub = pb_grpc.RotationServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.address = address
         self.timeout = timeout
@@ -198,7 +203,7 @@ class Client:
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as error:
-            raise RotationsError.from_rpc_error(error, rpc) from None
+            raise self._connection.error(error, rpc) from None
 
     # -- the RPCs --------------------------------------------------------------------------------
 
@@ -329,13 +334,12 @@ class Client:
         call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
         return self._chunks(call)
 
-    @staticmethod
-    def _chunks(call: Any) -> Iterator[RotationChunk]:
+    def _chunks(self, call: Any) -> Iterator[RotationChunk]:
         try:
             for message in call:
                 yield RotationChunk.from_pb(message)
         except grpc.RpcError as error:
-            raise RotationsError.from_rpc_error(error, "StreamRotations") from None
+            raise self._connection.error(error, "StreamRotations") from None
         finally:
             call.cancel()  # a no-op once the stream has ended; stops the server's work otherwise
 

@@ -10,12 +10,14 @@ class RotationsError(Exception):
 
     ``code`` is a :class:`grpc.StatusCode` (e.g. ``grpc.StatusCode.INVALID_ARGUMENT``), ``message``
     the server's text, e.g. ``'sentence 3 ("I saw him."): target token 607 " her" not found'``; ``rpc`` names the call.
+    When the connection itself failed, ``message`` says what to try and ``details`` keeps grpc's text.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str, rpc: str = "") -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, rpc: str = "", *, details: str = "") -> None:
         self.code = code
         self.message = message
         self.rpc = rpc
+        self.details = details or message
         super().__init__(code, message)
 
     @property
