@@ -18,7 +18,8 @@ fn grpcurl() -> PathBuf {
     path
 }
 
-/// The grpcurl command lines of the README's fenced `sh` blocks, continuation lines joined.
+/// The grpcurl command lines of the README's fenced `sh` blocks that address the local server
+/// (`localhost:50051`; the Security section's example names a remote TLS host), continuation lines joined.
 fn readme_grpcurl_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let (mut commands, mut in_sh, mut current) = (Vec::new(), false, String::new());
@@ -36,7 +37,7 @@ fn readme_grpcurl_commands() -> Vec<String> {
             continue;
         }
         let command = std::mem::take(&mut current);
-        if command.starts_with("grpcurl ") {
+        if command.starts_with("grpcurl ") && command.contains(README_ADDRESS) {
             commands.push(command);
         }
     }
