@@ -108,6 +108,9 @@ pub struct ServeConfig {
     /// Also write ONNX Runtime's optimized graph to this path (to inspect its fusions).
     #[arg(long, env = "ROTATIONS_ORT_SAVE_OPTIMIZED", help_heading = ORT_TUNING)]
     pub save_optimized_model: Option<PathBuf>,
+    /// Write the bound gRPC port to this file once listening (with --port 0: for scripts and tests).
+    #[arg(long, env = "ROTATIONS_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
 }
 
 impl ServeConfig {

@@ -107,6 +107,7 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
             } as i32,
             num_tests: args.num_tests,
         }),
+        first_sentence_index: 0,
     })
 }
 
