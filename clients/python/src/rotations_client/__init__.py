@@ -23,8 +23,10 @@ from ._types import (
     SignificanceResult,
     Tokenized,
 )
-from .client import DEFAULT_ADDRESS, Client, collect_stream
+from .client import DEFAULT_ADDRESS, Client, collect_stream, make_channel
+from .cluster import Cluster, ClusterStats
 from .errors import RotationsError
+from .retry import RETRYABLE_CODES, RetryPolicy, is_retryable
 
 __all__ = [
     "CONDITIONS",
@@ -32,9 +34,13 @@ __all__ = [
     "DRAW_FIELDS",
     "Analysis",
     "Client",
+    "Cluster",
+    "ClusterStats",
     "LayerStatistics",
     "LayerTest",
     "ModelInfo",
+    "RETRYABLE_CODES",
+    "RetryPolicy",
     "Progress",
     "RotationChunk",
     "RotationResult",
@@ -43,6 +49,8 @@ __all__ = [
     "SignificanceResult",
     "Tokenized",
     "collect_stream",
+    "is_retryable",
+    "make_channel",
 ]
 
 __version__ = "0.1.0"

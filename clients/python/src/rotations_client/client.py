@@ -12,6 +12,7 @@ from ._pb import pb, pb_grpc
 from ._types import (
     CONDITIONS,
     Analysis,
+    LayerStatistics,
     ModelInfo,
     RotationChunk,
     RotationResult,
@@ -50,6 +51,21 @@ def _channel_target(address: str) -> tuple[str, bool]:
     if "://" in address:
         raise ValueError(f"unsupported address {address!r}: give host:port, http://host:port or https://host:port")
     return address, False
+
+
+def make_channel(
+    address: str, options: Sequence[tuple[str, Any]] = (), credentials: Optional[grpc.ChannelCredentials] = None
+) -> grpc.Channel:
+    """The channel to one server, as every client of this package makes it (``Client`` and each replica of a ``Cluster``)."""
+    target, secure = _channel_target(address)
+    channel_options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *options,
+    ]
+    if secure or credentials is not None:
+        return grpc.secure_channel(target, credentials or grpc.ssl_channel_credentials(), channel_options)
+    return grpc.insecure_channel(target, channel_options)
 
 
 def _sentences(sentences: Iterable[str]) -> List[str]:
@@ -141,16 +157,7 @@ class Client:
         options: Sequence[tuple[str, Any]] = (),
         credentials: Optional[grpc.ChannelCredentials] = None,
     ) -> None:
-        target, secure = _channel_target(address)
-        channel_options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            *options,
-        ]
-        if secure or credentials is not None:
-            self._channel = grpc.secure_channel(target, credentials or grpc.ssl_channel_credentials(), channel_options)
-        else:
-            self._channel = grpc.insecure_channel(target, channel_options)
+        self._channel = make_channel(address, options, credentials)
         self._stub = pb_grpc.RotationServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.address = address
         self.timeout = timeout
@@ -221,8 +228,10 @@ class Client:
         seed: Optional[int],
         non_target_offset: Optional[int],
         significance: Optional["pb.SignificanceOptions"] = None,
+        first_sentence_index: int = 0,
     ) -> "pb.RotationRequest":
         request = pb.RotationRequest(sentences=_sentences(sentences), unit=_unit(unit))
+        request.first_sentence_index = operator.index(first_sentence_index)
         if isinstance(target, str):
             request.target_text = target
         elif isinstance(target, bool):
@@ -284,6 +293,24 @@ class Client:
         m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
         return SignificanceResult.from_pb(m)
 
+    def significance_from_statistics(
+        self,
+        statistics: Sequence[LayerStatistics],
+        *,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> SignificanceResult:
+        """Per-layer t-tests from merged exact statistics (one per layer, in order): the server's own
+        computation, so the result equals one ``analyze`` of the whole corpus bit for bit."""
+        request = pb.SignificanceRequest(
+            statistics=[s.to_pb() for s in statistics],
+            options=_significance_options(None, None, alpha, correction, num_tests),
+        )
+        m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
+        return SignificanceResult.from_pb(m)
+
     def analyze(
         self,
         sentences: Iterable[str],
@@ -319,13 +346,18 @@ class Client:
         correction: Optional[Correction] = None,
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
+        first_sentence_index: int = 0,
     ) -> Iterator[RotationChunk]:
         """For large corpora: chunks of sentences in input order as they finish, then a final chunk
         (``last``) with the merged per-layer statistics and their t-tests. :func:`collect_stream`
         reassembles them into an :class:`Analysis`. Closing the iterator early cancels the request.
+        ``first_sentence_index`` is the corpus index of ``sentences[0]`` (a piece of a larger corpus:
+        draws, reports and chunks then carry corpus indices, exactly as in one request of the whole).
         """
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options)
+        request = self._rotation_request(
+            sentences, target, unit, seed, non_target_offset, options, first_sentence_index
+        )
         call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
         return self._chunks(call)
 
