@@ -177,7 +177,7 @@ def start_replicas(hosts: List[str], folder: Path) -> List[Replica]:
 REPLICA_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[List[Replica]]:
     started = start_replicas(REPLICA_HOSTS, tmp_path_factory.mktemp("replicas"))
     try:
