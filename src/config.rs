@@ -156,9 +156,17 @@ pub fn resolve_ort_library(explicit: Option<PathBuf>) -> PathBuf {
 
 #[derive(Clone, Debug, Args)]
 pub struct ClientArgs {
-    /// Server address.
-    #[arg(long, env = "ROTATIONS_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    /// Server address. `analyze` takes several (--server A --server B, or one dns:///name:port
+    /// naming every replica) and shards the corpus over them.
+    #[arg(long, env = "ROTATIONS_SERVER", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    pub server: Vec<String>,
+}
+
+impl ClientArgs {
+    /// The server of single-server commands: the first given.
+    pub fn primary(&self) -> &str {
+        self.server.first().map_or("http://127.0.0.1:50051", String::as_str)
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -223,6 +231,9 @@ pub struct AnalyzeArgs {
     /// Above this many sentences, use StreamRotations (with a progress bar) instead of Analyze.
     #[arg(long, env = "ROTATIONS_STREAM_ABOVE", default_value_t = 2000)]
     pub stream_above: usize,
+    /// With several servers: sentences per chunk sent to a replica.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk_size: u32,
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The command-line client: calls the gRPC API and writes what a reader of the notebook expects
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
+pub mod cluster;
 pub mod plots;
 pub mod report;
+pub mod retry;
 
 use anyhow::Context;
 use tonic::transport::Channel;
@@ -17,11 +19,16 @@ use crate::proto::rotation_service_client::RotationServiceClient;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<RotationServiceClient<Channel>> {
-    let channel = Channel::from_shared(args.server.clone())
-        .with_context(|| format!("bad server address {}", args.server))?
+    connect_to(args.primary()).await
+}
+
+/// The client of one server, as every command makes it (a cluster makes one per replica).
+pub async fn connect_to(address: &str) -> anyhow::Result<RotationServiceClient<Channel>> {
+    let channel = Channel::from_shared(address.to_string())
+        .with_context(|| format!("bad server address {address}"))?
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {}", args.server))?;
+        .with_context(|| format!("cannot connect to {address}"))?;
     Ok(RotationServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -59,7 +66,7 @@ pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(args.server.clone())?.connect().await?;
+    let channel = Channel::from_shared(args.primary().to_string())?.connect().await?;
     let res = HealthClient::new(channel)
         .check(HealthCheckRequest { service: String::new() })
         .await
@@ -114,10 +121,13 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let sentences = read_sentences(&args.sentences)?;
     let request = rotation_request(&args, sentences.clone())?;
-    let mut client = connect(&args.client).await?;
-    let analysis = if sentences.len() > args.stream_above {
+    let analysis = if args.client.server.len() > 1 || args.client.primary().starts_with("dns:///") {
+        cluster::analyze(&args.client.server, request, args.chunk_size as usize).await?
+    } else if sentences.len() > args.stream_above {
+        let mut client = connect(&args.client).await?;
         stream_analysis(&mut client, request).await?
     } else {
+        let mut client = connect(&args.client).await?;
         client.analyze(request).await.map_err(status_error)?.into_inner()
     };
     let report = report::Report::new(&analysis, &sentences)?;
@@ -138,12 +148,7 @@ pub async fn stream_analysis(
 ) -> anyhow::Result<proto::Analysis> {
     let total = request.sentences.len();
     let mut stream = client.stream_rotations(request).await.map_err(status_error)?.into_inner();
-    let bar = indicatif::ProgressBar::new(total as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} sentences ({per_sec}, eta {eta})",
-        )?
-        .progress_chars("=> "),
-    );
+    let bar = progress_bar(total as u64)?;
     let mut chunks = Vec::new();
     let mut last = None;
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
@@ -158,10 +163,31 @@ pub async fn stream_analysis(
     }
     bar.finish_and_clear();
     let last = last.context("the stream ended without its final chunk")?;
-    let significance = match last.significance {
+    let significance = match last.significance.clone() {
         Some(s) => s,
         None => anyhow::bail!("no significance test: {}", last.significance_error),
     };
+    assemble_stream(chunks, &last, significance, total)
+}
+
+/// The progress bar of long runs.
+fn progress_bar(total: u64) -> anyhow::Result<indicatif::ProgressBar> {
+    Ok(indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} sentences ({per_sec}, eta {eta}) {msg}",
+        )?
+        .progress_chars("=> "),
+    ))
+}
+
+/// Streamed chunks (in corpus order, corpus indices from 0) and the final chunk's metadata,
+/// reassembled into the shape `Analyze` returns.
+fn assemble_stream(
+    chunks: Vec<proto::RotationChunk>,
+    last: &proto::RotationChunk,
+    significance: proto::SignificanceResult,
+    total: usize,
+) -> anyhow::Result<proto::Analysis> {
     let layers = chunks.first().and_then(|c| c.angles.as_ref()).map_or(0, |t| t.shape[0] as usize);
     let mut angles = vec![0f32; layers * total * 3];
     let mut draws = vec![proto::ShuffleDraw::default(); layers * total];
@@ -198,7 +224,7 @@ pub async fn stream_analysis(
         sentences: reports,
         shuffle_draws: draws,
         shuffle_seed: last.shuffle_seed,
-        model_name: last.model_name,
+        model_name: last.model_name.clone(),
         target_token_id: last.target_token_id,
     };
     Ok(proto::Analysis { rotations: Some(rotations), significance: Some(significance) })

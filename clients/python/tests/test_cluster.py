@@ -154,3 +154,36 @@ def test_dns_names_resolve_to_every_replica(monkeypatch: pytest.MonkeyPatch) -> 
     assert resolve(["a:1", "b:2"]) == ["a:1", "b:2"]
     with pytest.raises(ValueError):
         resolve("dns:///no-port")
+
+
+def test_cli_with_three_servers_equals_one_server(replicas, corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`rotations analyze --server A --server B --server C` writes what one server's Analyze gives."""
+    import json
+    import subprocess
+
+    from .conftest import REPO, _binary, _env
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+
+    def run(servers: List[str], out: Path) -> str:
+        args = [str(_binary()), "analyze", "--sentences", str(text), "--target", " her", "--out", str(out)]
+        args += ["--chunk-size", "9", "--correction", "holm"]
+        for s in servers:
+            args += ["--server", f"http://{s}"]
+        done = subprocess.run(args, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    run([replicas[0].address], tmp_path / "one")
+    log = run([r.address for r in replicas], tmp_path / "three")
+    for name in ["angles.csv", "significance.csv"]:
+        assert (tmp_path / "three" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    one, three = (json.loads((tmp_path / d / "analysis.json").read_text()) for d in ["one", "three"])
+    # Layer means are the one thing not compared: Analyze averages the float64 angles, a
+    # reassembled stream their float32 wire values.
+    one.pop("layer_means"), three.pop("layer_means")
+    assert three == one
+    for r in replicas:
+        served = [line for line in log.splitlines() if line.startswith(f"replica http://{r.address}:")]
+        assert served and not served[0].split(": ")[1].startswith("0 chunks"), log
