@@ -94,9 +94,11 @@ def test_merged_exact_statistics_mirror_the_server_and_match_scipy(replicas, cor
 
 
 def test_angles_can_go_to_a_npy_memory_map(replicas, corpus, reference, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    path = tmp_path / "angles.npy"
+    path, text = tmp_path / "angles.npy", tmp_path / "corpus.txt"
+    text.write_text("\n".join(corpus) + "\n", encoding="utf-8")
     with Cluster([r.address for r in replicas], chunk_size=16, timeout=120, retry=FAST) as cluster:
-        got = cluster.analyze(corpus, " her", correction="holm", angles_out=path)
+        with open(text, encoding="utf-8") as lines:  # a file, read lazily line by line
+            got = cluster.analyze(lines, " her", correction="holm", angles_out=path)
     assert isinstance(got.rotations.angles.base, np.memmap) or isinstance(got.rotations.angles, np.memmap)
     assert_identical(got, reference)
     on_disk = np.load(path)

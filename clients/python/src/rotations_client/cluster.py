@@ -165,6 +165,11 @@ class _Run:
                         return
                     time.sleep(delay)
                     continue
+                except BaseException as e:  # anything else ends the run, with its error
+                    with self.cond:
+                        self.error = e
+                        self.cond.notify_all()
+                    return
                 delays = self.cluster.retry.delays()  # a success resets the backoff
                 with self.cond:
                     self.results[chunk.number] = result
@@ -383,7 +388,8 @@ class Cluster:
             num_tests=num_tests,
         )
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
-        sentences = (line.rstrip("\r\n") if isinstance(line, str) else line for line in sentences)
+        if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
+            sentences = (line.rstrip("\r\n") for line in sentences)
         return self._stream(sentences, request, total, progress)
 
     def _stream(
