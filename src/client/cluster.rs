@@ -62,13 +62,24 @@ impl Work {
     }
 }
 
-/// Connects to every replica and checks that all serve the same model (name, layers, weights).
-async fn connect_all(addresses: &[String]) -> anyhow::Result<Vec<Rpc>> {
-    let mut clients = Vec::new();
+/// Connects to every replica that answers (one that does not, e.g. a pod not ready yet, is left
+/// out with a warning) and checks that all serve the same model (name, layers, weights).
+async fn connect_all(addresses: Vec<String>) -> anyhow::Result<(Vec<String>, Vec<Rpc>)> {
+    let (mut reached, mut clients) = (Vec::new(), Vec::new());
     let mut first: Option<(String, proto::ModelInfo)> = None;
     for address in addresses {
-        let mut client = connect_to(address).await?;
-        let info = client.get_model_info(proto::GetModelInfoRequest {}).await.map_err(status_error)?.into_inner();
+        let answer = async {
+            let mut client = connect_to(&address).await?;
+            let info = client.get_model_info(proto::GetModelInfoRequest {}).await.map_err(status_error)?;
+            anyhow::Ok((client, info.into_inner()))
+        };
+        let (client, info) = match answer.await {
+            Ok(answered) => answered,
+            Err(e) => {
+                eprintln!("warning: leaving out {address}: {e:#}");
+                continue;
+            }
+        };
         if let Some((at, model)) = &first {
             let same = |m: &proto::ModelInfo| (m.model_name.clone(), m.num_layers, m.weights_sha256.clone());
             anyhow::ensure!(
@@ -80,9 +91,11 @@ async fn connect_all(addresses: &[String]) -> anyhow::Result<Vec<Rpc>> {
         } else {
             first = Some((address.clone(), info));
         }
+        reached.push(address);
         clients.push(client);
     }
-    Ok(clients)
+    anyhow::ensure!(!clients.is_empty(), "no replica answers");
+    Ok((reached, clients))
 }
 
 /// The whole corpus over the replicas, reassembled into what one `Analyze` returns.
@@ -92,8 +105,7 @@ pub async fn analyze(
     request: proto::RotationRequest,
     chunk_size: usize,
 ) -> anyhow::Result<proto::Analysis> {
-    let addresses = resolve(servers).await?;
-    let clients = connect_all(&addresses).await?;
+    let (addresses, clients) = connect_all(resolve(servers).await?).await?;
     let total = request.sentences.len();
     let chunks = total.div_ceil(chunk_size);
     let work = Arc::new(Work {

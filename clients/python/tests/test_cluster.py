@@ -158,34 +158,63 @@ def test_dns_names_resolve_to_every_replica(monkeypatch: pytest.MonkeyPatch) -> 
         resolve("dns:///no-port")
 
 
-def test_cli_with_three_servers_equals_one_server(replicas, corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """`rotations analyze --server A --server B --server C` writes what one server's Analyze gives."""
-    import json
+def run_cli(servers: List[str], sentences_file: Path, out: Path) -> str:
+    """`rotations analyze` with these --server values; returns its stderr."""
     import subprocess
 
     from .conftest import REPO, _binary, _env
 
-    text = tmp_path / "corpus.txt"
-    text.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    args = [str(_binary()), "analyze", "--sentences", str(sentences_file), "--target", " her", "--out", str(out)]
+    args += ["--chunk-size", "9", "--correction", "holm"]
+    for s in servers:
+        args += ["--server", s]
+    done = subprocess.run(args, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
 
-    def run(servers: List[str], out: Path) -> str:
-        args = [str(_binary()), "analyze", "--sentences", str(text), "--target", " her", "--out", str(out)]
-        args += ["--chunk-size", "9", "--correction", "holm"]
-        for s in servers:
-            args += ["--server", f"http://{s}"]
-        done = subprocess.run(args, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
-        assert done.returncode == 0, done.stderr
-        return done.stderr
 
-    run([replicas[0].address], tmp_path / "one")
-    log = run([r.address for r in replicas], tmp_path / "three")
+def assert_same_cli_output(got: Path, want: Path) -> None:
+    import json
+
     for name in ["angles.csv", "significance.csv"]:
-        assert (tmp_path / "three" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
-    one, three = (json.loads((tmp_path / d / "analysis.json").read_text()) for d in ["one", "three"])
+        assert (got / name).read_bytes() == (want / name).read_bytes(), name
+    one, three = (json.loads((d / "analysis.json").read_text()) for d in [want, got])
     # Layer means are the one thing not compared: Analyze averages the float64 angles, a
     # reassembled stream their float32 wire values.
     one.pop("layer_means"), three.pop("layer_means")
     assert three == one
+
+
+def test_cli_with_three_servers_equals_one_server(replicas, corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`rotations analyze --server A --server B --server C` writes what one server's Analyze gives."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    run_cli([f"http://{replicas[0].address}"], text, tmp_path / "one")
+    log = run_cli([f"http://{r.address}" for r in replicas], text, tmp_path / "three")
+    assert_same_cli_output(tmp_path / "three", tmp_path / "one")
     for r in replicas:
         served = [line for line in log.splitlines() if line.startswith(f"replica http://{r.address}:")]
         assert served and not served[0].split(": ")[1].startswith("0 chunks"), log
+
+
+def test_cli_with_a_dns_name_and_a_dead_address(server, replicas, corpus, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    run_cli([f"http://{replicas[0].address}"], text, tmp_path / "one")
+    log = run_cli([f"dns:///localhost:{server.port}", "http://127.0.0.6:9"], text, tmp_path / "dns")
+    assert "leaving out http://127.0.0.6:9" in log, log
+    assert_same_cli_output(tmp_path / "dns", tmp_path / "one")
+
+
+def test_a_dns_name_and_a_dead_address(server, sentences: List[str]) -> None:  # type: ignore[no-untyped-def]
+    """dns:///localhost:PORT finds the replica; an address nobody answers on is left out."""
+    corpus = numbered(sentences, 30)
+    with Client(server.address, timeout=120) as one:
+        reference = one.analyze(corpus, " her")
+    with Cluster(f"dns:///localhost:{server.port}", chunk_size=8, timeout=60, retry=FAST) as cluster:
+        assert cluster.replicas == [f"127.0.0.1:{server.port}"]
+        assert_identical(cluster.analyze(corpus, " her"), reference)
+    dead = "127.0.0.6:9"  # nothing listens there
+    with Cluster([dead, server.address], chunk_size=8, timeout=60, retry=FAST) as cluster:
+        assert_identical(cluster.analyze(corpus, " her"), reference)
+        assert cluster.replicas == [server.address]

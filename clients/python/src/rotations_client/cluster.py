@@ -345,15 +345,25 @@ class Cluster:
         return f"Cluster({self.replicas!r})"
 
     def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
-        """The model every replica serves; ``ValueError`` if two replicas serve different ones."""
+        """The model every replica serves; ``ValueError`` if two replicas serve different ones.
+        A replica that does not answer (e.g. a pod not ready yet) is left out until it rejoins."""
         first: Optional[ModelInfo] = None
         for address in self.replicas:
-            info = self._client(address).model_info(timeout=timeout)
+            try:
+                info = self._client(address).model_info(timeout=timeout)
+            except RotationsError as e:
+                if not _failover(e.code):
+                    raise
+                print(f"rotations Cluster: leaving out {address} for now: {e}", file=sys.stderr)
+                with self._lock:
+                    self._clients.pop(address).close()
+                continue
             if first is None:
                 first, self._info = info, info
             else:
                 self._check_same_model(address, info)
-        assert first is not None
+        if first is None:
+            raise RotationsError(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.addresses!r} answers", "GetModelInfo")
         return first
 
     def stream_rotations(
