@@ -162,7 +162,7 @@ async fn pull_chunks(
                 work.results.lock().expect("not poisoned")[chunk] = Some(result);
                 work.served.lock().expect("not poisoned")[replica] += 1;
             }
-            Err(status) if is_retryable(status.code()) || status.code() == tonic::Code::DeadlineExceeded => {
+            Err(status) if failover(&status) => {
                 work.todo.lock().expect("not poisoned").push_front(chunk);
                 let failures: usize = {
                     let mut f = work.failures.lock().expect("not poisoned");
@@ -180,6 +180,14 @@ async fn pull_chunks(
         }
     }
     Ok(())
+}
+
+/// Worth sending to another replica: the retry policy's codes, a deadline that ran out, or the
+/// connection breaking mid-response (a replica killed): tonic reports that as UNKNOWN carrying the
+/// transport's error, while a status the server sent carries none.
+fn failover(status: &tonic::Status) -> bool {
+    let broken_connection = status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some();
+    is_retryable(status.code()) || status.code() == tonic::Code::DeadlineExceeded || broken_connection
 }
 
 async fn compute_chunk(

@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -135,9 +135,9 @@ class Replica:
                 self.process.wait()
 
 
-def start_replicas(hosts: List[str], folder: Path) -> List[Replica]:
-    """Starts one server per host with --port 0, reads each bound port from its --port-file, and
-    waits until all are SERVING."""
+def start_replicas(hosts: List[str], folder: Path, extra: Optional[Dict[str, List[str]]] = None) -> List[Replica]:
+    """Starts one server per host with --port 0 (and the host's ``extra`` flags), reads each bound
+    port from its --port-file, and waits until all are SERVING."""
     binary = _binary()
     started = []
     for host in hosts:
@@ -145,7 +145,8 @@ def start_replicas(hosts: List[str], folder: Path) -> List[Replica]:
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [str(binary), "serve", "--host", host, "--port", "0", "--port-file", str(port_file)]
-                + ["--model-dir", str(MODEL_DIR), "--threads", "1"],
+                + ["--model-dir", str(MODEL_DIR), "--threads", "1"]
+                + (extra or {}).get(host, []),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=_env(),

@@ -218,3 +218,48 @@ def test_a_dns_name_and_a_dead_address(server, sentences: List[str]) -> None:  #
     with Cluster([dead, server.address], chunk_size=8, timeout=60, retry=FAST) as cluster:
         assert_identical(cluster.analyze(corpus, " her"), reference)
         assert cluster.replicas == [server.address]
+
+
+def test_cli_survives_a_replica_killed_halfway(sentences: List[str], tmp_path: Path) -> None:
+    """The CLI over three replicas; once the third has computed some sentences (its metrics say
+    so), it is killed by its PID: the same files, and its failures counted."""
+    import re
+    import subprocess
+    import time
+    import urllib.request
+
+    from .conftest import REPO, _binary, _env
+
+    corpus = numbered(sentences, 400)
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    with socket.socket() as s:
+        s.bind((REPLICA_HOSTS[2], 0))
+        metrics_port = s.getsockname()[1]
+    replicas = start_replicas(REPLICA_HOSTS, tmp_path, {REPLICA_HOSTS[2]: ["--metrics-port", str(metrics_port)]})
+    victim = replicas[2]
+    try:
+        run_cli([f"http://{replicas[0].address}"], text, tmp_path / "one")
+        args = [str(_binary()), "analyze", "--sentences", str(text), "--target", " her", "--out", str(tmp_path / "three")]
+        args += ["--chunk-size", "5", "--correction", "holm"]
+        for r in replicas:
+            args += ["--server", f"http://{r.address}"]
+        cli = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and cli.poll() is None:
+            page = urllib.request.urlopen(f"http://{victim.host}:{metrics_port}/metrics", timeout=5).read().decode()
+            done = re.search(r"^rotations_sentences_total (\S+)", page, re.M)
+            if done and float(done.group(1)) >= 20:
+                break
+            time.sleep(0.05)
+        assert cli.poll() is None, "the CLI finished before the replica could be killed"
+        victim.process.kill()
+        _, log = cli.communicate(timeout=300)
+        assert cli.returncode == 0, log
+        assert_same_cli_output(tmp_path / "three", tmp_path / "one")
+        line = next(line for line in log.splitlines() if line.startswith(f"replica http://{victim.address}:"))
+        failures = int(re.search(r"(\d+) failures", line).group(1))  # type: ignore[union-attr]
+        assert failures >= 1, log
+    finally:
+        for r in replicas:
+            r.stop()
