@@ -263,3 +263,22 @@ def test_cli_survives_a_replica_killed_halfway(sentences: List[str], tmp_path: P
     finally:
         for r in replicas:
             r.stop()
+
+
+def test_replicas_that_appear_in_dns_during_a_run_join_it(replicas, corpus, reference, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The name first resolves to one replica, then to all three (pods scaled up): they join."""
+    import rotations_client.cluster as cluster_module
+
+    calls = []
+
+    def growing(addresses):  # type: ignore[no-untyped-def]
+        calls.append(addresses)
+        return [replicas[0].address] if len(calls) == 1 else [r.address for r in replicas]
+
+    monkeypatch.setattr(cluster_module, "resolve", growing)
+    with Cluster("dns:///rotations-headless:50051", chunk_size=3, in_flight=1, resolve_interval=0.05, retry=FAST) as cluster:
+        assert cluster.replicas == [replicas[0].address]
+        assert_identical(cluster.analyze(corpus, " her", correction="holm"), reference)
+        served = dict(cluster.stats.chunks)
+    assert len(calls) > 1
+    assert all(served.get(r.address, 0) > 0 for r in replicas), f"chunks per replica: {served}"

@@ -206,40 +206,51 @@ class _Run:
     # -- the caller's side ------------------------------------------------------------------------
 
     def results_in_order(self) -> Iterator[_Result]:
+        """Chunk results in corpus order; looks for new replicas every ``resolve_interval`` seconds."""
         next_resolve = time.monotonic() + self.cluster.resolve_interval
         try:
             while True:
-                with self.cond:
-                    while self.delivered not in self.results:
-                        if self.error is not None:
-                            raise self.error
-                        if self.exhausted and self.delivered == self.taken and not self.resend:
-                            return
-                        if not any(self.live.values()):
-                            dropped = ", ".join(self.cluster.stats.dropped_replicas) or "none"
-                            raise RotationsError(
-                                grpc.StatusCode.UNAVAILABLE,
-                                f"no replica left to compute chunk {self.delivered} (dropped: {dropped})",
-                                "StreamRotations",
-                            )
-                        self.cond.wait(0.5)
-                        if time.monotonic() >= next_resolve:
-                            break
-                    result = self.results.pop(self.delivered, None)
-                    if result is not None:
-                        self.delivered += 1
-                        self.window -= 1
-                        self.cond.notify_all()
-                if result is None:  # time to look for new replicas
+                if time.monotonic() >= next_resolve:
                     next_resolve = time.monotonic() + self.cluster.resolve_interval
                     for address in self.cluster._refresh():
                         self.start(address)
-                    continue
-                yield result
+                with self.cond:
+                    result = self._next_result(until=next_resolve)
+                if result is _FINISHED:
+                    return
+                if result is not None:
+                    yield result  # type: ignore[misc]
         finally:
             with self.cond:
                 self.stopped = True
                 self.cond.notify_all()
+
+    def _next_result(self, until: float) -> Any:
+        """The next chunk's result, ``_FINISHED``, or None at ``until``; raises the run's error. Holds the lock."""
+        while self.delivered not in self.results:
+            if self.error is not None:
+                raise self.error
+            if self.exhausted and self.delivered == self.taken and not self.resend:
+                return _FINISHED
+            if not any(self.live.values()):
+                dropped = ", ".join(self.cluster.stats.dropped_replicas) or "none"
+                raise RotationsError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no replica left to compute chunk {self.delivered} (dropped: {dropped})",
+                    "StreamRotations",
+                )
+            left = until - time.monotonic()
+            if left <= 0:
+                return None
+            self.cond.wait(min(left, 0.5))
+        self.delivered += 1
+        self.window -= 1
+        self.cond.notify_all()
+        return self.results.pop(self.delivered - 1)
+
+
+#: Marks the end of a run's results.
+_FINISHED = object()
 
 
 class Cluster:
