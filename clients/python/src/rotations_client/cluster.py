@@ -390,12 +390,14 @@ class Cluster:
         alpha: Optional[float] = None,
         correction: Optional[Correction] = None,
         num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
         progress: bool = False,
     ) -> Iterator[RotationChunk]:
         """As :meth:`Client.stream_rotations`, over the replicas: chunks in corpus order (their
         ``first_sentence`` and reports carry corpus indices), then a final chunk with the merged
         exact statistics and their t-tests. ``sentences`` is read lazily (a file object works).
-        ``progress`` shows a progress bar on stderr (tqdm if installed) with the failures so far."""
+        ``timeout`` is each chunk's deadline (default the cluster's). ``progress`` shows a progress
+        bar on stderr (tqdm if installed) with the failures so far."""
         self.model_info(timeout=self.timeout or 30)
         request = dict(
             target=target,
@@ -407,6 +409,7 @@ class Cluster:
             alpha=alpha,
             correction=correction,
             num_tests=num_tests,
+            timeout=self.timeout if timeout is None else timeout,
         )
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
@@ -471,7 +474,7 @@ class Cluster:
                     alpha=request["alpha"],
                     correction=request["correction"],
                     num_tests=request["num_tests"],
-                    timeout=self.timeout,
+                    timeout=request["timeout"],
                 )
             except RotationsError as e:
                 if not _failover(e.code):
@@ -493,6 +496,7 @@ class Cluster:
         alpha: Optional[float] = None,
         correction: Optional[Correction] = None,
         num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
         progress: bool = False,
         angles_out: Union[str, Path, None] = None,
     ) -> Analysis:
@@ -515,6 +519,7 @@ class Cluster:
             alpha=alpha,
             correction=correction,
             num_tests=num_tests,
+            timeout=timeout,
             progress=progress,
         )
         if angles_out is None:
