@@ -134,6 +134,9 @@ pub struct ServeConfig {
     /// without a restart; together with --api-key, both are accepted.
     #[arg(long, env = "ROTATIONS_API_KEYS_FILE", value_name = "FILE", help_heading = SECURITY)]
     pub api_keys_file: Option<PathBuf>,
+    /// Write the bound gRPC port to this file once listening (with --port 0: for scripts and tests).
+    #[arg(long, env = "ROTATIONS_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -180,10 +183,19 @@ pub fn resolve_ort_library(explicit: Option<PathBuf>) -> PathBuf {
 #[derive(Clone, Debug, Args)]
 pub struct ClientArgs {
     /// Server address: host:port or http://host:port (plaintext), https://host:port (TLS).
-    #[arg(long, env = "ROTATIONS_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    /// `analyze` takes several (--server A --server B, or one dns:///name:port naming every
+    /// replica) and shards the corpus over them.
+    #[arg(long, env = "ROTATIONS_SERVER", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    pub server: Vec<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+impl ClientArgs {
+    /// The server of single-server commands: the first given.
+    pub fn primary(&self) -> &str {
+        self.server.first().map_or("http://127.0.0.1:50051", String::as_str)
+    }
 }
 
 /// How a client authenticates: API key and TLS material (every client command takes these).
@@ -268,6 +280,9 @@ pub struct AnalyzeArgs {
     /// Above this many sentences, use StreamRotations (with a progress bar) instead of Analyze.
     #[arg(long, env = "ROTATIONS_STREAM_ABOVE", default_value_t = 2000)]
     pub stream_above: usize,
+    /// With several servers: sentences per chunk sent to a replica.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk_size: u32,
 }
 
 #[cfg(test)]

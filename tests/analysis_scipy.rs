@@ -214,7 +214,8 @@ fn streaming_push_matches_scipy() {
             .map(|l| {
                 let mut s = PairedStats::default();
                 for j in 0..case.shape[1] {
-                    s.push(angles[[l, j, case.condition_a]] - angles[[l, j, case.condition_b]]);
+                    let d = angles[[l, j, case.condition_a]] - angles[[l, j, case.condition_b]];
+                    s.push_fixed(rotations::analysis::fixed_point(d).unwrap());
                 }
                 s
             })

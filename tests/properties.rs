@@ -73,6 +73,7 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
                 unit: Default::default(),
                 non_target_offset: -1,
                 seed: 1,
+                first_index: 0,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 prop_assert_eq!(prepared.len(), job.sentences.len());

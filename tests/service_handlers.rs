@@ -241,11 +241,12 @@ async fn test_significance_checks_its_tensor() {
     let bad = |shape: Vec<u32>, values: Vec<f32>| proto::SignificanceRequest {
         angles: Some(proto::Tensor { shape, values }),
         options: None,
+        ..Default::default()
     };
     for (req, words) in [
         (bad(vec![2, 3], vec![0.0; 6]), "3 dimensions"),
         (bad(vec![2, 3, 3], vec![0.0; 5]), "needs 18 values"),
-        (proto::SignificanceRequest { angles: None, options: None }, "angles"),
+        (proto::SignificanceRequest { angles: None, options: None, ..Default::default() }, "angles"),
     ] {
         let status = svc.test_significance(Request::new(req)).await.expect_err("must fail");
         assert_eq!(status.code(), Code::InvalidArgument);

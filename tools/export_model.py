@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import resource
 import shutil
@@ -461,8 +462,24 @@ def main() -> None:
         },
         "optimized": optimized,
     }
+    # Replicas compare it (GetModelInfo.weights_sha256); recorded here so a server need not hash
+    # the weights at every start. The same bytes as src/model/fingerprint.rs hashes.
+    meta["weights_sha256"] = weights_sha256(out)
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     log(f"wrote {out / 'model.json'}; total peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """SHA-256 of model.onnx and its external data (model.onnx.*) in name order, each as its name,
+    a NUL byte, its length (8 bytes little-endian) and its bytes."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in model_dir.iterdir() if p.is_file() and (p.name == "model.onnx" or p.name.startswith("model.onnx.")))
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.stat().st_size.to_bytes(8, "little"))
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ pub enum AnalysisError {
     /// An angle is NaN or infinite.
     #[error("layer {layer}, sentence {sentence}: angle is not finite")]
     NonFinite { layer: usize, sentence: usize },
+    /// A paired difference is too large for exact accumulation (`|a − b| ≥ 2^31`; angles never are).
+    #[error("layer {layer}, sentence {sentence}: paired difference of 2^31 or more cannot be accumulated exactly")]
+    DifferenceOutOfRange { layer: usize, sentence: usize },
     /// Merged statistics of a layer contain a NaN or infinite sum.
     #[error("layer {layer}: paired statistics are not finite")]
     NonFiniteStats { layer: usize },

@@ -31,7 +31,8 @@
 //!   results are reproducible and independent of batching or sharding.
 //! * Bonferroni divides by the number of tests (48 layer transitions for GPT-2 XL), not by
 //!   the number of hidden states (49); other corrections (Holm, Benjamini–Hochberg) exist.
-//! * Per-layer statistics are mergeable ([`stats::PairedStats`]) for streaming and sharding.
+//! * Per-layer statistics are exact integer sums ([`stats::PairedStats`]), so streaming and
+//!   sharding merge them to the very same t-tests as one whole request.
 //!
 //! Numbering conventions: sentences are 0-based request indices; layers (transitions) are
 //! 1-based; hidden states are 0-based (0 = embeddings); token positions are 0-based.
@@ -48,7 +49,8 @@ pub use error::AnalysisError;
 pub use rotations::{rotate_sentence, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
 pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
-    adjust_p_values, paired_stats, t_quantile, test_layers, test_layers_from_stats, two_sided_p, Correction, Direction,
-    LayerTest, PairedStats, SignificanceOptions, SignificanceResult, CI_LEVEL,
+    adjust_p_values, fixed_point, paired_stats, t_quantile, test_layers, test_layers_from_stats, two_sided_p,
+    Correction, Direction, LayerTest, PairedStats, SignificanceOptions, SignificanceResult, CI_LEVEL, EXACT_SCALE_BITS,
+    MAX_ABS_DIFFERENCE,
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};

@@ -10,6 +10,7 @@
 //! default here divides by the number of tested layers; the notebook's divisor can be
 //! reproduced with [`SignificanceOptions::num_tests`]` = Some(49)`.
 
+use ethnum::{I256, U256};
 use ndarray::ArrayView3;
 use statrs::distribution::{Continuous, ContinuousCDF, StudentsT};
 
@@ -86,62 +87,148 @@ impl Default for SignificanceOptions {
     }
 }
 
-/// Mergeable per-layer sufficient statistics of the paired differences `d = a − b`:
-/// the count `n`, `Σd` and `Σd²`.
+/// Binary digits after the point of the fixed-point differences: `D = round(d·2^64)`.
+pub const EXACT_SCALE_BITS: u32 = 64;
+/// Differences must satisfy `|d| < 2^31` (any angle difference does, in degrees or radians),
+/// so that `ΣD` fits an `i128` for up to 2^32 sentences and `ΣD²` an `I256`.
+pub const MAX_ABS_DIFFERENCE: f64 = 2_147_483_648.0;
+
+/// A difference as the fixed-point integer `round(d·2^64)` (ties to even): scaling by a power of
+/// two is exact in f64, so only the final rounding to an integer happens, the same everywhere.
+/// `None` when `d` is not finite or `|d| ≥ 2^31`.
+pub fn fixed_point(d: f64) -> Option<i128> {
+    if !d.is_finite() || d.abs() >= MAX_ABS_DIFFERENCE {
+        return None;
+    }
+    Some((d * 2f64.powi(EXACT_SCALE_BITS as i32)).round_ties_even() as i128)
+}
+
+/// Mergeable per-layer sufficient statistics of the paired differences `d = a − b`, kept
+/// exactly: the count `n`, `ΣD` and `ΣD²` of the fixed-point differences `D = round(d·2^64)`
+/// ([`fixed_point`]).
 ///
-/// Shards (streamed chunks, workers) can each accumulate their own and [`merge`](Self::merge)
-/// them: merging is exact up to f64 addition, and a t-test on the merged statistics agrees
-/// with the one on the whole data to about 1e-12 relative for realistic data (the variance is
-/// obtained as `(Σd² − (Σd)²/n)/(n − 1)`, which loses precision only when the mean is huge
-/// compared with the standard deviation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+/// Merging is integer addition, which is associative: statistics merged from any split of the
+/// sentences (streamed chunks, replicas, in any order) are identical to those of the whole, so
+/// the t-tests computed from them are identical bit for bit. The mean and variance are derived
+/// from the exact integers and rounded to f64 only at the end ([`Self::mean`],
+/// [`Self::variance`]), so there is no cancellation either. Each difference is quantized to
+/// 2^-64 ≈ 5.4e-20 (in the angle unit): far below what f32 hidden states resolve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PairedStats {
-    /// Number of pairs (sentences).
-    pub n: u64,
-    /// Sum of the differences.
-    pub sum: f64,
-    /// Sum of the squared differences.
-    pub sum_sq: f64,
+    n: u64,
+    sum: i128,
+    sum_sq: I256,
 }
 
 impl PairedStats {
-    /// Adds one difference `d = a − b`.
-    pub fn push(&mut self, d: f64) {
-        self.n += 1;
-        self.sum += d;
-        self.sum_sq += d * d;
+    /// Statistics from their exact parts (e.g. received from another process): `n`, `ΣD`, `ΣD²`.
+    /// `None` when they cannot come from real differences (`ΣD² < 0`, or `n·ΣD² < (ΣD)²`, a
+    /// negative variance, or sums without pairs).
+    pub fn from_exact(n: u64, sum: i128, sum_sq: I256) -> Option<Self> {
+        let s = PairedStats { n, sum, sum_sq };
+        let consistent = if n == 0 {
+            sum == 0 && sum_sq == I256::ZERO
+        } else {
+            let (_, r, m) = s.centered();
+            // n·M − r² ≥ 0, with M = Σ(D − q)² ≥ 0 and 0 ≤ r < n (so M ≥ n suffices).
+            sum_sq >= I256::ZERO && m >= I256::ZERO && (m >= I256::from(n) || m.as_u128() * n as u128 >= r * r)
+        };
+        consistent.then_some(s)
     }
 
-    /// Adds the pairs of another shard.
+    /// Adds one fixed-point difference ([`fixed_point`]).
+    pub fn push_fixed(&mut self, d: i128) {
+        self.n += 1;
+        self.sum += d;
+        self.sum_sq += I256::from(d) * I256::from(d);
+    }
+
+    /// Adds the pairs of another shard (exact; the order of merges does not matter).
     pub fn merge(&mut self, other: &PairedStats) {
         self.n += other.n;
         self.sum += other.sum;
         self.sum_sq += other.sum_sq;
     }
 
-    /// Statistics of the given differences.
-    pub fn from_differences(d: &[f64]) -> Self {
+    /// Statistics of the given differences; `None` if one is out of range ([`fixed_point`]).
+    pub fn from_differences(d: &[f64]) -> Option<Self> {
         let mut s = PairedStats::default();
         for &x in d {
-            s.push(x);
+            s.push_fixed(fixed_point(x)?);
         }
-        s
+        Some(s)
     }
 
-    /// Mean difference `Σd / n` (NaN when `n == 0`).
+    /// Number of pairs.
+    pub fn n(&self) -> u64 {
+        self.n
+    }
+
+    /// The exact `ΣD` (scaled by 2^64).
+    pub fn sum_exact(&self) -> i128 {
+        self.sum
+    }
+
+    /// The exact `ΣD²` (scaled by 2^128).
+    pub fn sum_sq_exact(&self) -> I256 {
+        self.sum_sq
+    }
+
+    /// `Σd`, rounded to f64.
+    pub fn sum(&self) -> f64 {
+        self.sum as f64 * 2f64.powi(-(EXACT_SCALE_BITS as i32))
+    }
+
+    /// `Σd²`, rounded to f64.
+    pub fn sum_sq(&self) -> f64 {
+        u256_to_f64(self.sum_sq) * 2f64.powi(-2 * EXACT_SCALE_BITS as i32)
+    }
+
+    /// Mean difference `ΣD / n / 2^64` (NaN when `n == 0`).
     pub fn mean(&self) -> f64 {
-        self.sum / self.n as f64
+        self.sum as f64 / self.n as f64 * 2f64.powi(-(EXACT_SCALE_BITS as i32))
     }
 
-    /// Sample variance of the differences with `n − 1` in the denominator, clamped at 0
-    /// against rounding (NaN when `n < 2`).
+    /// Mean squared difference `ΣD² / n / 2^128`: the scale a variance is judged against.
+    pub fn mean_sq(&self) -> f64 {
+        u256_to_f64(self.sum_sq) / self.n as f64 * 2f64.powi(-2 * EXACT_SCALE_BITS as i32)
+    }
+
+    /// Sample variance of the differences (`n − 1` denominator; NaN when `n < 2`):
+    /// `(n·ΣD² − (ΣD)²) / (n(n − 1))`, written with `ΣD = q·n + r` (`0 ≤ r < n`) as
+    /// `(M − r²/n) / (n − 1)` where `M = Σ(D − q)² = ΣD² − q·(ΣD + r)` is an exact integer; only
+    /// `M`'s conversion and the last operations round, and `r²/n < n` is negligible unless the
+    /// variance is zero at the fixed-point resolution.
     pub fn variance(&self) -> f64 {
         if self.n < 2 {
             return f64::NAN;
         }
+        let (_, r, m) = self.centered();
         let n = self.n as f64;
-        ((self.sum_sq - self.sum * self.sum / n) / (n - 1.0)).max(0.0)
+        let scaled = (u256_to_f64(m) - (r * r) as f64 / n) / (n - 1.0);
+        scaled.max(0.0) * 2f64.powi(-2 * EXACT_SCALE_BITS as i32)
     }
+
+    /// `(q, r, M)` with `ΣD = q·n + r`, `0 ≤ r < n` and `M = ΣD² − q·(ΣD + r)`; `n > 0`.
+    fn centered(&self) -> (i128, u128, I256) {
+        let n = i128::from(self.n);
+        let (q, r) = (self.sum.div_euclid(n), self.sum.rem_euclid(n));
+        let m = self.sum_sq - I256::from(q) * (I256::from(self.sum) + I256::from(r));
+        (q, r as u128, m)
+    }
+}
+
+/// A non-negative 256-bit integer as the nearest f64 (ties to even), as Python's `float(int)`:
+/// the top 128 bits with a sticky bit for everything below are converted by the hardware.
+fn u256_to_f64(x: I256) -> f64 {
+    let x = x.as_u256();
+    let bits = 256 - x.leading_zeros();
+    if bits <= 128 {
+        return x.as_u128() as f64;
+    }
+    let shift = bits - 128;
+    let sticky = u128::from((x & ((U256::ONE << shift) - U256::ONE)) != U256::ZERO);
+    ((x >> shift).as_u128() | sticky) as f64 * 2f64.powi(shift as i32)
 }
 
 /// One layer's paired t-test of condition A against condition B.
@@ -196,29 +283,27 @@ pub struct SignificanceResult {
 /// for an angle tensor `[num_layers, num_sentences, num_conditions]`.
 ///
 /// # Errors
-/// Condition index out of range, `a == b`, or a non-finite angle (or difference).
+/// Condition index out of range, `a == b`, a non-finite angle (or difference), or a difference
+/// of `2^31` or more ([`fixed_point`]).
 pub fn paired_stats(angles: ArrayView3<f64>, a: usize, b: usize) -> Result<Vec<PairedStats>, AnalysisError> {
     check_conditions(angles.shape()[2], a, b)?;
-    (0..angles.shape()[0])
-        .map(|l| {
-            let d = differences(angles, l, a, b)?;
-            Ok(PairedStats::from_differences(&d))
-        })
-        .collect()
+    (0..angles.shape()[0]).map(|l| layer_stats(angles, l, a, b)).collect()
 }
 
 /// Paired t-tests per layer on a full angle tensor `[num_layers, num_sentences,
 /// num_conditions]` (as produced by [`crate::analysis::rotations::Rotations::angles`]),
 /// comparing conditions `opts.condition_a` and `opts.condition_b`.
 ///
-/// Means and standard deviations are computed two-pass (accurate); the results match
+/// The same computation as [`test_layers_from_stats`] on the exact [`PairedStats`] of the whole
+/// tensor, so any split of the sentences merged gives identical results; they match
 /// `scipy.stats.ttest_rel` and statsmodels' `multipletests`.
 ///
 /// # Errors
 /// [`AnalysisError::ConditionOutOfRange`], [`AnalysisError::SameCondition`],
 /// [`AnalysisError::InvalidAlpha`], [`AnalysisError::NoLayers`],
 /// [`AnalysisError::NotEnoughSentences`] (fewer than 2), [`AnalysisError::InvalidNumTests`],
-/// [`AnalysisError::NonFinite`] (first non-finite angle, by layer then sentence) and
+/// [`AnalysisError::NonFinite`] (first non-finite angle, by layer then sentence),
+/// [`AnalysisError::DifferenceOutOfRange`] (`|a − b| ≥ 2^31`) and
 /// [`AnalysisError::ZeroVariance`] (differences constant to f64 precision).
 pub fn test_layers(angles: ArrayView3<f64>, opts: &SignificanceOptions) -> Result<SignificanceResult, AnalysisError> {
     let (num_layers, num_sentences, num_conditions) = angles.dim();
@@ -230,34 +315,19 @@ pub fn test_layers(angles: ArrayView3<f64>, opts: &SignificanceOptions) -> Resul
     if num_sentences < 2 {
         return Err(AnalysisError::NotEnoughSentences { n: num_sentences as u64 });
     }
-    let num_tests = family_size(opts.num_tests, num_layers)?;
-    let mut raw = Vec::with_capacity(num_layers);
-    for l in 0..num_layers {
-        let d = differences(angles, l, opts.condition_a, opts.condition_b)?;
-        let n = d.len() as f64;
-        let mean = d.iter().sum::<f64>() / n;
-        // Corrected two-pass algorithm (Chan, Golub & LeVeque): the second term removes the
-        // rounding error of the mean.
-        let (dev_sq, dev) = d.iter().fold((0.0, 0.0), |(sq, s), &x| {
-            let e = x - mean;
-            (sq + e * e, s + e)
-        });
-        let variance = ((dev_sq - dev * dev / n) / (n - 1.0)).max(0.0);
-        let mean_sq = mean * mean + dev_sq / n;
-        raw.push(raw_test(l + 1, d.len() as u64, mean, variance, mean_sq)?);
-    }
-    Ok(finish(raw, opts, num_tests))
+    family_size(opts.num_tests, num_layers)?;
+    let stats = paired_stats(angles, opts.condition_a, opts.condition_b)?;
+    test_layers_from_stats(&stats, opts)
 }
 
 /// Paired t-tests per layer from merged [`PairedStats`] (one per layer, in layer order), for
-/// streaming or sharded computation. Agrees with [`test_layers`] on the same data up to the
-/// rounding of the sums. `opts.condition_a/condition_b` are not used (the statistics already
+/// streaming or sharded computation: identical to [`test_layers`] on the same data, however it
+/// was split. `opts.condition_a/condition_b` are not used (the statistics already
 /// describe one pair of conditions); layers may have different `n`.
 ///
 /// # Errors
 /// [`AnalysisError::InvalidAlpha`], [`AnalysisError::NoLayers`],
-/// [`AnalysisError::InvalidNumTests`], [`AnalysisError::NonFiniteStats`],
-/// [`AnalysisError::NotEnoughSentences`] and [`AnalysisError::ZeroVariance`].
+/// [`AnalysisError::InvalidNumTests`], [`AnalysisError::NotEnoughSentences`] and [`AnalysisError::ZeroVariance`].
 pub fn test_layers_from_stats(
     stats: &[PairedStats],
     opts: &SignificanceOptions,
@@ -269,14 +339,10 @@ pub fn test_layers_from_stats(
     let num_tests = family_size(opts.num_tests, stats.len())?;
     let mut raw = Vec::with_capacity(stats.len());
     for (l, s) in stats.iter().enumerate() {
-        if !s.sum.is_finite() || !s.sum_sq.is_finite() {
-            return Err(AnalysisError::NonFiniteStats { layer: l + 1 });
+        if s.n() < 2 {
+            return Err(AnalysisError::NotEnoughSentences { n: s.n() });
         }
-        if s.n < 2 {
-            return Err(AnalysisError::NotEnoughSentences { n: s.n });
-        }
-        let mean_sq = s.sum_sq / s.n as f64;
-        raw.push(raw_test(l + 1, s.n, s.mean(), s.variance(), mean_sq)?);
+        raw.push(raw_test(l + 1, s.n(), s.mean(), s.variance(), s.mean_sq())?);
     }
     Ok(finish(raw, opts, num_tests))
 }
@@ -446,21 +512,18 @@ fn family_size(num_tests: Option<usize>, num_layers: usize) -> Result<usize, Ana
     Ok(m)
 }
 
-/// `a − b` for every sentence of layer index `l` (0-based), checking finiteness.
-fn differences(angles: ArrayView3<f64>, l: usize, a: usize, b: usize) -> Result<Vec<f64>, AnalysisError> {
-    let layer = angles.index_axis(ndarray::Axis(0), l);
-    layer
-        .outer_iter()
-        .enumerate()
-        .map(|(sentence, row)| {
-            let d = row[a] - row[b];
-            if d.is_finite() {
-                Ok(d)
-            } else {
-                Err(AnalysisError::NonFinite { layer: l + 1, sentence })
-            }
-        })
-        .collect()
+/// The exact statistics of `a − b` over the sentences of layer index `l` (0-based).
+fn layer_stats(angles: ArrayView3<f64>, l: usize, a: usize, b: usize) -> Result<PairedStats, AnalysisError> {
+    let mut stats = PairedStats::default();
+    for (sentence, row) in angles.index_axis(ndarray::Axis(0), l).outer_iter().enumerate() {
+        let d = row[a] - row[b];
+        if !d.is_finite() {
+            return Err(AnalysisError::NonFinite { layer: l + 1, sentence });
+        }
+        let fixed = fixed_point(d).ok_or(AnalysisError::DifferenceOutOfRange { layer: l + 1, sentence })?;
+        stats.push_fixed(fixed);
+    }
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -588,40 +651,78 @@ mod tests {
                 m.merge(&s);
             }
         }
-        let from_stats = test_layers_from_stats(&merged, &opts).unwrap();
-        assert_eq!(from_stats.num_tests, whole.num_tests);
-        for (a, b) in whole.layers.iter().zip(&from_stats.layers) {
-            assert_eq!(a.n, b.n);
-            for (x, y) in [
-                (a.t, b.t),
-                (a.p, b.p),
-                (a.p_adjusted, b.p_adjusted),
-                (a.mean_difference, b.mean_difference),
-                (a.sd_difference, b.sd_difference),
-                (a.cohens_dz, b.cohens_dz),
-                (a.ci_low, b.ci_low),
-                (a.ci_high, b.ci_high),
-            ] {
-                assert_relative_eq!(x, y, max_relative = 1e-9);
-            }
-            assert_eq!(a.significant, b.significant);
-        }
+        // Integer sums: the merge is exact, so everything is identical bit for bit.
+        assert_eq!(merged, paired_stats(angles.view(), 0, 1).unwrap());
+        assert_eq!(test_layers_from_stats(&merged, &opts).unwrap(), whole);
     }
 
     #[test]
     fn paired_stats_basics() {
-        let s = PairedStats::from_differences(&[1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(s, PairedStats { n: 4, sum: 10.0, sum_sq: 30.0 });
+        let s = PairedStats::from_differences(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let unit = 1i128 << EXACT_SCALE_BITS;
+        assert_eq!(
+            (s.n(), s.sum_exact(), s.sum_sq_exact()),
+            (4, 10 * unit, I256::from(30) * I256::from(unit) * I256::from(unit))
+        );
+        assert_eq!((s.sum(), s.sum_sq()), (10.0, 30.0));
         assert_eq!(s.mean(), 2.5);
-        assert_relative_eq!(s.variance(), 5.0 / 3.0, max_relative = 1e-15);
-        let mut a = PairedStats::from_differences(&[1.0, 2.0]);
-        a.merge(&PairedStats::from_differences(&[3.0, 4.0]));
+        assert_eq!(s.variance(), 5.0 / 3.0);
+        let mut a = PairedStats::from_differences(&[1.0, 2.0]).unwrap();
+        a.merge(&PairedStats::from_differences(&[3.0, 4.0]).unwrap());
         assert_eq!(a, s);
         assert!(PairedStats::default().mean().is_nan());
-        assert!(PairedStats::from_differences(&[1.0]).variance().is_nan());
+        assert!(PairedStats::from_differences(&[1.0]).unwrap().variance().is_nan());
         // Serialisable (streaming/sharding across processes).
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<PairedStats>(&json).unwrap(), s);
+        // Out of range differences are refused, not wrapped.
+        for bad in [f64::NAN, f64::INFINITY, MAX_ABS_DIFFERENCE, -MAX_ABS_DIFFERENCE] {
+            assert_eq!(fixed_point(bad), None, "{bad}");
+        }
+        assert_eq!(fixed_point(0.5), Some(1i128 << 63));
+        assert_eq!(fixed_point(-0.5), Some(-(1i128 << 63)));
+        // Rounds ties to even at the last fixed-point digit.
+        assert_eq!(fixed_point(1.5 * 2f64.powi(-64)), Some(2));
+        assert_eq!(fixed_point(2.5 * 2f64.powi(-64)), Some(2));
+    }
+
+    #[test]
+    fn any_split_in_any_order_gives_identical_statistics() {
+        // Values whose f64 sums depend on the order of addition.
+        let d: Vec<f64> =
+            (0..1000).map(|i| ((i * 7919) % 1000) as f64 * 1e-3 + if i % 3 == 0 { 1e8 } else { 1e-9 }).collect();
+        let whole = PairedStats::from_differences(&d).unwrap();
+        let mut backwards = PairedStats::default();
+        for part in d.chunks(7).rev() {
+            backwards.merge(&PairedStats::from_differences(part).unwrap());
+        }
+        assert_eq!(backwards, whole);
+        assert_eq!(backwards.variance().to_bits(), whole.variance().to_bits());
+    }
+
+    #[test]
+    fn from_exact_refuses_impossible_statistics() {
+        let s = PairedStats::from_differences(&[1.0, 2.0, 4.0]).unwrap();
+        assert_eq!(PairedStats::from_exact(s.n(), s.sum_exact(), s.sum_sq_exact()), Some(s));
+        assert_eq!(PairedStats::from_exact(0, 0, I256::ZERO), Some(PairedStats::default()));
+        assert_eq!(PairedStats::from_exact(0, 1, I256::ZERO), None);
+        assert_eq!(PairedStats::from_exact(3, 0, I256::from(-1)), None);
+        // (ΣD)² > n·ΣD²: a negative variance.
+        assert_eq!(PairedStats::from_exact(2, 10, I256::from(49)), None);
+        assert!(PairedStats::from_exact(2, 10, I256::from(50)).is_some());
+        // Constant differences: variance exactly 0.
+        let c = PairedStats::from_differences(&[0.1; 5]).unwrap();
+        assert_eq!(c.variance(), 0.0);
+    }
+
+    #[test]
+    fn u256_conversion_rounds_like_python_float() {
+        // 2^200 + 2^147 is exactly halfway between two f64s: ties to even (down).
+        let half = (I256::ONE << 200) + (I256::ONE << 147);
+        assert_eq!(u256_to_f64(half), 2f64.powi(200));
+        // A sticky bit far below breaks the tie upwards.
+        assert_eq!(u256_to_f64(half + I256::ONE), 2f64.powi(200) + 2f64.powi(148));
+        assert_eq!(u256_to_f64(I256::from(12345)), 12345.0);
     }
 
     #[test]
@@ -670,9 +771,7 @@ mod tests {
         }
         // From stats.
         assert_eq!(test_layers_from_stats(&[], &d).unwrap_err(), AnalysisError::NoLayers);
-        let bad = PairedStats { n: 3, sum: f64::NAN, sum_sq: 1.0 };
-        assert_eq!(test_layers_from_stats(&[bad], &d).unwrap_err(), AnalysisError::NonFiniteStats { layer: 1 });
-        let small = PairedStats::from_differences(&[1.0]);
+        let small = PairedStats::from_differences(&[1.0]).unwrap();
         assert_eq!(test_layers_from_stats(&[small], &d).unwrap_err(), AnalysisError::NotEnoughSentences { n: 1 });
     }
 
@@ -681,7 +780,7 @@ mod tests {
         // d = 0.1 for every sentence: two-pass and sums both see rounding noise, not spread.
         for n in [2usize, 3, 54, 1000] {
             let d = vec![0.1; n];
-            let stats = PairedStats::from_differences(&d);
+            let stats = PairedStats::from_differences(&d).unwrap();
             assert_eq!(
                 test_layers_from_stats(&[stats], &SignificanceOptions::default()).unwrap_err(),
                 AnalysisError::ZeroVariance { layer: 1 }

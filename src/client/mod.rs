@@ -1,9 +1,11 @@
 //! The command-line client: calls the gRPC API and writes what a reader of the notebook expects
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
+pub mod cluster;
 pub mod connect;
 pub mod output;
 pub mod plots;
 pub mod report;
+pub mod retry;
 pub mod sentences;
 
 use anyhow::Context;
@@ -11,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::config::{AnalyzeArgs, ClientArgs, CorrectionArg, TokenizeArgs, UnitArg};
+use crate::config::{AnalyzeArgs, ClientArgs, ConnectArgs, CorrectionArg, TokenizeArgs, UnitArg};
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
 use connect::AuthChannel;
@@ -20,7 +22,12 @@ use connect::AuthChannel;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<RotationServiceClient<AuthChannel>> {
-    let channel = connect::connect(&args.server, &args.connect).await?;
+    connect_to(args.primary(), &args.connect).await
+}
+
+/// The client of one server, as every command makes it (a cluster makes one per replica).
+pub async fn connect_to(address: &str, how: &ConnectArgs) -> anyhow::Result<RotationServiceClient<AuthChannel>> {
+    let channel = connect::connect(address, how).await?;
     Ok(RotationServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -82,7 +89,7 @@ pub fn tokens_table(texts: &[String], tokenized: &[proto::TokenizedText]) -> Str
 }
 
 pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
-    let channel = connect::connect(&args.server, &args.connect).await?;
+    let channel = connect::connect(args.primary(), &args.connect).await?;
     let res = HealthClient::new(channel)
         .check(HealthCheckRequest { service: String::new() })
         .await
@@ -129,6 +136,7 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
             } as i32,
             num_tests: args.num_tests,
         }),
+        first_sentence_index: 0,
     })
 }
 
@@ -159,6 +167,10 @@ async fn compute(
     request: proto::RotationRequest,
     num_sentences: usize,
 ) -> anyhow::Result<proto::Analysis> {
+    let servers = &args.client.server;
+    if servers.len() > 1 || args.client.primary().starts_with("dns:///") {
+        return cluster::analyze(servers, &args.client.connect, request, args.chunk_size as usize).await;
+    }
     let mut client = connect(&args.client).await?;
     if num_sentences > args.stream_above {
         stream_analysis(&mut client, request).await
@@ -175,12 +187,7 @@ pub async fn stream_analysis(
 ) -> anyhow::Result<proto::Analysis> {
     let total = request.sentences.len();
     let mut stream = client.stream_rotations(request).await.map_err(status_error)?.into_inner();
-    let bar = indicatif::ProgressBar::new(total as u64).with_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:40}] {pos}/{len} sentences ({per_sec}, eta {eta})",
-        )?
-        .progress_chars("=> "),
-    );
+    let bar = progress_bar(total as u64)?;
     let mut chunks = Vec::new();
     let mut last = None;
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
@@ -195,10 +202,31 @@ pub async fn stream_analysis(
     }
     bar.finish_and_clear();
     let last = last.context("the stream ended without its final chunk")?;
-    let significance = match last.significance {
+    let significance = match last.significance.clone() {
         Some(s) => s,
         None => anyhow::bail!("no significance test: {}", last.significance_error),
     };
+    assemble_stream(chunks, &last, significance, total)
+}
+
+/// The progress bar of long runs.
+fn progress_bar(total: u64) -> anyhow::Result<indicatif::ProgressBar> {
+    Ok(indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} sentences ({per_sec}, eta {eta}) {msg}",
+        )?
+        .progress_chars("=> "),
+    ))
+}
+
+/// Streamed chunks (in corpus order, corpus indices from 0) and the final chunk's metadata,
+/// reassembled into the shape `Analyze` returns.
+fn assemble_stream(
+    chunks: Vec<proto::RotationChunk>,
+    last: &proto::RotationChunk,
+    significance: proto::SignificanceResult,
+    total: usize,
+) -> anyhow::Result<proto::Analysis> {
     let layers = chunks.first().and_then(|c| c.angles.as_ref()).map_or(0, |t| t.shape[0] as usize);
     let mut angles = vec![0f32; layers * total * 3];
     let mut draws = vec![proto::ShuffleDraw::default(); layers * total];
@@ -235,7 +263,7 @@ pub async fn stream_analysis(
         sentences: reports,
         shuffle_draws: draws,
         shuffle_seed: last.shuffle_seed,
-        model_name: last.model_name,
+        model_name: last.model_name.clone(),
         target_token_id: last.target_token_id,
     };
     Ok(proto::Analysis { rotations: Some(rotations), significance: Some(significance) })

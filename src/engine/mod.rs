@@ -31,6 +31,9 @@ pub struct RotationJob {
     pub unit: AngleUnit,
     pub non_target_offset: i32,
     pub seed: u64,
+    /// Corpus index of `sentences[0]`: sentences are numbered (shuffle streams, reports, errors)
+    /// from here, so a corpus sent in pieces gives exactly the results of one request.
+    pub first_index: usize,
 }
 
 /// Budgets for one forward pass.
@@ -50,6 +53,8 @@ impl Default for BatchLimits {
 /// A job whose every sentence is tokenized and known to be computable.
 pub struct Prepared {
     pub ids: Vec<Vec<u32>>,
+    /// Corpus index of `ids[0]`.
+    pub first_index: usize,
     pub target: u32,
     pub opts: RotationOptions,
 }
@@ -124,12 +129,14 @@ impl Engine {
         let target = self.resolve_target(&job.target)?;
         let opts = RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit };
         let ids: Vec<Vec<u32>> = self.tokenize(&job.sentences)?.into_iter().map(|t| t.ids).collect();
-        let explain = |e: Error| sentence_error::explain(e, 0, &job.sentences, &ids, &self.model.tokenizer);
-        self.model.check_batch(&ids, 0).map_err(|e| explain(e.into()))?;
+        let explain =
+            |e: Error| sentence_error::explain(e, job.first_index, &job.sentences, &ids, &self.model.tokenizer);
+        self.model.check_batch(&ids, job.first_index).map_err(|e| explain(e.into()))?;
         for (i, sentence) in ids.iter().enumerate() {
-            analysis::locate(i, sentence, target, job.non_target_offset).map_err(|e| explain(e.into()))?;
+            analysis::locate(job.first_index + i, sentence, target, job.non_target_offset)
+                .map_err(|e| explain(e.into()))?;
         }
-        Ok(Prepared { ids, target, opts })
+        Ok(Prepared { ids, first_index: job.first_index, target, opts })
     }
 
     /// [`Engine::prepare`] on a blocking thread: tokenizing thousands of sentences must not stall
@@ -164,7 +171,8 @@ impl Engine {
                 timings.inference += forwarded.inference;
             }
             let started = Instant::now();
-            out.push(analysis::rotate_sentence(i, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
+            let index = prepared.first_index + i;
+            out.push(analysis::rotate_sentence(index, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
             timings.analysis += started.elapsed();
         }
         Ok(out)

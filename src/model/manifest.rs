@@ -29,6 +29,9 @@ pub struct Manifest {
     pub verification: serde_json::Value,
     #[serde(default)]
     pub optimized: bool,
+    /// The weights fingerprint ([`super::fingerprint::weights_sha256`]), recorded at export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
 }
 
 /// The files of a model directory.

@@ -2,6 +2,7 @@
 //! its own thread. It returns every hidden state of a batch, as Hugging Face's
 //! `output_hidden_states=True` does, and knows nothing of angles or gRPC.
 mod error;
+pub mod fingerprint;
 pub mod manifest;
 pub mod onnx;
 pub mod tokenizer;
@@ -70,6 +71,8 @@ pub struct ModelInfo {
     pub execution_provider: &'static str,
     pub dtype: String,
     pub source: String,
+    /// SHA-256 of the weight files (model.json's, else computed at load; empty for fake backends).
+    pub weights_sha256: String,
 }
 
 impl ModelInfo {
@@ -91,13 +94,17 @@ impl Model {
     /// against the vocabulary, then starts the worker thread that owns the session.
     pub fn load(dir: &std::path::Path, opts: &RuntimeOptions) -> Result<Self, ModelError> {
         let files = ModelFiles::locate(dir)?;
-        let manifest = Manifest::read(&files.manifest)?;
+        let mut manifest = Manifest::read(&files.manifest)?;
         let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
         if tokenizer.vocab_size() != manifest.vocab_size {
             return Err(ModelError::TokenizerMismatch {
                 tokenizer: tokenizer.vocab_size(),
                 model: manifest.vocab_size,
             });
+        }
+        if manifest.weights_sha256.is_none() {
+            // Not recorded at export: hash once now (seconds for GPT-2 XL's 6 GB).
+            manifest.weights_sha256 = Some(fingerprint::weights_sha256(dir)?);
         }
         let (opts, m) = (opts.clone(), manifest.clone());
         let (worker, provider) = ModelWorker::spawn(move || OnnxBackend::load(&files, &m, &opts))?;
@@ -121,6 +128,7 @@ impl Model {
             execution_provider: provider,
             dtype: m.dtype.clone(),
             source: m.source.clone(),
+            weights_sha256: m.weights_sha256.clone().unwrap_or_default(),
         };
         Self { info: Arc::new(info), tokenizer: Arc::new(tokenizer), worker }
     }

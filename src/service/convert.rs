@@ -2,8 +2,8 @@
 use ndarray::{Array3, ArrayView2, ArrayView3};
 
 use crate::analysis::{
-    AngleUnit, Correction, Direction, LayerTest, Rotations, SignificanceOptions, SignificanceResult, CONDITIONS,
-    DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    AngleUnit, Correction, Direction, LayerTest, PairedStats, Rotations, SignificanceOptions, SignificanceResult,
+    CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
 };
 use crate::engine::{RotationJob, Target};
 use crate::error::Error;
@@ -40,6 +40,7 @@ pub fn rotation_job(
         return Err(Error::invalid("sentences", "no sentences given"));
     }
     check_count("sentences", req.sentences.len(), max_sentences, limit_name)?;
+    let first_index = first_sentence_index(req)?;
     let target = match &req.target {
         Some(proto::rotation_request::Target::TargetText(t)) if !t.is_empty() => Target::Text(t.clone()),
         Some(proto::rotation_request::Target::TargetText(_)) => {
@@ -54,7 +55,24 @@ pub fn rotation_job(
         unit: angle_unit(req.unit)?,
         non_target_offset: req.non_target_offset.unwrap_or(DEFAULT_NON_TARGET_OFFSET),
         seed: req.shuffle_seed.unwrap_or(DEFAULT_SHUFFLE_SEED),
+        first_index,
     })
+}
+
+/// Corpus indices travel as uint32 (SentenceReport.index): the last one must fit.
+fn first_sentence_index(req: &proto::RotationRequest) -> Result<usize, Error> {
+    let end = req.first_sentence_index.checked_add(req.sentences.len() as u64);
+    match end {
+        Some(end) if end < 1 << 32 => Ok(req.first_sentence_index as usize),
+        _ => Err(Error::invalid(
+            "first_sentence_index",
+            format!(
+                "{} + {} sentences reaches 2^32; corpus indices must stay below it",
+                req.first_sentence_index,
+                req.sentences.len()
+            ),
+        )),
+    }
 }
 
 fn angle_unit(raw: i32) -> Result<AngleUnit, Error> {
@@ -221,6 +239,53 @@ fn layer_test(t: &LayerTest) -> proto::LayerTest {
     }
 }
 
+/// Per-layer statistics on the wire: the exact sums (big-endian two's complement) and their f64 roundings.
+pub fn layer_statistics(stats: &[PairedStats]) -> Vec<proto::LayerStatistics> {
+    stats
+        .iter()
+        .enumerate()
+        .map(|(l, s)| proto::LayerStatistics {
+            layer: l as u32 + 1,
+            n: s.n(),
+            sum: s.sum(),
+            sum_sq: s.sum_sq(),
+            sum_exact: s.sum_exact().to_be_bytes().to_vec(),
+            sum_sq_exact: s.sum_sq_exact().to_be_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// Per-layer statistics from the wire, one per layer in order, with their exact sums checked.
+pub fn paired_stats_from_proto(stats: &[proto::LayerStatistics]) -> Result<Vec<PairedStats>, Error> {
+    stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let field = |name: &str| format!("statistics[{i}].{name}");
+            if s.layer as usize != i + 1 {
+                return Err(Error::invalid(
+                    field("layer"),
+                    format!("is {}, expected {} (layers in order)", s.layer, i + 1),
+                ));
+            }
+            let sum: [u8; 16] = s.sum_exact.as_slice().try_into().map_err(|_| {
+                Error::invalid(field("sum_exact"), format!("must be 16 bytes, has {}", s.sum_exact.len()))
+            })?;
+            let sum_sq: [u8; 32] = s.sum_sq_exact.as_slice().try_into().map_err(|_| {
+                Error::invalid(field("sum_sq_exact"), format!("must be 32 bytes, has {}", s.sum_sq_exact.len()))
+            })?;
+            PairedStats::from_exact(s.n, i128::from_be_bytes(sum), ethnum::I256::from_be_bytes(sum_sq)).ok_or_else(
+                || {
+                    Error::invalid(
+                        field("sum_sq_exact"),
+                        "these sums imply a negative variance: not statistics of real data",
+                    )
+                },
+            )
+        })
+        .collect()
+}
+
 pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
     proto::ModelInfo {
         model_name: info.name.clone(),
@@ -232,6 +297,7 @@ pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
         execution_provider: info.execution_provider.to_string(),
         dtype: info.dtype.clone(),
         source: info.source.clone(),
+        weights_sha256: info.weights_sha256.clone(),
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::analysis::{test_layers, Rotations};
+use crate::analysis::{test_layers, test_layers_from_stats, Rotations};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::proto;
@@ -170,9 +170,16 @@ impl RotationService for RotationServiceImpl {
                 return Err(Error::ShuttingDown.into());
             }
             let req = req.get_ref();
-            let angles = convert::angles_from_proto(req.angles.as_ref())?;
             let opts = convert::significance_options(req.options.as_ref())?;
-            let result = test_layers(angles.view(), &opts).map_err(Error::from)?;
+            let result = if req.statistics.is_empty() {
+                let angles = convert::angles_from_proto(req.angles.as_ref())?;
+                test_layers(angles.view(), &opts)
+            } else if req.angles.is_some() {
+                return Err(Error::invalid("statistics", "give angles or statistics, not both").into());
+            } else {
+                test_layers_from_stats(&convert::paired_stats_from_proto(&req.statistics)?, &opts)
+            };
+            let result = result.map_err(Error::from)?;
             Ok(Response::new(convert::significance_result(&result, &opts)))
         })
         .await

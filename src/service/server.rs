@@ -39,6 +39,14 @@ pub fn load_model(config: &ServeConfig) -> anyhow::Result<Model> {
     Ok(model)
 }
 
+/// Writes the port whole or not at all (a temporary file renamed), so a reader never sees half of it.
+fn write_port_file(path: &std::path::Path, port: u16) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{port}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| anyhow::anyhow!("cannot write the port file {}: {e}", path.display()))
+}
+
 /// Time given to the last responses' bodies to reach their clients before connections close.
 const RESPONSE_DRAIN: Duration = Duration::from_millis(500);
 
@@ -107,6 +115,9 @@ pub async fn serve(
         .max_encoding_message_size(config.max_message_bytes);
 
     let addr = listener.local_addr()?;
+    if let Some(path) = &config.port_file {
+        write_port_file(path, addr.port())?;
+    }
     tracing::info!(%addr, service = SERVICE_NAME, "listening (NOT_SERVING until the model is ready)");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(

@@ -77,15 +77,11 @@ async fn produce(
     }
 
     let mut last = proto::RotationChunk {
-        first_sentence: total as u32,
+        first_sentence: (prepared.first_index + total) as u32,
         progress: Some(proto::Progress { done: done as u32, total: total as u32 }),
         unit: convert::unit_to_proto(job.unit) as i32,
         shuffle_seed: job.seed,
-        statistics: stats
-            .iter()
-            .enumerate()
-            .map(|(l, s)| proto::LayerStatistics { layer: l as u32 + 1, n: s.n, sum: s.sum, sum_sq: s.sum_sq })
-            .collect(),
+        statistics: convert::layer_statistics(&stats),
         last: true,
         model_name: engine.model.info.name.clone(),
         target_token_id: prepared.target,

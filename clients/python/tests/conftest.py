@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -124,3 +124,79 @@ def sentences() -> List[str]:
     """The notebook's 54 sentences, read as the CLI reads them (one a line, blank lines skipped)."""
     lines = SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
     return [line.rstrip() for line in lines if line.strip()]
+
+
+@dataclass
+class Replica:
+    """A `rotations serve` on its own loopback address and an ephemeral port (as a pod would have)."""
+
+    host: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_replicas(hosts: List[str], folder: Path, extra: Optional[Dict[str, List[str]]] = None) -> List[Replica]:
+    """Starts one server per host with --port 0 (and the host's ``extra`` flags), reads each bound
+    port from its --port-file, and waits until all are SERVING."""
+    binary = _binary()
+    started = []
+    for host in hosts:
+        log, port_file = folder / f"{host}.log", folder / f"{host}.port"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [str(binary), "serve", "--host", host, "--port", "0", "--port-file", str(port_file)]
+                + ["--model-dir", str(MODEL_DIR), "--threads", "1"]
+                + (extra or {}).get(host, []),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_env(),
+                cwd=REPO,
+            )
+        started.append((host, process, log, port_file))
+    replicas: List[Replica] = []
+    deadline = time.monotonic() + STARTUP_SECONDS
+    try:
+        for host, process, log, port_file in started:
+            while not port_file.exists():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{host}: no port file (exit {process.poll()}):\n{log.read_text()}", pytrace=False)
+                time.sleep(0.05)
+            replica = Replica(host, int(port_file.read_text()), process, log)
+            replicas.append(replica)
+            while not _healthy(binary, f"http://{replica.address}"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{host} did not become SERVING:\n{log.read_text()}", pytrace=False)
+                time.sleep(0.2)
+    except BaseException:
+        for _, process, _, _ in started:
+            process.kill()
+        raise
+    return replicas
+
+
+#: Three replicas on their own loopback addresses (127.0.0.2-4), as pods behind a headless Service.
+REPLICA_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+
+
+@pytest.fixture(scope="session")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[List[Replica]]:
+    started = start_replicas(REPLICA_HOSTS, tmp_path_factory.mktemp("replicas"))
+    try:
+        yield started
+    finally:
+        for r in started:
+            r.stop()

@@ -25,7 +25,9 @@ from ._types import (
 )
 from .client import DEFAULT_ADDRESS, Client, collect_stream
 from .connect import open_channel
+from .cluster import Cluster, ClusterStats
 from .errors import RotationsError
+from .retry import RETRYABLE_CODES, RetryPolicy, is_retryable
 
 __all__ = [
     "CONDITIONS",
@@ -33,9 +35,13 @@ __all__ = [
     "DRAW_FIELDS",
     "Analysis",
     "Client",
+    "Cluster",
+    "ClusterStats",
     "LayerStatistics",
     "LayerTest",
     "ModelInfo",
+    "RETRYABLE_CODES",
+    "RetryPolicy",
     "Progress",
     "RotationChunk",
     "RotationResult",
@@ -45,6 +51,7 @@ __all__ = [
     "Tokenized",
     "collect_stream",
     "open_channel",
+    "is_retryable",
 ]
 
 __version__ = "0.1.0"

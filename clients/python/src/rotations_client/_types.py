@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -64,6 +65,8 @@ class ModelInfo:
     execution_provider: str
     dtype: str
     source: str
+    #: SHA-256 of the weight files: replicas serving the same weights report the same value.
+    weights_sha256: str = ""
 
     @classmethod
     def from_pb(cls, m: "pb.ModelInfo") -> ModelInfo:
@@ -77,6 +80,7 @@ class ModelInfo:
             execution_provider=m.execution_provider,
             dtype=m.dtype,
             source=m.source,
+            weights_sha256=m.weights_sha256,
         )
 
 
@@ -274,22 +278,75 @@ class Progress:
     total: int
 
 
+#: Binary digits after the point of the exact sums: each difference d counts as round(d * 2**64).
+EXACT_SCALE_BITS = 64
+
+
 @dataclass(frozen=True)
 class LayerStatistics:
-    """Sufficient statistics of the paired differences a - b of one layer (they add up across chunks)."""
+    """Sufficient statistics of the paired differences d = a - b of one layer.
+
+    ``sum_exact`` and ``sum_sq_exact`` are the exact integers sum(D) and sum(D**2) of
+    ``D = round(d * 2**64)``: they add up exactly (:meth:`merge`) across chunks and replicas in any
+    order, and :attr:`mean` and :attr:`variance` are computed from them exactly as the server does
+    (the same roundings, so the same floats). ``sum`` and ``sum_sq`` are their float roundings.
+    """
 
     layer: int
     n: int
     sum: float
     sum_sq: float
+    sum_exact: int = 0
+    sum_sq_exact: int = 0
+
+    @classmethod
+    def from_pb(cls, m: "pb.LayerStatistics") -> LayerStatistics:
+        return cls(
+            layer=m.layer,
+            n=m.n,
+            sum=m.sum,
+            sum_sq=m.sum_sq,
+            sum_exact=int.from_bytes(m.sum_exact, "big", signed=True),
+            sum_sq_exact=int.from_bytes(m.sum_sq_exact, "big", signed=True),
+        )
+
+    def to_pb(self) -> "pb.LayerStatistics":
+        return pb.LayerStatistics(
+            layer=self.layer,
+            n=self.n,
+            sum=self.sum,
+            sum_sq=self.sum_sq,
+            sum_exact=self.sum_exact.to_bytes(16, "big", signed=True),
+            sum_sq_exact=self.sum_sq_exact.to_bytes(32, "big", signed=True),
+        )
+
+    def merge(self, other: LayerStatistics) -> LayerStatistics:
+        """The statistics of both sets of sentences (exact integer addition)."""
+        if other.layer != self.layer:
+            raise ValueError(f"cannot merge layer {other.layer} into layer {self.layer}")
+        s, q = self.sum_exact + other.sum_exact, self.sum_sq_exact + other.sum_sq_exact
+        return LayerStatistics(self.layer, self.n + other.n, s * 2.0**-64, float(q) * 2.0**-128, s, q)
 
     @property
     def mean(self) -> float:
-        return self.sum / self.n
+        """sum(D) / n / 2**64, as src/analysis/stats.rs computes it."""
+        return float(self.sum_exact) / float(self.n) * 2.0**-EXACT_SCALE_BITS
 
     @property
     def variance(self) -> float:
-        return (self.sum_sq - self.sum**2 / self.n) / (self.n - 1)
+        """Sample variance (n - 1): with sum(D) = q*n + r, (M - r*r/n) / (n - 1) where
+        M = sum((D - q)**2) = sum(D**2) - q*(sum(D) + r) is exact; as src/analysis/stats.rs."""
+        if self.n < 2:
+            return float("nan")
+        q, r = divmod(self.sum_exact, self.n)
+        m = self.sum_sq_exact - q * (self.sum_exact + r)
+        scaled = (float(m) - float(r * r) / float(self.n)) / float(self.n - 1)
+        return max(scaled, 0.0) * 2.0 ** (-2 * EXACT_SCALE_BITS)
+
+    @property
+    def t(self) -> float:
+        """The paired t statistic mean / (sd / sqrt(n)), as the server computes it."""
+        return self.mean / (math.sqrt(self.variance) / math.sqrt(float(self.n)))
 
 
 @dataclass(frozen=True)
@@ -327,7 +384,7 @@ class RotationChunk:
             unit=_UNITS.get(m.unit, "degrees"),
             shuffle_seed=m.shuffle_seed,
             last=m.last,
-            statistics=tuple(LayerStatistics(s.layer, s.n, s.sum, s.sum_sq) for s in m.statistics),
+            statistics=tuple(LayerStatistics.from_pb(s) for s in m.statistics),
             significance=SignificanceResult.from_pb(m.significance) if m.HasField("significance") else None,
             significance_error=m.significance_error,
             model_name=m.model_name,

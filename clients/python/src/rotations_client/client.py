@@ -12,6 +12,7 @@ from ._pb import pb, pb_grpc
 from ._types import (
     CONDITIONS,
     Analysis,
+    LayerStatistics,
     ModelInfo,
     RotationChunk,
     RotationResult,
@@ -226,8 +227,10 @@ class Client:
         seed: Optional[int],
         non_target_offset: Optional[int],
         significance: Optional["pb.SignificanceOptions"] = None,
+        first_sentence_index: int = 0,
     ) -> "pb.RotationRequest":
         request = pb.RotationRequest(sentences=_sentences(sentences), unit=_unit(unit))
+        request.first_sentence_index = operator.index(first_sentence_index)
         if isinstance(target, str):
             request.target_text = target
         elif isinstance(target, bool):
@@ -289,6 +292,24 @@ class Client:
         m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
         return SignificanceResult.from_pb(m)
 
+    def significance_from_statistics(
+        self,
+        statistics: Sequence[LayerStatistics],
+        *,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> SignificanceResult:
+        """Per-layer t-tests from merged exact statistics (one per layer, in order): the server's own
+        computation, so the result equals one ``analyze`` of the whole corpus bit for bit."""
+        request = pb.SignificanceRequest(
+            statistics=[s.to_pb() for s in statistics],
+            options=_significance_options(None, None, alpha, correction, num_tests),
+        )
+        m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
+        return SignificanceResult.from_pb(m)
+
     def analyze(
         self,
         sentences: Iterable[str],
@@ -324,13 +345,18 @@ class Client:
         correction: Optional[Correction] = None,
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
+        first_sentence_index: int = 0,
     ) -> Iterator[RotationChunk]:
         """For large corpora: chunks of sentences in input order as they finish, then a final chunk
         (``last``) with the merged per-layer statistics and their t-tests. :func:`collect_stream`
         reassembles them into an :class:`Analysis`. Closing the iterator early cancels the request.
+        ``first_sentence_index`` is the corpus index of ``sentences[0]`` (a piece of a larger corpus:
+        draws, reports and chunks then carry corpus indices, exactly as in one request of the whole).
         """
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options)
+        request = self._rotation_request(
+            sentences, target, unit, seed, non_target_offset, options, first_sentence_index
+        )
         call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
         return self._chunks(call)
 

@@ -1,0 +1,631 @@
+"""``Cluster``: one corpus sharded over replicas, with the results of one server, bit for bit.
+
+The corpus is cut into fixed chunks by corpus index; each replica pulls the next chunk (a few in
+flight each), computes it with ``StreamRotations`` at its corpus offset (``first_sentence_index``:
+the shuffled draws are keyed by corpus index) and returns its angles and its exact per-layer
+statistics. A chunk whose replica fails (UNAVAILABLE, RESOURCE_EXHAUSTED, or the deadline) goes to
+another. Chunks are delivered in corpus order and their integer sums merged; the t-tests are asked
+of a replica from the merged sums (``TestSignificance`` on statistics), so one implementation, the
+server's, computes them. Integer addition is associative, hence the result depends neither on the
+number of replicas, nor on which ran what, nor on failures.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import grpc
+import numpy as np
+
+from ._types import CONDITIONS, Analysis, LayerStatistics, ModelInfo, Progress, RotationChunk, RotationResult
+from .client import Client, Condition, Correction, Target, Unit, collect_stream
+from .connect import Pem
+from .errors import RotationsError
+from .retry import RetryPolicy, is_retryable
+
+#: Sentences per chunk: large enough to fill a replica's batches, small enough to fail over cheaply.
+DEFAULT_CHUNK_SIZE = 256
+
+
+def _failover(code: grpc.StatusCode) -> bool:
+    """Worth sending to another replica: the retry policy's codes, and a deadline that ran out."""
+    return is_retryable(code) or code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def resolve(addresses: Union[str, Sequence[str]]) -> List[str]:
+    """``host:port`` addresses of the replicas: a list as given, or every address a
+    ``dns:///name:port`` name resolves to (a Kubernetes headless Service lists one per ready pod)."""
+    if isinstance(addresses, str):
+        if not addresses.startswith("dns:///"):
+            return [addresses]
+        host, _, port = addresses[len("dns:///") :].rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{addresses!r}: give dns:///name:port")
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        found = sorted({(info[4][0], info[4][1]) for info in infos})
+        return [f"[{ip}]:{p}" if ":" in ip else f"{ip}:{p}" for ip, p in found]
+    out = list(addresses)
+    if not out:
+        raise ValueError("a Cluster needs at least one address")
+    return out
+
+
+@dataclasses.dataclass
+class ClusterStats:
+    """What a run did: chunks served and failures per replica, chunks sent again."""
+
+    chunks: Dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
+    failures: Dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
+    resent: int = 0
+    dropped_replicas: List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Chunk:
+    number: int
+    first: int
+    sentences: List[str]
+    attempts: int = 0
+
+
+@dataclasses.dataclass
+class _Result:
+    parts: List[RotationChunk]
+    statistics: Tuple[LayerStatistics, ...]
+    last: RotationChunk
+
+
+class _Run:
+    """One corpus over the replicas: workers pull chunks, the caller's thread reads results in order."""
+
+    def __init__(self, cluster: Cluster, sentences: Iterable[str], request: Dict[str, Any]) -> None:
+        if isinstance(sentences, (str, bytes)):
+            raise TypeError("sentences must be an iterable of strings, not one string")
+        self.cluster = cluster
+        self.request = request
+        self.source = iter(sentences)
+        self.exhausted = False
+        self.read = 0  # sentences taken from the source
+        self.taken = 0  # chunks cut so far
+        self.resend: Deque[_Chunk] = collections.deque()
+        self.results: Dict[int, _Result] = {}
+        self.delivered = 0  # chunks handed to the caller
+        self.window = 0  # chunks cut and not yet handed to the caller
+        self.error: Optional[BaseException] = None
+        self.stopped = False
+        self.live: Dict[str, int] = {}  # replica -> workers still running
+        self.cond = threading.Condition()
+
+    # -- workers ----------------------------------------------------------------------------------
+
+    def start(self, address: str) -> None:
+        with self.cond:
+            if address in self.live:
+                return
+            self.live[address] = self.cluster.in_flight
+        for _ in range(self.cluster.in_flight):
+            threading.Thread(target=self._work, args=(address,), daemon=True).start()
+
+    def _next_chunk(self) -> Optional[_Chunk]:
+        """The next chunk to compute (a failed one first); None when there is nothing left. Holds the lock."""
+        while True:
+            if self.stopped or self.error is not None:
+                return None
+            if self.resend:
+                return self.resend.popleft()
+            if self.exhausted:
+                return None
+            if self.window < self.cluster.max_window:
+                sentences = list(itertools.islice(self.source, self.cluster.chunk_size))
+                for i, s in enumerate(sentences):
+                    if not isinstance(s, str):
+                        raise TypeError(f"sentence {self.read + i} is {type(s).__name__}, not str")
+                if len(sentences) < self.cluster.chunk_size:
+                    self.exhausted = True
+                if not sentences:
+                    self.cond.notify_all()
+                    return None
+                chunk = _Chunk(self.taken, self.read, sentences)
+                self.taken += 1
+                self.read += len(sentences)
+                self.window += 1
+                return chunk
+            self.cond.wait(0.5)
+
+    def _work(self, address: str) -> None:
+        client = self.cluster._client(address)
+        delays = self.cluster.retry.delays()
+        try:
+            while True:
+                with self.cond:
+                    try:
+                        chunk = self._next_chunk()
+                    except BaseException as e:  # a bad sentence in the caller's iterable
+                        self.error = e
+                        self.cond.notify_all()
+                        return
+                if chunk is None:
+                    return
+                try:
+                    result = self._compute(client, chunk)
+                except RotationsError as e:
+                    if not self._failed(address, chunk, e):
+                        return
+                    delay = next(delays, None)
+                    if delay is None:  # this replica failed too often in a row: leave it
+                        with self.cond:
+                            self.cluster.stats.dropped_replicas.append(address)
+                        return
+                    time.sleep(delay)
+                    continue
+                except BaseException as e:  # anything else ends the run, with its error
+                    with self.cond:
+                        self.error = e
+                        self.cond.notify_all()
+                    return
+                delays = self.cluster.retry.delays()  # a success resets the backoff
+                with self.cond:
+                    self.results[chunk.number] = result
+                    self.cluster.stats.chunks[address] += 1
+                    self.cond.notify_all()
+        finally:
+            with self.cond:
+                self.live[address] -= 1
+                self.cond.notify_all()
+
+    def _compute(self, client: Client, chunk: _Chunk) -> _Result:
+        parts: List[RotationChunk] = []
+        for part in client.stream_rotations(chunk.sentences, first_sentence_index=chunk.first, **self.request):
+            if part.last:
+                return _Result(parts, part.statistics, part)
+            parts.append(part)
+        raise RotationsError(grpc.StatusCode.UNAVAILABLE, "the stream ended without its final chunk", "StreamRotations")
+
+    def _failed(self, address: str, chunk: _Chunk, error: RotationsError) -> bool:
+        """Records a failure; True when the chunk was handed back for another replica."""
+        with self.cond:
+            self.cluster.stats.failures[address] += 1
+            chunk.attempts += 1
+            limit = self.cluster.retry.max_attempts * max(1, len(self.live))
+            if not _failover(error.code) or chunk.attempts >= limit:
+                self.error = error
+                self.cond.notify_all()
+                return False
+            self.cluster.stats.resent += 1
+            self.resend.appendleft(chunk)
+            self.cond.notify_all()
+            return True
+
+    # -- the caller's side ------------------------------------------------------------------------
+
+    def results_in_order(self) -> Iterator[_Result]:
+        """Chunk results in corpus order; looks for new replicas every ``resolve_interval`` seconds."""
+        next_resolve = time.monotonic() + self.cluster.resolve_interval
+        try:
+            while True:
+                if time.monotonic() >= next_resolve:
+                    next_resolve = time.monotonic() + self.cluster.resolve_interval
+                    for address in self.cluster._refresh():
+                        self.start(address)
+                with self.cond:
+                    result = self._next_result(until=next_resolve)
+                if result is _FINISHED:
+                    return
+                if result is not None:
+                    yield result  # type: ignore[misc]
+        finally:
+            with self.cond:
+                self.stopped = True
+                self.cond.notify_all()
+
+    def _next_result(self, until: float) -> Any:
+        """The next chunk's result, ``_FINISHED``, or None at ``until``; raises the run's error. Holds the lock."""
+        while self.delivered not in self.results:
+            if self.error is not None:
+                raise self.error
+            if self.exhausted and self.delivered == self.taken and not self.resend:
+                return _FINISHED
+            if not any(self.live.values()):
+                dropped = ", ".join(self.cluster.stats.dropped_replicas) or "none"
+                raise RotationsError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"no replica left to compute chunk {self.delivered} (dropped: {dropped})",
+                    "StreamRotations",
+                )
+            left = until - time.monotonic()
+            if left <= 0:
+                return None
+            self.cond.wait(min(left, 0.5))
+        self.delivered += 1
+        self.window -= 1
+        self.cond.notify_all()
+        return self.results.pop(self.delivered - 1)
+
+
+#: Marks the end of a run's results.
+_FINISHED = object()
+
+
+class Cluster:
+    """Replicas of the rotations service, used as one: the same results as one ``Client``, bit for bit.
+
+    ``addresses`` is a list of ``host:port`` (or ``http://host:port``), or one ``dns:///name:port``
+    whose every address is a replica (a Kubernetes headless Service); the name is resolved again
+    every ``resolve_interval`` seconds during a run so that new replicas join. ``chunk_size``
+    sentences go to a replica at a time, ``in_flight`` chunks per replica at once. ``timeout`` is
+    each chunk's deadline (a chunk past it goes to another replica). ``options``,
+    ``credentials``, ``api_key`` and the TLS material (``root_certificates``, ``certificate_chain``,
+    ``private_key``) are passed to each replica's channel as :class:`Client` takes them.
+
+    Every replica must serve the same model (name, layers and weights fingerprint): checked when
+    the cluster is made and when a replica joins. ``stats`` counts chunks and failures per replica.
+    """
+
+    def __init__(
+        self,
+        addresses: Union[str, Sequence[str]],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        in_flight: int = 2,
+        timeout: Optional[float] = None,
+        retry: Optional[RetryPolicy] = None,
+        resolve_interval: float = 30.0,
+        options: Sequence[Tuple[str, Any]] = (),
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        api_key: Optional[str] = None,
+        root_certificates: Optional[Pem] = None,
+        certificate_chain: Optional[Pem] = None,
+        private_key: Optional[Pem] = None,
+    ) -> None:
+        if chunk_size < 1 or in_flight < 1:
+            raise ValueError("chunk_size and in_flight must be at least 1")
+        self.addresses = addresses
+        self.chunk_size = chunk_size
+        self.in_flight = in_flight
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.resolve_interval = resolve_interval
+        self._channel_args: Dict[str, Any] = {
+            "options": options,
+            "credentials": credentials,
+            "api_key": api_key,
+            "root_certificates": root_certificates,
+            "certificate_chain": certificate_chain,
+            "private_key": private_key,
+        }
+        self._clients: Dict[str, Client] = {}
+        self._info: Optional[ModelInfo] = None
+        self._lock = threading.Lock()
+        self.stats = ClusterStats()
+        self._refresh()
+        if not self._clients:
+            raise ValueError(f"{addresses!r} names no replica")
+
+    @property
+    def max_window(self) -> int:
+        """Chunks read ahead of the caller (bounds memory whatever the corpus size)."""
+        return 2 * self.in_flight * max(1, len(self._clients)) + 2
+
+    def _client(self, address: str) -> Client:
+        with self._lock:
+            return self._clients[address]
+
+    def _refresh(self) -> List[str]:
+        """Resolves the addresses again; returns the replicas that joined (same model checked)."""
+        joined = []
+        for address in resolve(self.addresses):
+            with self._lock:
+                if address in self._clients:
+                    continue
+            client = Client(address, timeout=self.timeout, **self._channel_args)
+            if self._info is not None:
+                try:
+                    self._check_same_model(address, client.model_info(timeout=self.timeout or 30))
+                except (RotationsError, ValueError) as e:
+                    print(f"rotations Cluster: not using {address}: {e}", file=sys.stderr)
+                    client.close()
+                    continue
+            with self._lock:
+                self._clients[address] = client
+            joined.append(address)
+        return joined
+
+    def _check_same_model(self, address: str, info: ModelInfo) -> None:
+        assert self._info is not None
+        mine = (self._info.model_name, self._info.num_layers, self._info.weights_sha256)
+        theirs = (info.model_name, info.num_layers, info.weights_sha256)
+        if mine != theirs:
+            raise ValueError(
+                f"replica {address} serves {info.model_name} ({info.num_layers} layers, weights {info.weights_sha256[:12]}) "
+                f"but the cluster serves {mine[0]} ({mine[1]} layers, weights {mine[2][:12]})"
+            )
+
+    @property
+    def replicas(self) -> List[str]:
+        with self._lock:
+            return list(self._clients)
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cluster({self.replicas!r})"
+
+    def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
+        """The model every replica serves; ``ValueError`` if two replicas serve different ones.
+        A replica that does not answer (e.g. a pod not ready yet) is left out until it rejoins."""
+        first: Optional[ModelInfo] = None
+        for address in self.replicas:
+            try:
+                info = self._client(address).model_info(timeout=timeout)
+            except RotationsError as e:
+                if not _failover(e.code):
+                    raise
+                print(f"rotations Cluster: leaving out {address} for now: {e}", file=sys.stderr)
+                with self._lock:
+                    self._clients.pop(address).close()
+                continue
+            if first is None:
+                first, self._info = info, info
+            else:
+                self._check_same_model(address, info)
+        if first is None:
+            raise RotationsError(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.addresses!r} answers", "GetModelInfo")
+        return first
+
+    def stream_rotations(
+        self,
+        sentences: Iterable[str],
+        target: Target = " her",
+        *,
+        unit: Unit = "degrees",
+        seed: Optional[int] = None,
+        non_target_offset: Optional[int] = None,
+        condition_a: Optional[Condition] = None,
+        condition_b: Optional[Condition] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+        progress: bool = False,
+    ) -> Iterator[RotationChunk]:
+        """As :meth:`Client.stream_rotations`, over the replicas: chunks in corpus order (their
+        ``first_sentence`` and reports carry corpus indices), then a final chunk with the merged
+        exact statistics and their t-tests. ``sentences`` is read lazily (a file object works).
+        ``timeout`` is each chunk's deadline (default the cluster's). ``progress`` shows a progress
+        bar on stderr (tqdm if installed) with the failures so far."""
+        self.model_info(timeout=self.timeout or 30)
+        request = dict(
+            target=target,
+            unit=unit,
+            seed=seed,
+            non_target_offset=non_target_offset,
+            condition_a=condition_a,
+            condition_b=condition_b,
+            alpha=alpha,
+            correction=correction,
+            num_tests=num_tests,
+            timeout=self.timeout if timeout is None else timeout,
+        )
+        total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
+        if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
+            sentences = (line.rstrip("\r\n") for line in sentences)
+        return self._stream(sentences, request, total, progress)
+
+    def _stream(
+        self, sentences: Iterable[str], request: Dict[str, Any], total: Optional[int], progress: bool
+    ) -> Iterator[RotationChunk]:
+        run = _Run(self, sentences, request)
+        for address in self.replicas:
+            run.start(address)
+        bar = _progress_bar(total) if progress else None
+        merged: Optional[List[LayerStatistics]] = None
+        done = 0
+        last: Optional[RotationChunk] = None
+        try:
+            for result in run.results_in_order():
+                for part in result.parts:
+                    done += len(part.sentences)
+                    yield dataclasses.replace(part, progress=Progress(done, total or 0))
+                if merged is None:
+                    merged = list(result.statistics)
+                else:
+                    merged = [m.merge(s) for m, s in zip(merged, result.statistics)]
+                last = result.last
+                if bar is not None:
+                    bar.update(done, sum(self.stats.failures.values()))
+        finally:
+            if bar is not None:
+                bar.close()
+        if last is None or merged is None:
+            raise ValueError("no sentences given")
+        yield self._final_chunk(last, merged, done, request)
+
+    def _final_chunk(
+        self, last: RotationChunk, merged: List[LayerStatistics], done: int, request: Dict[str, Any]
+    ) -> RotationChunk:
+        significance, error = None, ""
+        try:
+            significance = self._significance(merged, request)
+        except RotationsError as e:
+            if e.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            error = e.message
+        return dataclasses.replace(
+            last,
+            first_sentence=done,
+            progress=Progress(done, done),
+            statistics=tuple(merged),
+            significance=significance,
+            significance_error=error,
+        )
+
+    def _significance(self, merged: List[LayerStatistics], request: Dict[str, Any]) -> Any:
+        """The t-tests from the merged sums, by the first replica that answers."""
+        failure: Optional[RotationsError] = None
+        for address in self.replicas:
+            try:
+                return self._client(address).significance_from_statistics(
+                    merged,
+                    alpha=request["alpha"],
+                    correction=request["correction"],
+                    num_tests=request["num_tests"],
+                    timeout=request["timeout"],
+                )
+            except RotationsError as e:
+                if not _failover(e.code):
+                    raise
+                failure = e
+        assert failure is not None
+        raise failure
+
+    def analyze(
+        self,
+        sentences: Iterable[str],
+        target: Target = " her",
+        *,
+        unit: Unit = "degrees",
+        seed: Optional[int] = None,
+        non_target_offset: Optional[int] = None,
+        condition_a: Optional[Condition] = None,
+        condition_b: Optional[Condition] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+        progress: bool = False,
+        angles_out: Union[str, Path, None] = None,
+    ) -> Analysis:
+        """As :meth:`Client.analyze`, over the replicas: equal to one server's ``analyze`` bit for bit.
+
+        ``angles_out`` (a ``.npy`` path) writes the angles to disk as they arrive instead of holding
+        them (10^7 sentences x 48 layers x 3 angles are 5.8 GB): the file holds them sentence-major,
+        ``[sentences, layers, 3]``, and the result's ``angles`` is a read-only memory map of it,
+        transposed to ``[layers, sentences, 3]``. The shuffle draws go to ``<stem>.draws.npy``
+        (``[sentences, layers, 4]``, int32) the same way.
+        """
+        chunks = self.stream_rotations(
+            sentences,
+            target,
+            unit=unit,
+            seed=seed,
+            non_target_offset=non_target_offset,
+            condition_a=condition_a,
+            condition_b=condition_b,
+            alpha=alpha,
+            correction=correction,
+            num_tests=num_tests,
+            timeout=timeout,
+            progress=progress,
+        )
+        if angles_out is None:
+            return collect_stream(chunks)
+        return _collect_to_disk(chunks, Path(angles_out))
+
+
+class _NpyAppender:
+    """A ``.npy`` file written one block of rows at a time; its header (with the final row count) is
+    written last, into space reserved at the start (format 1.0, a 128-byte header)."""
+
+    HEADER = 128
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        self.path, self.dtype, self.rows, self.inner = path, np.dtype(dtype), 0, None
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * self.HEADER)
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        self.inner = block.shape[1:]
+        self.file.write(block.tobytes())
+        self.rows += block.shape[0]
+
+    def finish(self) -> np.ndarray:
+        shape = (self.rows, *(self.inner or ()))
+        header = repr({"descr": self.dtype.str, "fortran_order": False, "shape": shape}).encode("latin1")
+        padded = header.ljust(self.HEADER - 10 - 1) + b"\n"
+        self.file.seek(0)
+        self.file.write(b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded)
+        self.file.close()
+        return np.load(self.path, mmap_mode="r")
+
+
+def _collect_to_disk(chunks: Iterator[RotationChunk], path: Path) -> Analysis:
+    draws_path = path.with_name(path.stem + ".draws.npy")
+    angles_file, draws_file = _NpyAppender(path, np.float32), _NpyAppender(draws_path, np.int32)
+    reports = []
+    last: Optional[RotationChunk] = None
+    for chunk in chunks:
+        if chunk.last:
+            last = chunk
+            break
+        angles_file.append(chunk.angles.transpose(1, 0, 2))
+        draws_file.append(chunk.shuffle_draws.transpose(1, 0, 2))
+        reports.extend(chunk.sentences)
+    if last is None or last.significance is None:
+        raise ValueError(f"no significance test: {last.significance_error if last else 'the stream ended early'}")
+    angles = angles_file.finish().transpose(1, 0, 2)
+    draws = draws_file.finish().transpose(1, 0, 2)
+    means = np.stack([angles[layer].astype(np.float64).mean(axis=0) for layer in range(angles.shape[0])])
+    rotations = RotationResult(
+        angles=angles,
+        layer_means=means.astype(np.float32),
+        conditions=CONDITIONS,
+        unit=last.unit,
+        sentences=tuple(reports),
+        shuffle_draws=draws,
+        shuffle_seed=last.shuffle_seed,
+        model_name=last.model_name,
+        target_token_id=last.target_token_id,
+    )
+    return Analysis(rotations, last.significance)
+
+
+class _Bar:
+    """tqdm when installed, else a line on stderr at most once a second."""
+
+    def __init__(self, total: Optional[int]) -> None:
+        self.total, self.shown, self.last_print = total, 0, 0.0
+        try:
+            from tqdm import tqdm
+
+            self.tqdm: Any = tqdm(total=total, unit=" sentences", file=sys.stderr)
+        except ImportError:
+            self.tqdm = None
+
+    def update(self, done: int, failures: int) -> None:
+        if self.tqdm is not None:
+            self.tqdm.update(done - self.shown)
+            self.tqdm.set_postfix(failures=failures, refresh=False)
+        elif time.monotonic() - self.last_print >= 1.0:
+            self.last_print = time.monotonic()
+            of = f"/{self.total}" if self.total else ""
+            print(f"\r{done}{of} sentences, {failures} failures", end="", file=sys.stderr, flush=True)
+        self.shown = done
+
+    def close(self) -> None:
+        if self.tqdm is not None:
+            self.tqdm.close()
+        else:
+            print(file=sys.stderr)
+
+
+def _progress_bar(total: Optional[int]) -> _Bar:
+    return _Bar(total)
