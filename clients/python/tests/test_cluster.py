@@ -236,7 +236,8 @@ def test_cli_survives_a_replica_killed_halfway(sentences: List[str], tmp_path: P
     with socket.socket() as s:
         s.bind((REPLICA_HOSTS[2], 0))
         metrics_port = s.getsockname()[1]
-    replicas = start_replicas(REPLICA_HOSTS, tmp_path, {REPLICA_HOSTS[2]: ["--metrics-port", str(metrics_port)]})
+    metrics = ["--metrics-host", REPLICA_HOSTS[2], "--metrics-port", str(metrics_port)]
+    replicas = start_replicas(REPLICA_HOSTS, tmp_path, {REPLICA_HOSTS[2]: metrics})
     victim = replicas[2]
     try:
         run_cli([f"http://{replicas[0].address}"], text, tmp_path / "one")
