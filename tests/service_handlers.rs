@@ -180,20 +180,9 @@ async fn bad_requests_get_invalid_argument_naming_the_sentence() {
     expect_error(&svc, her_request(vec!["I saw her.".into(); 11]), Code::InvalidArgument, &["max_sentences", "10"])
         .await;
 
-    // One sentence: no paired t-test is possible.
-    expect_error(&svc, her_request(vec!["I saw her.".into()]), Code::InvalidArgument, &[]).await;
-
     let mut req = her_request(ok());
     req.unit = 9;
     expect_error(&svc, req, Code::InvalidArgument, &["unit"]).await;
-
-    let mut req = her_request(ok());
-    req.significance = Some(proto::SignificanceOptions { alpha: Some(1.5), ..Default::default() });
-    expect_error(&svc, req, Code::InvalidArgument, &[]).await;
-
-    let mut req = her_request(ok());
-    req.significance = Some(proto::SignificanceOptions { condition_b: Some(3), ..Default::default() });
-    expect_error(&svc, req, Code::InvalidArgument, &[]).await;
 
     // The service is unharmed: a good request still works.
     svc.analyze(Request::new(her_request(ok()))).await.unwrap();
@@ -263,4 +252,81 @@ async fn past_the_concurrency_limit_requests_are_refused_at_once() {
     assert!(status.message().contains("max_concurrent_requests (1)"), "{}", status.message());
     first.await.unwrap().unwrap();
     svc.compute_rotations(Request::new(req())).await.unwrap();
+}
+
+/// Bad options are refused before any forward pass, in Analyze and StreamRotations alike.
+#[tokio::test]
+async fn bad_options_cost_no_compute() {
+    let (model, computed) = slow_model(Duration::from_millis(50));
+    let layers = model.info.num_layers as u32;
+    let svc = service_with(model, 10, 4);
+    let ok = || her_request(vec!["I saw her at the market.".into(), "She gave her the book.".into()]);
+    let with = |opts: proto::SignificanceOptions| RotationRequest { significance: Some(opts), ..ok() };
+    let o = proto::SignificanceOptions::default;
+    let cases: Vec<(RotationRequest, &[&str])> = vec![
+        (with(proto::SignificanceOptions { alpha: Some(0.0), ..o() }), &["significance", "alpha", "got 0"]),
+        (with(proto::SignificanceOptions { alpha: Some(f64::NAN), ..o() }), &["alpha"]),
+        (with(proto::SignificanceOptions { num_tests: Some(layers - 1), ..o() }), &["num_tests", "layers"]),
+        (with(proto::SignificanceOptions { num_tests: Some(0), ..o() }), &["num_tests"]),
+        (with(proto::SignificanceOptions { condition_b: Some(3), ..o() }), &["condition 3"]),
+        (with(proto::SignificanceOptions { condition_a: Some(1), ..o() }), &["condition_a and condition_b"]),
+        (RotationRequest { non_target_offset: Some(0), ..ok() }, &["non_target_offset", "target itself"]),
+        (RotationRequest { non_target_offset: Some(i32::MIN), ..ok() }, &["non_target_offset", "positions"]),
+        (RotationRequest { non_target_offset: Some(5000), ..ok() }, &["non_target_offset", "positions"]),
+    ];
+    for (req, words) in cases {
+        expect_error(&svc, req.clone(), Code::InvalidArgument, words).await;
+        let Err(status) = svc.stream_rotations(Request::new(req)).await else {
+            panic!("the stream must fail before any chunk");
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        for w in words {
+            assert!(status.message().contains(w), "stream message {:?} lacks {w:?}", status.message());
+        }
+    }
+    assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 0, "a bad option cost a forward pass");
+}
+
+/// One sentence: the rotations come back, the significance is absent with its reason.
+#[tokio::test]
+async fn one_sentence_returns_rotations_without_significance() {
+    let svc = service_with(load_bundled(), 10, 4);
+    let res = svc.analyze(Request::new(her_request(vec!["I saw her.".into()]))).await.unwrap().into_inner();
+    let rot = res.rotations.unwrap();
+    assert_eq!(rot.angles.unwrap().shape[1], 1);
+    assert!(res.significance.is_none());
+    assert!(res.significance_error.contains("at least 2 sentences"), "{}", res.significance_error);
+}
+
+/// A layer whose paired differences are constant comes back flagged, with t and p as scipy gives
+/// them (±inf and 0; NaN and NaN for all-zero differences); the other layers are tested as usual.
+#[tokio::test]
+async fn degenerate_layers_are_answered_like_scipy() {
+    let svc = service_with(load_bundled(), 10, 4);
+    let (layers, sentences) = (3usize, 4usize);
+    let mut values = Vec::new();
+    for l in 0..layers {
+        for s in 0..sentences {
+            let b = 10.0 + s as f32 * 1.25 + l as f32;
+            let a = match l {
+                0 => b + 0.5,                      // constant difference 0.5: t = +inf, p = 0
+                1 => b,                            // all-zero differences: t = p = NaN
+                _ => b + [0.25, 1.0, 0.5, 2.0][s], // ordinary
+            };
+            values.extend([a, b, 0.0]);
+        }
+    }
+    let req = proto::SignificanceRequest {
+        angles: Some(proto::Tensor { shape: vec![layers as u32, sentences as u32, 3], values }),
+        options: None,
+    };
+    let r = svc.test_significance(Request::new(req)).await.unwrap().into_inner();
+    let flag = |l: &proto::LayerTest| proto::LayerFlag::try_from(l.flag).unwrap();
+    assert_eq!(flag(&r.layers[0]), proto::LayerFlag::ZeroVariance);
+    assert_eq!((r.layers[0].t, r.layers[0].p, r.layers[0].significant), (f64::INFINITY, 0.0, false));
+    assert_eq!(flag(&r.layers[1]), proto::LayerFlag::ZeroVariance);
+    assert!(r.layers[1].t.is_nan() && r.layers[1].p.is_nan() && !r.layers[1].significant);
+    assert_eq!(flag(&r.layers[2]), proto::LayerFlag::None);
+    // scipy.stats.ttest_rel([0.25, 1, 0.5, 2] + b, b).statistic = 2.422718559261745
+    assert!((r.layers[2].t - 2.422_718_559_261_745).abs() < 1e-6, "{}", r.layers[2].t);
 }

@@ -157,10 +157,6 @@ pub async fn stream_analysis(
     }
     bar.finish_and_clear();
     let last = last.context("the stream ended without its final chunk")?;
-    let significance = match last.significance {
-        Some(s) => s,
-        None => anyhow::bail!("no significance test: {}", last.significance_error),
-    };
     let layers = chunks.first().and_then(|c| c.angles.as_ref()).map_or(0, |t| t.shape[0] as usize);
     let mut angles = vec![0f32; layers * total * 3];
     let mut draws = vec![proto::ShuffleDraw::default(); layers * total];
@@ -200,5 +196,9 @@ pub async fn stream_analysis(
         model_name: last.model_name,
         target_token_id: last.target_token_id,
     };
-    Ok(proto::Analysis { rotations: Some(rotations), significance: Some(significance) })
+    Ok(proto::Analysis {
+        rotations: Some(rotations),
+        significance: last.significance,
+        significance_error: last.significance_error,
+    })
 }

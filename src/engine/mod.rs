@@ -110,6 +110,25 @@ impl Engine {
         }
     }
 
+    /// Checks a job's options against the model before any work: an offset of 0, or one no
+    /// sentence of at most `max_positions` tokens can hold, fails every sentence alike.
+    pub fn check_job(&self, job: &RotationJob) -> Result<(), Error> {
+        let offset = job.non_target_offset;
+        if offset == 0 {
+            return Err(Error::invalid("non_target_offset", "0 would make the non-target the target itself"));
+        }
+        let max_positions = self.model.info.max_positions;
+        if offset.unsigned_abs() as usize >= max_positions {
+            return Err(Error::invalid(
+                "non_target_offset",
+                format!(
+                    "{offset} does not fit in a sentence of at most {max_positions} tokens (the model's positions)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Tokenized>, Error> {
         texts.iter().map(|t| Ok(self.model.tokenizer.encode(t)?)).collect()
     }

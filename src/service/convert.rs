@@ -2,8 +2,8 @@
 use ndarray::{Array3, ArrayView2, ArrayView3};
 
 use crate::analysis::{
-    AngleUnit, Correction, Direction, LayerTest, Rotations, SignificanceOptions, SignificanceResult, CONDITIONS,
-    DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    AngleUnit, Correction, Direction, LayerFlag, LayerTest, Rotations, SignificanceOptions, SignificanceResult,
+    CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
 };
 use crate::engine::{RotationJob, Target};
 use crate::error::Error;
@@ -217,6 +217,10 @@ fn layer_test(t: &LayerTest) -> proto::LayerTest {
             Direction::NotSignificant => proto::Direction::NotSignificant,
             Direction::AGreater => proto::Direction::AGreater,
             Direction::BGreater => proto::Direction::BGreater,
+        } as i32,
+        flag: match t.flag {
+            LayerFlag::None => proto::LayerFlag::None,
+            LayerFlag::ZeroVariance => proto::LayerFlag::ZeroVariance,
         } as i32,
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::analysis::{test_layers, Rotations};
+use crate::analysis::{check_options, test_layers, Rotations, SignificanceOptions, CONDITIONS};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::proto;
@@ -83,6 +83,18 @@ impl RotationServiceImpl {
         })
     }
 
+    /// A request's significance options, checked against the model's layers before any work.
+    fn significance_options(
+        &self,
+        engine: &Engine,
+        opts: Option<&proto::SignificanceOptions>,
+    ) -> Result<SignificanceOptions, Error> {
+        let opts = convert::significance_options(opts)?;
+        check_options(&opts, engine.model.info.num_layers, CONDITIONS.len())
+            .map_err(|e| Error::invalid("significance", e.to_string()))?;
+        Ok(opts)
+    }
+
     /// Validates, admits and computes a rotation request.
     async fn rotations(
         &self,
@@ -90,6 +102,7 @@ impl RotationServiceImpl {
     ) -> Result<(Rotations, proto::RotationResult, StageTimings), Error> {
         let engine = self.engine()?;
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
+        engine.check_job(&job)?;
         let _permit = self.admit()?;
         let (rotations, target, timings) = engine.rotations(&job).await?;
         let wire = convert::rotation_result(&rotations, job.seed, target, &engine.model.info.name);
@@ -183,16 +196,17 @@ impl RotationService for RotationServiceImpl {
         observed("Analyze", async {
             let req = req.get_ref();
             // Options are checked before the forward pass so a bad option costs no compute.
-            let opts = convert::significance_options(req.significance.as_ref())?;
+            let opts = self.significance_options(self.engine()?, req.significance.as_ref())?;
             let (rotations, wire, mut timings) = self.rotations(req).await?;
             let started = Instant::now();
-            // Tested on the f64 angles, not on their f32 wire form.
-            let significance = test_layers(rotations.angles.view(), &opts).map_err(Error::from)?;
+            // Tested on the f64 angles, not on their f32 wire form. With fewer than two sentences
+            // there is no test, but the rotations are still returned.
+            let mut body = proto::Analysis { rotations: Some(wire), ..Default::default() };
+            match test_layers(rotations.angles.view(), &opts) {
+                Ok(significance) => body.significance = Some(convert::significance_result(&significance, &opts)),
+                Err(e) => body.significance_error = e.to_string(),
+            }
             timings.analysis += started.elapsed();
-            let body = proto::Analysis {
-                rotations: Some(wire),
-                significance: Some(convert::significance_result(&significance, &opts)),
-            };
             Ok(timed(body, &timings))
         })
         .await
@@ -209,7 +223,8 @@ impl RotationService for RotationServiceImpl {
             let req = req.into_inner();
             let engine = self.engine()?.clone();
             let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
-            let opts = convert::significance_options(req.significance.as_ref())?;
+            let opts = self.significance_options(&engine, req.significance.as_ref())?;
+            engine.check_job(&job)?;
             let permit = self.admit()?;
             let prepared = engine.prepare_off_executor(&job).await?;
             Ok(Response::new(stream::start(engine, job, prepared, opts, permit)))

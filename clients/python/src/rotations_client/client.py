@@ -344,7 +344,9 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
     """Reassembles :meth:`Client.stream_rotations` into what :meth:`Client.analyze` returns.
 
     Layer means are computed here from the float32 angles (in float64, then rounded to float32, as
-    the server does). Raises ``ValueError`` if the stream ends early or has no significance test.
+    the server does). Raises ``ValueError`` if the stream ends early. Without a significance test
+    (fewer than two sentences) ``significance`` is None and ``significance_error`` says why, as in
+    :meth:`Client.analyze`.
     """
     parts: List[RotationChunk] = []
     last: Optional[RotationChunk] = None
@@ -355,8 +357,6 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         parts.append(chunk)
     if last is None:
         raise ValueError("the stream ended without its final chunk")
-    if last.significance is None:
-        raise ValueError(f"no significance test: {last.significance_error}")
     total = last.progress.total
     layers = parts[0].angles.shape[0] if parts else 0
     angles = np.zeros((layers, total, 3), dtype=np.float32)
@@ -382,4 +382,4 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         model_name=last.model_name,
         target_token_id=last.target_token_id,
     )
-    return Analysis(rotations, last.significance)
+    return Analysis(rotations, last.significance, last.significance_error)
