@@ -6,6 +6,8 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{ExecutionProvider, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
+use crate::service::admission::{DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_TOKENS};
+use crate::service::convert::{DEFAULT_MAX_TENSOR_VALUES, DEFAULT_MAX_TEXT_BYTES};
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
@@ -76,9 +78,19 @@ pub struct ServeConfig {
     /// Largest gRPC message in bytes, either way (a GPT-2 XL result for 4096 sentences is about 6 MB).
     #[arg(long, env = "ROTATIONS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
-    /// Most requests computed at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "ROTATIONS_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    /// Most requests admitted at once (queued or computing); more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ROTATIONS_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS)]
     pub max_concurrent_requests: usize,
+    /// Most tokens queued for the model across all requests; a request whose tokens do not fit is
+    /// refused at once with RESOURCE_EXHAUSTED (a stream waits for room instead).
+    #[arg(long, env = "ROTATIONS_MAX_QUEUED_TOKENS", default_value_t = DEFAULT_MAX_QUEUED_TOKENS)]
+    pub max_queued_tokens: usize,
+    /// Longest text (sentence, or text to tokenize) in UTF-8 bytes.
+    #[arg(long, env = "ROTATIONS_MAX_TEXT_BYTES", default_value_t = DEFAULT_MAX_TEXT_BYTES)]
+    pub max_text_bytes: usize,
+    /// Most values in a TestSignificance angle tensor.
+    #[arg(long, env = "ROTATIONS_MAX_TENSOR_VALUES", default_value_t = DEFAULT_MAX_TENSOR_VALUES)]
+    pub max_tensor_values: usize,
     /// Most sentences in one StreamRotations request (they arrive in one message: see max-message-bytes).
     #[arg(long, env = "ROTATIONS_MAX_STREAM_SENTENCES", default_value_t = 1_000_000)]
     pub max_stream_sentences: usize,

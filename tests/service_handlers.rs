@@ -330,3 +330,147 @@ async fn degenerate_layers_are_answered_like_scipy() {
     // scipy.stats.ttest_rel([0.25, 1, 0.5, 2] + b, b).statistic = 2.422718559261745
     assert!((r.layers[2].t - 2.422_718_559_261_745).abs() < 1e-6, "{}", r.layers[2].t);
 }
+
+fn default_serve_config() -> rotations::config::ServeConfig {
+    use clap::Parser;
+    match rotations::config::Cli::try_parse_from(["rotations", "serve"]).unwrap().command {
+        rotations::config::Command::Serve(config) => config,
+        _ => unreachable!(),
+    }
+}
+
+/// 128 clients each sending four small requests one after another: with the default limits the
+/// queued work (a few hundred tokens) is admitted and served, none refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_overload_is_queued_not_refused() {
+    let (model, _) = slow_model(Duration::from_millis(5));
+    let svc = RotationServiceImpl::from_config(&default_serve_config());
+    svc.set_engine(Engine::new(model, BatchLimits::default()));
+    let texts = ["I saw her at the market.", "We met her.", "They called her twice."];
+    let clients: Vec<_> = (0..128usize)
+        .map(|c| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for r in 0..4 {
+                    let n = 1 + (c + r) % 3;
+                    let req = her_request(texts[..n].iter().map(|t| t.to_string()).collect());
+                    if let Err(status) = svc.compute_rotations(Request::new(req)).await {
+                        assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for c in clients {
+        refused += c.await.unwrap();
+    }
+    assert_eq!(refused, 0, "{refused} of 512 requests refused");
+}
+
+/// Past the queued-token budget a request is refused at once, naming the limit; one that can never
+/// fit is told so (retrying cannot help).
+#[tokio::test]
+async fn past_the_queued_token_budget_requests_are_refused_at_once() {
+    let (model, _) = slow_model(Duration::from_millis(400));
+    let svc = service_with(model, 10, 8).with_max_queued_tokens(16);
+    let req = || her_request(vec!["I saw her.".into(), "We met her.".into()]); // 4 + 4 tokens
+    let spawn = || {
+        let svc = svc.clone();
+        tokio::spawn(async move { svc.compute_rotations(Request::new(req())).await })
+    };
+    let first = spawn();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spawn(); // 8 + 8 = 16 tokens fit
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let status = svc.compute_rotations(Request::new(req())).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(300), "refused only after {:?}", started.elapsed());
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("max_queued_tokens (16)"), "{}", status.message());
+    second.await.unwrap().unwrap();
+    first.await.unwrap().unwrap();
+    let big = her_request(vec!["I saw her at the market on a sunny day with friends.".into(); 2]);
+    let status = svc.compute_rotations(Request::new(big)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("exceed max_queued_tokens (16) on their own"), "{}", status.message());
+}
+
+/// Tokenize and TestSignificance take a concurrency slot like every RPC that does work.
+#[tokio::test]
+async fn every_rpc_that_works_takes_a_slot() {
+    let (model, _) = slow_model(Duration::from_millis(400));
+    let svc = service_with(model, 10, 1);
+    let busy = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            svc.compute_rotations(Request::new(her_request(vec!["I saw her.".into(), "We met her.".into()]))).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = svc.tokenize(Request::new(proto::TokenizeRequest { texts: vec!["x".into()] })).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+    let angles = proto::Tensor { shape: vec![1, 2, 2], values: vec![1.0, 0.0, 2.0, 0.5] };
+    let req = proto::SignificanceRequest { angles: Some(angles), options: None };
+    let status = svc.test_significance(Request::new(req)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+    // GetModelInfo does no work and is always answered.
+    svc.get_model_info(Request::new(proto::GetModelInfoRequest {})).await.unwrap();
+    busy.await.unwrap().unwrap();
+}
+
+/// Tokenizing megabytes runs off the async executor: on a single-threaded runtime GetModelInfo is
+/// answered while the tokenization is still going on.
+#[tokio::test(flavor = "current_thread")]
+async fn tokenizing_does_not_block_the_executor() {
+    let input = rotations::service::convert::InputLimits { max_text_bytes: 8 << 20, ..Default::default() };
+    let svc = service_with(load_bundled(), 10, 4).with_input_limits(input);
+    let text = "She gave her the book and the old man smiled. ".repeat(80_000); // ~3.7 MB
+    let tokenizing = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.tokenize(Request::new(proto::TokenizeRequest { texts: vec![text] })).await }
+    });
+    tokio::task::yield_now().await; // let the tokenize call start
+    svc.get_model_info(Request::new(proto::GetModelInfoRequest {})).await.unwrap();
+    assert!(!tokenizing.is_finished(), "the tokenization finished before GetModelInfo was answered");
+    let t = tokenizing.await.unwrap().unwrap().into_inner();
+    assert!(t.texts[0].ids.len() > 500_000);
+}
+
+/// Input sizes have limits named in the errors; a shape whose product overflows is reported
+/// with its true size.
+#[tokio::test]
+async fn input_sizes_are_limited_and_named() {
+    let svc = service_with(load_bundled(), 10, 4);
+    let long = "a".repeat(rotations::service::convert::DEFAULT_MAX_TEXT_BYTES + 1);
+    let status = svc
+        .tokenize(Request::new(proto::TokenizeRequest { texts: vec!["ok".into(), long.clone()] }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("texts[1]") && status.message().contains("max_text_bytes"),
+        "{}",
+        status.message()
+    );
+    let status = svc.analyze(Request::new(her_request(vec!["I saw her.".into(), long]))).await.unwrap_err();
+    assert!(
+        status.message().contains("sentences[1]") && status.message().contains("max_text_bytes"),
+        "{}",
+        status.message()
+    );
+
+    let side = u32::MAX;
+    let huge = proto::SignificanceRequest {
+        angles: Some(proto::Tensor { shape: vec![side; 3], values: vec![0.0; 8] }),
+        options: None,
+    };
+    let status = svc.test_significance(Request::new(huge)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let product = u128::from(side).pow(3).to_string();
+    assert!(status.message().contains(&product), "{} lacks {product}", status.message());
+    assert!(status.message().contains("max_tensor_values"), "{}", status.message());
+}

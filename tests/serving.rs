@@ -195,10 +195,15 @@ async fn stream_limits_and_errors_arrive_before_any_chunk() {
         "{}",
         status.message()
     );
+    // A bad sentence is reported by its index when its chunk is reached (sentences are tokenized a
+    // chunk at a time), after the chunks before it.
     let mut bad = corpus(20);
     bad[13] = "No target here.".into();
-    let status = svc.stream_rotations(Request::new(her(bad))).await.unwrap_err();
+    let mut stream = svc.stream_rotations(Request::new(her(bad))).await.unwrap().into_inner();
+    let status = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("sentence 13"), "{}", status.message());
+    assert!(stream.next().await.is_none());
 }
 
 #[tokio::test]

@@ -46,16 +46,23 @@ impl Default for BatchLimits {
     }
 }
 
-/// A job whose every sentence is tokenized and known to be computable.
+/// Consecutive sentences of a job, tokenized and known to be computable.
 pub struct Prepared {
     pub ids: Vec<Vec<u32>>,
     pub target: u32,
     pub opts: RotationOptions,
+    /// Index in the job of `ids[0]` (a stream prepares its corpus a chunk at a time).
+    pub first: usize,
 }
 
 impl Prepared {
     pub fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Tokens the model will compute for these sentences.
+    pub fn num_tokens(&self) -> usize {
+        self.ids.iter().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,26 +143,34 @@ impl Engine {
     /// Tokenizes every sentence and checks it (length, vocabulary, target, non-target) before any
     /// forward pass, so a bad sentence costs no compute and is named by its index.
     pub fn prepare(&self, job: &RotationJob) -> Result<Prepared, Error> {
+        let opts = self.rotation_options(job)?;
+        self.prepare_range(job, opts, 0..job.sentences.len())
+    }
+
+    /// The job's options with its target resolved to a token id.
+    pub fn rotation_options(&self, job: &RotationJob) -> Result<RotationOptions, Error> {
         if job.sentences.is_empty() {
             return Err(Error::invalid("sentences", "no sentences given"));
         }
         let target = self.resolve_target(&job.target)?;
-        let opts = RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit };
-        let ids: Vec<Vec<u32>> = self.tokenize(&job.sentences)?.into_iter().map(|t| t.ids).collect();
-        self.model.check_batch(&ids, 0)?;
-        for (i, sentence) in ids.iter().enumerate() {
-            analysis::locate(i, sentence, target, job.non_target_offset)?;
-        }
-        Ok(Prepared { ids, target, opts })
+        Ok(RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit })
     }
 
-    /// [`Engine::prepare`] on a blocking thread: tokenizing thousands of sentences must not stall
-    /// the async executor that serves other requests.
-    pub async fn prepare_off_executor(&self, job: &RotationJob) -> Result<Prepared, Error> {
-        let (engine, job) = (self.clone(), job.clone());
-        tokio::task::spawn_blocking(move || engine.prepare(&job))
-            .await
-            .map_err(|e| ModelError::Tokenizer(format!("tokenizer task failed: {e}")))?
+    /// [`Engine::prepare`] for the sentences of `range` only; errors name sentences by their index
+    /// in the job.
+    pub fn prepare_range(
+        &self,
+        job: &RotationJob,
+        opts: RotationOptions,
+        range: Range<usize>,
+    ) -> Result<Prepared, Error> {
+        let first = range.start;
+        let ids: Vec<Vec<u32>> = self.tokenize(&job.sentences[range])?.into_iter().map(|t| t.ids).collect();
+        self.model.check_batch(&ids, first)?;
+        for (i, sentence) in ids.iter().enumerate() {
+            analysis::locate(first + i, sentence, opts.target, opts.non_target_offset)?;
+        }
+        Ok(Prepared { ids, target: opts.target, opts, first })
     }
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
@@ -181,23 +196,32 @@ impl Engine {
                 timings.inference += forwarded.inference;
             }
             let started = Instant::now();
-            out.push(analysis::rotate_sentence(i, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
+            let sentence = prepared.first + i;
+            out.push(analysis::rotate_sentence(sentence, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
             timings.analysis += started.elapsed();
         }
         Ok(out)
     }
 
-    /// Angles for every sentence of a job, with the time each stage took.
-    pub async fn rotations(&self, job: &RotationJob) -> Result<(Rotations, u32, StageTimings), Error> {
-        let mut timings = StageTimings::default();
+    /// Angles for every sentence of a prepared job, adding the time each stage took to `timings`.
+    pub async fn rotations(
+        &self,
+        prepared: &Prepared,
+        unit: AngleUnit,
+        timings: &mut StageTimings,
+    ) -> Result<Rotations, Error> {
+        let pending = self.submit(prepared, 0..prepared.len());
+        let sentences = self.finish(prepared, pending, timings).await?;
         let started = Instant::now();
-        let prepared = self.prepare_off_executor(job).await?;
-        timings.tokenize = started.elapsed();
-        let pending = self.submit(&prepared, 0..prepared.len());
-        let sentences = self.finish(&prepared, pending, &mut timings).await?;
-        let started = Instant::now();
-        let rotations = Rotations::assemble(job.unit, sentences)?;
+        let rotations = Rotations::assemble(unit, sentences)?;
         timings.analysis += started.elapsed();
-        Ok((rotations, prepared.target, timings))
+        Ok(rotations)
     }
+}
+
+/// Runs CPU-bound work (tokenizing, converting large messages) on a blocking thread, so the async
+/// workers stay free to serve other requests. Whatever `work` owns (a request's slot) is held
+/// until it has finished, even if the caller has gone.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ModelError::Runtime(format!("a blocking task failed: {e}")))?
 }

@@ -1,4 +1,5 @@
 //! gRPC handlers: validate, convert, delegate to the engine and the analysis. Nothing else.
+pub mod admission;
 pub mod convert;
 pub mod server;
 mod stream;
@@ -8,17 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::analysis::{check_options, test_layers, Rotations, SignificanceOptions, CONDITIONS};
-use crate::engine::Engine;
+use crate::config::ServeConfig;
+use crate::engine::{blocking, Engine};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::rotation_service_server::RotationService;
 use crate::telemetry::{self, StageTimings};
-use convert::RequestLimits;
+use admission::Admission;
+use convert::{InputLimits, RequestLimits};
 
 /// Response metadata key carrying the per-stage timings (milliseconds).
 pub const TIMING_HEADER: &str = "server-timing";
@@ -28,21 +30,40 @@ pub const TIMING_HEADER: &str = "server-timing";
 pub struct RotationServiceImpl {
     engine: Arc<OnceLock<Engine>>,
     limits: RequestLimits,
-    permits: Arc<Semaphore>,
-    max_concurrent: usize,
+    input: InputLimits,
+    admission: Admission,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl RotationServiceImpl {
+    /// At most `max_concurrent` requests at once; the other limits at their defaults.
     pub fn new(limits: RequestLimits, max_concurrent: usize) -> Self {
-        let max_concurrent = max_concurrent.max(1);
         Self {
             engine: Arc::new(OnceLock::new()),
             limits,
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            max_concurrent,
+            input: InputLimits::default(),
+            admission: Admission::new(max_concurrent, admission::DEFAULT_MAX_QUEUED_TOKENS),
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The service as `rotations serve` configures it (model not loaded yet).
+    pub fn from_config(config: &ServeConfig) -> Self {
+        let limits =
+            RequestLimits { max_sentences: config.max_sentences, max_stream_sentences: config.max_stream_sentences };
+        let input = InputLimits { max_text_bytes: config.max_text_bytes, max_tensor_values: config.max_tensor_values };
+        Self::new(limits, config.max_concurrent_requests)
+            .with_max_queued_tokens(config.max_queued_tokens)
+            .with_input_limits(input)
+    }
+
+    /// Admits requests while their tokens fit in `max_queued_tokens`.
+    pub fn with_max_queued_tokens(self, max_queued_tokens: usize) -> Self {
+        Self { admission: self.admission.with_max_tokens(max_queued_tokens), ..self }
+    }
+
+    pub fn with_input_limits(self, input: InputLimits) -> Self {
+        Self { input, ..self }
     }
 
     /// A service whose model is ready (tests and tools that load the model themselves).
@@ -63,7 +84,7 @@ impl RotationServiceImpl {
 
     /// Requests currently holding a slot.
     pub fn in_flight(&self) -> usize {
-        self.max_concurrent - self.permits.available_permits()
+        self.admission.in_flight()
     }
 
     fn engine(&self) -> Result<&Engine, Error> {
@@ -71,16 +92,6 @@ impl RotationServiceImpl {
             return Err(Error::ShuttingDown);
         }
         self.engine.get().ok_or(Error::NotReady)
-    }
-
-    /// A slot among the concurrent requests, refused at once when all are taken.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            Error::Overloaded(format!(
-                "server busy: max_concurrent_requests ({}) reached; retry later",
-                self.max_concurrent
-            ))
-        })
     }
 
     /// A request's significance options, checked against the model's layers before any work.
@@ -102,10 +113,19 @@ impl RotationServiceImpl {
     ) -> Result<(Rotations, proto::RotationResult, StageTimings), Error> {
         let engine = self.engine()?;
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
+        convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
         engine.check_job(&job)?;
-        let _permit = self.admit()?;
-        let (rotations, target, timings) = engine.rotations(&job).await?;
-        let wire = convert::rotation_result(&rotations, job.seed, target, &engine.model.info.name);
+        let slot = self.admission.request()?;
+        let mut timings = StageTimings::default();
+        let started = Instant::now();
+        let (prepared, _slot) = {
+            let (engine, job) = (engine.clone(), job.clone());
+            blocking(move || Ok((engine.prepare(&job)?, slot))).await?
+        };
+        timings.tokenize = started.elapsed();
+        let _queued = self.admission.tokens(prepared.num_tokens())?;
+        let rotations = engine.rotations(&prepared, job.unit, &mut timings).await?;
+        let wire = convert::rotation_result(&rotations, job.seed, prepared.target, &engine.model.info.name);
         Ok((rotations, wire, timings))
     }
 }
@@ -152,10 +172,16 @@ impl RotationService for RotationServiceImpl {
         req: Request<proto::TokenizeRequest>,
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
         observed("Tokenize", async {
-            let engine = self.engine()?;
-            let texts = &req.get_ref().texts;
+            let engine = self.engine()?.clone();
+            let texts = req.into_inner().texts;
             convert::check_count("texts", texts.len(), self.limits.max_sentences, "max_sentences")?;
-            let texts = engine.tokenize(texts)?.into_iter().map(convert::tokenized).collect();
+            convert::check_texts("texts", &texts, self.input.max_text_bytes)?;
+            let slot = self.admission.request()?;
+            let texts = blocking(move || {
+                let _slot = slot;
+                Ok(engine.tokenize(&texts)?.into_iter().map(convert::tokenized).collect())
+            })
+            .await?;
             Ok(Response::new(proto::TokenizeResponse { texts }))
         })
         .await
@@ -182,11 +208,18 @@ impl RotationService for RotationServiceImpl {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown.into());
             }
-            let req = req.get_ref();
-            let angles = convert::angles_from_proto(req.angles.as_ref())?;
+            let req = req.into_inner();
             let opts = convert::significance_options(req.options.as_ref())?;
-            let result = test_layers(angles.view(), &opts).map_err(Error::from)?;
-            Ok(Response::new(convert::significance_result(&result, &opts)))
+            let slot = self.admission.request()?;
+            let max_values = self.input.max_tensor_values;
+            let result = blocking(move || {
+                let _slot = slot;
+                let angles = convert::angles_from_proto(req.angles.as_ref(), max_values)?;
+                let result = test_layers(angles.view(), &opts)?;
+                Ok(convert::significance_result(&result, &opts))
+            })
+            .await?;
+            Ok(Response::new(result))
         })
         .await
     }
@@ -223,11 +256,13 @@ impl RotationService for RotationServiceImpl {
             let req = req.into_inner();
             let engine = self.engine()?.clone();
             let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
-            let opts = self.significance_options(&engine, req.significance.as_ref())?;
+            convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
+            let significance = self.significance_options(&engine, req.significance.as_ref())?;
             engine.check_job(&job)?;
-            let permit = self.admit()?;
-            let prepared = engine.prepare_off_executor(&job).await?;
-            Ok(Response::new(stream::start(engine, job, prepared, opts, permit)))
+            let rotation = engine.rotation_options(&job)?;
+            let slot = self.admission.request()?;
+            let context = stream::StreamContext { engine, admission: self.admission.clone(), rotation, significance };
+            Ok(Response::new(stream::start(context, job, slot)))
         })
         .await
     }

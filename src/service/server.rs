@@ -10,7 +10,6 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use super::convert::RequestLimits;
 use super::RotationServiceImpl;
 use crate::config::ServeConfig;
 use crate::engine::{BatchLimits, Engine};
@@ -54,9 +53,7 @@ pub async fn serve(
     if let Some(port) = config.metrics_port {
         telemetry::install_prometheus(std::net::SocketAddr::new(config.host, port))?;
     }
-    let limits =
-        RequestLimits { max_sentences: config.max_sentences, max_stream_sentences: config.max_stream_sentences };
-    let service = RotationServiceImpl::new(limits, config.max_concurrent_requests);
+    let service = RotationServiceImpl::from_config(&config);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
