@@ -474,3 +474,50 @@ async fn input_sizes_are_limited_and_named() {
     assert!(status.message().contains(&product), "{} lacks {product}", status.message());
     assert!(status.message().contains("max_tensor_values"), "{}", status.message());
 }
+
+/// A model whose output is broken in one way.
+struct FaultyBackend {
+    layers: usize,
+    fault: &'static str,
+}
+
+impl rotations::model::Backend for FaultyBackend {
+    fn forward(
+        &mut self,
+        batch: &[Vec<u32>],
+    ) -> Result<Vec<rotations::model::SentenceHidden>, rotations::model::ModelError> {
+        let mut out: Vec<_> = batch
+            .iter()
+            .map(|ids| {
+                let tokens = if self.fault == "tokens" { ids.len() + 1 } else { ids.len() };
+                rotations::model::SentenceHidden::from_shape_fn((self.layers + 1, tokens, 4), |(k, p, d)| {
+                    if self.fault == "nan" && k == 2 {
+                        f32::NAN
+                    } else {
+                        (1 + k * k + p * 3 + d) as f32
+                    }
+                })
+            })
+            .collect();
+        if self.fault == "count" {
+            out.pop();
+        }
+        Ok(out)
+    }
+}
+
+/// Faults in the model's output are INTERNAL (the client's request was fine), not INVALID_ARGUMENT.
+#[tokio::test]
+async fn model_faults_are_internal() {
+    let dir = bundled_model_dir();
+    let manifest = rotations::model::Manifest::read(&dir.join("model.json")).unwrap();
+    for fault in ["nan", "tokens", "count"] {
+        let tokenizer = rotations::model::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let backend = FaultyBackend { layers: manifest.num_layers, fault };
+        let model = Model::with_backend(&manifest, tokenizer, backend).unwrap();
+        let svc = service_with(model, 10, 4);
+        let req = her_request(vec!["I saw her at the market.".into(), "She gave her the book.".into()]);
+        let status = svc.analyze(Request::new(req)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "{fault}: {}", status.message());
+    }
+}

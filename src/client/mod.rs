@@ -2,6 +2,7 @@
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
 pub mod plots;
 pub mod report;
+pub mod retry;
 
 use anyhow::Context;
 use tonic::transport::Channel;
@@ -12,6 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::config::{AnalyzeArgs, ClientArgs, CorrectionArg, TokenizeArgs, UnitArg};
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
+use retry::RetryPolicy;
 
 /// Largest response the client accepts (matches the server's default limit).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -32,8 +34,15 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args).await?;
-    let info = client.get_model_info(proto::GetModelInfoRequest {}).await.map_err(status_error)?.into_inner();
+    let client = connect(&args).await?;
+    let info = RetryPolicy::default()
+        .run(|| {
+            let mut client = client.clone();
+            async move { client.get_model_info(proto::GetModelInfoRequest {}).await }
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
     println!("model              {}", info.model_name);
     println!("source             {}", info.source);
     println!("layers             {} ({} hidden states)", info.num_layers, info.num_hidden_states);
@@ -46,9 +55,16 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.client).await?;
-    let res =
-        client.tokenize(proto::TokenizeRequest { texts: args.texts.clone() }).await.map_err(status_error)?.into_inner();
+    let client = connect(&args.client).await?;
+    let request = proto::TokenizeRequest { texts: args.texts.clone() };
+    let res = RetryPolicy::default()
+        .run(|| {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.tokenize(request).await }
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
     for (text, t) in args.texts.iter().zip(res.texts) {
         println!("{text:?}");
         for (i, (id, tok)) in t.ids.iter().zip(&t.tokens).enumerate() {
@@ -117,7 +133,14 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let analysis = if sentences.len() > args.stream_above {
         stream_analysis(&mut client, request).await?
     } else {
-        client.analyze(request).await.map_err(status_error)?.into_inner()
+        RetryPolicy::default()
+            .run(|| {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.analyze(request).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
     };
     let report = report::Report::new(&analysis, &sentences)?;
     print!("{}", report.table());
@@ -136,7 +159,16 @@ pub async fn stream_analysis(
     request: proto::RotationRequest,
 ) -> anyhow::Result<proto::Analysis> {
     let total = request.sentences.len();
-    let mut stream = client.stream_rotations(request).await.map_err(status_error)?.into_inner();
+    // A refusal comes before the first chunk and is retried; a stream that fails later is not
+    // (its chunks have been delivered: the caller decides).
+    let mut stream = RetryPolicy::default()
+        .run(|| {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.stream_rotations(request).await }
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "{elapsed_precise} [{bar:40}] {pos}/{len} sentences ({per_sec}, eta {eta})",

@@ -1,10 +1,10 @@
 //! gRPC handlers: validate, convert, delegate to the engine and the analysis. Nothing else.
 pub mod admission;
 pub mod convert;
+pub mod outcome;
 pub mod server;
 mod stream;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -18,7 +18,7 @@ use crate::engine::{blocking, Engine};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::rotation_service_server::RotationService;
-use crate::telemetry::{self, StageTimings};
+use crate::telemetry::StageTimings;
 use admission::Admission;
 use convert::{InputLimits, RequestLimits};
 
@@ -130,18 +130,6 @@ impl RotationServiceImpl {
     }
 }
 
-/// Counts and times one RPC, whatever its outcome.
-async fn observed<T>(rpc: &'static str, f: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
-    let started = Instant::now();
-    let result = f.await;
-    let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-    telemetry::request(rpc, code, started.elapsed());
-    if let Err(s) = &result {
-        tracing::info!(rpc, code = ?s.code(), message = s.message(), "request failed");
-    }
-    result
-}
-
 /// A response with the per-stage timings in its metadata.
 fn timed<T>(body: T, timings: &StageTimings) -> Response<T> {
     timings.record();
@@ -159,10 +147,10 @@ impl RotationService for RotationServiceImpl {
         &self,
         _req: Request<proto::GetModelInfoRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
-        observed("GetModelInfo", async {
+        async {
             let engine = self.engine()?;
             Ok(Response::new(convert::model_info(&engine.model.info)))
-        })
+        }
         .await
     }
 
@@ -171,7 +159,7 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::TokenizeRequest>,
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
-        observed("Tokenize", async {
+        async {
             let engine = self.engine()?.clone();
             let texts = req.into_inner().texts;
             convert::check_count("texts", texts.len(), self.limits.max_sentences, "max_sentences")?;
@@ -183,7 +171,7 @@ impl RotationService for RotationServiceImpl {
             })
             .await?;
             Ok(Response::new(proto::TokenizeResponse { texts }))
-        })
+        }
         .await
     }
 
@@ -192,10 +180,10 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResult>, Status> {
-        observed("ComputeRotations", async {
+        async {
             let (_, wire, timings) = self.rotations(req.get_ref()).await?;
             Ok(timed(wire, &timings))
-        })
+        }
         .await
     }
 
@@ -204,7 +192,7 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::SignificanceRequest>,
     ) -> Result<Response<proto::SignificanceResult>, Status> {
-        observed("TestSignificance", async {
+        async {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown.into());
             }
@@ -220,13 +208,13 @@ impl RotationService for RotationServiceImpl {
             })
             .await?;
             Ok(Response::new(result))
-        })
+        }
         .await
     }
 
     #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
     async fn analyze(&self, req: Request<proto::RotationRequest>) -> Result<Response<proto::Analysis>, Status> {
-        observed("Analyze", async {
+        async {
             let req = req.get_ref();
             // Options are checked before the forward pass so a bad option costs no compute.
             let opts = self.significance_options(self.engine()?, req.significance.as_ref())?;
@@ -241,7 +229,7 @@ impl RotationService for RotationServiceImpl {
             }
             timings.analysis += started.elapsed();
             Ok(timed(body, &timings))
-        })
+        }
         .await
     }
 
@@ -252,7 +240,7 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<Self::StreamRotationsStream>, Status> {
-        observed("StreamRotations", async {
+        async {
             let req = req.into_inner();
             let engine = self.engine()?.clone();
             let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
@@ -263,7 +251,7 @@ impl RotationService for RotationServiceImpl {
             let slot = self.admission.request()?;
             let context = stream::StreamContext { engine, admission: self.admission.clone(), rotation, significance };
             Ok(Response::new(stream::start(context, job, slot)))
-        })
+        }
         .await
     }
 }

@@ -10,6 +10,7 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use super::outcome::OutcomeLayer;
 use super::RotationServiceImpl;
 use crate::config::ServeConfig;
 use crate::engine::{BatchLimits, Engine};
@@ -70,6 +71,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
         Server::builder()
+            .layer(OutcomeLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(grpc)

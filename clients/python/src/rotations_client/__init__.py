@@ -25,6 +25,7 @@ from ._types import (
 )
 from .client import DEFAULT_ADDRESS, Client, collect_stream
 from .errors import RotationsError
+from .retry import RETRYABLE_CODES, RetryPolicy, is_retryable
 
 __all__ = [
     "CONDITIONS",
@@ -38,11 +39,14 @@ __all__ = [
     "Progress",
     "RotationChunk",
     "RotationResult",
+    "RETRYABLE_CODES",
+    "RetryPolicy",
     "RotationsError",
     "SentenceReport",
     "SignificanceResult",
     "Tokenized",
     "collect_stream",
+    "is_retryable",
 ]
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from ._types import (
     Tokenized,
 )
 from .errors import RotationsError
+from .retry import RetryPolicy
 
 #: Where ``rotations serve`` listens by default.
 DEFAULT_ADDRESS = "localhost:50051"
@@ -130,6 +131,10 @@ class Client:
     takes it works too, and ``https://`` uses TLS. ``timeout`` (seconds) is every call's deadline
     unless a call gives its own. Use it as a context manager, or call :meth:`close`.
 
+    Calls refused with ``RESOURCE_EXHAUSTED`` or ``UNAVAILABLE`` are retried by gRPC with bounded
+    exponential backoff and jitter (``retry``, default :class:`RetryPolicy`\ (); ``None`` turns it
+    off); see :mod:`rotations_client.retry` for when gRPC can and cannot retry.
+
     Every failed call raises :class:`RotationsError` with the server's status code and message.
     """
 
@@ -140,11 +145,13 @@ class Client:
         timeout: Optional[float] = None,
         options: Sequence[tuple[str, Any]] = (),
         credentials: Optional[grpc.ChannelCredentials] = None,
+        retry: Optional[RetryPolicy] = RetryPolicy(),
     ) -> None:
         target, secure = _channel_target(address)
         channel_options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *(retry or RetryPolicy(max_attempts=1)).channel_options(MAX_MESSAGE_BYTES),
             *options,
         ]
         if secure or credentials is not None:
