@@ -97,6 +97,16 @@ pub struct ServeConfig {
     /// Port for Prometheus metrics at /metrics (off when unset).
     #[arg(long, env = "ROTATIONS_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// Seconds between HTTP/2 keepalive pings to each client; a connection whose client does not
+    /// answer within --keepalive-timeout-seconds is closed (half-open connections).
+    #[arg(long, env = "ROTATIONS_KEEPALIVE_INTERVAL_SECONDS", default_value_t = 30)]
+    pub keepalive_interval_seconds: u64,
+    /// Seconds to wait for the answer to a keepalive ping.
+    #[arg(long, env = "ROTATIONS_KEEPALIVE_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub keepalive_timeout_seconds: u64,
+    /// Seconds a new connection has to start HTTP/2 (send its connection preface) before it is closed.
+    #[arg(long, env = "ROTATIONS_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub handshake_timeout_seconds: u64,
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, env = "ROTATIONS_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

@@ -1,5 +1,6 @@
 //! gRPC handlers: validate, convert, delegate to the engine and the analysis. Nothing else.
 pub mod admission;
+mod connection;
 pub mod convert;
 pub mod outcome;
 pub mod server;

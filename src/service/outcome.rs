@@ -7,6 +7,8 @@
 //! RESOURCE_EXHAUSTED.
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -22,20 +24,32 @@ use crate::telemetry;
 const METHODS: [&str; 6] =
     ["GetModelInfo", "Tokenize", "ComputeRotations", "TestSignificance", "Analyze", "StreamRotations"];
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OutcomeLayer;
+/// Also counts the calls of this service still open (until their status has been sent), so that
+/// shutdown can wait for responses, streams included, rather than for a fixed time.
+#[derive(Clone, Debug, Default)]
+pub struct OutcomeLayer {
+    open: Arc<AtomicUsize>,
+}
+
+impl OutcomeLayer {
+    /// Calls of this service whose final status has not been sent yet.
+    pub fn open_calls(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
 
 impl<S> tower_layer::Layer<S> for OutcomeLayer {
     type Service = Outcome<S>;
 
     fn layer(&self, inner: S) -> Outcome<S> {
-        Outcome { inner }
+        Outcome { inner, open: self.open.clone() }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Outcome<S> {
     inner: S,
+    open: Arc<AtomicUsize>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for Outcome<S>
@@ -52,7 +66,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut call = CallRecord { rpc: method_of(request.uri().path()), started: Instant::now(), done: false };
+        let mut call = CallRecord::start(method_of(request.uri().path()), &self.open);
         let response = self.inner.call(request);
         Box::pin(async move {
             let (mut parts, body) = response.await?.into_parts();
@@ -109,14 +123,23 @@ struct CallRecord {
     rpc: Option<&'static str>,
     started: Instant,
     done: bool,
+    open: Arc<AtomicUsize>,
 }
 
 impl CallRecord {
+    fn start(rpc: Option<&'static str>, open: &Arc<AtomicUsize>) -> Self {
+        if rpc.is_some() {
+            open.fetch_add(1, Ordering::SeqCst);
+        }
+        Self { rpc, started: Instant::now(), done: false, open: open.clone() }
+    }
+
     fn finish(&mut self, status: &Status) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
         let Some(rpc) = self.rpc else { return };
+        self.open.fetch_sub(1, Ordering::SeqCst);
         telemetry::request(rpc, status.code(), self.started.elapsed());
         if status.code() != Code::Ok {
             tracing::info!(rpc, code = ?status.code(), message = status.message(), "request failed");
