@@ -20,6 +20,15 @@ struct Golden {
     ci_level: f64,
     cases: Vec<Case>,
     degenerate_cases: Vec<DegenerateCase>,
+    tied_p_values: Vec<TiedCorrection>,
+}
+
+#[derive(Deserialize)]
+struct TiedCorrection {
+    p: Vec<f64>,
+    method: String,
+    p_adjusted: Vec<f64>,
+    reject: Vec<bool>,
 }
 
 /// A number that may be non-finite (written as "inf", "-inf" or "nan" in JSON).
@@ -381,5 +390,24 @@ fn constant_difference_layers_match_scipy() {
                 }
             }
         }
+    }
+}
+
+/// Holm and Benjamini–Hochberg with tied p-values (ties among themselves, at alpha, at 1) give
+/// statsmodels' adjusted p-values, whatever order the ties come in.
+#[test]
+fn tied_p_values_match_statsmodels() {
+    for case in golden().tied_p_values {
+        let correction = correction_of(&case.method);
+        let adjusted = rotations::analysis::adjust_p_values(&case.p, correction, case.p.len());
+        for (i, (got, want)) in adjusted.iter().zip(&case.p_adjusted).enumerate() {
+            close(&format!("{} {:?} [{i}]", case.method, case.p), *got, *want, 1e-12, 0.0);
+            assert_eq!(*got < 0.05, case.reject[i], "{} {:?} [{i}] reject", case.method, case.p);
+        }
+        let mut reversed = case.p.clone();
+        reversed.reverse();
+        let mut back = rotations::analysis::adjust_p_values(&reversed, correction, case.p.len());
+        back.reverse();
+        assert_eq!(back, adjusted, "{} {:?}: the order of ties matters", case.method, case.p);
     }
 }

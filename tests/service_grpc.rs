@@ -176,19 +176,18 @@ async fn until_closed(mut tcp: tokio::net::TcpStream, limit: Duration) -> Option
     use tokio::io::AsyncReadExt;
     let started = std::time::Instant::now();
     let mut buf = [0u8; 1024];
-    tokio::time::timeout(limit, async {
-        while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-    })
-    .await
-    .ok()
-    .map(|_| started.elapsed())
+    tokio::time::timeout(limit, async { while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {} })
+        .await
+        .ok()
+        .map(|_| started.elapsed())
 }
 
 /// A connection that never starts HTTP/2 is closed after the handshake timeout; one that stops
 /// answering (half-open) is closed by the keepalive pings.
 #[tokio::test]
 async fn stalled_and_half_open_connections_are_closed() {
-    let flags = ["--handshake-timeout-seconds", "1", "--keepalive-interval-seconds", "1", "--keepalive-timeout-seconds", "1"];
+    let flags =
+        ["--handshake-timeout-seconds", "1", "--keepalive-interval-seconds", "1", "--keepalive-timeout-seconds", "1"];
     let server = TestServer::start(&flags).await;
     let silent = raw_connection(server.addr, false).await;
     let half_open = raw_connection(server.addr, true).await;

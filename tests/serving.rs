@@ -260,3 +260,18 @@ async fn mixed_load_loses_nothing_and_leaves_the_server_serving() {
     assert_eq!(info.num_layers, 6);
     svc.analyze(Request::new(her(sentences[..5].to_vec()))).await.unwrap();
 }
+
+/// A one-sentence stream: its chunk, then a final chunk without significance that says why.
+#[tokio::test]
+async fn a_stream_too_small_for_a_test_says_why_in_its_last_chunk() {
+    let svc = RotationServiceImpl::ready(Engine::new(load_bundled(), BatchLimits::default()), LIMITS, 8);
+    let mut stream = svc.stream_rotations(Request::new(her(corpus(1)))).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.last && first.angles.unwrap().shape == vec![6, 1, 3]);
+    let last = stream.next().await.unwrap().unwrap();
+    assert!(last.last && last.significance.is_none());
+    assert!(last.significance_error.contains("at least 2 sentences"), "{}", last.significance_error);
+    assert_eq!(last.statistics.len(), 6);
+    assert!(last.statistics.iter().all(|s| s.n == 1));
+    assert!(stream.next().await.is_none());
+}

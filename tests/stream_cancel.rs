@@ -42,22 +42,33 @@ async fn a_cancelled_stream_stops_and_holds_its_slot_until_then() {
     if let Ok(response) = tokio::time::timeout(Duration::from_millis(50), call).await {
         drop(response);
     }
-    // Cancelled after its first chunk.
+    idle_once_the_slots_are_free(&svc).await;
+
+    // Cancelled after its first chunk, which comes without tokenizing the whole corpus first.
+    let started = Instant::now();
     let mut stream = svc.stream_rotations(Request::new(request)).await.unwrap().into_inner();
     stream.next().await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "the first chunk took {:?}", started.elapsed());
     drop(stream);
+    idle_once_the_slots_are_free(&svc).await;
+    let sentences = computed.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Within one chunk: the delivered chunk, two in flight, and the batch on the model.
+    let after = computed.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after, sentences, "sentences computed after the slots were freed");
+    assert!(after <= 8 * 4, "{after} sentences computed for a stream cancelled after one chunk");
+}
 
+/// Waits (at most 5 s) for every slot to be free, then checks that the process is idle: no work
+/// goes on once a request has given its slot back.
+async fn idle_once_the_slots_are_free(svc: &RotationServiceImpl) {
     let started = Instant::now();
     while svc.in_flight() > 0 {
         assert!(started.elapsed() < Duration::from_secs(5), "the slots are still held after 5 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (cpu, sentences) = (cpu_time(), computed.load(std::sync::atomic::Ordering::SeqCst));
+    let cpu = cpu_time();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let busy = cpu_time().saturating_sub(cpu);
     assert!(busy < Duration::from_millis(150), "{busy:?} of CPU in the 500 ms after the slots were freed");
-    // Within one chunk: the delivered chunk, two in flight, and the batch on the model.
-    let after = computed.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(after, sentences, "sentences computed after the slots were freed");
-    assert!(after <= 8 * 4, "{after} sentences computed for a stream cancelled after one chunk");
 }

@@ -20,7 +20,7 @@ The input data are written into the JSON too, so the Rust test needs no Python.
 correction as p = 1, so its references apply multipletests to p with those layers set to 1.
 
 Usage (from the repository root):
-    python3 -m venv .venv-stats && .venv-stats/bin/pip install numpy scipy statsmodels
+    make golden-check                                             # creates .venv-stats/ and checks
     .venv-stats/bin/python tools/make_stats_golden.py            # writes the file
     .venv-stats/bin/python tools/make_stats_golden.py --check    # verifies it is up to date
 """
@@ -226,6 +226,25 @@ def degenerate_case():
     }
 
 
+def tied_p_values():
+    """Holm and Benjamini-Hochberg on p-value vectors with ties (exact ties, ties at the
+    threshold, all equal, ties at 1), as statsmodels' multipletests computes them."""
+    vectors = [
+        [0.01, 0.01, 0.02, 0.02, 0.02, 0.5],
+        [0.04, 0.01, 0.04, 0.01, 0.04],
+        [0.0125, 0.0125, 0.0125, 0.0125],
+        [0.3, 0.3, 1.0, 1.0, 0.001, 0.001, 0.2],
+        [1e-30, 1e-30, 0.05, 0.05, 0.049, 0.051],
+    ]
+    out = []
+    for p in vectors:
+        for method in ["holm", "fdr_bh"]:
+            reject, p_adj, _, _ = multipletests(np.asarray(p), alpha=ALPHA, method=method)
+            out.append({"p": p, "method": method, "p_adjusted": [float(v) for v in p_adj],
+                        "reject": [bool(v) for v in reject]})
+    return out
+
+
 def build():
     return {
         "generator": "tools/make_stats_golden.py",
@@ -237,6 +256,7 @@ def build():
         "ci_level": CI_LEVEL,
         "cases": [analyse(*c) for c in make_cases()],
         "degenerate_cases": [degenerate_case()],
+        "tied_p_values": tied_p_values(),
     }
 
 

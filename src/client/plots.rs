@@ -93,7 +93,9 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1000, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let layers = &r.significance.layers;
-    let (lo, hi) = layers.iter().fold((0f64, 0f64), |(lo, hi), t| (lo.min(t.t), hi.max(t.t)));
+    // Degenerate layers (t = ±inf or NaN, flagged) have no point on the t axis.
+    let (lo, hi) =
+        layers.iter().filter(|t| t.t.is_finite()).fold((0f64, 0f64), |(lo, hi), t| (lo.min(t.t), hi.max(t.t)));
     let pad = ((hi - lo) * 0.08).max(0.5);
     let mut chart = ChartBuilder::on(&root)
         .caption("Statistical significance of rotation differences", ("sans-serif", 20))
@@ -123,7 +125,10 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     let cond = |i: u32| r.conditions.get(i as usize).cloned().unwrap_or_default();
     let (a, b) = (cond(r.significance.condition_a), cond(r.significance.condition_b));
     let pick = |d: proto::Direction| {
-        layers.iter().filter(move |t| proto::Direction::try_from(t.direction) == Ok(d)).map(|t| (t.layer as f64, t.t))
+        layers
+            .iter()
+            .filter(move |t| t.t.is_finite() && proto::Direction::try_from(t.direction) == Ok(d))
+            .map(|t| (t.layer as f64, t.t))
     };
     chart
         .draw_series(pick(proto::Direction::AGreater).map(|p| {
@@ -147,4 +152,98 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
         .label("Non-sig.")
         .legend(|(x, y)| Cross::new((x + 10, y), 5, TARGET.stroke_width(2)));
     finish(chart, &root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 3 layers × 2 sentences; layer 1 a > b, layer 2 b > a, layer 3 not significant, plus a
+    /// flagged layer 4 with t = +inf (drawn nowhere).
+    fn report() -> Report {
+        let layer = |layer: u32, t: f64, direction: proto::Direction| proto::LayerTest {
+            layer,
+            t,
+            direction: direction as i32,
+            significant: direction != proto::Direction::NotSignificant,
+            ..Default::default()
+        };
+        let significance = proto::SignificanceResult {
+            layers: vec![
+                layer(1, 4.0, proto::Direction::AGreater),
+                layer(2, -3.0, proto::Direction::BGreater),
+                layer(3, 0.5, proto::Direction::NotSignificant),
+                layer(4, f64::INFINITY, proto::Direction::NotSignificant),
+            ],
+            condition_a: 0,
+            condition_b: 1,
+            ..Default::default()
+        };
+        let values: Vec<f32> = (0..4 * 2 * 3).map(|i| 1.0 + i as f32).collect();
+        let rotations = proto::RotationResult {
+            angles: Some(proto::Tensor { shape: vec![4, 2, 3], values }),
+            layer_means: Some(proto::Tensor { shape: vec![4, 3], values: vec![2.0; 12] }),
+            conditions: ["target", "non_target", "shuffled"].map(String::from).to_vec(),
+            ..Default::default()
+        };
+        let analysis =
+            proto::Analysis { rotations: Some(rotations), significance: Some(significance), ..Default::default() };
+        Report::new(&analysis, &["a".into(), "b".into()]).unwrap()
+    }
+
+    fn count(svg: &str, needle: &str) -> usize {
+        svg.matches(needle).count()
+    }
+
+    #[test]
+    fn angles_figure_has_every_series_and_its_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("angles.svg");
+        angles_figure(&report(), &path).unwrap();
+        let svg = std::fs::read_to_string(path).unwrap();
+        for text in [
+            "Rotation of each token",
+            "Transformer layer",
+            "Angle (deg.)",
+            "\nTarget\n",
+            "\nNon-target\n",
+            "\nShuffled\n",
+        ] {
+            assert!(svg.contains(text), "angles.svg lacks {text:?}");
+        }
+        // One faint curve per sentence and condition, one bold mean per condition (+ its legend line).
+        for (faint, bold) in [(FAINT_TARGET, TARGET), (FAINT_NON_TARGET, NON_TARGET), (FAINT_SHUFFLED, SHUFFLED)] {
+            let faint = format!("stroke=\"#{:02X}{:02X}{:02X}\"", faint.0, faint.1, faint.2);
+            let bold = format!("stroke=\"#{:02X}{:02X}{:02X}\"", bold.0, bold.1, bold.2);
+            assert_eq!(count(&svg, &format!("<polyline fill=\"none\" opacity=\"0.5\" {faint}")), 2, "{faint}");
+            assert_eq!(count(&svg, &bold), 2, "{bold}: the mean and its legend entry");
+        }
+    }
+
+    #[test]
+    fn significance_figure_marks_each_layer_by_direction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("significance.svg");
+        significance_figure(&report(), &path).unwrap();
+        let svg = std::fs::read_to_string(path).unwrap();
+        for text in [
+            "Statistical significance",
+            "\nLayer\n",
+            "T-value",
+            "target &gt; non_target",
+            "non_target &gt; target",
+            "Non-sig.",
+        ] {
+            assert!(svg.contains(text), "significance.svg lacks {text:?}");
+        }
+        // Circles: layer 1 (filled + outline) and the legend's; squares: layer 2 (filled + outline)
+        // and the legend's; a cross (two lines) for layer 3 and the legend; nothing for the
+        // infinite t of layer 4.
+        assert_eq!(count(&svg, "<circle"), 3);
+        let fill = |c: RGBColor| format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+        assert_eq!(count(&svg, "<rect"), 6, "background, a square (fill, outline), legend box (fill, outline) and key");
+        assert_eq!(count(&svg, &fill(FAINT_NON_TARGET)), 2);
+        let cross = format!("stroke=\"#{:02X}{:02X}{:02X}\"", TARGET.0, TARGET.1, TARGET.2);
+        assert_eq!(count(&svg, &cross), 4, "two crosses of two lines");
+    }
 }
