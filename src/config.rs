@@ -7,7 +7,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{ExecutionProvider, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
 use crate::service::admission::{DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_TOKENS};
-use crate::service::convert::{DEFAULT_MAX_TENSOR_VALUES, DEFAULT_MAX_TEXT_BYTES};
+use crate::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALUES, DEFAULT_MAX_TEXT_BYTES};
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
@@ -76,7 +76,7 @@ pub struct ServeConfig {
     #[arg(long, env = "ROTATIONS_MAX_SENTENCES", default_value_t = 4096)]
     pub max_sentences: usize,
     /// Largest gRPC message in bytes, either way (a GPT-2 XL result for 4096 sentences is about 6 MB).
-    #[arg(long, env = "ROTATIONS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "ROTATIONS_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
     /// Most requests admitted at once (queued or computing); more are refused at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "ROTATIONS_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS)]

@@ -402,7 +402,10 @@ fn tied_p_values_match_statsmodels() {
         let adjusted = rotations::analysis::adjust_p_values(&case.p, correction, case.p.len());
         for (i, (got, want)) in adjusted.iter().zip(&case.p_adjusted).enumerate() {
             close(&format!("{} {:?} [{i}]", case.method, case.p), *got, *want, 1e-12, 0.0);
-            assert_eq!(*got < 0.05, case.reject[i], "{} {:?} [{i}] reject", case.method, case.p);
+            // statsmodels rejects at p_adjusted <= alpha, the service below it (as check() allows).
+            if (want - 0.05).abs() > 1e-12 {
+                assert_eq!(*got < 0.05, case.reject[i], "{} {:?} [{i}] reject", case.method, case.p);
+            }
         }
         let mut reversed = case.p.clone();
         reversed.reverse();

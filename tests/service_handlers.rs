@@ -521,3 +521,19 @@ async fn model_faults_are_internal() {
         assert_eq!(status.code(), Code::Internal, "{fault}: {}", status.message());
     }
 }
+
+/// A result that cannot fit in a message is refused before any forward pass, naming the limit.
+#[tokio::test]
+async fn a_result_over_the_message_limit_costs_no_compute() {
+    let (model, computed) = slow_model(Duration::from_millis(50));
+    let input = rotations::service::convert::InputLimits { max_message_bytes: 1000, ..Default::default() };
+    let svc = service_with(model, 100, 4).with_input_limits(input);
+    let status = svc.compute_rotations(Request::new(her_request(vec!["I saw her.".into(); 20]))).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("max_message_bytes") && status.message().contains("1000"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

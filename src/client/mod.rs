@@ -33,16 +33,23 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("server answered {:?}: {}", s.code(), s.message())
 }
 
+/// Calls `rpc` under the retry policy, with its own copy of the client and the request each time.
+async fn with_retry<R: Clone, T, Fut>(
+    client: &RotationServiceClient<Channel>,
+    request: R,
+    rpc: impl Fn(RotationServiceClient<Channel>, R) -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let response = RetryPolicy::default().run(|| rpc(client.clone(), request.clone())).await;
+    Ok(response.map_err(status_error)?.into_inner())
+}
+
 pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
     let client = connect(&args).await?;
-    let info = RetryPolicy::default()
-        .run(|| {
-            let mut client = client.clone();
-            async move { client.get_model_info(proto::GetModelInfoRequest {}).await }
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let info =
+        with_retry(&client, proto::GetModelInfoRequest {}, |mut c, r| async move { c.get_model_info(r).await }).await?;
     println!("model              {}", info.model_name);
     println!("source             {}", info.source);
     println!("layers             {} ({} hidden states)", info.num_layers, info.num_hidden_states);
@@ -57,14 +64,7 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
 pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let client = connect(&args.client).await?;
     let request = proto::TokenizeRequest { texts: args.texts.clone() };
-    let res = RetryPolicy::default()
-        .run(|| {
-            let (mut client, request) = (client.clone(), request.clone());
-            async move { client.tokenize(request).await }
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let res = with_retry(&client, request, |mut c, r| async move { c.tokenize(r).await }).await?;
     for (text, t) in args.texts.iter().zip(res.texts) {
         println!("{text:?}");
         for (i, (id, tok)) in t.ids.iter().zip(&t.tokens).enumerate() {
@@ -133,14 +133,7 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let analysis = if sentences.len() > args.stream_above {
         stream_analysis(&mut client, request).await?
     } else {
-        RetryPolicy::default()
-            .run(|| {
-                let (mut client, request) = (client.clone(), request.clone());
-                async move { client.analyze(request).await }
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner()
+        with_retry(&client, request, |mut c, r| async move { c.analyze(r).await }).await?
     };
     let report = report::Report::new(&analysis, &sentences)?;
     print!("{}", report.table());
@@ -161,14 +154,7 @@ pub async fn stream_analysis(
     let total = request.sentences.len();
     // A refusal comes before the first chunk and is retried; a stream that fails later is not
     // (its chunks have been delivered: the caller decides).
-    let mut stream = RetryPolicy::default()
-        .run(|| {
-            let (mut client, request) = (client.clone(), request.clone());
-            async move { client.stream_rotations(request).await }
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let mut stream = with_retry(client, request, |mut c, r| async move { c.stream_rotations(r).await }).await?;
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "{elapsed_precise} [{bar:40}] {pos}/{len} sentences ({per_sec}, eta {eta})",

@@ -26,17 +26,38 @@ pub struct InputLimits {
     pub max_text_bytes: usize,
     /// Most values in a TestSignificance angle tensor.
     pub max_tensor_values: usize,
+    /// Largest message either way (`--max-message-bytes`).
+    pub max_message_bytes: usize,
 }
 
 /// Default of `--max-text-bytes`: far above any sentence of GPT-2's 1024 positions.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Default of `--max-message-bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Default of `--max-tensor-values`: what a 64 MiB message can hold.
 pub const DEFAULT_MAX_TENSOR_VALUES: usize = 1 << 24;
 
 impl Default for InputLimits {
     fn default() -> Self {
-        Self { max_text_bytes: DEFAULT_MAX_TEXT_BYTES, max_tensor_values: DEFAULT_MAX_TENSOR_VALUES }
+        Self {
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            max_tensor_values: DEFAULT_MAX_TENSOR_VALUES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
+}
+
+/// Refuses, before any work, a rotation result that cannot fit in a message: per layer and
+/// sentence it holds at least 3 packed f32 angles (12 bytes) and a shuffle draw (6 bytes).
+pub fn check_result_size(num_layers: usize, num_sentences: usize, max_bytes: usize) -> Result<(), Error> {
+    let at_least = 18u128 * num_layers as u128 * num_sentences as u128;
+    if at_least > max_bytes as u128 {
+        return Err(Error::Overloaded(format!(
+            "the result for {num_sentences} sentences would take at least {at_least} bytes, over the message limit of \
+             {max_bytes} bytes (max_message_bytes); send fewer sentences or use StreamRotations"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses a text longer than `max_bytes`, naming it by index and the limit.

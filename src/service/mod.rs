@@ -52,7 +52,11 @@ impl RotationServiceImpl {
     pub fn from_config(config: &ServeConfig) -> Self {
         let limits =
             RequestLimits { max_sentences: config.max_sentences, max_stream_sentences: config.max_stream_sentences };
-        let input = InputLimits { max_text_bytes: config.max_text_bytes, max_tensor_values: config.max_tensor_values };
+        let input = InputLimits {
+            max_text_bytes: config.max_text_bytes,
+            max_tensor_values: config.max_tensor_values,
+            max_message_bytes: config.max_message_bytes,
+        };
         Self::new(limits, config.max_concurrent_requests)
             .with_max_queued_tokens(config.max_queued_tokens)
             .with_input_limits(input)
@@ -116,6 +120,8 @@ impl RotationServiceImpl {
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
         convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
         engine.check_job(&job)?;
+        let layers = engine.model.info.num_layers;
+        convert::check_result_size(layers, job.sentences.len(), self.input.max_message_bytes)?;
         let slot = self.admission.request()?;
         let mut timings = StageTimings::default();
         let started = Instant::now();
