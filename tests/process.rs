@@ -227,3 +227,84 @@ async fn the_cli_streams_large_inputs_with_the_same_results() {
         assert!((x[1] - y[1]).abs() <= 1e-9 * x[1].abs().max(1.0), "t {} vs {}", x[1], y[1]);
     }
 }
+
+/// Raw bytes as a gRPC message: to send what the generated client cannot (malformed protobuf).
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// The codes the gRPC spec assigns for what tonic's transport reports otherwise, and every
+/// outcome counted: a malformed request is INVALID_ARGUMENT (not INTERNAL), a message over the
+/// limit either way RESOURCE_EXHAUSTED (not OUT_OF_RANGE, and a response over it no longer counted
+/// as OK), a stream counted by the status that ends it.
+#[tokio::test]
+async fn transport_failures_get_the_right_codes_and_are_counted() {
+    use tonic::Code;
+    let metrics_port = free_port();
+    let server = Server::start(&["--metrics-port", &metrics_port.to_string(), "--max-message-bytes", "4000"]);
+    let channel = server.wait_serving().await;
+
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/rotations.v1.RotationService/Analyze");
+    let status = raw.unary(tonic::Request::new(vec![0xff, 0xff, 0xff]), path, RawCodec).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+
+    let mut client = RotationServiceClient::new(channel);
+    let status = client.analyze(her(vec!["I saw her at the market on Sunday.".into(); 200])).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "request over the limit: {}", status.message());
+    // 35 sentences pass the server's lower bound on the result's size (18 bytes per layer and
+    // sentence: 3780 of 4000) but the encoded result is larger: refused by the transport.
+    let status = client.compute_rotations(her(vec!["I saw her.".into(); 35])).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "response over the limit: {}", status.message());
+    assert!(status.message().contains("encoded message length too large"), "{}", status.message());
+
+    let mut stream =
+        client.stream_rotations(her(vec!["I saw her.".into(), "We met her.".into()])).await.unwrap().into_inner();
+    while stream.message().await.unwrap().is_some() {}
+
+    let page = http_get(metrics_port, "/metrics");
+    for counted in [
+        r#"rotations_requests_total{rpc="Analyze",code="InvalidArgument"} 1"#,
+        r#"rotations_requests_total{rpc="Analyze",code="ResourceExhausted"} 1"#,
+        r#"rotations_requests_total{rpc="ComputeRotations",code="ResourceExhausted"} 1"#,
+        r#"rotations_requests_total{rpc="StreamRotations",code="Ok"} 1"#,
+    ] {
+        assert!(page.contains(counted), "/metrics lacks {counted}:\n{page}");
+    }
+    assert!(!page.contains(r#"rpc="ComputeRotations",code="Ok""#), "{page}");
+}

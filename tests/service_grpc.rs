@@ -41,6 +41,7 @@ fn serve_config(extra: &[&str]) -> ServeConfig {
 }
 
 struct TestServer {
+    addr: std::net::SocketAddr,
     channel: Channel,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -55,7 +56,7 @@ impl TestServer {
             let _ = stopped.await;
         }));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Self { channel, stop: Some(stop), handle }
+        Self { addr, channel, stop: Some(stop), handle }
     }
 
     fn client(&self) -> RotationServiceClient<Channel> {
@@ -157,4 +158,59 @@ async fn reflection_lists_the_service() {
     assert!(names.contains(&"rotations.v1.RotationService".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
     server.stop().await;
+}
+
+/// A raw TCP connection that speaks HTTP/2's opening (preface and an empty SETTINGS frame) or
+/// nothing at all, and then never answers anything: a stalled or half-open client.
+async fn raw_connection(addr: std::net::SocketAddr, speak: bool) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    if speak {
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    }
+    tcp
+}
+
+/// Reads (never answering) until the server closes the connection; how long that took.
+async fn until_closed(mut tcp: tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async { while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {} })
+        .await
+        .ok()
+        .map(|_| started.elapsed())
+}
+
+/// A connection that never starts HTTP/2 is closed after the handshake timeout; one that stops
+/// answering (half-open) is closed by the keepalive pings.
+#[tokio::test]
+async fn stalled_and_half_open_connections_are_closed() {
+    let flags =
+        ["--handshake-timeout-seconds", "1", "--keepalive-interval-seconds", "1", "--keepalive-timeout-seconds", "1"];
+    let server = TestServer::start(&flags).await;
+    let silent = raw_connection(server.addr, false).await;
+    let half_open = raw_connection(server.addr, true).await;
+    let (silent, half_open) =
+        tokio::join!(until_closed(silent, Duration::from_secs(10)), until_closed(half_open, Duration::from_secs(10)));
+    assert!(silent.is_some(), "a connection that never sent the HTTP/2 preface is still open after 10 s");
+    assert!(half_open.is_some(), "a connection that answers no keepalive ping is still open after 10 s");
+    // A client that answers keeps its connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.client().get_model_info(proto::GetModelInfoRequest {}).await.unwrap();
+    server.stop().await;
+}
+
+/// Shutdown with connections that have nothing in flight (an idle client, one that answers
+/// nothing) returns at once instead of waiting for the grace period.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_idle_connections() {
+    let server = TestServer::start(&["--shutdown-grace-seconds", "30"]).await;
+    server.wait_serving().await;
+    server.client().get_model_info(proto::GetModelInfoRequest {}).await.unwrap();
+    let _silent = raw_connection(server.addr, true).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
 }

@@ -180,20 +180,9 @@ async fn bad_requests_get_invalid_argument_naming_the_sentence() {
     expect_error(&svc, her_request(vec!["I saw her.".into(); 11]), Code::InvalidArgument, &["max_sentences", "10"])
         .await;
 
-    // One sentence: no paired t-test is possible.
-    expect_error(&svc, her_request(vec!["I saw her.".into()]), Code::InvalidArgument, &[]).await;
-
     let mut req = her_request(ok());
     req.unit = 9;
     expect_error(&svc, req, Code::InvalidArgument, &["unit"]).await;
-
-    let mut req = her_request(ok());
-    req.significance = Some(proto::SignificanceOptions { alpha: Some(1.5), ..Default::default() });
-    expect_error(&svc, req, Code::InvalidArgument, &[]).await;
-
-    let mut req = her_request(ok());
-    req.significance = Some(proto::SignificanceOptions { condition_b: Some(3), ..Default::default() });
-    expect_error(&svc, req, Code::InvalidArgument, &[]).await;
 
     // The service is unharmed: a good request still works.
     svc.analyze(Request::new(her_request(ok()))).await.unwrap();
@@ -300,4 +289,290 @@ async fn past_the_concurrency_limit_requests_are_refused_at_once() {
     assert!(status.message().contains("max_concurrent_requests (1)"), "{}", status.message());
     first.await.unwrap().unwrap();
     svc.compute_rotations(Request::new(req())).await.unwrap();
+}
+
+/// Bad options are refused before any forward pass, in Analyze and StreamRotations alike.
+#[tokio::test]
+async fn bad_options_cost_no_compute() {
+    let (model, computed) = slow_model(Duration::from_millis(50));
+    let layers = model.info.num_layers as u32;
+    let svc = service_with(model, 10, 4);
+    let ok = || her_request(vec!["I saw her at the market.".into(), "She gave her the book.".into()]);
+    let with = |opts: proto::SignificanceOptions| RotationRequest { significance: Some(opts), ..ok() };
+    let o = proto::SignificanceOptions::default;
+    let cases: Vec<(RotationRequest, &[&str])> = vec![
+        (with(proto::SignificanceOptions { alpha: Some(0.0), ..o() }), &["significance", "alpha", "got 0"]),
+        (with(proto::SignificanceOptions { alpha: Some(f64::NAN), ..o() }), &["alpha"]),
+        (with(proto::SignificanceOptions { num_tests: Some(layers - 1), ..o() }), &["num_tests", "layers"]),
+        (with(proto::SignificanceOptions { num_tests: Some(0), ..o() }), &["num_tests"]),
+        (with(proto::SignificanceOptions { condition_b: Some(3), ..o() }), &["condition 3"]),
+        (with(proto::SignificanceOptions { condition_a: Some(1), ..o() }), &["condition_a and condition_b"]),
+        (RotationRequest { non_target_offset: Some(0), ..ok() }, &["non_target_offset", "target itself"]),
+        (RotationRequest { non_target_offset: Some(i32::MIN), ..ok() }, &["non_target_offset", "positions"]),
+        (RotationRequest { non_target_offset: Some(5000), ..ok() }, &["non_target_offset", "positions"]),
+    ];
+    for (req, words) in cases {
+        expect_error(&svc, req.clone(), Code::InvalidArgument, words).await;
+        let Err(status) = svc.stream_rotations(Request::new(req)).await else {
+            panic!("the stream must fail before any chunk");
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        for w in words {
+            assert!(status.message().contains(w), "stream message {:?} lacks {w:?}", status.message());
+        }
+    }
+    assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 0, "a bad option cost a forward pass");
+}
+
+/// One sentence: the rotations come back, the significance is absent with its reason.
+#[tokio::test]
+async fn one_sentence_returns_rotations_without_significance() {
+    let svc = service_with(load_bundled(), 10, 4);
+    let res = svc.analyze(Request::new(her_request(vec!["I saw her.".into()]))).await.unwrap().into_inner();
+    let rot = res.rotations.unwrap();
+    assert_eq!(rot.angles.unwrap().shape[1], 1);
+    assert!(res.significance.is_none());
+    assert!(res.significance_error.contains("at least 2 sentences"), "{}", res.significance_error);
+}
+
+/// A layer whose paired differences are constant comes back flagged, with t and p as scipy gives
+/// them (±inf and 0; NaN and NaN for all-zero differences); the other layers are tested as usual.
+#[tokio::test]
+async fn degenerate_layers_are_answered_like_scipy() {
+    let svc = service_with(load_bundled(), 10, 4);
+    let (layers, sentences) = (3usize, 4usize);
+    let mut values = Vec::new();
+    for l in 0..layers {
+        for s in 0..sentences {
+            let b = 10.0 + s as f32 * 1.25 + l as f32;
+            let a = match l {
+                0 => b + 0.5,                      // constant difference 0.5: t = +inf, p = 0
+                1 => b,                            // all-zero differences: t = p = NaN
+                _ => b + [0.25, 1.0, 0.5, 2.0][s], // ordinary
+            };
+            values.extend([a, b, 0.0]);
+        }
+    }
+    let req = proto::SignificanceRequest {
+        angles: Some(proto::Tensor { shape: vec![layers as u32, sentences as u32, 3], values }),
+        options: None,
+        ..Default::default()
+    };
+    let r = svc.test_significance(Request::new(req)).await.unwrap().into_inner();
+    let flag = |l: &proto::LayerTest| proto::LayerFlag::try_from(l.flag).unwrap();
+    assert_eq!(flag(&r.layers[0]), proto::LayerFlag::ZeroVariance);
+    assert_eq!((r.layers[0].t, r.layers[0].p, r.layers[0].significant), (f64::INFINITY, 0.0, false));
+    assert_eq!(flag(&r.layers[1]), proto::LayerFlag::ZeroVariance);
+    assert!(r.layers[1].t.is_nan() && r.layers[1].p.is_nan() && !r.layers[1].significant);
+    assert_eq!(flag(&r.layers[2]), proto::LayerFlag::None);
+    // scipy.stats.ttest_rel([0.25, 1, 0.5, 2] + b, b).statistic = 2.422718559261745
+    assert!((r.layers[2].t - 2.422_718_559_261_745).abs() < 1e-6, "{}", r.layers[2].t);
+}
+
+fn default_serve_config() -> rotations::config::ServeConfig {
+    use clap::Parser;
+    match rotations::config::Cli::try_parse_from(["rotations", "serve"]).unwrap().command {
+        rotations::config::Command::Serve(config) => config,
+        _ => unreachable!(),
+    }
+}
+
+/// 128 clients each sending four small requests one after another: with the default limits the
+/// queued work (a few hundred tokens) is admitted and served, none refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordinary_overload_is_queued_not_refused() {
+    let (model, _) = slow_model(Duration::from_millis(5));
+    let svc = RotationServiceImpl::from_config(&default_serve_config());
+    svc.set_engine(Engine::new(model, BatchLimits::default()));
+    let texts = ["I saw her at the market.", "We met her.", "They called her twice."];
+    let clients: Vec<_> = (0..128usize)
+        .map(|c| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for r in 0..4 {
+                    let n = 1 + (c + r) % 3;
+                    let req = her_request(texts[..n].iter().map(|t| t.to_string()).collect());
+                    if let Err(status) = svc.compute_rotations(Request::new(req)).await {
+                        assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for c in clients {
+        refused += c.await.unwrap();
+    }
+    assert_eq!(refused, 0, "{refused} of 512 requests refused");
+}
+
+/// Past the queued-token budget a request is refused at once, naming the limit; one that can never
+/// fit is told so (retrying cannot help).
+#[tokio::test]
+async fn past_the_queued_token_budget_requests_are_refused_at_once() {
+    let (model, _) = slow_model(Duration::from_millis(400));
+    let svc = service_with(model, 10, 8).with_max_queued_tokens(16);
+    let req = || her_request(vec!["I saw her.".into(), "We met her.".into()]); // 4 + 4 tokens
+    let spawn = || {
+        let svc = svc.clone();
+        tokio::spawn(async move { svc.compute_rotations(Request::new(req())).await })
+    };
+    let first = spawn();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spawn(); // 8 + 8 = 16 tokens fit
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let status = svc.compute_rotations(Request::new(req())).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(300), "refused only after {:?}", started.elapsed());
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("max_queued_tokens (16)"), "{}", status.message());
+    second.await.unwrap().unwrap();
+    first.await.unwrap().unwrap();
+    let big = her_request(vec!["I saw her at the market on a sunny day with friends.".into(); 2]);
+    let status = svc.compute_rotations(Request::new(big)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("exceed max_queued_tokens (16) on their own"), "{}", status.message());
+}
+
+/// Tokenize and TestSignificance take a concurrency slot like every RPC that does work.
+#[tokio::test]
+async fn every_rpc_that_works_takes_a_slot() {
+    let (model, _) = slow_model(Duration::from_millis(400));
+    let svc = service_with(model, 10, 1);
+    let busy = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            svc.compute_rotations(Request::new(her_request(vec!["I saw her.".into(), "We met her.".into()]))).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = svc.tokenize(Request::new(proto::TokenizeRequest { texts: vec!["x".into()] })).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+    let angles = proto::Tensor { shape: vec![1, 2, 2], values: vec![1.0, 0.0, 2.0, 0.5] };
+    let req = proto::SignificanceRequest { angles: Some(angles), options: None, ..Default::default() };
+    let status = svc.test_significance(Request::new(req)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+    // GetModelInfo does no work and is always answered.
+    svc.get_model_info(Request::new(proto::GetModelInfoRequest {})).await.unwrap();
+    busy.await.unwrap().unwrap();
+}
+
+/// Tokenizing megabytes runs off the async executor: on a single-threaded runtime GetModelInfo is
+/// answered while the tokenization is still going on.
+#[tokio::test(flavor = "current_thread")]
+async fn tokenizing_does_not_block_the_executor() {
+    let input = rotations::service::convert::InputLimits { max_text_bytes: 8 << 20, ..Default::default() };
+    let svc = service_with(load_bundled(), 10, 4).with_input_limits(input);
+    let text = "She gave her the book and the old man smiled. ".repeat(80_000); // ~3.7 MB
+    let tokenizing = tokio::spawn({
+        let svc = svc.clone();
+        async move { svc.tokenize(Request::new(proto::TokenizeRequest { texts: vec![text] })).await }
+    });
+    tokio::task::yield_now().await; // let the tokenize call start
+    svc.get_model_info(Request::new(proto::GetModelInfoRequest {})).await.unwrap();
+    assert!(!tokenizing.is_finished(), "the tokenization finished before GetModelInfo was answered");
+    let t = tokenizing.await.unwrap().unwrap().into_inner();
+    assert!(t.texts[0].ids.len() > 500_000);
+}
+
+/// Input sizes have limits named in the errors; a shape whose product overflows is reported
+/// with its true size.
+#[tokio::test]
+async fn input_sizes_are_limited_and_named() {
+    let svc = service_with(load_bundled(), 10, 4);
+    let long = "a".repeat(rotations::service::convert::DEFAULT_MAX_TEXT_BYTES + 1);
+    let status = svc
+        .tokenize(Request::new(proto::TokenizeRequest { texts: vec!["ok".into(), long.clone()] }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("texts[1]") && status.message().contains("max_text_bytes"),
+        "{}",
+        status.message()
+    );
+    let status = svc.analyze(Request::new(her_request(vec!["I saw her.".into(), long]))).await.unwrap_err();
+    assert!(
+        status.message().contains("sentences[1]") && status.message().contains("max_text_bytes"),
+        "{}",
+        status.message()
+    );
+
+    let side = u32::MAX;
+    let huge = proto::SignificanceRequest {
+        angles: Some(proto::Tensor { shape: vec![side; 3], values: vec![0.0; 8] }),
+        options: None,
+        ..Default::default()
+    };
+    let status = svc.test_significance(Request::new(huge)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let product = u128::from(side).pow(3).to_string();
+    assert!(status.message().contains(&product), "{} lacks {product}", status.message());
+    assert!(status.message().contains("max_tensor_values"), "{}", status.message());
+}
+
+/// A model whose output is broken in one way.
+struct FaultyBackend {
+    layers: usize,
+    fault: &'static str,
+}
+
+impl rotations::model::Backend for FaultyBackend {
+    fn forward(
+        &mut self,
+        batch: &[Vec<u32>],
+    ) -> Result<Vec<rotations::model::SentenceHidden>, rotations::model::ModelError> {
+        let mut out: Vec<_> = batch
+            .iter()
+            .map(|ids| {
+                let tokens = if self.fault == "tokens" { ids.len() + 1 } else { ids.len() };
+                rotations::model::SentenceHidden::from_shape_fn((self.layers + 1, tokens, 4), |(k, p, d)| {
+                    if self.fault == "nan" && k == 2 {
+                        f32::NAN
+                    } else {
+                        (1 + k * k + p * 3 + d) as f32
+                    }
+                })
+            })
+            .collect();
+        if self.fault == "count" {
+            out.pop();
+        }
+        Ok(out)
+    }
+}
+
+/// Faults in the model's output are INTERNAL (the client's request was fine), not INVALID_ARGUMENT.
+#[tokio::test]
+async fn model_faults_are_internal() {
+    let dir = bundled_model_dir();
+    let manifest = rotations::model::Manifest::read(&dir.join("model.json")).unwrap();
+    for fault in ["nan", "tokens", "count"] {
+        let tokenizer = rotations::model::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let backend = FaultyBackend { layers: manifest.num_layers, fault };
+        let model = Model::with_backend(&manifest, tokenizer, backend).unwrap();
+        let svc = service_with(model, 10, 4);
+        let req = her_request(vec!["I saw her at the market.".into(), "She gave her the book.".into()]);
+        let status = svc.analyze(Request::new(req)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "{fault}: {}", status.message());
+    }
+}
+
+/// A result that cannot fit in a message is refused before any forward pass, naming the limit.
+#[tokio::test]
+async fn a_result_over_the_message_limit_costs_no_compute() {
+    let (model, computed) = slow_model(Duration::from_millis(50));
+    let input = rotations::service::convert::InputLimits { max_message_bytes: 1000, ..Default::default() };
+    let svc = service_with(model, 100, 4).with_input_limits(input);
+    let status = svc.compute_rotations(Request::new(her_request(vec!["I saw her.".into(); 20]))).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("max_message_bytes") && status.message().contains("1000"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(computed.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

@@ -195,10 +195,15 @@ async fn stream_limits_and_errors_arrive_before_any_chunk() {
         "{}",
         status.message()
     );
+    // A bad sentence is reported by its index when its chunk is reached (sentences are tokenized a
+    // chunk at a time), after the chunks before it.
     let mut bad = corpus(20);
     bad[13] = "No target here.".into();
-    let status = svc.stream_rotations(Request::new(her(bad))).await.unwrap_err();
+    let mut stream = svc.stream_rotations(Request::new(her(bad))).await.unwrap().into_inner();
+    let status = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("sentence 13"), "{}", status.message());
+    assert!(stream.next().await.is_none());
 }
 
 #[tokio::test]
@@ -254,4 +259,19 @@ async fn mixed_load_loses_nothing_and_leaves_the_server_serving() {
     let info = svc.get_model_info(Request::new(proto::GetModelInfoRequest {})).await.unwrap().into_inner();
     assert_eq!(info.num_layers, 6);
     svc.analyze(Request::new(her(sentences[..5].to_vec()))).await.unwrap();
+}
+
+/// A one-sentence stream: its chunk, then a final chunk without significance that says why.
+#[tokio::test]
+async fn a_stream_too_small_for_a_test_says_why_in_its_last_chunk() {
+    let svc = RotationServiceImpl::ready(Engine::new(load_bundled(), BatchLimits::default()), LIMITS, 8);
+    let mut stream = svc.stream_rotations(Request::new(her(corpus(1)))).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.last && first.angles.unwrap().shape == vec![6, 1, 3]);
+    let last = stream.next().await.unwrap().unwrap();
+    assert!(last.last && last.significance.is_none());
+    assert!(last.significance_error.contains("at least 2 sentences"), "{}", last.significance_error);
+    assert_eq!(last.statistics.len(), 6);
+    assert!(last.statistics.iter().all(|s| s.n == 1));
+    assert!(stream.next().await.is_none());
 }

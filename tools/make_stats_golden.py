@@ -13,8 +13,14 @@ tests); for Holm and BH with m > num_layers the extra tests are p = 1 padding.
 
 The input data are written into the JSON too, so the Rust test needs no Python.
 
+`degenerate_cases` hold layers whose paired differences are exactly constant (dyadic angles, so
+`a - b` is exact): scipy gives t = +-inf with p = 0, or t = p = NaN when the differences are all
+0, and a confidence interval of zero width. Non-finite numbers are written as the strings
+"inf", "-inf" and "nan" (JSON has no such numbers). The service counts such a layer in the
+correction as p = 1, so its references apply multipletests to p with those layers set to 1.
+
 Usage (from the repository root):
-    python3 -m venv .venv-stats && .venv-stats/bin/pip install numpy scipy statsmodels
+    make golden-check                                             # creates .venv-stats/ and checks
     .venv-stats/bin/python tools/make_stats_golden.py            # writes the file
     .venv-stats/bin/python tools/make_stats_golden.py --check    # verifies it is up to date
 """
@@ -22,6 +28,7 @@ Usage (from the repository root):
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +168,83 @@ def analyse(name, x, a, b):
     return out
 
 
+def number(x):
+    """A float for JSON: non-finite values as strings."""
+    x = float(x)
+    if np.isnan(x):
+        return "nan"
+    if np.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def degenerate_case():
+    rng = np.random.default_rng(20251129)
+    L, S = 5, 12
+    b = rng.integers(0, 400, size=(L, S)) / 8.0
+    a = b.copy()
+    a[0] += 0.5  # constant positive difference: t = +inf, p = 0
+    # a[1] == b[1]: all-zero differences: t = p = NaN
+    a[2] -= 0.75  # constant negative difference: t = -inf, p = 0
+    a[3] += rng.normal(0.8, 1.0, S)
+    a[4] += rng.normal(-0.1, 1.0, S)
+    x = np.stack([a, b, np.full((L, S), 60.0)], axis=2)
+    cols = {k: [] for k in ["t", "p", "mean", "sd", "dz", "ci_low", "ci_high", "flagged"]}
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy warns about the constant layers
+        for layer in range(L):
+            res = stats.ttest_rel(x[layer, :, 0], x[layer, :, 1])
+            d = x[layer, :, 0] - x[layer, :, 1]
+            ci = res.confidence_interval(CI_LEVEL)
+            sd = d.std(ddof=1)
+            for key, value in [
+                ("t", res.statistic),
+                ("p", res.pvalue),
+                ("mean", d.mean()),
+                ("sd", sd),
+                ("dz", d.mean() / sd),
+                ("ci_low", ci.low),
+                ("ci_high", ci.high),
+            ]:
+                cols[key].append(number(value))
+            cols["flagged"].append(bool(sd == 0.0))
+    assert cols["t"][:3] == ["inf", "nan", "-inf"], cols["t"]
+    p = np.array([1.0 if f else v for f, v in zip(cols["flagged"], cols["p"])])
+    corrections = []
+    for method in ["bonferroni", "holm", "fdr_bh"]:
+        reject, p_adj, _, _ = multipletests(p, alpha=ALPHA, method=method)
+        corrections.append(
+            {"method": method, "p_adjusted": [float(v) for v in p_adj], "reject": [bool(v) for v in reject]}
+        )
+    return {
+        "name": "constant_differences",
+        "shape": [L, S, 3],
+        "angles": [float(v) for v in x.reshape(-1)],
+        "alpha": ALPHA,
+        "layers": cols,
+        "corrections": corrections,
+    }
+
+
+def tied_p_values():
+    """Holm and Benjamini-Hochberg on p-value vectors with ties (exact ties, ties at the
+    threshold, all equal, ties at 1), as statsmodels' multipletests computes them."""
+    vectors = [
+        [0.01, 0.01, 0.02, 0.02, 0.02, 0.5],
+        [0.04, 0.01, 0.04, 0.01, 0.04],
+        [0.0125, 0.0125, 0.0125, 0.0125],
+        [0.3, 0.3, 1.0, 1.0, 0.001, 0.001, 0.2],
+        [1e-30, 1e-30, 0.05, 0.05, 0.049, 0.051],
+    ]
+    out = []
+    for p in vectors:
+        for method in ["holm", "fdr_bh"]:
+            reject, p_adj, _, _ = multipletests(np.asarray(p), alpha=ALPHA, method=method)
+            out.append({"p": p, "method": method, "p_adjusted": [float(v) for v in p_adj],
+                        "reject": [bool(v) for v in reject]})
+    return out
+
+
 def build():
     return {
         "generator": "tools/make_stats_golden.py",
@@ -171,6 +255,8 @@ def build():
         },
         "ci_level": CI_LEVEL,
         "cases": [analyse(*c) for c in make_cases()],
+        "degenerate_cases": [degenerate_case()],
+        "tied_p_values": tied_p_values(),
     }
 
 

@@ -65,10 +65,6 @@ pub enum AnalysisError {
     /// There are no layers to test.
     #[error("no layers to test")]
     NoLayers,
-    /// The paired differences of a layer have zero variance (to f64 working precision), so
-    /// the t statistic is undefined.
-    #[error("layer {layer}: the paired differences have zero variance; t is undefined")]
-    ZeroVariance { layer: usize },
     /// An angle is NaN or infinite.
     #[error("layer {layer}, sentence {sentence}: angle is not finite")]
     NonFinite { layer: usize, sentence: usize },

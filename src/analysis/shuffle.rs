@@ -31,9 +31,15 @@ pub const DEFAULT_SHUFFLE_SEED: u64 = 20250901;
 /// The shuffled condition's draws for sentence number `sentence`: one [`ShuffleDraw`] per
 /// layer transition `1..=num_layers` (element `l - 1` is for layer `l`).
 ///
-/// Each layer gets two independent draws of (hidden state uniform in `1..=num_layers`, as the
-/// notebook's `torch.randint(1, n_hiddens)`; position uniform in `0..num_tokens`, real tokens
-/// only), generated in the order `layer_v, position_v, layer_u, position_u`.
+/// Each layer gets two draws of (hidden state uniform in `1..=num_layers`, as the notebook's
+/// `torch.randint(1, n_hiddens)`; position uniform in `0..num_tokens`, real tokens only),
+/// generated in the order `layer_v, position_v, layer_u, position_u`. The second pair is redrawn
+/// while it equals the first: a vector compared with itself gives an angle of exactly 0 (about
+/// 1 draw in 400 at GPT-2 XL's 48 layers and ~10 tokens), which would bias the baseline low; the
+/// notebook's `nanmean` hid the NaN its float32 `acos` gave for it. So `(layer_u, position_u)` is
+/// uniform over the other `num_layers · num_tokens − 1` vectors. With a single layer and a single
+/// token there is no other vector, and that one pair is returned (the analysis never asks for it:
+/// a sentence has at least a target and a non-target token).
 ///
 /// The generator is ChaCha20 keyed with `seed`'s 8 little-endian bytes followed by 24 zero
 /// bytes (via `from_seed`, not `seed_from_u64`, whose seed expansion is a `rand_core`
@@ -53,11 +59,12 @@ pub fn draws_for_sentence(seed: u64, sentence: usize, num_layers: usize, num_tok
     let mut rng = rng_for_sentence(seed, sentence);
     (0..num_layers)
         .map(|_| {
-            let layer_v = 1 + below(&mut rng, layers);
-            let position_v = below(&mut rng, tokens);
-            let layer_u = 1 + below(&mut rng, layers);
-            let position_u = below(&mut rng, tokens);
-            ShuffleDraw { layer_v, position_v, layer_u, position_u }
+            let v = (1 + below(&mut rng, layers), below(&mut rng, tokens));
+            let mut u = (1 + below(&mut rng, layers), below(&mut rng, tokens));
+            while u == v && (layers, tokens) != (1, 1) {
+                u = (1 + below(&mut rng, layers), below(&mut rng, tokens));
+            }
+            ShuffleDraw { layer_v: v.0, position_v: v.1, layer_u: u.0, position_u: u.1 }
         })
         .collect()
 }
@@ -137,10 +144,11 @@ mod tests {
     }
 
     /// Pins the stream: if rand_chacha's output or our key layout ever changed, previously
-    /// published shuffled results would silently change. The expected values were computed
-    /// with an independent Python implementation of the ChaCha20 block function (key = seed
-    /// LE bytes + 24 zero bytes, 64-bit block counter in words 12–13, stream in words 14–15,
-    /// `next_u64` = two consecutive words, low first) and the same rejection sampler.
+    /// published shuffled results would silently change. The expected draws are written by
+    /// `tools/make_shuffle_golden.py`, an independent pure-Python implementation of the ChaCha20
+    /// block function (key = seed LE bytes + 24 zero bytes, 64-bit block counter in words 12–13,
+    /// stream in words 14–15, `next_u64` = two consecutive words, low first), the same rejection
+    /// sampler and the same redraw rule.
     #[test]
     fn stream_is_pinned() {
         let mut key = [0u8; 32];
@@ -151,14 +159,42 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(ours.next_u64(), direct.next_u64());
         }
-        let draws = draws_for_sentence(DEFAULT_SHUFFLE_SEED, 0, 4, 7);
-        let flat: Vec<u32> = draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect();
-        assert_eq!(flat, [4, 5, 1, 1, 1, 2, 2, 4, 4, 5, 1, 6, 2, 3, 4, 0]);
-        // A nonzero stream (sentence 5), 48 layers, 9 tokens: first three layers.
-        let draws = draws_for_sentence(DEFAULT_SHUFFLE_SEED, 5, 48, 9);
-        let flat: Vec<u32> =
-            draws[..3].iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect();
-        assert_eq!(flat, [13, 2, 20, 3, 7, 2, 46, 8, 33, 8, 39, 1]);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/shuffle_draws.json");
+        let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut redrawn = 0;
+        for case in golden["cases"].as_array().unwrap() {
+            let field = |k: &str| case[k].as_u64().unwrap();
+            let draws = draws_for_sentence(
+                field("seed"),
+                field("sentence") as usize,
+                field("layers") as usize,
+                field("tokens") as usize,
+            );
+            let flat: Vec<u64> =
+                draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).map(u64::from).collect();
+            let want: Vec<u64> = case["draws"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|d| d.as_array().unwrap())
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(flat, want, "{case}");
+            redrawn += field("redrawn");
+        }
+        assert!(redrawn > 0, "the golden cases exercise the redraw");
+    }
+
+    /// No draw compares a vector with itself, also where self-pairs are most likely (2 × 2).
+    #[test]
+    fn never_a_vector_with_itself() {
+        for (layers, tokens) in [(2, 2), (1, 2), (2, 1), (48, 9)] {
+            for sentence in 0..300 {
+                for d in draws_for_sentence(7, sentence, layers, tokens) {
+                    assert!((d.layer_v, d.position_v) != (d.layer_u, d.position_u), "{d:?}");
+                }
+            }
+        }
     }
 
     #[test]

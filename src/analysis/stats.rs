@@ -58,6 +58,19 @@ pub enum Direction {
     BGreater,
 }
 
+/// Why a layer's test is degenerate. Such a layer keeps `t` and `p` as `scipy.stats.ttest_rel`
+/// gives them, is never significant, and enters the correction as `p = 1` (so it does not change
+/// the other layers' adjusted p-values); its `p_adjusted` is NaN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum LayerFlag {
+    /// An ordinary test.
+    #[default]
+    None,
+    /// The paired differences are constant (zero variance to f64 working precision): `sd = 0`,
+    /// `t = ±inf` and `p = 0` when their mean is not 0, `t = p = NaN` when it is (scipy's values).
+    ZeroVariance,
+}
+
 /// What to test and how to correct.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SignificanceOptions {
@@ -260,6 +273,8 @@ pub struct LayerTest {
     pub significant: bool,
     /// Sign of the mean difference when significant.
     pub direction: Direction,
+    /// Set when the test is degenerate (see [`LayerFlag`]).
+    pub flag: LayerFlag,
 }
 
 /// The t-tests of all layers.
@@ -296,53 +311,65 @@ pub fn paired_stats(angles: ArrayView3<f64>, a: usize, b: usize) -> Result<Vec<P
 ///
 /// The same computation as [`test_layers_from_stats`] on the exact [`PairedStats`] of the whole
 /// tensor, so any split of the sentences merged gives identical results; they match
-/// `scipy.stats.ttest_rel` and statsmodels' `multipletests`.
+/// `scipy.stats.ttest_rel` and statsmodels' `multipletests`. A layer whose differences are
+/// constant is returned with [`LayerFlag::ZeroVariance`] (never significant), like scipy.
 ///
 /// # Errors
-/// [`AnalysisError::ConditionOutOfRange`], [`AnalysisError::SameCondition`],
-/// [`AnalysisError::InvalidAlpha`], [`AnalysisError::NoLayers`],
-/// [`AnalysisError::NotEnoughSentences`] (fewer than 2), [`AnalysisError::InvalidNumTests`],
-/// [`AnalysisError::NonFinite`] (first non-finite angle, by layer then sentence),
-/// [`AnalysisError::DifferenceOutOfRange`] (`|a − b| ≥ 2^31`) and
-/// [`AnalysisError::ZeroVariance`] (differences constant to f64 precision).
+/// Those of [`check_options`], [`AnalysisError::NotEnoughSentences`] (fewer than 2),
+/// [`AnalysisError::NonFinite`] (first non-finite angle, by layer then sentence) and
+/// [`AnalysisError::DifferenceOutOfRange`] (`|a − b| ≥ 2^31`).
 pub fn test_layers(angles: ArrayView3<f64>, opts: &SignificanceOptions) -> Result<SignificanceResult, AnalysisError> {
     let (num_layers, num_sentences, num_conditions) = angles.dim();
-    check_conditions(num_conditions, opts.condition_a, opts.condition_b)?;
-    check_alpha(opts.alpha)?;
-    if num_layers == 0 {
-        return Err(AnalysisError::NoLayers);
-    }
+    check_options(opts, num_layers, num_conditions)?;
     if num_sentences < 2 {
         return Err(AnalysisError::NotEnoughSentences { n: num_sentences as u64 });
     }
-    family_size(opts.num_tests, num_layers)?;
     let stats = paired_stats(angles, opts.condition_a, opts.condition_b)?;
     test_layers_from_stats(&stats, opts)
+}
+
+/// Checks significance options against the shape they will be applied to, before any work:
+/// conditions in range and distinct, `alpha` in `(0, 1)`, at least one layer, and a family size
+/// `num_tests` not below the number of layers. Returns the family size.
+///
+/// # Errors
+/// [`AnalysisError::ConditionOutOfRange`], [`AnalysisError::SameCondition`],
+/// [`AnalysisError::InvalidAlpha`], [`AnalysisError::NoLayers`] and
+/// [`AnalysisError::InvalidNumTests`].
+pub fn check_options(
+    opts: &SignificanceOptions,
+    num_layers: usize,
+    num_conditions: usize,
+) -> Result<usize, AnalysisError> {
+    check_conditions(num_conditions, opts.condition_a, opts.condition_b)?;
+    check_family(opts, num_layers)
 }
 
 /// Paired t-tests per layer from merged [`PairedStats`] (one per layer, in layer order), for
 /// streaming or sharded computation: identical to [`test_layers`] on the same data, however it
 /// was split. `opts.condition_a/condition_b` are not used (the statistics already
-/// describe one pair of conditions); layers may have different `n`.
+/// describe one pair of conditions); layers may have different `n`. Only `n`, `mean()` and
+/// `variance()` of the statistics are used.
 ///
 /// # Errors
 /// [`AnalysisError::InvalidAlpha`], [`AnalysisError::NoLayers`],
-/// [`AnalysisError::InvalidNumTests`], [`AnalysisError::NotEnoughSentences`] and [`AnalysisError::ZeroVariance`].
+/// [`AnalysisError::InvalidNumTests`], [`AnalysisError::NotEnoughSentences`] and
+/// [`AnalysisError::NonFiniteStats`].
 pub fn test_layers_from_stats(
     stats: &[PairedStats],
     opts: &SignificanceOptions,
 ) -> Result<SignificanceResult, AnalysisError> {
-    check_alpha(opts.alpha)?;
-    if stats.is_empty() {
-        return Err(AnalysisError::NoLayers);
-    }
-    let num_tests = family_size(opts.num_tests, stats.len())?;
+    let num_tests = check_family(opts, stats.len())?;
     let mut raw = Vec::with_capacity(stats.len());
     for (l, s) in stats.iter().enumerate() {
         if s.n() < 2 {
             return Err(AnalysisError::NotEnoughSentences { n: s.n() });
         }
-        raw.push(raw_test(l + 1, s.n(), s.mean(), s.variance(), s.mean_sq())?);
+        let (mean, variance) = (s.mean(), s.variance());
+        if !mean.is_finite() || !variance.is_finite() {
+            return Err(AnalysisError::NonFiniteStats { layer: l + 1 });
+        }
+        raw.push(raw_test(l + 1, s.n(), mean, variance));
     }
     Ok(finish(raw, opts, num_tests))
 }
@@ -420,30 +447,37 @@ struct RawTest {
     mean: f64,
     sd: f64,
     ci_half_width: f64,
+    flag: LayerFlag,
 }
 
 /// The t statistic, p-value and CI half width from a layer's mean and variance.
-/// `mean_sq` is the mean of the squared differences, the scale against which a variance is
-/// judged to be zero: below `16·n·ε·mean_sq` it is indistinguishable from rounding error of
-/// the sums (t would be > ~10⁷ and meaningless), and both code paths report
-/// [`AnalysisError::ZeroVariance`] rather than an arbitrary huge t.
-fn raw_test(layer: usize, n: u64, mean: f64, variance: f64, mean_sq: f64) -> Result<RawTest, AnalysisError> {
+///
+/// A variance below `16·n·ε·mean_sq` (`mean_sq`: the mean of the squared differences) is
+/// indistinguishable from the rounding error of the sums: the differences are constant, and the
+/// layer gets scipy's answer for exactly constant differences (`sd = 0`, `t = mean / 0`: ±inf
+/// with p = 0, or NaN with p = NaN when the mean is 0) and [`LayerFlag::ZeroVariance`], rather
+/// than an arbitrary huge t made of rounding noise.
+fn raw_test(layer: usize, n: u64, mean: f64, variance: f64) -> RawTest {
     let nf = n as f64;
-    if variance.is_nan() || variance <= 16.0 * nf * f64::EPSILON * mean_sq {
-        return Err(AnalysisError::ZeroVariance { layer });
+    let df = nf - 1.0;
+    let mean_sq = mean * mean + variance * df / nf;
+    if variance <= 16.0 * nf * f64::EPSILON * mean_sq {
+        let t = mean / 0.0;
+        let p = if t.is_nan() { f64::NAN } else { 0.0 };
+        return RawTest { layer, n, t, p, mean, sd: 0.0, ci_half_width: 0.0, flag: LayerFlag::ZeroVariance };
     }
     let sd = variance.sqrt();
     let se = sd / nf.sqrt();
     let t = mean / se;
-    let df = nf - 1.0;
     let p = two_sided_p(t, df);
     let ci_half_width = t_quantile(0.5 + CI_LEVEL / 2.0, df) * se;
-    Ok(RawTest { layer, n, t, p, mean, sd, ci_half_width })
+    RawTest { layer, n, t, p, mean, sd, ci_half_width, flag: LayerFlag::None }
 }
 
-/// Applies the correction and decides significance.
+/// Applies the correction and decides significance. Degenerate layers count in the family as
+/// p = 1 (they leave the other layers' adjusted p-values as they are) and are never significant.
 fn finish(raw: Vec<RawTest>, opts: &SignificanceOptions, num_tests: usize) -> SignificanceResult {
-    let p: Vec<f64> = raw.iter().map(|r| r.p).collect();
+    let p: Vec<f64> = raw.iter().map(|r| if r.flag == LayerFlag::None { r.p } else { 1.0 }).collect();
     let adjusted = adjust_p_values(&p, opts.correction, num_tests);
     let threshold = match opts.correction {
         Correction::Bonferroni => opts.alpha / num_tests as f64,
@@ -453,10 +487,12 @@ fn finish(raw: Vec<RawTest>, opts: &SignificanceOptions, num_tests: usize) -> Si
         .into_iter()
         .zip(adjusted)
         .map(|(r, p_adjusted)| {
-            let significant = match opts.correction {
-                Correction::Bonferroni => r.p < threshold,
-                _ => p_adjusted < opts.alpha,
-            };
+            let ordinary = r.flag == LayerFlag::None;
+            let significant = ordinary
+                && match opts.correction {
+                    Correction::Bonferroni => r.p < threshold,
+                    _ => p_adjusted < opts.alpha,
+                };
             let direction = if !significant {
                 Direction::NotSignificant
             } else if r.mean > 0.0 {
@@ -469,7 +505,7 @@ fn finish(raw: Vec<RawTest>, opts: &SignificanceOptions, num_tests: usize) -> Si
                 n: r.n,
                 t: r.t,
                 p: r.p,
-                p_adjusted,
+                p_adjusted: if ordinary { p_adjusted } else { f64::NAN },
                 df: r.n as f64 - 1.0,
                 mean_difference: r.mean,
                 sd_difference: r.sd,
@@ -478,6 +514,7 @@ fn finish(raw: Vec<RawTest>, opts: &SignificanceOptions, num_tests: usize) -> Si
                 ci_high: r.mean + r.ci_half_width,
                 significant,
                 direction,
+                flag: r.flag,
             }
         })
         .collect();
@@ -504,8 +541,13 @@ fn check_alpha(alpha: f64) -> Result<(), AnalysisError> {
     }
 }
 
-fn family_size(num_tests: Option<usize>, num_layers: usize) -> Result<usize, AnalysisError> {
-    let m = num_tests.unwrap_or(num_layers);
+/// `alpha`, at least one layer, and the family size (returned).
+fn check_family(opts: &SignificanceOptions, num_layers: usize) -> Result<usize, AnalysisError> {
+    check_alpha(opts.alpha)?;
+    if num_layers == 0 {
+        return Err(AnalysisError::NoLayers);
+    }
+    let m = opts.num_tests.unwrap_or(num_layers);
     if m == 0 || m < num_layers {
         return Err(AnalysisError::InvalidNumTests { num_tests: m, num_layers });
     }
@@ -758,38 +800,54 @@ mod tests {
         let mut other = angles.clone();
         other[[0, 0, 2]] = f64::NAN;
         assert!(test_layers(other.view(), &d).is_ok());
-        // Constant differences (including all-zero and non-representable constants).
-        for c in [0.0, 0.1, 1.0 / 3.0, 1e6 + 0.7] {
+        // From stats.
+        assert_eq!(test_layers_from_stats(&[], &d).unwrap_err(), AnalysisError::NoLayers);
+        assert_eq!(PairedStats::from_differences(&[1.0, f64::NAN, 2.0]), None);
+        let small = PairedStats::from_differences(&[1.0]).unwrap();
+        assert_eq!(test_layers_from_stats(&[small], &d).unwrap_err(), AnalysisError::NotEnoughSentences { n: 1 });
+    }
+
+    /// Constant differences (all zero, exact and inexact constants) flag their layer, with t and p
+    /// as scipy gives them for exactly constant differences; the other layers are untouched.
+    #[test]
+    fn constant_differences_flag_their_layer_only() {
+        let angles = fake_angles(3, 5, 3);
+        let d = SignificanceOptions { correction: Correction::Holm, ..Default::default() };
+        let reference = test_layers(angles.view(), &d).unwrap();
+        for c in [0.0, 0.1, -1.0 / 3.0, 1e6 + 0.7] {
             let mut flat = angles.clone();
             for s in 0..5 {
                 flat[[1, s, 1]] = flat[[1, s, 0]] - c;
             }
             let stats = paired_stats(flat.view(), 0, 1).unwrap();
-            let expected = AnalysisError::ZeroVariance { layer: 2 };
-            assert_eq!(test_layers(flat.view(), &d).unwrap_err(), expected, "c={c}");
-            assert_eq!(test_layers_from_stats(&stats, &d).unwrap_err(), expected, "c={c}");
+            for r in [test_layers(flat.view(), &d).unwrap(), test_layers_from_stats(&stats, &d).unwrap()] {
+                let l = r.layers[1];
+                assert_eq!(l.flag, LayerFlag::ZeroVariance, "c={c}");
+                assert!(!l.significant && l.direction == Direction::NotSignificant);
+                assert_eq!(l.sd_difference, 0.0);
+                assert!(l.p_adjusted.is_nan());
+                if c == 0.0 {
+                    assert!(l.t.is_nan() && l.p.is_nan(), "c=0: t {} p {}", l.t, l.p);
+                } else {
+                    assert_eq!(l.t, f64::INFINITY.copysign(c), "c={c}");
+                    assert_eq!(l.p, 0.0);
+                    assert_relative_eq!(l.mean_difference, c, max_relative = 1e-9);
+                }
+                // A flagged layer counts as p = 1: the others keep their adjusted p-values when
+                // their own p is unchanged, here layers 1 and 3 (Holm over 3 tests).
+                for k in [0, 2] {
+                    assert_eq!(r.layers[k].flag, LayerFlag::None);
+                    assert_relative_eq!(r.layers[k].t, reference.layers[k].t, max_relative = 1e-9);
+                }
+            }
         }
-        // From stats.
-        assert_eq!(test_layers_from_stats(&[], &d).unwrap_err(), AnalysisError::NoLayers);
-        let small = PairedStats::from_differences(&[1.0]).unwrap();
-        assert_eq!(test_layers_from_stats(&[small], &d).unwrap_err(), AnalysisError::NotEnoughSentences { n: 1 });
-    }
-
-    #[test]
-    fn constant_differences_are_zero_variance_even_when_inexact() {
-        // d = 0.1 for every sentence: two-pass and sums both see rounding noise, not spread.
         for n in [2usize, 3, 54, 1000] {
-            let d = vec![0.1; n];
-            let stats = PairedStats::from_differences(&d).unwrap();
-            assert_eq!(
-                test_layers_from_stats(&[stats], &SignificanceOptions::default()).unwrap_err(),
-                AnalysisError::ZeroVariance { layer: 1 }
-            );
+            let stats = PairedStats::from_differences(&vec![0.1; n]).unwrap();
+            let r = test_layers_from_stats(&[stats], &SignificanceOptions::default()).unwrap();
+            assert_eq!(r.layers[0].flag, LayerFlag::ZeroVariance, "n={n}");
             let angles = Array3::from_shape_fn((1, n, 2), |(_, _, c)| if c == 0 { 0.1 } else { 0.0 });
-            assert_eq!(
-                test_layers(angles.view(), &SignificanceOptions::default()).unwrap_err(),
-                AnalysisError::ZeroVariance { layer: 1 }
-            );
+            let r = test_layers(angles.view(), &SignificanceOptions::default()).unwrap();
+            assert_eq!((r.layers[0].flag, r.layers[0].t), (LayerFlag::ZeroVariance, f64::INFINITY), "n={n}");
         }
     }
 

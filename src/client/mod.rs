@@ -17,6 +17,7 @@ use crate::config::{AnalyzeArgs, ClientArgs, ConnectArgs, CorrectionArg, Tokeniz
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
 use connect::AuthChannel;
+use retry::RetryPolicy;
 
 /// Largest response the client accepts (matches the server's default limit).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -46,9 +47,23 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("server answered {:?}: {}", s.code(), s.message())
 }
 
+/// Calls `rpc` under the retry policy, with its own copy of the client and the request each time.
+async fn with_retry<R: Clone, T, Fut>(
+    client: &RotationServiceClient<AuthChannel>,
+    request: R,
+    rpc: impl Fn(RotationServiceClient<AuthChannel>, R) -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let response = RetryPolicy::default().run(|| rpc(client.clone(), request.clone())).await;
+    Ok(response.map_err(status_error)?.into_inner())
+}
+
 pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args).await?;
-    let info = client.get_model_info(proto::GetModelInfoRequest {}).await.map_err(status_error)?.into_inner();
+    let client = connect(&args).await?;
+    let info =
+        with_retry(&client, proto::GetModelInfoRequest {}, |mut c, r| async move { c.get_model_info(r).await }).await?;
     println!("model              {}", info.model_name);
     println!("source             {}", info.source);
     println!("layers             {} ({} hidden states)", info.num_layers, info.num_hidden_states);
@@ -61,9 +76,9 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
 }
 
 pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.client).await?;
-    let res =
-        client.tokenize(proto::TokenizeRequest { texts: args.texts.clone() }).await.map_err(status_error)?.into_inner();
+    let client = connect(&args.client).await?;
+    let request = proto::TokenizeRequest { texts: args.texts.clone() };
+    let res = with_retry(&client, request, |mut c, r| async move { c.tokenize(r).await }).await?;
     print!("{}", tokens_table(&args.texts, &res.texts));
     Ok(())
 }
@@ -175,7 +190,7 @@ async fn compute(
     if num_sentences > args.stream_above {
         stream_analysis(&mut client, request).await
     } else {
-        Ok(client.analyze(request).await.map_err(status_error)?.into_inner())
+        with_retry(&client, request, |mut c, r| async move { c.analyze(r).await }).await
     }
 }
 
@@ -186,7 +201,9 @@ pub async fn stream_analysis(
     request: proto::RotationRequest,
 ) -> anyhow::Result<proto::Analysis> {
     let total = request.sentences.len();
-    let mut stream = client.stream_rotations(request).await.map_err(status_error)?.into_inner();
+    // A refusal comes before the first chunk and is retried; a stream that fails later is not
+    // (its chunks have been delivered: the caller decides).
+    let mut stream = with_retry(client, request, |mut c, r| async move { c.stream_rotations(r).await }).await?;
     let bar = progress_bar(total as u64)?;
     let mut chunks = Vec::new();
     let mut last = None;
@@ -266,5 +283,9 @@ fn assemble_stream(
         model_name: last.model_name.clone(),
         target_token_id: last.target_token_id,
     };
-    Ok(proto::Analysis { rotations: Some(rotations), significance: Some(significance) })
+    Ok(proto::Analysis {
+        rotations: Some(rotations),
+        significance: Some(significance),
+        significance_error: String::new(),
+    })
 }

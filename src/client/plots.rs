@@ -285,7 +285,10 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     chart.draw_series(DashedLineSeries::new(ends, 8, 6, GREY.into())).map_err(plot_err)?;
 
     let pick = |d: proto::Direction| {
-        layers.iter().filter(move |t| proto::Direction::try_from(t.direction) == Ok(d)).map(|t| (t.layer as f64, t.t))
+        layers
+            .iter()
+            .filter(move |t| t.t.is_finite() && proto::Direction::try_from(t.direction) == Ok(d))
+            .map(|t| (t.layer as f64, t.t))
     };
     let count = |d: proto::Direction| pick(d).count();
     // Macros, not closures: the same marker is drawn at data and at legend (pixel) coordinates.
@@ -358,6 +361,7 @@ mod tests {
                 condition_b: 1,
                 ..Default::default()
             }),
+            significance_error: String::new(),
         };
         Report::new(&analysis, &vec![String::new(); sentences]).unwrap()
     }

@@ -23,7 +23,10 @@ pub struct Report {
 impl Report {
     pub fn new(analysis: &proto::Analysis, sentences: &[String]) -> anyhow::Result<Self> {
         let rotations = analysis.rotations.clone().context("response has no rotations")?;
-        let significance = analysis.significance.clone().context("response has no significance")?;
+        let significance = analysis
+            .significance
+            .clone()
+            .with_context(|| format!("no significance test: {}", analysis.significance_error))?;
         let angles = rotations.angles.clone().context("response has no angle tensor")?;
         let means = rotations.layer_means.clone().context("response has no layer means")?;
         let [l, s, c] = angles.shape[..] else { anyhow::bail!("angle tensor is not 3-dimensional") };

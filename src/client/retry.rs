@@ -1,17 +1,24 @@
-//! The retry policy: which failures are worth another try, and how long to wait before it.
-//! Codes UNAVAILABLE (a replica starting, draining or gone) and RESOURCE_EXHAUSTED (a busy server's
-//! admission limit); bounded exponential backoff with full jitter, so clients retrying together
-//! spread out. The Python client's `retry.py` is the same.
+//! The one retry policy of our clients (the Python client mirrors it in `retry.py`): a call
+//! refused with RESOURCE_EXHAUSTED (the server's queue is full) or UNAVAILABLE (starting, shutting
+//! down, unreachable) is retried with bounded exponential backoff and full jitter, as gRPC's
+//! service-config retry policy does: before retry `k` (1-based) wait a uniform random time in
+//! `[0, min(max_backoff, initial_backoff · multiplier^(k−1))]`; at most `max_attempts` calls.
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-/// Whether a call that failed with `code` is worth sending again.
-pub fn is_retryable(code: tonic::Code) -> bool {
-    matches!(code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+use tonic::{Code, Status};
+
+/// Codes worth retrying: the request was not processed, and may be once the server has room.
+pub const RETRYABLE_CODES: [Code; 2] = [Code::Unavailable, Code::ResourceExhausted];
+
+pub fn is_retryable(code: Code) -> bool {
+    RETRYABLE_CODES.contains(&code)
 }
 
-/// At most `max_attempts` tries in all; waits grow by `multiplier` from `initial_backoff` up to `max_backoff`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryPolicy {
+    /// Calls in all, the first included (1: no retry).
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -30,35 +37,93 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before retry number `attempt` (0-based): uniform in `[0, min(max, initial·multiplier^attempt)]`.
+    /// The longest wait before retry `attempt` (1-based):
+    /// `min(max_backoff, initial_backoff · multiplier^(attempt−1))`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let seconds = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        Duration::from_secs_f64(seconds.min(self.max_backoff.as_secs_f64()))
+    }
+
+    /// The wait before retry `attempt` (1-based): uniform in `[0, ceiling(attempt)]` (full jitter,
+    /// so that clients refused together do not come back together).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self.initial_backoff.as_secs_f64() * self.multiplier.powi(attempt as i32);
-        Duration::from_secs_f64(cap.min(self.max_backoff.as_secs_f64()) * jitter())
+        self.ceiling(attempt).mul_f64(unit_random())
+    }
+
+    /// Calls `call` until it succeeds, fails with a code that is not retryable, or `max_attempts`
+    /// calls have been made; returns the last outcome.
+    pub async fn run<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Err(status) if is_retryable(status.code()) && attempt < self.max_attempts => {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 }
 
-/// A fraction in `[0, 1)` from the clock's nanoseconds mixed by SplitMix64: jitter needs no
-/// statistical quality, only that concurrent clients do not wait in step.
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let mut z = (nanos as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) as f64 / 2f64.powi(64)
+/// A uniform number in `[0, 1)`: std's randomly keyed hasher is random enough for jitter and
+/// needs no RNG dependency.
+fn unit_random() -> f64 {
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
 
     #[test]
-    fn codes_and_bounded_backoff() {
-        assert!(is_retryable(tonic::Code::Unavailable) && is_retryable(tonic::Code::ResourceExhausted));
-        assert!(!is_retryable(tonic::Code::InvalidArgument) && !is_retryable(tonic::Code::DeadlineExceeded));
+    fn backoff_grows_is_bounded_and_jittered() {
         let policy = RetryPolicy::default();
-        for attempt in 0..20 {
-            let cap = (0.1 * 2f64.powi(attempt as i32)).min(5.0);
-            assert!(policy.backoff(attempt).as_secs_f64() <= cap);
+        let ceilings: Vec<f64> = (1..=8).map(|k| policy.ceiling(k).as_secs_f64()).collect();
+        for (got, want) in ceilings.iter().zip([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]) {
+            assert!((got - want).abs() < 1e-9, "{ceilings:?}");
         }
+        assert_eq!(policy.ceiling(u32::MAX), policy.max_backoff);
+        let waits: Vec<Duration> = (0..200).map(|_| policy.backoff(3)).collect();
+        assert!(waits.iter().all(|w| *w <= policy.ceiling(3)));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 150, "no jitter: {} distinct waits of 200", distinct.len());
+    }
+
+    #[tokio::test]
+    async fn retries_only_retryable_codes_and_stops_after_max_attempts() {
+        let policy = RetryPolicy { initial_backoff: Duration::from_millis(1), ..Default::default() };
+        let calls = AtomicU32::new(0);
+        let flaky = || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(Status::resource_exhausted("busy")),
+                1 => Err(Status::unavailable("starting")),
+                _ => Ok(7),
+            }
+        };
+        assert_eq!(policy.run(flaky).await.unwrap(), 7);
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 3);
+
+        let invalid = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Status::invalid_argument("bad"))
+        };
+        assert_eq!(policy.run(invalid).await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
+
+        let busy = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Status::resource_exhausted("busy"))
+        };
+        assert_eq!(policy.run(busy).await.unwrap_err().code(), Code::ResourceExhausted);
+        assert_eq!(calls.load(Ordering::SeqCst), policy.max_attempts);
     }
 }

@@ -95,6 +95,17 @@ async fn run(model: Model, limits: BatchLimits, mut rx: mpsc::UnboundedReceiver<
         let tokens: usize = batch.iter().map(|i| i.ids.len()).sum();
         let width = batch.iter().map(|i| i.ids.len()).max().unwrap_or(0);
         telemetry::batch(batch.len(), tokens, batch.len() * width, inference);
+        let result = result.and_then(|hidden| {
+            if hidden.len() == batch.len() {
+                Ok(hidden)
+            } else {
+                Err(ModelError::Runtime(format!(
+                    "the model returned {} results for {} sentences",
+                    hidden.len(),
+                    batch.len()
+                )))
+            }
+        });
         match result {
             Ok(hidden) => {
                 for (item, hidden) in batch.into_iter().zip(hidden) {

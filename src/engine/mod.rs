@@ -50,18 +50,24 @@ impl Default for BatchLimits {
     }
 }
 
-/// A job whose every sentence is tokenized and known to be computable.
+/// Consecutive sentences of a job, tokenized and known to be computable.
 pub struct Prepared {
     pub ids: Vec<Vec<u32>>,
-    /// Corpus index of `ids[0]`.
-    pub first_index: usize,
     pub target: u32,
     pub opts: RotationOptions,
+    /// Corpus index of `ids[0]`: the job's `first_index` plus where this range starts in the job
+    /// (a stream prepares its corpus a chunk at a time).
+    pub first: usize,
 }
 
 impl Prepared {
     pub fn len(&self) -> usize {
         self.ids.len()
+    }
+
+    /// Tokens the model will compute for these sentences.
+    pub fn num_tokens(&self) -> usize {
+        self.ids.iter().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -116,6 +122,25 @@ impl Engine {
         }
     }
 
+    /// Checks a job's options against the model before any work: an offset of 0, or one no
+    /// sentence of at most `max_positions` tokens can hold, fails every sentence alike.
+    pub fn check_job(&self, job: &RotationJob) -> Result<(), Error> {
+        let offset = job.non_target_offset;
+        if offset == 0 {
+            return Err(Error::invalid("non_target_offset", "0 would make the non-target the target itself"));
+        }
+        let max_positions = self.model.info.max_positions;
+        if offset.unsigned_abs() as usize >= max_positions {
+            return Err(Error::invalid(
+                "non_target_offset",
+                format!(
+                    "{offset} does not fit in a sentence of at most {max_positions} tokens (the model's positions)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Tokenized>, Error> {
         texts.iter().map(|t| Ok(self.model.tokenizer.encode(t)?)).collect()
     }
@@ -123,29 +148,37 @@ impl Engine {
     /// Tokenizes every sentence and checks it (length, vocabulary, target, non-target) before any
     /// forward pass, so a bad sentence costs no compute and is named by its index.
     pub fn prepare(&self, job: &RotationJob) -> Result<Prepared, Error> {
+        let opts = self.rotation_options(job)?;
+        self.prepare_range(job, opts, 0..job.sentences.len())
+    }
+
+    /// The job's options with its target resolved to a token id.
+    pub fn rotation_options(&self, job: &RotationJob) -> Result<RotationOptions, Error> {
         if job.sentences.is_empty() {
             return Err(Error::invalid("sentences", "no sentences given"));
         }
         let target = self.resolve_target(&job.target)?;
-        let opts = RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit };
-        let ids: Vec<Vec<u32>> = self.tokenize(&job.sentences)?.into_iter().map(|t| t.ids).collect();
-        let explain =
-            |e: Error| sentence_error::explain(e, job.first_index, &job.sentences, &ids, &self.model.tokenizer);
-        self.model.check_batch(&ids, job.first_index).map_err(|e| explain(e.into()))?;
-        for (i, sentence) in ids.iter().enumerate() {
-            analysis::locate(job.first_index + i, sentence, target, job.non_target_offset)
-                .map_err(|e| explain(e.into()))?;
-        }
-        Ok(Prepared { ids, first_index: job.first_index, target, opts })
+        Ok(RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit })
     }
 
-    /// [`Engine::prepare`] on a blocking thread: tokenizing thousands of sentences must not stall
-    /// the async executor that serves other requests.
-    pub async fn prepare_off_executor(&self, job: &RotationJob) -> Result<Prepared, Error> {
-        let (engine, job) = (self.clone(), job.clone());
-        tokio::task::spawn_blocking(move || engine.prepare(&job))
-            .await
-            .map_err(|e| ModelError::Tokenizer(format!("tokenizer task failed: {e}")))?
+    /// [`Engine::prepare`] for the sentences of `range` only; errors name sentences by their corpus
+    /// index (`job.first_index` + index in the job) and quote them.
+    pub fn prepare_range(
+        &self,
+        job: &RotationJob,
+        opts: RotationOptions,
+        range: Range<usize>,
+    ) -> Result<Prepared, Error> {
+        let first = job.first_index + range.start;
+        let texts = &job.sentences[range];
+        let ids: Vec<Vec<u32>> = self.tokenize(texts)?.into_iter().map(|t| t.ids).collect();
+        let explain = |e: Error| sentence_error::explain(e, first, texts, &ids, &self.model.tokenizer);
+        self.model.check_batch(&ids, first).map_err(|e| explain(e.into()))?;
+        for (i, sentence) in ids.iter().enumerate() {
+            analysis::locate(first + i, sentence, opts.target, opts.non_target_offset)
+                .map_err(|e| explain(e.into()))?;
+        }
+        Ok(Prepared { ids, target: opts.target, opts, first })
     }
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
@@ -171,24 +204,32 @@ impl Engine {
                 timings.inference += forwarded.inference;
             }
             let started = Instant::now();
-            let index = prepared.first_index + i;
-            out.push(analysis::rotate_sentence(index, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
+            let sentence = prepared.first + i;
+            out.push(analysis::rotate_sentence(sentence, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
             timings.analysis += started.elapsed();
         }
         Ok(out)
     }
 
-    /// Angles for every sentence of a job, with the time each stage took.
-    pub async fn rotations(&self, job: &RotationJob) -> Result<(Rotations, u32, StageTimings), Error> {
-        let mut timings = StageTimings::default();
+    /// Angles for every sentence of a prepared job, adding the time each stage took to `timings`.
+    pub async fn rotations(
+        &self,
+        prepared: &Prepared,
+        unit: AngleUnit,
+        timings: &mut StageTimings,
+    ) -> Result<Rotations, Error> {
+        let pending = self.submit(prepared, 0..prepared.len());
+        let sentences = self.finish(prepared, pending, timings).await?;
         let started = Instant::now();
-        let prepared = self.prepare_off_executor(job).await?;
-        timings.tokenize = started.elapsed();
-        let pending = self.submit(&prepared, 0..prepared.len());
-        let sentences = self.finish(&prepared, pending, &mut timings).await?;
-        let started = Instant::now();
-        let rotations = Rotations::assemble(job.unit, sentences)?;
+        let rotations = Rotations::assemble(unit, sentences)?;
         timings.analysis += started.elapsed();
-        Ok((rotations, prepared.target, timings))
+        Ok(rotations)
     }
+}
+
+/// Runs CPU-bound work (tokenizing, converting large messages) on a blocking thread, so the async
+/// workers stay free to serve other requests. Whatever `work` owns (a request's slot) is held
+/// until it has finished, even if the caller has gone.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ModelError::Runtime(format!("a blocking task failed: {e}")))?
 }

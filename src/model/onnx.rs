@@ -394,4 +394,59 @@ mod tests {
         assert_eq!(plan_passes(&[], 10), Vec::<usize>::new());
         assert_eq!(plan_passes(&[4], 10), vec![1]);
     }
+
+    /// Rows × longest row per pass, plus the pass cost.
+    fn cost(groups: &[Vec<usize>], pass_cost: usize) -> usize {
+        groups.iter().map(|g| g.len() * g.iter().max().unwrap() + pass_cost).sum()
+    }
+
+    /// The cheapest split over every partition of the sentences into passes (not only contiguous
+    /// groups of the sorted lengths): exhaustive, for small batches.
+    fn brute_force(lengths: &[usize], pass_cost: usize) -> usize {
+        fn go(rest: &[usize], groups: &mut Vec<Vec<usize>>, pass_cost: usize, best: &mut usize) {
+            let Some((&first, rest)) = rest.split_first() else {
+                *best = (*best).min(cost(groups, pass_cost));
+                return;
+            };
+            for g in 0..groups.len() {
+                groups[g].push(first);
+                go(rest, groups, pass_cost, best);
+                groups[g].pop();
+            }
+            groups.push(vec![first]);
+            go(rest, groups, pass_cost, best);
+            groups.pop();
+        }
+        let mut best = usize::MAX;
+        go(lengths, &mut Vec::new(), pass_cost, &mut best);
+        best
+    }
+
+    #[test]
+    fn plan_passes_is_optimal_against_brute_force() {
+        // Deterministic pseudo-random small batches (an LCG), lengths 1..=40, pass costs 0..=60.
+        let mut state = 12345u64;
+        let mut next = |n: u64| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) % n
+        };
+        for _ in 0..300 {
+            let n = 1 + next(7) as usize;
+            let mut lengths: Vec<usize> = (0..n).map(|_| 1 + next(40) as usize).collect();
+            lengths.sort_unstable();
+            let pass_cost = next(61) as usize;
+            let cuts = plan_passes(&lengths, pass_cost);
+            assert_eq!(cuts.last(), Some(&n), "{lengths:?}: the plan covers every sentence");
+            let mut start = 0;
+            let groups: Vec<Vec<usize>> = cuts
+                .iter()
+                .map(|&end| {
+                    let g = lengths[start..end].to_vec();
+                    start = end;
+                    g
+                })
+                .collect();
+            assert_eq!(cost(&groups, pass_cost), brute_force(&lengths, pass_cost), "{lengths:?} cost {pass_cost}");
+        }
+    }
 }

@@ -48,15 +48,16 @@ impl ServerSecurity {
         Ok(ServerSecurity { tls, auth: AuthLayer(keys) })
     }
 
-    /// A server builder with TLS (when configured) and the API-key check on every request.
-    pub fn server_builder(self) -> anyhow::Result<Server<Stack<AuthLayer, Identity>>> {
+    /// A server builder with TLS (when configured) and the API-key check on every request, inside
+    /// `outer` (a layer that sees every call, refused ones included).
+    pub fn server_builder<L>(self, outer: L) -> anyhow::Result<Server<Stack<AuthLayer, Stack<L, Identity>>>> {
         let mut builder = Server::builder();
         if let Some((tls, files)) = self.tls {
             builder = builder
                 .tls_config(tls)
                 .map_err(|e| anyhow::anyhow!("{files} do not go together: {}", root_cause(&e)))?;
         }
-        Ok(builder.layer(self.auth))
+        Ok(builder.layer(outer).layer(self.auth))
     }
 }
 

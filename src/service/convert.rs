@@ -2,8 +2,8 @@
 use ndarray::{Array3, ArrayView2, ArrayView3};
 
 use crate::analysis::{
-    AngleUnit, Correction, Direction, LayerTest, PairedStats, Rotations, SignificanceOptions, SignificanceResult,
-    CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    AngleUnit, Correction, Direction, LayerFlag, LayerTest, PairedStats, Rotations, SignificanceOptions,
+    SignificanceResult, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
 };
 use crate::engine::{RotationJob, Target};
 use crate::error::Error;
@@ -17,6 +17,58 @@ pub struct RequestLimits {
     pub max_sentences: usize,
     /// Most sentences in one StreamRotations request.
     pub max_stream_sentences: usize,
+}
+
+/// Sizes of single inputs, checked at the edge before any work.
+#[derive(Clone, Copy, Debug)]
+pub struct InputLimits {
+    /// Longest text (a sentence, or a text to tokenize) in UTF-8 bytes.
+    pub max_text_bytes: usize,
+    /// Most values in a TestSignificance angle tensor.
+    pub max_tensor_values: usize,
+    /// Largest message either way (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+}
+
+/// Default of `--max-text-bytes`: far above any sentence of GPT-2's 1024 positions.
+pub const DEFAULT_MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Default of `--max-message-bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Default of `--max-tensor-values`: what a 64 MiB message can hold.
+pub const DEFAULT_MAX_TENSOR_VALUES: usize = 1 << 24;
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self {
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
+            max_tensor_values: DEFAULT_MAX_TENSOR_VALUES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Refuses, before any work, a rotation result that cannot fit in a message: per layer and
+/// sentence it holds at least 3 packed f32 angles (12 bytes) and a shuffle draw (6 bytes).
+pub fn check_result_size(num_layers: usize, num_sentences: usize, max_bytes: usize) -> Result<(), Error> {
+    let at_least = 18u128 * num_layers as u128 * num_sentences as u128;
+    if at_least > max_bytes as u128 {
+        return Err(Error::Overloaded(format!(
+            "the result for {num_sentences} sentences would take at least {at_least} bytes, over the message limit of \
+             {max_bytes} bytes (max_message_bytes); send fewer sentences or use StreamRotations"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a text longer than `max_bytes`, naming it by index and the limit.
+pub fn check_texts(field: &str, texts: &[String], max_bytes: usize) -> Result<(), Error> {
+    match texts.iter().position(|t| t.len() > max_bytes) {
+        Some(i) => Err(Error::invalid(
+            format!("{field}[{i}]"),
+            format!("{} bytes exceed the limit of {max_bytes} per text (max_text_bytes)", texts[i].len()),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Refuses more than `limit` items, naming the limit and its value.
@@ -120,8 +172,8 @@ fn correction_to_proto(c: Correction) -> proto::Correction {
     }
 }
 
-/// A client's angle tensor `[layers, sentences, conditions]` as f64.
-pub fn angles_from_proto(t: Option<&proto::Tensor>) -> Result<Array3<f64>, Error> {
+/// A client's angle tensor `[layers, sentences, conditions]` as f64, at most `max_values` values.
+pub fn angles_from_proto(t: Option<&proto::Tensor>, max_values: usize) -> Result<Array3<f64>, Error> {
     let t = t.ok_or_else(|| Error::invalid("angles", "missing"))?;
     let [l, s, c] = t.shape[..] else {
         return Err(Error::invalid(
@@ -129,14 +181,25 @@ pub fn angles_from_proto(t: Option<&proto::Tensor>) -> Result<Array3<f64>, Error
             format!("must have 3 dimensions [layers, sentences, conditions], has {}", t.shape.len()),
         ));
     };
-    let (l, s, c) = (l as usize, s as usize, c as usize);
-    let expected = l.checked_mul(s).and_then(|n| n.checked_mul(c));
-    if expected != Some(t.values.len()) {
+    // Three u32 factors fit in u128 without overflow, whatever the client claims.
+    let expected = u128::from(l) * u128::from(s) * u128::from(c);
+    if expected > max_values as u128 || t.values.len() > max_values {
         return Err(Error::invalid(
-            "angles.values",
-            format!("shape [{l}, {s}, {c}] needs {} values, got {}", l * s * c, t.values.len()),
+            "angles",
+            format!(
+                "shape [{l}, {s}, {c}] has {expected} values ({} sent); the limit is {max_values} values \
+                 (max_tensor_values)",
+                t.values.len()
+            ),
         ));
     }
+    if expected != t.values.len() as u128 {
+        return Err(Error::invalid(
+            "angles.values",
+            format!("shape [{l}, {s}, {c}] needs {expected} values, got {}", t.values.len()),
+        ));
+    }
+    let (l, s, c) = (l as usize, s as usize, c as usize);
     Ok(Array3::from_shape_vec((l, s, c), t.values.iter().map(|&v| f64::from(v)).collect())
         .expect("length checked above"))
 }
@@ -235,6 +298,10 @@ fn layer_test(t: &LayerTest) -> proto::LayerTest {
             Direction::NotSignificant => proto::Direction::NotSignificant,
             Direction::AGreater => proto::Direction::AGreater,
             Direction::BGreater => proto::Direction::BGreater,
+        } as i32,
+        flag: match t.flag {
+            LayerFlag::None => proto::LayerFlag::None,
+            LayerFlag::ZeroVariance => proto::LayerFlag::ZeroVariance,
         } as i32,
     }
 }

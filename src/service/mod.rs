@@ -1,24 +1,27 @@
 //! gRPC handlers: validate, convert, delegate to the engine and the analysis. Nothing else.
+pub mod admission;
+mod connection;
 pub mod convert;
+pub mod outcome;
 pub mod server;
 mod stream;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::analysis::{test_layers, test_layers_from_stats, Rotations};
-use crate::engine::Engine;
+use crate::analysis::{check_options, test_layers, test_layers_from_stats, Rotations, SignificanceOptions, CONDITIONS};
+use crate::config::ServeConfig;
+use crate::engine::{blocking, Engine};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::rotation_service_server::RotationService;
-use crate::telemetry::{self, StageTimings};
-use convert::RequestLimits;
+use crate::telemetry::StageTimings;
+use admission::Admission;
+use convert::{InputLimits, RequestLimits};
 
 /// Response metadata key carrying the per-stage timings (milliseconds).
 pub const TIMING_HEADER: &str = "server-timing";
@@ -28,21 +31,44 @@ pub const TIMING_HEADER: &str = "server-timing";
 pub struct RotationServiceImpl {
     engine: Arc<OnceLock<Engine>>,
     limits: RequestLimits,
-    permits: Arc<Semaphore>,
-    max_concurrent: usize,
+    input: InputLimits,
+    admission: Admission,
     shutting_down: Arc<AtomicBool>,
 }
 
 impl RotationServiceImpl {
+    /// At most `max_concurrent` requests at once; the other limits at their defaults.
     pub fn new(limits: RequestLimits, max_concurrent: usize) -> Self {
-        let max_concurrent = max_concurrent.max(1);
         Self {
             engine: Arc::new(OnceLock::new()),
             limits,
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            max_concurrent,
+            input: InputLimits::default(),
+            admission: Admission::new(max_concurrent, admission::DEFAULT_MAX_QUEUED_TOKENS),
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The service as `rotations serve` configures it (model not loaded yet).
+    pub fn from_config(config: &ServeConfig) -> Self {
+        let limits =
+            RequestLimits { max_sentences: config.max_sentences, max_stream_sentences: config.max_stream_sentences };
+        let input = InputLimits {
+            max_text_bytes: config.max_text_bytes,
+            max_tensor_values: config.max_tensor_values,
+            max_message_bytes: config.max_message_bytes,
+        };
+        Self::new(limits, config.max_concurrent_requests)
+            .with_max_queued_tokens(config.max_queued_tokens)
+            .with_input_limits(input)
+    }
+
+    /// Admits requests while their tokens fit in `max_queued_tokens`.
+    pub fn with_max_queued_tokens(self, max_queued_tokens: usize) -> Self {
+        Self { admission: self.admission.with_max_tokens(max_queued_tokens), ..self }
+    }
+
+    pub fn with_input_limits(self, input: InputLimits) -> Self {
+        Self { input, ..self }
     }
 
     /// A service whose model is ready (tests and tools that load the model themselves).
@@ -63,7 +89,7 @@ impl RotationServiceImpl {
 
     /// Requests currently holding a slot.
     pub fn in_flight(&self) -> usize {
-        self.max_concurrent - self.permits.available_permits()
+        self.admission.in_flight()
     }
 
     fn engine(&self) -> Result<&Engine, Error> {
@@ -73,14 +99,16 @@ impl RotationServiceImpl {
         self.engine.get().ok_or(Error::NotReady)
     }
 
-    /// A slot among the concurrent requests, refused at once when all are taken.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            Error::Overloaded(format!(
-                "server busy: max_concurrent_requests ({}) reached; retry later",
-                self.max_concurrent
-            ))
-        })
+    /// A request's significance options, checked against the model's layers before any work.
+    fn significance_options(
+        &self,
+        engine: &Engine,
+        opts: Option<&proto::SignificanceOptions>,
+    ) -> Result<SignificanceOptions, Error> {
+        let opts = convert::significance_options(opts)?;
+        check_options(&opts, engine.model.info.num_layers, CONDITIONS.len())
+            .map_err(|e| Error::invalid("significance", e.to_string()))?;
+        Ok(opts)
     }
 
     /// Validates, admits and computes a rotation request.
@@ -90,23 +118,23 @@ impl RotationServiceImpl {
     ) -> Result<(Rotations, proto::RotationResult, StageTimings), Error> {
         let engine = self.engine()?;
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
-        let _permit = self.admit()?;
-        let (rotations, target, timings) = engine.rotations(&job).await?;
-        let wire = convert::rotation_result(&rotations, job.seed, target, &engine.model.info.name);
+        convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
+        engine.check_job(&job)?;
+        let layers = engine.model.info.num_layers;
+        convert::check_result_size(layers, job.sentences.len(), self.input.max_message_bytes)?;
+        let slot = self.admission.request()?;
+        let mut timings = StageTimings::default();
+        let started = Instant::now();
+        let (prepared, _slot) = {
+            let (engine, job) = (engine.clone(), job.clone());
+            blocking(move || Ok((engine.prepare(&job)?, slot))).await?
+        };
+        timings.tokenize = started.elapsed();
+        let _queued = self.admission.tokens(prepared.num_tokens())?;
+        let rotations = engine.rotations(&prepared, job.unit, &mut timings).await?;
+        let wire = convert::rotation_result(&rotations, job.seed, prepared.target, &engine.model.info.name);
         Ok((rotations, wire, timings))
     }
-}
-
-/// Counts and times one RPC, whatever its outcome.
-async fn observed<T>(rpc: &'static str, f: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
-    let started = Instant::now();
-    let result = f.await;
-    let code = result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-    telemetry::request(rpc, code, started.elapsed());
-    if let Err(s) = &result {
-        tracing::info!(rpc, code = ?s.code(), message = s.message(), "request failed");
-    }
-    result
 }
 
 /// A response with the per-stage timings in its metadata.
@@ -126,10 +154,10 @@ impl RotationService for RotationServiceImpl {
         &self,
         _req: Request<proto::GetModelInfoRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
-        observed("GetModelInfo", async {
+        async {
             let engine = self.engine()?;
             Ok(Response::new(convert::model_info(&engine.model.info)))
-        })
+        }
         .await
     }
 
@@ -138,13 +166,19 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::TokenizeRequest>,
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
-        observed("Tokenize", async {
-            let engine = self.engine()?;
-            let texts = &req.get_ref().texts;
+        async {
+            let engine = self.engine()?.clone();
+            let texts = req.into_inner().texts;
             convert::check_count("texts", texts.len(), self.limits.max_sentences, "max_sentences")?;
-            let texts = engine.tokenize(texts)?.into_iter().map(convert::tokenized).collect();
+            convert::check_texts("texts", &texts, self.input.max_text_bytes)?;
+            let slot = self.admission.request()?;
+            let texts = blocking(move || {
+                let _slot = slot;
+                Ok(engine.tokenize(&texts)?.into_iter().map(convert::tokenized).collect())
+            })
+            .await?;
             Ok(Response::new(proto::TokenizeResponse { texts }))
-        })
+        }
         .await
     }
 
@@ -153,10 +187,10 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResult>, Status> {
-        observed("ComputeRotations", async {
+        async {
             let (_, wire, timings) = self.rotations(req.get_ref()).await?;
             Ok(timed(wire, &timings))
-        })
+        }
         .await
     }
 
@@ -165,43 +199,52 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::SignificanceRequest>,
     ) -> Result<Response<proto::SignificanceResult>, Status> {
-        observed("TestSignificance", async {
+        async {
             if self.shutting_down.load(Ordering::SeqCst) {
                 return Err(Error::ShuttingDown.into());
             }
-            let req = req.get_ref();
+            let req = req.into_inner();
             let opts = convert::significance_options(req.options.as_ref())?;
-            let result = if req.statistics.is_empty() {
-                let angles = convert::angles_from_proto(req.angles.as_ref())?;
-                test_layers(angles.view(), &opts)
-            } else if req.angles.is_some() {
+            if !req.statistics.is_empty() && req.angles.is_some() {
                 return Err(Error::invalid("statistics", "give angles or statistics, not both").into());
-            } else {
-                test_layers_from_stats(&convert::paired_stats_from_proto(&req.statistics)?, &opts)
-            };
-            let result = result.map_err(Error::from)?;
-            Ok(Response::new(convert::significance_result(&result, &opts)))
-        })
+            }
+            let slot = self.admission.request()?;
+            let max_values = self.input.max_tensor_values;
+            let result = blocking(move || {
+                let _slot = slot;
+                // Merged exact statistics (a sharded corpus) or an angle tensor.
+                let result = if req.statistics.is_empty() {
+                    let angles = convert::angles_from_proto(req.angles.as_ref(), max_values)?;
+                    test_layers(angles.view(), &opts)?
+                } else {
+                    test_layers_from_stats(&convert::paired_stats_from_proto(&req.statistics)?, &opts)?
+                };
+                Ok(convert::significance_result(&result, &opts))
+            })
+            .await?;
+            Ok(Response::new(result))
+        }
         .await
     }
 
     #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
     async fn analyze(&self, req: Request<proto::RotationRequest>) -> Result<Response<proto::Analysis>, Status> {
-        observed("Analyze", async {
+        async {
             let req = req.get_ref();
             // Options are checked before the forward pass so a bad option costs no compute.
-            let opts = convert::significance_options(req.significance.as_ref())?;
+            let opts = self.significance_options(self.engine()?, req.significance.as_ref())?;
             let (rotations, wire, mut timings) = self.rotations(req).await?;
             let started = Instant::now();
-            // Tested on the f64 angles, not on their f32 wire form.
-            let significance = test_layers(rotations.angles.view(), &opts).map_err(Error::from)?;
+            // Tested on the f64 angles, not on their f32 wire form. With fewer than two sentences
+            // there is no test, but the rotations are still returned.
+            let mut body = proto::Analysis { rotations: Some(wire), ..Default::default() };
+            match test_layers(rotations.angles.view(), &opts) {
+                Ok(significance) => body.significance = Some(convert::significance_result(&significance, &opts)),
+                Err(e) => body.significance_error = e.to_string(),
+            }
             timings.analysis += started.elapsed();
-            let body = proto::Analysis {
-                rotations: Some(wire),
-                significance: Some(convert::significance_result(&significance, &opts)),
-            };
             Ok(timed(body, &timings))
-        })
+        }
         .await
     }
 
@@ -212,15 +255,18 @@ impl RotationService for RotationServiceImpl {
         &self,
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<Self::StreamRotationsStream>, Status> {
-        observed("StreamRotations", async {
+        async {
             let req = req.into_inner();
             let engine = self.engine()?.clone();
             let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
-            let opts = convert::significance_options(req.significance.as_ref())?;
-            let permit = self.admit()?;
-            let prepared = engine.prepare_off_executor(&job).await?;
-            Ok(Response::new(stream::start(engine, job, prepared, opts, permit)))
-        })
+            convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
+            let significance = self.significance_options(&engine, req.significance.as_ref())?;
+            engine.check_job(&job)?;
+            let rotation = engine.rotation_options(&job)?;
+            let slot = self.admission.request()?;
+            let context = stream::StreamContext { engine, admission: self.admission.clone(), rotation, significance };
+            Ok(Response::new(stream::start(context, job, slot)))
+        }
         .await
     }
 }

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use super::convert::RequestLimits;
+use super::connection::HandshakeDeadline;
+use super::outcome::OutcomeLayer;
 use super::RotationServiceImpl;
 use crate::config::ServeConfig;
 use crate::engine::{BatchLimits, Engine};
@@ -82,6 +84,19 @@ async fn spawn_health_port(
     Ok(AbortOnDrop(tokio::spawn(server)))
 }
 
+/// Time given to connections with nothing in flight to close politely (GOAWAY) at shutdown, before
+/// they are dropped: an idle client need not hold the process for the whole grace period.
+const IDLE_CONNECTION_CLOSE: Duration = Duration::from_secs(1);
+
+/// Accepted connections, each with the handshake deadline.
+fn incoming(
+    listener: TcpListener,
+    config: &ServeConfig,
+) -> impl tokio_stream::Stream<Item = std::io::Result<HandshakeDeadline>> {
+    let timeout = Duration::from_secs(config.handshake_timeout_seconds.max(1));
+    TcpListenerStream::new(listener).map(move |accepted| accepted.map(|io| HandshakeDeadline::new(io, timeout)))
+}
+
 /// Serves on `listener` until `shutdown` resolves. Errors if the model cannot be loaded.
 pub async fn serve(
     config: ServeConfig,
@@ -92,9 +107,7 @@ pub async fn serve(
         telemetry::install_prometheus(std::net::SocketAddr::new(config.metrics_host, port))?;
     }
     let security = ServerSecurity::from_config(&config)?;
-    let limits =
-        RequestLimits { max_sentences: config.max_sentences, max_stream_sentences: config.max_stream_sentences };
-    let service = RotationServiceImpl::new(limits, config.max_concurrent_requests);
+    let service = RotationServiceImpl::from_config(&config);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     health.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
@@ -120,14 +133,17 @@ pub async fn serve(
     }
     tracing::info!(%addr, service = SERVICE_NAME, "listening (NOT_SERVING until the model is ready)");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let outcome = OutcomeLayer::default();
     let mut server = tokio::spawn(
         security
-            .server_builder()?
+            .server_builder(outcome.clone())?
+            .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_interval_seconds.max(1))))
+            .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_seconds.max(1))))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(grpc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener, &config), async {
                 let _ = stop_rx.await;
             }),
     );
@@ -165,19 +181,27 @@ pub async fn serve(
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(in_flight = service.in_flight(), grace_seconds = grace.as_secs(), "shutting down: NOT_SERVING");
-    // Let handlers finish before the transport starts closing connections: closing a connection
-    // while a large response is still being read can reset it and lose the response.
-    while service.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+    // Let calls finish, their handlers and then their responses, streams included, before the
+    // transport starts closing connections: closing a connection while a large response is still
+    // being read can reset it and lose the response.
+    let busy = || service.in_flight() + outcome.open_calls();
+    while busy() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(RESPONSE_DRAIN.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
     let _ = stop_tx.send(());
-    match tokio::time::timeout_at(deadline, &mut server).await {
+    // Nothing is in flight now (or the grace period is over): connections get a moment to close
+    // politely (GOAWAY), then they are dropped. An idle client does not hold the process for the
+    // whole grace period.
+    let polite = (tokio::time::Instant::now() + IDLE_CONNECTION_CLOSE).min(deadline);
+    match tokio::time::timeout_at(polite, &mut server).await {
         Ok(ended) => ended??,
-        Err(_) => {
-            tracing::warn!(in_flight = service.in_flight(), "grace period over; exiting with requests unfinished")
+        Err(_) if busy() > 0 => {
+            tracing::warn!(in_flight = busy(), "grace period over; exiting with requests unfinished");
         }
+        Err(_) => tracing::info!("closed connections with nothing in flight"),
     }
+    server.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,15 +1,21 @@
-//! StreamRotations: a corpus in chunks, in input order, with at most two chunks in flight so the
-//! server's memory is bounded by the batch budget, not by the corpus. A slow reader slows the
-//! producer (bounded channel); a client that goes away stops it, and its queued sentences are dropped.
+//! StreamRotations: a corpus in chunks, in input order. Each chunk is tokenized and checked only when
+//! it is reached (a bad sentence is reported by its index then), at most two chunks are in flight,
+//! and each holds room in the queued-token budget, so the server's memory is bounded by the chunk
+//! size, not by the corpus. A slow reader slows the producer (bounded channel); a client that goes
+//! away stops it within one chunk, and the request's slot is held until the work has stopped.
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
-use crate::analysis::{paired_stats, test_layers_from_stats, PairedStats, Rotations, SignificanceOptions};
-use crate::engine::{Engine, Prepared, RotationJob};
+use crate::analysis::{
+    paired_stats, test_layers_from_stats, PairedStats, RotationOptions, Rotations, SignificanceOptions,
+};
+use crate::engine::{blocking, Engine, Pending, Prepared, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::telemetry::StageTimings;
@@ -19,48 +25,85 @@ pub type ChunkStream = ReceiverStream<Result<proto::RotationChunk, Status>>;
 /// Chunks computed ahead of the one being sent.
 const CHUNKS_IN_FLIGHT: usize = 2;
 
-pub fn start(
-    engine: Engine,
-    job: RotationJob,
-    prepared: Prepared,
-    opts: SignificanceOptions,
-    permit: OwnedSemaphorePermit,
-) -> ChunkStream {
+/// What one stream needs besides its job.
+pub struct StreamContext {
+    pub engine: Engine,
+    pub admission: Admission,
+    pub rotation: RotationOptions,
+    pub significance: SignificanceOptions,
+}
+
+pub fn start(context: StreamContext, job: RotationJob, slot: Slot) -> ChunkStream {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     tokio::spawn(async move {
-        let _permit = permit; // the request's slot lasts as long as the stream
-        if let Err(e) = produce(&engine, &job, &prepared, &opts, &tx).await {
+        let _slot = slot; // the request's slot lasts until its work has stopped
+        if let Err(e) = produce(&context, Arc::new(job), &tx).await {
             let _ = tx.send(Err(e.into())).await;
         }
     });
     ReceiverStream::new(rx)
 }
 
+/// Tokenizes and checks the sentences of `range`, off the executor.
+async fn prepare_chunk(
+    context: &StreamContext,
+    job: &Arc<RotationJob>,
+    range: std::ops::Range<usize>,
+) -> Result<Prepared, Error> {
+    let (engine, job, opts) = (context.engine.clone(), job.clone(), context.rotation);
+    blocking(move || engine.prepare_range(&job, opts, range)).await
+}
+
 async fn produce(
-    engine: &Engine,
-    job: &RotationJob,
-    prepared: &Prepared,
-    opts: &SignificanceOptions,
+    context: &StreamContext,
+    job: Arc<RotationJob>,
     tx: &mpsc::Sender<Result<proto::RotationChunk, Status>>,
 ) -> Result<(), Error> {
-    let total = prepared.len();
+    let engine = &context.engine;
+    let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
     let mut stats: Vec<PairedStats> = Vec::new();
-    let mut inflight = VecDeque::new();
+    let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
+    let mut ready: Option<Prepared> = None; // prepared, waiting for room in the token budget
     let mut next = 0;
     let mut done = 0;
     let mut timings = StageTimings::default();
-    while next < total || !inflight.is_empty() {
-        while inflight.len() < CHUNKS_IN_FLIGHT && next < total {
-            let end = (next + chunk).min(total);
-            inflight.push_back(engine.submit(prepared, next..end));
-            next = end;
+    loop {
+        while inflight.len() < CHUNKS_IN_FLIGHT && (ready.is_some() || next < total) {
+            let prepared = match ready.take() {
+                Some(p) => p,
+                None => {
+                    let end = (next + chunk).min(total);
+                    let p = prepare_chunk(context, &job, next..end).await?;
+                    next = end;
+                    p
+                }
+            };
+            let tokens = prepared.num_tokens();
+            // The first chunk in flight waits for room; a second one never waits on the first.
+            let queued = if inflight.is_empty() {
+                tokio::select! {
+                    queued = context.admission.tokens_waiting(tokens) => queued,
+                    _ = tx.closed() => return Ok(()),
+                }
+            } else if let Ok(queued) = context.admission.tokens(tokens) {
+                queued
+            } else {
+                ready = Some(prepared);
+                break;
+            };
+            let pending = engine.submit(&prepared, 0..prepared.len());
+            inflight.push_back((prepared, pending, queued));
         }
-        let pending = inflight.pop_front().expect("a chunk is in flight");
-        let sentences = engine.finish(prepared, pending, &mut timings).await?;
-        let first = sentences[0].index;
+        let Some((prepared, pending, _queued)) = inflight.pop_front() else { break };
+        let sentences = tokio::select! {
+            sentences = engine.finish(&prepared, pending, &mut timings) => sentences?,
+            // The client has gone: dropping `inflight` cancels its queued sentences.
+            _ = tx.closed() => return Ok(()),
+        };
         let part = Rotations::assemble(job.unit, sentences)?;
-        let layer_stats = paired_stats(part.angles.view(), opts.condition_a, opts.condition_b)?;
+        let layer_stats =
+            paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
         if stats.is_empty() {
             stats = layer_stats;
         } else {
@@ -69,28 +112,34 @@ async fn produce(
             }
         }
         done += part.sentences.len();
-        let mut message = convert::chunk(&part, first, job.seed);
+        let mut message = convert::chunk(&part, prepared.first, job.seed);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
         if tx.send(Ok(message)).await.is_err() {
-            return Ok(()); // the client has gone; dropping `inflight` cancels its queued sentences
+            return Ok(()); // the client has gone
         }
     }
+    let _ = tx.send(Ok(last_chunk(context, &job, &stats, done))).await;
+    Ok(())
+}
 
+/// The final chunk: merged statistics and their t-tests (or why there are none).
+fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats], done: usize) -> proto::RotationChunk {
+    let total = job.sentences.len();
+    let opts = &context.significance;
     let mut last = proto::RotationChunk {
-        first_sentence: (prepared.first_index + total) as u32,
+        first_sentence: (job.first_index + total) as u32,
         progress: Some(proto::Progress { done: done as u32, total: total as u32 }),
         unit: convert::unit_to_proto(job.unit) as i32,
         shuffle_seed: job.seed,
         statistics: convert::layer_statistics(&stats),
         last: true,
-        model_name: engine.model.info.name.clone(),
-        target_token_id: prepared.target,
+        model_name: context.engine.model.info.name.clone(),
+        target_token_id: context.rotation.target,
         ..Default::default()
     };
-    match test_layers_from_stats(&stats, opts) {
+    match test_layers_from_stats(stats, opts) {
         Ok(result) => last.significance = Some(convert::significance_result(&result, opts)),
         Err(e) => last.significance_error = e.to_string(),
     }
-    let _ = tx.send(Ok(last)).await;
-    Ok(())
+    last
 }

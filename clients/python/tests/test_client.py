@@ -312,6 +312,27 @@ def test_significance_error_propagates(client: Client) -> None:
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("method", ["analyze", "stream"])
+def test_one_sentence_gives_rotations_and_the_reason_for_no_significance(client: Client, method: str) -> None:
+    one = ["I saw her at the market."]
+    analysis = client.analyze(one) if method == "analyze" else collect_stream(client.stream_rotations(one))
+    assert analysis.rotations.angles.shape[1] == 1
+    assert analysis.significance is None
+    assert "at least 2 sentences" in analysis.significance_error
+
+
+def test_constant_differences_are_flagged_like_scipy(client: Client) -> None:
+    angles = np.zeros((2, 4, 3), dtype=np.float32)
+    angles[:, :, 1] = [10.0, 11.25, 12.5, 13.75]
+    angles[0, :, 0] = angles[0, :, 1] + 0.5  # constant difference: t = +inf, p = 0 (scipy.stats.ttest_rel)
+    angles[1, :, 0] = angles[1, :, 1] + np.array([0.25, 1.0, 0.5, 2.0], dtype=np.float32)
+    result = client.significance(angles)
+    flagged, ordinary = result.layers
+    assert flagged.flag == "zero_variance" and flagged.t == np.inf and flagged.p == 0.0
+    assert not flagged.significant and np.isnan(flagged.p_adjusted)
+    assert ordinary.flag == "" and ordinary.t == pytest.approx(2.422718559261745, rel=1e-6)
+
+
 def test_client_side_argument_errors(client: Client) -> None:
     with pytest.raises(TypeError):
         client.rotations("I saw her.")  # one string, not a list of sentences

@@ -45,6 +45,8 @@ __all__ = [
     "Progress",
     "RotationChunk",
     "RotationResult",
+    "RETRYABLE_CODES",
+    "RetryPolicy",
     "RotationsError",
     "SentenceReport",
     "SignificanceResult",

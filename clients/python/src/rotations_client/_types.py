@@ -29,6 +29,10 @@ _DIRECTIONS = {
     pb.DIRECTION_A_GREATER: "a_greater",
     pb.DIRECTION_B_GREATER: "b_greater",
 }
+_LAYER_FLAGS = {
+    pb.LAYER_FLAG_NONE: "",
+    pb.LAYER_FLAG_ZERO_VARIANCE: "zero_variance",
+}
 
 
 def tensor(message: "pb.Tensor", ndim: int) -> np.ndarray:
@@ -181,6 +185,9 @@ class LayerTest:
     significant: bool
     #: "a_greater", "b_greater" or "not_significant".
     direction: str
+    #: "" for an ordinary test; "zero_variance" when the paired differences are constant (t and p as
+    #: scipy gives them: +-inf and 0, or NaN for all-zero differences; never significant).
+    flag: str = ""
 
     @classmethod
     def from_pb(cls, m: "pb.LayerTest") -> LayerTest:
@@ -197,6 +204,7 @@ class LayerTest:
             ci_high=m.ci_high,
             significant=m.significant,
             direction=_DIRECTIONS.get(m.direction, "not_significant"),
+            flag=_LAYER_FLAGS.get(m.flag, ""),
         )
 
 
@@ -258,10 +266,12 @@ class SignificanceResult:
 
 @dataclass(frozen=True)
 class Analysis:
-    """``Analyze``: the notebook in one call."""
+    """``Analyze``: the notebook in one call. ``significance`` is None when no t-test is possible
+    (fewer than two sentences); ``significance_error`` then says why."""
 
     rotations: RotationResult
-    significance: SignificanceResult
+    significance: Optional[SignificanceResult]
+    significance_error: str = ""
 
     @property
     def angles(self) -> np.ndarray:
@@ -269,7 +279,8 @@ class Analysis:
 
     @classmethod
     def from_pb(cls, m: "pb.Analysis") -> Analysis:
-        return cls(RotationResult.from_pb(m.rotations), SignificanceResult.from_pb(m.significance))
+        significance = SignificanceResult.from_pb(m.significance) if m.HasField("significance") else None
+        return cls(RotationResult.from_pb(m.rotations), significance, m.significance_error)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ._types import (
 )
 from .connect import Pem, open_channel
 from .errors import RotationsError
+from .retry import RetryPolicy
 
 #: Where ``rotations serve`` listens by default.
 DEFAULT_ADDRESS = "localhost:50051"
@@ -127,6 +128,10 @@ class Client:
     the client's certificate for mutual TLS; each is PEM bytes or a PEM file's path. Any of them (or
     ``credentials``, a ready ``grpc.ChannelCredentials``) makes a bare ``host:port`` a TLS address.
 
+    Calls refused with ``RESOURCE_EXHAUSTED`` or ``UNAVAILABLE`` are retried by gRPC with bounded
+    exponential backoff and jitter (``retry``, default :class:`RetryPolicy`\ (); ``None`` turns it
+    off); see :mod:`rotations_client.retry` for when gRPC can and cannot retry.
+
     Every failed call raises :class:`RotationsError` with the server's status code and message.
     """
 
@@ -141,10 +146,12 @@ class Client:
         root_certificates: Optional[Pem] = None,
         certificate_chain: Optional[Pem] = None,
         private_key: Optional[Pem] = None,
+        retry: Optional[RetryPolicy] = RetryPolicy(),
     ) -> None:
         channel_options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *(retry or RetryPolicy(max_attempts=1)).channel_options(MAX_MESSAGE_BYTES),
             *options,
         ]
         self._connection = open_channel(
@@ -374,7 +381,9 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
     """Reassembles :meth:`Client.stream_rotations` into what :meth:`Client.analyze` returns.
 
     Layer means are computed here from the float32 angles (in float64, then rounded to float32, as
-    the server does). Raises ``ValueError`` if the stream ends early or has no significance test.
+    the server does). Raises ``ValueError`` if the stream ends early. Without a significance test
+    (fewer than two sentences) ``significance`` is None and ``significance_error`` says why, as in
+    :meth:`Client.analyze`.
     """
     parts: List[RotationChunk] = []
     last: Optional[RotationChunk] = None
@@ -385,8 +394,6 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         parts.append(chunk)
     if last is None:
         raise ValueError("the stream ended without its final chunk")
-    if last.significance is None:
-        raise ValueError(f"no significance test: {last.significance_error}")
     total = last.progress.total
     layers = parts[0].angles.shape[0] if parts else 0
     angles = np.zeros((layers, total, 3), dtype=np.float32)
@@ -412,4 +419,4 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         model_name=last.model_name,
         target_token_id=last.target_token_id,
     )
-    return Analysis(rotations, last.significance)
+    return Analysis(rotations, last.significance, last.significance_error)

@@ -300,6 +300,8 @@ class Cluster:
             "root_certificates": root_certificates,
             "certificate_chain": certificate_chain,
             "private_key": private_key,
+            # The cluster's own failover resends a refused chunk to another replica at once.
+            "retry": None,
         }
         self._clients: Dict[str, Client] = {}
         self._info: Optional[ModelInfo] = None

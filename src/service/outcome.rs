@@ -1,0 +1,219 @@
+//! One tower layer around the whole gRPC server, where every call's final status is known: it is
+//! counted in `rotations_requests_total` (a stream by the status that ends it, a call the client
+//! abandoned as CANCELLED), timed over the whole call (a stream's included), and logged when it
+//! failed, whether the handler or tonic's transport produced it. Two of tonic's transport statuses
+//! get the codes the gRPC spec assigns: a request that does not decode (tonic: INTERNAL) is
+//! INVALID_ARGUMENT, and a message over the size limit either way (tonic: OUT_OF_RANGE) is
+//! RESOURCE_EXHAUSTED.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
+use tonic::codegen::http::{self, HeaderMap};
+use tonic::codegen::Service;
+use tonic::{Code, Status};
+
+use crate::proto::rotation_service_server::SERVICE_NAME;
+use crate::telemetry;
+
+/// The methods counted, by name (the metric's `rpc` label); other services' calls pass through.
+const METHODS: [&str; 6] =
+    ["GetModelInfo", "Tokenize", "ComputeRotations", "TestSignificance", "Analyze", "StreamRotations"];
+
+/// Also counts the calls of this service still open (until their status has been sent), so that
+/// shutdown can wait for responses, streams included, rather than for a fixed time.
+#[derive(Clone, Debug, Default)]
+pub struct OutcomeLayer {
+    open: Arc<AtomicUsize>,
+}
+
+impl OutcomeLayer {
+    /// Calls of this service whose final status has not been sent yet.
+    pub fn open_calls(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+impl<S> tower_layer::Layer<S> for OutcomeLayer {
+    type Service = Outcome<S>;
+
+    fn layer(&self, inner: S) -> Outcome<S> {
+        Outcome { inner, open: self.open.clone() }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome<S> {
+    inner: S,
+    open: Arc<AtomicUsize>,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for Outcome<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut call = CallRecord::start(method_of(request.uri().path()), &self.open);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let (mut parts, body) = response.await?.into_parts();
+            // A call that fails before any message carries its status in the headers.
+            if let Some(status) = amend_status(&mut parts.headers) {
+                call.finish(&status);
+            }
+            Ok(http::Response::from_parts(parts, ObservedBody { inner: body, call }))
+        })
+    }
+}
+
+/// The response body, watched for the trailers that carry the call's final status.
+pub struct ObservedBody<B> {
+    inner: B,
+    call: CallRecord,
+}
+
+impl<B: Body + Unpin> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(mut frame)) => {
+                if let Some(status) = frame.trailers_mut().and_then(amend_status) {
+                    this.call.finish(&status);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.call.finish(&Status::internal("the response body failed"));
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.call.finish(&Status::unknown("the response ended without a status"));
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One call of a counted method; recorded once, when its status is known or when it is abandoned.
+struct CallRecord {
+    rpc: Option<&'static str>,
+    started: Instant,
+    done: bool,
+    open: Arc<AtomicUsize>,
+}
+
+impl CallRecord {
+    fn start(rpc: Option<&'static str>, open: &Arc<AtomicUsize>) -> Self {
+        if rpc.is_some() {
+            open.fetch_add(1, Ordering::SeqCst);
+        }
+        Self { rpc, started: Instant::now(), done: false, open: open.clone() }
+    }
+
+    fn finish(&mut self, status: &Status) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let Some(rpc) = self.rpc else { return };
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        telemetry::request(rpc, status.code(), self.started.elapsed());
+        if status.code() != Code::Ok {
+            tracing::info!(rpc, code = ?status.code(), message = status.message(), "request failed");
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        // The response was dropped before its status was sent: the client went away.
+        self.finish(&Status::cancelled("the client cancelled the call"));
+    }
+}
+
+fn method_of(path: &str) -> Option<&'static str> {
+    let method = path.strip_prefix('/')?.strip_prefix(SERVICE_NAME)?.strip_prefix('/')?;
+    METHODS.iter().find(|&&m| m == method).copied()
+}
+
+/// The status in `headers` (trailers, or the headers of a trailers-only response), with the codes
+/// of tonic's transport errors corrected in place.
+fn amend_status(headers: &mut HeaderMap) -> Option<Status> {
+    let status = Status::from_header_map(headers)?;
+    let code = match status.code() {
+        Code::Internal if status.message().starts_with("failed to decode Protobuf message") => Code::InvalidArgument,
+        Code::OutOfRange if status.message().contains("message length too large") => Code::ResourceExhausted,
+        _ => return Some(status),
+    };
+    let amended = Status::new(code, status.message());
+    // Re-encoding a message that was already a header cannot fail; keep the original if it does.
+    if amended.add_header(headers).is_err() {
+        return Some(status);
+    }
+    Some(amended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(status: Status) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        status.add_header(&mut h).unwrap();
+        h
+    }
+
+    #[test]
+    fn transport_codes_are_amended_others_kept() {
+        for (given, want) in [
+            (Status::internal("failed to decode Protobuf message: invalid wire type"), Code::InvalidArgument),
+            (
+                Status::out_of_range("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes"),
+                Code::ResourceExhausted,
+            ),
+            (
+                Status::out_of_range("Error, encoded message length too large: found 9 bytes, the limit is: 4 bytes"),
+                Code::ResourceExhausted,
+            ),
+            (Status::internal("sentence 0: hidden state 1 at position 0 is not finite"), Code::Internal),
+            (Status::out_of_range("something else"), Code::OutOfRange),
+        ] {
+            let mut h = headers(given.clone());
+            let amended = amend_status(&mut h).unwrap();
+            assert_eq!(amended.code(), want, "{given:?}");
+            assert_eq!(Status::from_header_map(&h).unwrap().code(), want);
+            assert_eq!(amended.message(), given.message());
+        }
+        assert!(amend_status(&mut HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn only_this_services_methods_are_counted() {
+        assert_eq!(method_of("/rotations.v1.RotationService/Analyze"), Some("Analyze"));
+        assert_eq!(method_of("/rotations.v1.RotationService/Nope"), None);
+        assert_eq!(method_of("/grpc.health.v1.Health/Check"), None);
+    }
+}
