@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test python-test ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test
+.PHONY: demo test python-test tools-test ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -24,6 +24,7 @@ demo: build
 test: ort
 	cargo test --all-targets -- --test-threads=2
 	$(MAKE) python-test
+	$(MAKE) tools-test
 
 ## The Python client (clients/python) against the real server on the bundled model, in its own venv .venv-client/.
 python-test: build
@@ -31,6 +32,11 @@ python-test: build
 	.venv-client/bin/python -m pip install --quiet -r clients/python/requirements-dev.txt
 	.venv-client/bin/python -m pip install --quiet --no-build-isolation --no-deps --force-reinstall ./clients/python
 	cd clients/python && ../../.venv-client/bin/python -m pytest
+
+## The export tool's verification maths (tools/verification.py: numpy only), in the client's venv.
+tools-test:
+	test -x .venv-client/bin/python || $(MAKE) python-test
+	.venv-client/bin/python -m pytest -q tools/tests
 
 ## The notebook's PyTorch pipeline vs Analyze at GPT-2 and GPT-2 XL shape; writes BENCHMARKS.md (not part of test).
 bench: ort
