@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::{ExecutionProvider, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
+use crate::model::{ExecutionProvider, GatherOutputs, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
@@ -108,6 +108,11 @@ pub struct ServeConfig {
     /// Also write ONNX Runtime's optimized graph to this path (to inspect its fusions).
     #[arg(long, env = "ROTATIONS_ORT_SAVE_OPTIMIZED", help_heading = ORT_TUNING)]
     pub save_optimized_model: Option<PathBuf>,
+    /// With a graph exported with --gather-outputs: return only the vectors the analysis reads
+    /// (auto: on the CUDA provider only, where copying every hidden state off the GPU dominates).
+    #[arg(long, env = "ROTATIONS_GATHER_OUTPUTS", value_enum, default_value_t = OrtTuning::DEFAULT.gather_outputs,
+          help_heading = ORT_TUNING)]
+    pub gather_outputs: GatherOutputs,
 }
 
 impl ServeConfig {
@@ -127,6 +132,7 @@ impl ServeConfig {
                 save_optimized: self.save_optimized_model.clone(),
                 prefetch: self.prefetch_weights,
                 pass_cost_tokens: self.pass_cost_tokens,
+                gather_outputs: self.gather_outputs,
             },
         }
     }

@@ -42,13 +42,15 @@ pub mod rotations;
 pub mod shuffle;
 pub mod stats;
 pub mod target;
+pub mod vectors;
 
 pub use angles::{angle_between, AngleUnit};
 pub use error::AnalysisError;
-pub use rotations::{rotate_sentence, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
+pub use rotations::{rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
 pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
     adjust_p_values, paired_stats, t_quantile, test_layers, test_layers_from_stats, two_sided_p, Correction, Direction,
     LayerTest, PairedStats, SignificanceOptions, SignificanceResult, CI_LEVEL,
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
+pub use vectors::HiddenVectors;

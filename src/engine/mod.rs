@@ -141,8 +141,18 @@ impl Engine {
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
     pub fn submit(&self, prepared: &Prepared, range: Range<usize>) -> Pending {
-        let replies = prepared.ids[range.clone()].iter().map(|ids| self.batcher.submit(ids.clone())).collect();
+        let replies = range
+            .clone()
+            .map(|i| self.batcher.submit_wanted(prepared.ids[i].clone(), self.vectors_read(prepared, i)))
+            .collect();
         Pending { range, replies }
+    }
+
+    /// The vectors sentence `i` reads, where the model returns only those ([`analysis::vectors_read`]).
+    fn vectors_read(&self, prepared: &Prepared, i: usize) -> Option<Vec<crate::model::VectorIndex>> {
+        let num_layers = self.model.info.num_layers;
+        // An error here (checked already in prepare) falls back to every state; the analysis names it.
+        self.model.info.gathers.then(|| analysis::vectors_read(i, &prepared.ids[i], num_layers, &prepared.opts).ok())?
     }
 
     /// Waits for a submitted range and computes its angles, in input order.
@@ -162,7 +172,7 @@ impl Engine {
                 timings.inference += forwarded.inference;
             }
             let started = Instant::now();
-            out.push(analysis::rotate_sentence(i, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
+            out.push(analysis::rotate_sentence(i, &prepared.ids[i], &forwarded.hidden, &prepared.opts)?);
             timings.analysis += started.elapsed();
         }
         Ok(out)
