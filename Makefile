@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test python-test tools-test ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test
+.PHONY: demo test python-test tools-test ort build release lint fmt bench bench-levers bench-batching bench-gather clean-demo docker-test
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -53,6 +53,10 @@ docker-test:
 ## Throughput of 32 small concurrent clients, with and without dynamic batching.
 bench-batching: ort
 	cargo bench --bench batching
+
+## The reduced-output graph (--gather-outputs) against every hidden state on CPU, tiny and GPT-2 shape.
+bench-gather: ort
+	scripts/bench-gather
 
 lint:
 	cargo fmt --check

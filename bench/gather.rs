@@ -1,0 +1,85 @@
+//! The reduced-output graph against every hidden state, same model and requests: wall time of the
+//! engine's whole path (batcher, forward passes, copy, angles) with `--gather-outputs on` and `off`,
+//! alternated, and the hidden-state bytes each way copies out of ONNX Runtime.
+//!
+//!     make bench-gather                                      # tiny + GPT-2 shape (exports it once)
+//!     BENCH_MODEL_DIR=bench/cache/gpt2-gather cargo bench --bench gather
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rotations::analysis::{self, AngleUnit};
+use rotations::engine::{BatchLimits, Engine, RotationJob, Target};
+use rotations::model::{ExecutionProvider, GatherOutputs, Model, OrtTuning, RuntimeOptions};
+
+const SENTENCES: usize = 64;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn load(dir: &std::path::Path, library: &std::path::Path, gather_outputs: GatherOutputs) -> Model {
+    let tuning = OrtTuning { gather_outputs, ..Default::default() };
+    let opts = RuntimeOptions { library: library.into(), provider: ExecutionProvider::Cpu, intra_threads: 0, tuning };
+    Model::load(dir, &opts).expect("model loads (exported with --gather-outputs?)")
+}
+
+/// Hidden-state bytes leaving the runtime per job: every state of every real token, or the vectors read.
+fn bytes_copied(model: &Model, job: &RotationJob) -> (usize, usize) {
+    let info = &model.info;
+    let opts = analysis::RotationOptions { seed: job.seed, ..analysis::RotationOptions::new(607) };
+    let (mut all, mut read) = (0, 0);
+    for (i, s) in job.sentences.iter().enumerate() {
+        let ids = model.tokenizer.encode(s).unwrap().ids;
+        all += info.num_hidden_states() * ids.len() * info.hidden_size * 4;
+        read += analysis::vectors_read(i, &ids, info.num_layers, &opts).unwrap().len() * info.hidden_size * 4;
+    }
+    (all, read)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir =
+        std::env::var_os("BENCH_MODEL_DIR").map_or_else(|| repo.join("models/gpt2-tiny-random-gather"), PathBuf::from);
+    let library =
+        std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| repo.join(".ort/lib/libonnxruntime.so"), PathBuf::from);
+    let rounds: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(7);
+    let text = std::fs::read_to_string(repo.join("examples/her_sentences.txt")).unwrap();
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    let job = RotationJob {
+        sentences: (0..SENTENCES).map(|i| lines[i % lines.len()].clone()).collect(),
+        target: Target::Text(" her".into()),
+        unit: AngleUnit::Degrees,
+        non_target_offset: -1,
+        seed: 1,
+    };
+    let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
+    let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());
+    // Warm-up, and the two ways must agree before their times mean anything.
+    let (a, b) = (gathered.rotations(&job).await.unwrap().0, full.rotations(&job).await.unwrap().0);
+    assert_eq!(a, b, "gathered and full analyses differ");
+
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (engine, times) in [(&gathered, &mut on), (&full, &mut off)] {
+            let started = Instant::now();
+            engine.rotations(&job).await.unwrap();
+            times.push(started.elapsed());
+        }
+    }
+    let (all, read) = bytes_copied(&full.model, &job);
+    let info = &full.model.info;
+    println!(
+        "model {} ({} layers, hidden {}), CPU provider — {SENTENCES} sentences per job, median of {rounds} alternated rounds",
+        dir.display(),
+        info.num_layers,
+        info.hidden_size
+    );
+    println!("{:<26} {:>10} {:>14} {:>18}", "outputs", "wall ms", "sentences/s", "state bytes/job");
+    for (name, d, bytes) in [("every hidden state", median(off), all), ("gathered (--gather-outputs)", median(on), read)]
+    {
+        let rate = SENTENCES as f64 / d.as_secs_f64();
+        println!("{name:<26} {:>10.1} {rate:>14.1} {bytes:>18}", d.as_secs_f64() * 1e3);
+    }
+}
