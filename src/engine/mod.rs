@@ -150,9 +150,11 @@ impl Engine {
 
     /// The vectors sentence `i` reads, where the model returns only those ([`analysis::vectors_read`]).
     fn vectors_read(&self, prepared: &Prepared, i: usize) -> Option<Vec<crate::model::VectorIndex>> {
-        let num_layers = self.model.info.num_layers;
+        if !self.model.info.gathers {
+            return None;
+        }
         // An error here (checked already in prepare) falls back to every state; the analysis names it.
-        self.model.info.gathers.then(|| analysis::vectors_read(i, &prepared.ids[i], num_layers, &prepared.opts).ok())?
+        analysis::vectors_read(i, &prepared.ids[i], self.model.info.num_layers, &prepared.opts).ok()
     }
 
     /// Waits for a submitted range and computes its angles, in input order.
