@@ -273,5 +273,9 @@ mod tests {
         assert!(err.contains("--pass-cost-tokens") && err.contains("neither a token count nor `off`"), "{err}");
         let err = serve(&["--graph-optimization", "max"]).unwrap_err().to_string();
         assert!(err.contains("--graph-optimization"), "{err}");
+        use crate::model::GatherOutputs;
+        assert_eq!(serve(&[]).unwrap().runtime_options().tuning.gather_outputs, GatherOutputs::Auto);
+        assert_eq!(serve(&["--gather-outputs", "on"]).unwrap().gather_outputs, GatherOutputs::On);
+        assert!(serve(&["--gather-outputs", "maybe"]).unwrap_err().to_string().contains("--gather-outputs"));
     }
 }
