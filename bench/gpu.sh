@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA variant of `make bench`, for a session with an NVIDIA GPU. NOT RUN YET: the session that
 # wrote it had no GPU (see BENCHMARKS.md). GPT-2 XL shape with random weights, float32 and float16
-# exports, served with --execution-provider cuda; the notebook's pipeline runs on the same GPU in
-# PyTorch. Prints the table (sentences per second, share of the GPU's measured matrix-product rate,
-# fp16's angle error against fp32) and appends it to bench/cache/gpu-results.md.
+# exports, served with --execution-provider cuda (every hidden state, then --gather-outputs on); the
+# notebook's pipeline runs on the same GPU in PyTorch. Prints the tables (sentences per second, share
+# of the GPU's measured matrix-product rate, fp16's angle error against fp32) and appends them to
+# bench/cache/gpu-results.md.
 #
 #   bench/gpu.sh                 # 54 sentences, as the notebook
 #   BENCH_REPEAT=40 bench/gpu.sh # the 54 sentences 40 times over: throughput rather than latency
@@ -31,10 +32,14 @@ scripts/fetch-ort gpu
 cargo build --release --features cuda --bins
 
 # The exports are made on the CPU; the fp16 one is checked against fp32 PyTorch by the export tool.
-[ -f bench/cache/gpt2-xl/model.json ] ||
-  "$py" tools/export_model.py --random-init --preset gpt2-xl --seed 0 --out bench/cache/gpt2-xl
-[ -f bench/cache/gpt2-xl-fp16/model.json ] ||
-  "$py" tools/export_model.py --random-init --preset gpt2-xl --seed 0 --fp16 --out bench/cache/gpt2-xl-fp16
+# Both with --gather-outputs (re-exported if the cache holds a plain one): one graph serves every
+# hidden state or only the vectors read, so the runs below measure what that saves on the GPU.
+export_xl() { # out dir, extra export_model.py arguments
+  grep -q gather_index "$1/model.json" 2>/dev/null ||
+    "$py" tools/export_model.py --random-init --preset gpt2-xl --seed 0 --gather-outputs --out "$1" "${@:2}"
+}
+export_xl bench/cache/gpt2-xl
+export_xl bench/cache/gpt2-xl-fp16 --fp16
 
 # ONNX Runtime's CUDA provider loads cuBLAS, cuDNN and the CUDA runtime by name: use the copies the
 # torch wheel installed (site-packages/nvidia/*/lib) rather than assuming a system CUDA.
@@ -48,7 +53,10 @@ export ORT_DYLIB_PATH="$PWD/.ort-gpu/lib/libonnxruntime.so"
 
 # One pass per batch: on a GPU a pass costs kernel launches rather than a read of every weight from
 # memory, so splitting by length is less likely to pay (compare with --pass-cost-tokens 16).
-BENCH_COMMAND="bench/gpu.sh (BENCH_REPEAT=$repeat)" ROTATIONS_ORT_PASS_COST_TOKENS=off \
-  "$py" bench/bench.py --device cuda --models gpt2-xl,gpt2-xl-fp16 --runs "$runs" --repeat "$repeat" \
-  --save-angles --server-arg=--execution-provider=cuda --json bench/cache/gpu-last-run.json |
-  tee -a bench/cache/gpu-results.md
+for gather in off on; do
+  BENCH_COMMAND="bench/gpu.sh (BENCH_REPEAT=$repeat, --gather-outputs $gather)" ROTATIONS_ORT_PASS_COST_TOKENS=off \
+    ROTATIONS_GATHER_OUTPUTS=$gather \
+    "$py" bench/bench.py --device cuda --models gpt2-xl,gpt2-xl-fp16 --runs "$runs" --repeat "$repeat" \
+    --save-angles --server-arg=--execution-provider=cuda --json "bench/cache/gpu-last-run-gather-$gather.json" |
+    tee -a bench/cache/gpu-results.md
+done

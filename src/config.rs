@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::{ExecutionProvider, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
+use crate::model::{ExecutionProvider, GatherOutputs, GraphOptimization, OrtTuning, PassCost, RuntimeOptions};
 use crate::security::Secret;
 use crate::service::admission::{DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_TOKENS};
 use crate::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALUES, DEFAULT_MAX_TEXT_BYTES};
@@ -136,6 +136,11 @@ pub struct ServeConfig {
     /// Also write ONNX Runtime's optimized graph to this path (to inspect its fusions).
     #[arg(long, env = "ROTATIONS_ORT_SAVE_OPTIMIZED", help_heading = ORT_TUNING)]
     pub save_optimized_model: Option<PathBuf>,
+    /// With a graph exported with --gather-outputs: return only the vectors the analysis reads
+    /// (auto: on the CUDA provider only, where copying every hidden state off the GPU dominates).
+    #[arg(long, env = "ROTATIONS_GATHER_OUTPUTS", value_enum, default_value_t = OrtTuning::DEFAULT.gather_outputs,
+          help_heading = ORT_TUNING)]
+    pub gather_outputs: GatherOutputs,
     /// Plaintext port serving only gRPC health checks (off when unset): for probes that cannot use
     /// TLS, such as Kubernetes' grpc probe. Health service "liveness" stays SERVING while draining.
     #[arg(long, env = "ROTATIONS_HEALTH_PORT")]
@@ -178,6 +183,7 @@ impl ServeConfig {
                 save_optimized: self.save_optimized_model.clone(),
                 prefetch: self.prefetch_weights,
                 pass_cost_tokens: self.pass_cost_tokens,
+                gather_outputs: self.gather_outputs,
             },
         }
     }
@@ -364,5 +370,9 @@ mod tests {
         assert!(err.contains("--pass-cost-tokens") && err.contains("neither a token count nor `off`"), "{err}");
         let err = serve(&["--graph-optimization", "max"]).unwrap_err().to_string();
         assert!(err.contains("--graph-optimization"), "{err}");
+        use crate::model::GatherOutputs;
+        assert_eq!(serve(&[]).unwrap().runtime_options().tuning.gather_outputs, GatherOutputs::Auto);
+        assert_eq!(serve(&["--gather-outputs", "on"]).unwrap().gather_outputs, GatherOutputs::On);
+        assert!(serve(&["--gather-outputs", "maybe"]).unwrap_err().to_string().contains("--gather-outputs"));
     }
 }

@@ -90,6 +90,7 @@ fn analysis_code(e: &AnalysisError) -> Code {
         | AnalysisError::NoSentences
         | AnalysisError::DuplicateSentence { .. }
         | AnalysisError::LayerCountMismatch { .. }
-        | AnalysisError::NonFiniteStats { .. } => Code::Internal,
+        | AnalysisError::NonFiniteStats { .. }
+        | AnalysisError::MissingHiddenVector { .. } => Code::Internal,
     }
 }

@@ -48,6 +48,9 @@ pub enum AnalysisError {
     /// A hidden-state vector used in an angle has a NaN or infinite component.
     #[error("sentence {sentence}: hidden state {hidden_state} at position {position} is not finite")]
     NonFiniteHiddenState { sentence: usize, hidden_state: usize, position: usize },
+    /// The model returned only some vectors (a gathering graph) and not this one.
+    #[error("sentence {sentence}: hidden state {hidden_state} at position {position} was not returned by the model")]
+    MissingHiddenVector { sentence: usize, hidden_state: usize, position: usize },
 
     /// `Rotations::assemble` got no sentences.
     #[error("no sentences")]

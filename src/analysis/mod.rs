@@ -43,10 +43,11 @@ pub mod rotations;
 pub mod shuffle;
 pub mod stats;
 pub mod target;
+pub mod vectors;
 
 pub use angles::{angle_between, AngleUnit};
 pub use error::AnalysisError;
-pub use rotations::{rotate_sentence, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
+pub use rotations::{rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
 pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
     adjust_p_values, check_options, fixed_point, paired_stats, t_quantile, test_layers, test_layers_from_stats,
@@ -54,3 +55,4 @@ pub use stats::{
     CI_LEVEL, EXACT_SCALE_BITS, MAX_ABS_DIFFERENCE,
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
+pub use vectors::HiddenVectors;

@@ -1,12 +1,13 @@
 //! Per-sentence rotation angles (the unit of batching) and their assembly into the
 //! `[num_layers, num_sentences, 3]` tensor the notebook called `angles`.
 
-use ndarray::{Array2, Array3, ArrayView1, ArrayView3, Axis};
+use ndarray::{Array2, Array3, ArrayView1, Axis};
 
 use super::angles::{angle_between, AngleUnit};
 use super::shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 use super::stats::{test_layers, SignificanceOptions, SignificanceResult};
 use super::target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
+use super::vectors::HiddenVectors;
 use super::AnalysisError;
 
 /// Names of the three conditions, in the order of the last axis of the angle tensors:
@@ -60,18 +61,20 @@ pub struct SentenceRotations {
 ///
 /// `ids` are the sentence's real token ids (no padding) and `hidden` its hidden states,
 /// `[num_hidden_states, num_tokens, hidden_size]` with `num_hidden_states = num_layers + 1`
-/// (state 0 = embeddings), real tokens only. The result does not depend on other sentences,
+/// (state 0 = embeddings), real tokens only: all of them, or at least the vectors
+/// [`vectors_read`] lists. The result does not depend on other sentences,
 /// so sentences can be computed in any batches, order or shards.
 ///
 /// # Errors
 /// [`AnalysisError::TokenCountMismatch`] (`hidden.shape()[1] != ids.len()`),
 /// [`AnalysisError::TooFewHiddenStates`] (fewer than 2), [`AnalysisError::EmptyHiddenSize`],
 /// the errors of [`locate`], and [`AnalysisError::ZeroHiddenState`] /
-/// [`AnalysisError::NonFiniteHiddenState`] for a vector whose angle is undefined.
+/// [`AnalysisError::NonFiniteHiddenState`] for a vector whose angle is undefined,
+/// [`AnalysisError::MissingHiddenVector`] for one `hidden` does not hold.
 pub fn rotate_sentence(
     index: usize,
     ids: &[u32],
-    hidden: ArrayView3<f32>,
+    hidden: impl HiddenVectors,
     opts: &RotationOptions,
 ) -> Result<SentenceRotations, AnalysisError> {
     let (num_states, num_tokens, hidden_size) = hidden.dim();
@@ -91,32 +94,57 @@ pub fn rotate_sentence(
     let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
     let num_layers = num_states - 1;
     let draws = draws_for_sentence(opts.seed, index, num_layers, num_tokens);
-    let angle = |(s1, p1): (usize, usize), (s2, p2): (usize, usize)| {
-        vector_angle(index, hidden, (s1, p1), (s2, p2)).map(|r| opts.unit.from_radians(r))
-    };
     let mut angles = Array2::<f64>::zeros((num_layers, CONDITIONS.len()));
     for (l, draw) in (1..=num_layers).zip(&draws) {
-        let (t, nt) = (positions.target, positions.non_target);
-        angles[[l - 1, 0]] = angle((l - 1, t), (l, t))?;
-        angles[[l - 1, 1]] = angle((l - 1, nt), (l, nt))?;
-        angles[[l - 1, 2]] = angle(
-            (draw.layer_v as usize, draw.position_v as usize),
-            (draw.layer_u as usize, draw.position_u as usize),
-        )?;
+        for (condition, [a, b]) in compared_vectors(l, positions, draw).into_iter().enumerate() {
+            angles[[l - 1, condition]] = opts.unit.from_radians(vector_angle(index, &hidden, a, b)?);
+        }
     }
     Ok(SentenceRotations { index, num_tokens, positions, angles, draws })
+}
+
+/// The (hidden state, position) pairs whose angle each condition takes at layer transition `l`,
+/// in [`CONDITIONS`] order: the one place that says which vectors the analysis reads.
+fn compared_vectors(l: usize, positions: Positions, draw: &ShuffleDraw) -> [[(usize, usize); 2]; 3] {
+    let (t, nt) = (positions.target, positions.non_target);
+    let draw_v = (draw.layer_v as usize, draw.position_v as usize);
+    let draw_u = (draw.layer_u as usize, draw.position_u as usize);
+    [[(l - 1, t), (l, t)], [(l - 1, nt), (l, nt)], [draw_v, draw_u]]
+}
+
+/// Every (hidden state, position) pair [`rotate_sentence`] reads for sentence `index` of a model
+/// with `num_layers` layers, sorted and distinct: at most `4 · num_layers + 2` vectors, known before
+/// the forward pass, so a graph can return only these. Errors as [`locate`].
+pub fn vectors_read(
+    index: usize,
+    ids: &[u32],
+    num_layers: usize,
+    opts: &RotationOptions,
+) -> Result<Vec<(u32, u32)>, AnalysisError> {
+    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    let draws = draws_for_sentence(opts.seed, index, num_layers, ids.len());
+    let mut read: Vec<(u32, u32)> = (1..=num_layers)
+        .zip(&draws)
+        .flat_map(|(l, draw)| compared_vectors(l, positions, draw).into_iter().flatten())
+        .map(|(s, p)| (s as u32, p as u32))
+        .collect();
+    read.sort_unstable();
+    read.dedup();
+    Ok(read)
 }
 
 /// Angle in radians between `hidden[s1, p1]` and `hidden[s2, p2]`, with errors naming the
 /// offending vector.
 fn vector_angle(
     sentence: usize,
-    hidden: ArrayView3<f32>,
+    hidden: &impl HiddenVectors,
     (s1, p1): (usize, usize),
     (s2, p2): (usize, usize),
 ) -> Result<f64, AnalysisError> {
-    let v = |s: usize, p: usize| hidden.index_axis(Axis(0), s).index_axis_move(Axis(0), p);
-    let (a, b) = (v(s1, p1), v(s2, p2));
+    let v = |s: usize, p: usize| {
+        hidden.vector(s, p).ok_or(AnalysisError::MissingHiddenVector { sentence, hidden_state: s, position: p })
+    };
+    let (a, b) = (v(s1, p1)?, v(s2, p2)?);
     angle_between(a, b).map_err(|_| {
         let bad = |x: &ArrayView1<f32>| x.iter().any(|c| !c.is_finite());
         let (hidden_state, position, non_finite) = if bad(&a) {
@@ -304,6 +332,44 @@ mod tests {
         assert_eq!(
             rotate_sentence(2, &ids, nan.view(), &opts),
             Err(AnalysisError::NonFiniteHiddenState { sentence: 2, hidden_state: 1, position: 0 })
+        );
+    }
+
+    /// Only some vectors of a sentence, as a gathering graph returns them.
+    struct Kept<'a>(ndarray::ArrayView3<'a, f32>, Vec<(u32, u32)>);
+
+    impl HiddenVectors for Kept<'_> {
+        fn dim(&self) -> (usize, usize, usize) {
+            self.0.dim()
+        }
+
+        fn vector(&self, state: usize, position: usize) -> Option<ArrayView1<'_, f32>> {
+            self.1.contains(&(state as u32, position as u32)).then(|| self.0.vector(state, position)).flatten()
+        }
+    }
+
+    #[test]
+    fn the_vectors_read_are_all_the_analysis_needs() {
+        let ids = [1, 2, 3, T, 5, 6, 7, 8];
+        let hidden = toy(13, ids.len());
+        for seed in 0..20 {
+            let opts = RotationOptions { seed, ..RotationOptions::new(T) };
+            let read = vectors_read(4, &ids, 12, &opts).unwrap();
+            assert!(read.len() <= 4 * 12 + 2 && read.windows(2).all(|w| w[0] < w[1]));
+            let full = rotate_sentence(4, &ids, hidden.view(), &opts).unwrap();
+            let kept = rotate_sentence(4, &ids, Kept(hidden.view(), read.clone()), &opts).unwrap();
+            assert_eq!(full, kept);
+            // Every listed vector is needed: drop one and the analysis names it.
+            let (s, p) = read[seed as usize % read.len()];
+            let without: Vec<_> = read.iter().copied().filter(|&v| v != (s, p)).collect();
+            assert_eq!(
+                rotate_sentence(4, &ids, Kept(hidden.view(), without), &opts),
+                Err(AnalysisError::MissingHiddenVector { sentence: 4, hidden_state: s as usize, position: p as usize })
+            );
+        }
+        assert_eq!(
+            vectors_read(4, &[1, 2], 12, &RotationOptions::new(T)),
+            Err(AnalysisError::TargetNotFound { sentence: 4, target: T })
         );
     }
 

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::BatchLimits;
-use crate::model::{Model, ModelError, SentenceHidden};
+use crate::model::{Hidden, Model, ModelError, VectorIndex};
 use crate::telemetry;
 
 /// A sentence's hidden states and how long it waited in the queue and in the forward pass.
 pub struct Forwarded {
-    pub hidden: SentenceHidden,
+    pub hidden: Hidden,
     pub queued: Duration,
     pub inference: Duration,
     /// Which forward pass it rode in (sentences of one pass share its duration).
@@ -24,6 +24,8 @@ type Reply = oneshot::Sender<Result<Forwarded, ModelError>>;
 
 struct Item {
     ids: Vec<u32>,
+    /// The vectors the requester reads, for a model that gathers; `None`: every hidden state.
+    wanted: Option<Vec<VectorIndex>>,
     reply: Reply,
     enqueued: Instant,
     /// Arrival order, for fairness.
@@ -46,11 +48,20 @@ impl Batcher {
 
     /// Queues one sentence (already checked against the model). Dropping the receiver cancels it.
     pub fn submit(&self, ids: Vec<u32>) -> oneshot::Receiver<Result<Forwarded, ModelError>> {
+        self.submit_wanted(ids, None)
+    }
+
+    /// [`Batcher::submit`] for a requester that reads only `wanted` (see `Model::forward_wanted_unchecked`).
+    pub fn submit_wanted(
+        &self,
+        ids: Vec<u32>,
+        wanted: Option<Vec<VectorIndex>>,
+    ) -> oneshot::Receiver<Result<Forwarded, ModelError>> {
         let (reply, rx) = oneshot::channel();
         telemetry::queue_depth(1.0);
         // seq is assigned by the task; the send only fails if the task is gone, and then the dropped
         // reply makes the receiver fail with WorkerGone.
-        let _ = self.tx.send(Item { ids, reply, enqueued: Instant::now(), seq: 0 });
+        let _ = self.tx.send(Item { ids, wanted, reply, enqueued: Instant::now(), seq: 0 });
         rx
     }
 }
@@ -88,9 +99,11 @@ async fn run(model: Model, limits: BatchLimits, mut rx: mpsc::UnboundedReceiver<
         let batch = take_batch(&mut pending, limits);
         telemetry::queue_depth(-(batch.len() as f64));
         let ids: Vec<Vec<u32>> = batch.iter().map(|i| i.ids.clone()).collect();
+        // Gathered only when every sentence of the pass lists its vectors.
+        let wanted: Option<Vec<Vec<VectorIndex>>> = batch.iter().map(|i| i.wanted.clone()).collect();
         let started = Instant::now();
         batch_number += 1;
-        let result = model.forward_unchecked(ids).await;
+        let result = model.forward_wanted_unchecked(ids, wanted).await;
         let inference = started.elapsed();
         let tokens: usize = batch.iter().map(|i| i.ids.len()).sum();
         let width = batch.iter().map(|i| i.ids.len()).max().unwrap_or(0);
@@ -152,7 +165,7 @@ mod tests {
 
     fn item(len: usize, seq: u64) -> Item {
         let (reply, _rx) = oneshot::channel();
-        Item { ids: vec![1; len], reply, enqueued: Instant::now(), seq }
+        Item { ids: vec![1; len], wanted: None, reply, enqueued: Instant::now(), seq }
     }
 
     #[test]

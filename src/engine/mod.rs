@@ -183,8 +183,20 @@ impl Engine {
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
     pub fn submit(&self, prepared: &Prepared, range: Range<usize>) -> Pending {
-        let replies = prepared.ids[range.clone()].iter().map(|ids| self.batcher.submit(ids.clone())).collect();
+        let replies = range
+            .clone()
+            .map(|i| self.batcher.submit_wanted(prepared.ids[i].clone(), self.vectors_read(prepared, i)))
+            .collect();
         Pending { range, replies }
+    }
+
+    /// The vectors sentence `i` reads, where the model returns only those ([`analysis::vectors_read`]).
+    fn vectors_read(&self, prepared: &Prepared, i: usize) -> Option<Vec<crate::model::VectorIndex>> {
+        if !self.model.info.gathers {
+            return None;
+        }
+        // An error here (checked already in prepare) falls back to every state; the analysis names it.
+        analysis::vectors_read(prepared.first + i, &prepared.ids[i], self.model.info.num_layers, &prepared.opts).ok()
     }
 
     /// Waits for a submitted range and computes its angles, in input order.
@@ -205,7 +217,7 @@ impl Engine {
             }
             let started = Instant::now();
             let sentence = prepared.first + i;
-            out.push(analysis::rotate_sentence(sentence, &prepared.ids[i], forwarded.hidden.view(), &prepared.opts)?);
+            out.push(analysis::rotate_sentence(sentence, &prepared.ids[i], &forwarded.hidden, &prepared.opts)?);
             timings.analysis += started.elapsed();
         }
         Ok(out)

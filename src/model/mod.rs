@@ -11,11 +11,11 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ndarray::Array3;
+use ndarray::{Array2, Array3, ArrayView1, Axis};
 
 pub use error::ModelError;
 pub use manifest::{Manifest, ModelFiles};
-pub use onnx::{GraphOptimization, OnnxBackend, OrtTuning, PassCost};
+pub use onnx::{GatherOutputs, GraphOptimization, OnnxBackend, OrtTuning, PassCost};
 pub use tokenizer::{Tokenized, Tokenizer};
 pub use worker::ModelWorker;
 
@@ -23,11 +23,81 @@ pub use worker::ModelWorker;
 /// State 0 is the embedding output; state k the output of block k (the last one after `ln_f`).
 pub type SentenceHidden = Array3<f32>;
 
+/// Which vector of a sentence: (hidden state, token position).
+pub type VectorIndex = (u32, u32);
+
+/// One sentence's hidden states as a forward pass returned them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Hidden {
+    /// Every hidden state of every real token.
+    All(SentenceHidden),
+    /// Only the vectors asked for (a graph exported with `--gather-outputs`).
+    Gathered(GatheredVectors),
+}
+
+/// Some vectors of one sentence: row `i` of `vectors` is the vector `index[i]` names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatheredVectors {
+    pub num_states: usize,
+    pub num_tokens: usize,
+    /// Sorted and distinct.
+    pub index: Vec<VectorIndex>,
+    /// `[index.len(), hidden_size]`.
+    pub vectors: Array2<f32>,
+}
+
+impl Hidden {
+    /// `(hidden states, real tokens, hidden size)`.
+    pub fn dim(&self) -> (usize, usize, usize) {
+        match self {
+            Hidden::All(h) => h.dim(),
+            Hidden::Gathered(g) => (g.num_states, g.num_tokens, g.vectors.ncols()),
+        }
+    }
+
+    /// The vector of hidden state `state` at token `position`, if the pass returned it.
+    pub fn vector(&self, state: usize, position: usize) -> Option<ArrayView1<'_, f32>> {
+        match self {
+            Hidden::All(h) => {
+                let (states, tokens, _) = h.dim();
+                (state < states && position < tokens)
+                    .then(|| h.index_axis(Axis(0), state).index_axis_move(Axis(0), position))
+            }
+            Hidden::Gathered(g) => {
+                let key = (u32::try_from(state).ok()?, u32::try_from(position).ok()?);
+                g.index.binary_search(&key).ok().map(|row| g.vectors.row(row))
+            }
+        }
+    }
+
+    /// Every hidden state; a gathered result here is a bug of the caller.
+    fn into_all(self) -> Result<SentenceHidden, ModelError> {
+        match self {
+            Hidden::All(h) => Ok(h),
+            Hidden::Gathered(_) => {
+                Err(ModelError::Runtime("asked for every hidden state, got gathered vectors".into()))
+            }
+        }
+    }
+}
+
 /// A forward pass over a batch of token-id sequences. Implemented by ONNX Runtime; small enough for
 /// tests to fake. Runs synchronously on the worker thread that owns it.
 pub trait Backend: Send + 'static {
     /// Runs one batch (right-padded internally) and returns each sentence's hidden states, in order.
     fn forward(&mut self, batch: &[Vec<u32>]) -> Result<Vec<SentenceHidden>, ModelError>;
+
+    /// Like [`Backend::forward`], for callers that read only `wanted[i]` (sorted, distinct) of sentence
+    /// `i`: a backend that [`gathers`](Backend::gathers) returns just those vectors, others everything.
+    fn forward_wanted(&mut self, batch: &[Vec<u32>], wanted: &[Vec<VectorIndex>]) -> Result<Vec<Hidden>, ModelError> {
+        debug_assert_eq!(batch.len(), wanted.len());
+        Ok(self.forward(batch)?.into_iter().map(Hidden::All).collect())
+    }
+
+    /// Whether [`Backend::forward_wanted`] returns only the wanted vectors (then callers list them).
+    fn gathers(&self) -> bool {
+        false
+    }
 
     /// The execution provider it runs on: "cpu" or "cuda".
     fn provider(&self) -> &'static str {
@@ -69,6 +139,8 @@ pub struct ModelInfo {
     pub pad_token_id: u32,
     /// "cpu" or "cuda": the provider that actually registered.
     pub execution_provider: &'static str,
+    /// The graph returns only the vectors the analysis reads ([`Model::forward_wanted_unchecked`]).
+    pub gathers: bool,
     pub dtype: String,
     pub source: String,
     /// SHA-256 of the weight files (model.json's, else computed at load; empty for fake backends).
@@ -107,17 +179,22 @@ impl Model {
             manifest.weights_sha256 = Some(fingerprint::weights_sha256(dir)?);
         }
         let (opts, m) = (opts.clone(), manifest.clone());
-        let (worker, provider) = ModelWorker::spawn(move || OnnxBackend::load(&files, &m, &opts))?;
-        Ok(Self::from_parts(&manifest, provider, tokenizer, worker))
+        let (worker, provider, gathers) = ModelWorker::spawn(move || OnnxBackend::load(&files, &m, &opts))?;
+        Ok(Self::from_parts(&manifest, (provider, gathers), tokenizer, worker))
     }
 
     /// A model over any backend (tests use a fake one).
     pub fn with_backend<B: Backend>(manifest: &Manifest, tokenizer: Tokenizer, backend: B) -> Result<Self, ModelError> {
-        let (worker, provider) = ModelWorker::spawn(move || Ok(backend))?;
-        Ok(Self::from_parts(manifest, provider, tokenizer, worker))
+        let (worker, provider, gathers) = ModelWorker::spawn(move || Ok(backend))?;
+        Ok(Self::from_parts(manifest, (provider, gathers), tokenizer, worker))
     }
 
-    fn from_parts(m: &Manifest, provider: &'static str, tokenizer: Tokenizer, worker: ModelWorker) -> Self {
+    fn from_parts(
+        m: &Manifest,
+        (provider, gathers): (&'static str, bool),
+        tokenizer: Tokenizer,
+        worker: ModelWorker,
+    ) -> Self {
         let info = ModelInfo {
             name: m.name.clone(),
             num_layers: m.num_layers,
@@ -126,6 +203,7 @@ impl Model {
             max_positions: m.max_positions,
             pad_token_id: m.pad_token_id,
             execution_provider: provider,
+            gathers,
             dtype: m.dtype.clone(),
             source: m.source.clone(),
             weights_sha256: m.weights_sha256.clone().unwrap_or_default(),
@@ -168,9 +246,40 @@ impl Model {
         self.worker.forward(batch).await
     }
 
+    /// For callers that read only `wanted[i]` of sentence `i` (see [`Backend::forward_wanted`]); the
+    /// batch is already checked. `None`: every hidden state.
+    pub async fn forward_wanted_unchecked(
+        &self,
+        batch: Vec<Vec<u32>>,
+        wanted: Option<Vec<Vec<VectorIndex>>>,
+    ) -> Result<Vec<Hidden>, ModelError> {
+        self.worker.forward_wanted(batch, wanted).await
+    }
+
+    /// Blocking variant of [`Model::forward_wanted_unchecked`] (checks the batch), for tests and tools.
+    pub fn hidden_wanted_blocking(
+        &self,
+        batch: Vec<Vec<u32>>,
+        wanted: Vec<Vec<VectorIndex>>,
+    ) -> Result<Vec<Hidden>, ModelError> {
+        self.check_batch(&batch, 0)?;
+        self.worker.forward_wanted_blocking(batch, Some(wanted))
+    }
+
     /// Blocking variant for callers outside an async runtime.
     pub fn hidden_states_blocking(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
         self.check_batch(&batch, 0)?;
         self.worker.forward_blocking(batch)
+    }
+}
+
+/// What the analysis reads from a forward pass: all states or the gathered vectors alike.
+impl crate::analysis::HiddenVectors for Hidden {
+    fn dim(&self) -> (usize, usize, usize) {
+        Hidden::dim(self)
+    }
+
+    fn vector(&self, state: usize, position: usize) -> Option<ArrayView1<'_, f32>> {
+        Hidden::vector(self, state, position)
     }
 }

@@ -5,10 +5,14 @@ use std::sync::{Mutex, OnceLock};
 use ndarray::{s, Array2, Array3};
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{OutputSelector, RunOptions, Session, SessionOutputs};
 use ort::value::Tensor;
 
-use super::{Backend, ExecutionProvider, Manifest, ModelError, ModelFiles, RuntimeOptions, SentenceHidden};
+use super::manifest::{GATHER_INPUT, GATHER_OUTPUT};
+use super::{
+    Backend, ExecutionProvider, GatheredVectors, Hidden, Manifest, ModelError, ModelFiles, RuntimeOptions,
+    SentenceHidden, VectorIndex,
+};
 
 /// ONNX Runtime allows one library and one environment per process; every model shares them.
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -42,7 +46,12 @@ pub fn environment(library: &Path) -> Result<&'static Environment, ModelError> {
 /// One ONNX Runtime session over a model directory's graph.
 pub struct OnnxBackend {
     session: Session,
+    /// The hidden-state outputs, in order.
     outputs: Vec<String>,
+    /// The graph takes [`GATHER_INPUT`] (exported with `--gather-outputs`).
+    gather_graph: bool,
+    /// Return only the wanted vectors ([`GatherOutputs`]).
+    gather: bool,
     pad_token_id: i64,
     provider: &'static str,
     /// See [`OrtTuning::pass_cost_tokens`]; `None`: one pass per batch.
@@ -79,9 +88,12 @@ impl OnnxBackend {
         }
         let session = builder.commit_from_file(&files.onnx)?;
         check_graph(&session, manifest)?;
+        let gather_graph = session.inputs().iter().any(|i| i.name() == GATHER_INPUT);
+        let gather = tuning.gather_outputs.enabled(provider, gather_graph)?;
         tracing::info!(
             model = %manifest.name,
             provider,
+            gather_outputs = gather,
             threads,
             ?tuning,
             layers = manifest.num_layers,
@@ -90,7 +102,9 @@ impl OnnxBackend {
         );
         Ok(Self {
             session,
-            outputs: manifest.outputs.clone(),
+            outputs: manifest.hidden_state_outputs().to_vec(),
+            gather_graph,
+            gather,
             pad_token_id: i64::from(manifest.pad_token_id),
             provider,
             pass_cost_tokens: tuning.pass_cost_tokens.0,
@@ -131,6 +145,8 @@ pub struct OrtTuning {
     /// A batch runs as passes of similar length where the padding saved outweighs this many tokens
     /// per extra pass ([`plan_passes`]); off = one pass per batch.
     pub pass_cost_tokens: PassCost,
+    /// Whether a graph exported with `--gather-outputs` returns only the vectors the analysis reads.
+    pub gather_outputs: GatherOutputs,
 }
 
 impl OrtTuning {
@@ -141,6 +157,7 @@ impl OrtTuning {
         save_optimized: None,
         prefetch: true,
         pass_cost_tokens: PassCost(Some(16)),
+        gather_outputs: GatherOutputs::Auto,
     };
 }
 
@@ -166,6 +183,34 @@ impl From<GraphOptimization> for GraphOptimizationLevel {
             GraphOptimization::Basic => Self::Level1,
             GraphOptimization::Extended => Self::Level2,
             GraphOptimization::All => Self::All,
+        }
+    }
+}
+
+/// Whether the runtime asks a gathering graph (`--gather-outputs` export) for only the vectors the
+/// analysis reads (at most 4 per layer and sentence) instead of every hidden state of every token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GatherOutputs {
+    /// On the CUDA provider, where copying every state to the host dominates a pass; off on CPU,
+    /// where the states are in host memory already (BENCHMARKS.md measures both ways).
+    Auto,
+    /// Whenever the graph can (an error if it cannot).
+    On,
+    /// Always every hidden state.
+    Off,
+}
+
+impl GatherOutputs {
+    /// Whether to gather on `provider` with a graph that can (`graph_gathers`) or cannot.
+    fn enabled(self, provider: &str, graph_gathers: bool) -> Result<bool, ModelError> {
+        match self {
+            GatherOutputs::Auto => Ok(graph_gathers && provider == "cuda"),
+            GatherOutputs::On if graph_gathers => Ok(true),
+            GatherOutputs::On => Err(ModelError::GraphMismatch(format!(
+                "gather outputs `on` needs a graph with the {GATHER_INPUT} input: export it with \
+                 tools/export_model.py --gather-outputs"
+            ))),
+            GatherOutputs::Off => Ok(false),
         }
     }
 }
@@ -263,8 +308,9 @@ fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), ModelError>
 }
 
 impl OnnxBackend {
-    /// One forward pass over `batch` (right-padded to its longest sentence).
-    fn run_padded(&mut self, batch: &[&[u32]]) -> Result<Vec<SentenceHidden>, ModelError> {
+    /// One forward pass over `batch` (right-padded to its longest sentence). With `wanted` (and a
+    /// gathering graph) only those vectors of each sentence, else every hidden state.
+    fn run_padded(&mut self, batch: &[&[u32]], wanted: Option<&[&[VectorIndex]]>) -> Result<Vec<Hidden>, ModelError> {
         let rows = batch.len();
         let width = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         // Right padding: real tokens keep positions 0..len, as GPT-2's learned positions expect.
@@ -276,40 +322,112 @@ impl OnnxBackend {
                 mask[[r, c]] = 1;
             }
         }
-        let started = std::time::Instant::now();
-        let outputs = self.session.run(ort::inputs![
+        let mut inputs = ort::inputs![
             "input_ids" => Tensor::from_array(ids)?,
             "attention_mask" => Tensor::from_array(mask)?,
-        ])?;
+        ];
+        let wanted = wanted.filter(|_| self.gather);
+        let selected = if self.gather_graph {
+            // A gathering graph needs its index even when every state is asked for (then empty).
+            inputs.push((GATHER_INPUT.into(), Tensor::from_array(gather_index(wanted.unwrap_or(&[])))?.into()));
+            match wanted {
+                Some(_) => OutputSelector::no_default().with(GATHER_OUTPUT),
+                None => self.outputs.iter().fold(OutputSelector::no_default(), |o, name| o.with(name.as_str())),
+            }
+        } else {
+            OutputSelector::default()
+        };
+        let started = std::time::Instant::now();
+        let options = RunOptions::new()?.with_outputs(selected);
+        let outputs = self.session.run_with_options(inputs, &options)?;
         let ran = started.elapsed();
-
-        let mut per_sentence: Vec<Option<Array3<f32>>> = vec![None; rows];
-        let num_states = self.outputs.len();
-        for (k, name) in self.outputs.iter().enumerate() {
-            let state = outputs[name.as_str()].try_extract_array::<f32>()?;
-            let shape = state.shape();
-            if shape.len() != 3 || shape[0] != rows || shape[1] != width {
-                return Err(ModelError::GraphMismatch(format!(
-                    "{name} has shape {shape:?}, expected [{rows}, {width}, hidden]"
-                )));
-            }
-            let hidden = shape[2];
-            for (r, sentence) in batch.iter().enumerate() {
-                let out = per_sentence[r].get_or_insert_with(|| Array3::zeros((num_states, sentence.len(), hidden)));
-                out.slice_mut(s![k, .., ..]).assign(&state.slice(s![r, ..sentence.len(), ..]));
-            }
-        }
-        // How much of a pass is the runtime and how much our copy of every real token's states
+        let hidden = match wanted {
+            Some(wanted) => split_gathered(&outputs, batch, wanted, self.outputs.len())?,
+            None => split_states(&outputs, &self.outputs, batch, width)?,
+        };
+        // How much of a pass is the runtime and how much our copy of the states
         // (BENCHMARKS.md: the copy bounds what skipping unread hidden states could save).
         tracing::debug!(
             rows,
             width,
+            gathered = wanted.is_some(),
             run_ms = ran.as_secs_f64() * 1e3,
             copy_ms = (started.elapsed() - ran).as_secs_f64() * 1e3,
             "forward pass"
         );
-        Ok(per_sentence.into_iter().map(|h| h.expect("every row filled")).collect())
+        Ok(hidden)
     }
+}
+
+/// Every hidden state (outputs `names`) of each sentence's real tokens, out of the padded batch outputs.
+fn split_states(
+    outputs: &SessionOutputs<'_>,
+    names: &[String],
+    batch: &[&[u32]],
+    width: usize,
+) -> Result<Vec<Hidden>, ModelError> {
+    let rows = batch.len();
+    let mut per_sentence: Vec<Option<Array3<f32>>> = vec![None; rows];
+    let num_states = names.len();
+    for (k, name) in names.iter().enumerate() {
+        let state = outputs[name.as_str()].try_extract_array::<f32>()?;
+        let shape = state.shape();
+        if shape.len() != 3 || shape[0] != rows || shape[1] != width {
+            return Err(ModelError::GraphMismatch(format!(
+                "{name} has shape {shape:?}, expected [{rows}, {width}, hidden]"
+            )));
+        }
+        let hidden = shape[2];
+        for (r, sentence) in batch.iter().enumerate() {
+            let out = per_sentence[r].get_or_insert_with(|| Array3::zeros((num_states, sentence.len(), hidden)));
+            out.slice_mut(s![k, .., ..]).assign(&state.slice(s![r, ..sentence.len(), ..]));
+        }
+    }
+    Ok(per_sentence.into_iter().map(|h| Hidden::All(h.expect("every row filled"))).collect())
+}
+
+/// [`GATHER_INPUT`] for the wanted vectors of each batch row: `[n, 3]` (row, hidden state, position).
+fn gather_index(wanted: &[&[VectorIndex]]) -> Array2<i64> {
+    let triples: Vec<i64> = wanted
+        .iter()
+        .enumerate()
+        .flat_map(|(row, vectors)| vectors.iter().flat_map(move |&(s, p)| [row as i64, i64::from(s), i64::from(p)]))
+        .collect();
+    Array2::from_shape_vec((triples.len() / 3, 3), triples).expect("three values per vector")
+}
+
+/// Splits [`GATHER_OUTPUT`] into each sentence's vectors, in the order [`gather_index`] listed them.
+fn split_gathered(
+    outputs: &SessionOutputs<'_>,
+    batch: &[&[u32]],
+    wanted: &[&[VectorIndex]],
+    num_states: usize,
+) -> Result<Vec<Hidden>, ModelError> {
+    let gathered = outputs[GATHER_OUTPUT].try_extract_array::<f32>()?;
+    let total: usize = wanted.iter().map(|w| w.len()).sum();
+    let shape = gathered.shape();
+    if shape.len() != 2 || shape[0] != total {
+        return Err(ModelError::GraphMismatch(format!(
+            "{GATHER_OUTPUT} has shape {shape:?}, expected [{total}, hidden]"
+        )));
+    }
+    let mut start = 0;
+    let mut out = Vec::with_capacity(batch.len());
+    for (sentence, vectors) in batch.iter().zip(wanted) {
+        let end = start + vectors.len();
+        out.push(Hidden::Gathered(GatheredVectors {
+            num_states,
+            num_tokens: sentence.len(),
+            index: vectors.to_vec(),
+            vectors: gathered
+                .slice(s![start..end, ..])
+                .to_owned()
+                .into_dimensionality()
+                .map_err(|e| ModelError::GraphMismatch(format!("{GATHER_OUTPUT}: {e}")))?,
+        }));
+        start = end;
+    }
+    Ok(out)
 }
 
 /// Splits a batch into passes of similar length: `lengths` sorted ascending; returns the end
@@ -345,29 +463,55 @@ pub fn plan_passes(lengths: &[usize], pass_cost: usize) -> Vec<usize> {
     cuts
 }
 
-impl Backend for OnnxBackend {
-    fn forward(&mut self, batch: &[Vec<u32>]) -> Result<Vec<SentenceHidden>, ModelError> {
+impl OnnxBackend {
+    /// Runs `batch` in passes of similar length ([`plan_passes`]); results in input order.
+    fn forward_planned(
+        &mut self,
+        batch: &[Vec<u32>],
+        wanted: Option<&[Vec<VectorIndex>]>,
+    ) -> Result<Vec<Hidden>, ModelError> {
         if batch.is_empty() || batch.iter().all(Vec::is_empty) {
             return Ok(Vec::new());
         }
+        let pick = |order: &[usize]| -> (Vec<&[u32]>, Option<Vec<&[VectorIndex]>>) {
+            let rows = order.iter().map(|&i| batch[i].as_slice()).collect();
+            (rows, wanted.map(|w| order.iter().map(|&i| w[i].as_slice()).collect()))
+        };
         let Some(pass_cost) = self.pass_cost_tokens else {
-            let all: Vec<&[u32]> = batch.iter().map(Vec::as_slice).collect();
-            return self.run_padded(&all);
+            let (rows, wanted) = pick(&(0..batch.len()).collect::<Vec<_>>());
+            return self.run_padded(&rows, wanted.as_deref());
         };
         // Passes of similar length, to spend less on padding (BENCHMARKS.md measures the split).
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].len());
         let lengths: Vec<usize> = order.iter().map(|&i| batch[i].len()).collect();
-        let mut out: Vec<Option<SentenceHidden>> = vec![None; batch.len()];
+        let mut out: Vec<Option<Hidden>> = vec![None; batch.len()];
         let mut start = 0;
         for end in plan_passes(&lengths, pass_cost) {
-            let group: Vec<&[u32]> = order[start..end].iter().map(|&i| batch[i].as_slice()).collect();
-            for (&i, hidden) in order[start..end].iter().zip(self.run_padded(&group)?) {
+            let (rows, wanted) = pick(&order[start..end]);
+            for (&i, hidden) in order[start..end].iter().zip(self.run_padded(&rows, wanted.as_deref())?) {
                 out[i] = Some(hidden);
             }
             start = end;
         }
         Ok(out.into_iter().map(|h| h.expect("every sentence planned")).collect())
+    }
+}
+
+impl Backend for OnnxBackend {
+    fn forward(&mut self, batch: &[Vec<u32>]) -> Result<Vec<SentenceHidden>, ModelError> {
+        self.forward_planned(batch, None)?.into_iter().map(Hidden::into_all).collect()
+    }
+
+    fn forward_wanted(&mut self, batch: &[Vec<u32>], wanted: &[Vec<VectorIndex>]) -> Result<Vec<Hidden>, ModelError> {
+        if wanted.len() != batch.len() {
+            return Err(ModelError::Runtime(format!("{} wanted lists for {} sentences", wanted.len(), batch.len())));
+        }
+        self.forward_planned(batch, Some(wanted))
+    }
+
+    fn gathers(&self) -> bool {
+        self.gather
     }
 
     fn provider(&self) -> &'static str {

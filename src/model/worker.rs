@@ -5,12 +5,14 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-use super::{Backend, ModelError, SentenceHidden};
+use super::{Backend, Hidden, ModelError, SentenceHidden, VectorIndex};
 
-type Reply = oneshot::Sender<Result<Vec<SentenceHidden>, ModelError>>;
+type Reply = oneshot::Sender<Result<Vec<Hidden>, ModelError>>;
 
 struct Job {
     batch: Vec<Vec<u32>>,
+    /// The vectors the caller reads per sentence; `None`: every hidden state.
+    wanted: Option<Vec<Vec<VectorIndex>>>,
     reply: Reply,
     /// The caller's span, so the forward pass shows up inside the request's trace.
     span: tracing::Span,
@@ -24,8 +26,8 @@ pub struct ModelWorker {
 
 impl ModelWorker {
     /// Starts the thread, builds the backend on it (ONNX Runtime sessions stay on the thread that made them)
-    /// and waits until it is ready. Returns the execution provider the backend runs on.
-    pub fn spawn<B, F>(make: F) -> Result<(Self, &'static str), ModelError>
+    /// and waits until it is ready. Returns the execution provider the backend runs on and whether it gathers.
+    pub fn spawn<B, F>(make: F) -> Result<(Self, &'static str, bool), ModelError>
     where
         B: Backend,
         F: FnOnce() -> Result<B, ModelError> + Send + 'static,
@@ -37,7 +39,7 @@ impl ModelWorker {
             .spawn(move || {
                 let mut backend = match make() {
                     Ok(b) => {
-                        let _ = ready_tx.send(Ok(b.provider()));
+                        let _ = ready_tx.send(Ok((b.provider(), b.gathers())));
                         b
                     }
                     Err(e) => {
@@ -51,30 +53,55 @@ impl ModelWorker {
                         continue; // the caller has gone: skip the work
                     }
                     // A panic inside the runtime fails this batch only; the worker keeps serving.
-                    let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&job.batch)))
-                        .unwrap_or_else(|_| Err(ModelError::Runtime("forward pass panicked".into())));
+                    let result = catch_unwind(AssertUnwindSafe(|| match &job.wanted {
+                        Some(wanted) => backend.forward_wanted(&job.batch, wanted),
+                        None => backend.forward(&job.batch).map(|all| all.into_iter().map(Hidden::All).collect()),
+                    }))
+                    .unwrap_or_else(|_| Err(ModelError::Runtime("forward pass panicked".into())));
                     let _ = job.reply.send(result);
                 }
             })
             .map_err(|e| ModelError::Runtime(format!("cannot start the model thread: {e}")))?;
-        let provider = ready_rx.recv().map_err(|_| ModelError::WorkerGone)??;
-        Ok((Self { tx }, provider))
+        let (provider, gathers) = ready_rx.recv().map_err(|_| ModelError::WorkerGone)??;
+        Ok((Self { tx }, provider, gathers))
     }
 
     fn submit(
         &self,
         batch: Vec<Vec<u32>>,
-    ) -> Result<oneshot::Receiver<Result<Vec<SentenceHidden>, ModelError>>, ModelError> {
+        wanted: Option<Vec<Vec<VectorIndex>>>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Hidden>, ModelError>>, ModelError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { batch, reply, span: tracing::Span::current() }).map_err(|_| ModelError::WorkerGone)?;
+        let job = Job { batch, wanted, reply, span: tracing::Span::current() };
+        self.tx.send(job).map_err(|_| ModelError::WorkerGone)?;
         Ok(rx)
     }
 
     pub async fn forward(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
-        self.submit(batch)?.await.map_err(|_| ModelError::WorkerGone)?
+        all_states(self.forward_wanted(batch, None).await?)
     }
 
     pub fn forward_blocking(&self, batch: Vec<Vec<u32>>) -> Result<Vec<SentenceHidden>, ModelError> {
-        self.submit(batch)?.blocking_recv().map_err(|_| ModelError::WorkerGone)?
+        all_states(self.forward_wanted_blocking(batch, None)?)
     }
+
+    pub async fn forward_wanted(
+        &self,
+        batch: Vec<Vec<u32>>,
+        wanted: Option<Vec<Vec<VectorIndex>>>,
+    ) -> Result<Vec<Hidden>, ModelError> {
+        self.submit(batch, wanted)?.await.map_err(|_| ModelError::WorkerGone)?
+    }
+
+    pub fn forward_wanted_blocking(
+        &self,
+        batch: Vec<Vec<u32>>,
+        wanted: Option<Vec<Vec<VectorIndex>>>,
+    ) -> Result<Vec<Hidden>, ModelError> {
+        self.submit(batch, wanted)?.blocking_recv().map_err(|_| ModelError::WorkerGone)?
+    }
+}
+
+fn all_states(hidden: Vec<Hidden>) -> Result<Vec<SentenceHidden>, ModelError> {
+    hidden.into_iter().map(Hidden::into_all).collect()
 }
