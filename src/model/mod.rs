@@ -4,6 +4,7 @@
 mod error;
 pub mod manifest;
 pub mod onnx;
+mod provider;
 pub mod tokenizer;
 mod worker;
 

@@ -8,7 +8,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{Backend, ExecutionProvider, Manifest, ModelError, ModelFiles, RuntimeOptions, SentenceHidden};
+use super::{Backend, Manifest, ModelError, ModelFiles, RuntimeOptions, SentenceHidden};
 
 /// ONNX Runtime allows one library and one environment per process; every model shares them.
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -73,11 +73,10 @@ impl OnnxBackend {
             }
             None => builder,
         };
-        let (mut builder, provider) = register_provider(builder, opts.provider)?;
         if tuning.prefetch {
             prefetch(&files.onnx.with_extension("onnx.data"));
         }
-        let session = builder.commit_from_file(&files.onnx)?;
+        let (session, provider) = super::provider::open_session(builder, &files.onnx, opts.provider)?;
         check_graph(&session, manifest)?;
         tracing::info!(
             model = %manifest.name,
@@ -97,8 +96,6 @@ impl OnnxBackend {
         })
     }
 }
-
-type Builder = ort::session::builder::SessionBuilder;
 
 /// Reads the external weights file once, start to end, on a background thread while ONNX Runtime
 /// builds the session. From a cold page cache ONNX Runtime's memory-mapped reads fault the file in
@@ -190,49 +187,6 @@ impl std::fmt::Display for PassCost {
         match self.0 {
             Some(n) => write!(f, "{n}"),
             None => f.write_str("off"),
-        }
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn register_provider(builder: Builder, provider: ExecutionProvider) -> Result<(Builder, &'static str), ModelError> {
-    use ort::ep::ExecutionProvider as _;
-    match provider {
-        ExecutionProvider::Cpu => Ok((builder, "cpu")),
-        ExecutionProvider::Cuda => {
-            let mut builder = builder;
-            ort::ep::CUDA::default()
-                .register(&mut builder)
-                .map_err(|e| ModelError::ProviderUnavailable { provider: "cuda", reason: e.to_string() })?;
-            Ok((builder, "cuda"))
-        }
-        ExecutionProvider::Auto => {
-            let mut builder = builder;
-            match ort::ep::CUDA::default().register(&mut builder) {
-                Ok(()) => {
-                    tracing::info!("execution provider: cuda");
-                    Ok((builder, "cuda"))
-                }
-                Err(e) => {
-                    tracing::warn!(reason = %e, "CUDA did not register; execution provider: cpu");
-                    Ok((builder, "cpu"))
-                }
-            }
-        }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn register_provider(builder: Builder, provider: ExecutionProvider) -> Result<(Builder, &'static str), ModelError> {
-    match provider {
-        ExecutionProvider::Cpu => Ok((builder, "cpu")),
-        ExecutionProvider::Cuda => Err(ModelError::ProviderUnavailable {
-            provider: "cuda",
-            reason: "this binary was built without the `cuda` cargo feature".into(),
-        }),
-        ExecutionProvider::Auto => {
-            tracing::info!("execution provider: cpu (built without the `cuda` feature)");
-            Ok((builder, "cpu"))
         }
     }
 }
