@@ -5,22 +5,23 @@
 #
 # Three stages. Build-time inputs that change least come first in every stage, so an edit under src/
 # rebuilds only the last layers of the `build` stage and the binary layer of the runtime image:
-#   ort      ONNX Runtime's shared library from its PyPI wheel (depends only on scripts/fetch-ort)
+#   ort      ONNX Runtime's shared library from its PyPI wheel, and for VARIANT=cuda the NVIDIA libraries its
+#            CUDA provider loads, from theirs (depends only on scripts/fetch-ort and scripts/fetch-cuda-libs)
 #   build    dependencies compiled from Cargo.toml/Cargo.lock alone, then our sources
-#   runtime  ${RUNTIME_IMAGE} + non-root user + libonnxruntime + bundled model + the binary
+#   runtime  ${RUNTIME_IMAGE} + non-root user + [NVIDIA libraries] + libonnxruntime + bundled model + the binary
 #
 # Build arguments:
 #   RUST_IMAGE     build image; must be the same Debian release as the runtime (the binary links glibc
 #                  dynamically)                                     [rust:1.95-bookworm]
 #   RUNTIME_IMAGE  runtime base                                     [debian:bookworm-slim]
 #   VARIANT        cpu: onnxruntime==1.32.0 (CPU)                   [cpu]
-#                  cuda: onnxruntime-gpu==1.31.1 and `cargo build --features cuda`; use it with an NVIDIA
-#                  CUDA 13 + cuDNN 9 runtime base, e.g.
-#                    docker build --build-arg VARIANT=cuda \
-#                      --build-arg RUNTIME_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 -t rotations:cuda .
+#                  cuda: onnxruntime-gpu==1.31.1, `cargo build --features cuda`, and exactly the NVIDIA libraries
+#                  its CUDA provider loads (CUDA 13.0 runtime, cuBLAS, cuRAND, NVRTC, cuDNN 9) from their pinned
+#                  PyPI wheels (scripts/fetch-cuda-libs) under /opt/nvidia; same Debian base, no nvidia/cuda image.
+#                  The driver's libcuda.so.1 comes from the host (NVIDIA Container Toolkit):
+#                    docker build --build-arg VARIANT=cuda -t rotations:cuda .
 #                    docker run --gpus all -p 50051:50051 rotations:cuda
-#                  (not built or run on the machine this project is developed on: it has no image registry
-#                  to pull the CUDA base from, and no GPU)
+#                  README.md, "GPU (CUDA) variant": its size layer by layer, what was checked without a GPU.
 #   VERSION, REVISION, CREATED   OCI labels (scripts/docker-test passes them)
 #
 # Works with BuildKit and with the legacy builder (no RUN --mount, no COPY --chmod).
@@ -41,6 +42,13 @@ RUN if ! python3 -m pip --version >/dev/null 2>&1; then \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /ort
+# The NVIDIA libraries first: the largest download (1.1 GB of wheels), and pinned, so it is cached longest.
+# Empty folders for the CPU variant, so the runtime stage's COPY works for both.
+COPY scripts/fetch-cuda-libs scripts/fetch-cuda-libs
+RUN case "$VARIANT" in \
+      cuda) scripts/fetch-cuda-libs nvidia ;; \
+      *) mkdir -p nvidia/cu13/lib nvidia/cudnn/lib ;; \
+    esac
 COPY scripts/fetch-ort scripts/fetch-ort
 RUN case "$VARIANT" in \
       cpu) scripts/fetch-ort cpu && mv .ort/lib lib ;; \
@@ -98,16 +106,31 @@ RUN groupadd --gid 10001 rotations \
     && useradd --uid 10001 --gid rotations --no-create-home --home-dir /nonexistent \
          --shell /usr/sbin/nologin rotations
 
-# ONNX Runtime; `rotations` also finds it here by itself (../lib of its own directory). It needs only
-# libstdc++ and libgcc_s besides glibc, which debian:bookworm-slim already has (apt depends on them);
-# installed only when a different base lacks them.
+# CUDA variant only (empty folders in the CPU image): the NVIDIA libraries, in the wheels' layout, one layer
+# each for the CUDA 13.0 libraries and cuDNN (the largest and most stable layers, so first).
+COPY --from=ort /ort/nvidia/cu13/lib/ /opt/nvidia/cu13/lib/
+COPY --from=ort /ort/nvidia/cudnn/lib/ /opt/nvidia/cudnn/lib/
+
+# ONNX Runtime; `rotations` also finds it here by itself (../lib of its own directory), and ONNX Runtime its
+# provider libraries beside it. It needs only libstdc++ and libgcc_s besides glibc, which debian:bookworm-slim
+# already has (apt depends on them); installed only when a different base lacks them.
+# CUDA variant: the dynamic linker finds the NVIDIA libraries through ld.so.cache (the provider has no RUNPATH
+# and dlopen()s cuDNN and NVRTC by name); every dependency must resolve except the driver's libcuda.so.1, which
+# the NVIDIA Container Toolkit mounts at run time. cuDNN needs libz.so.1, also in the slim base.
 COPY --from=ort /ort/lib/ /usr/local/lib/
 RUN if ldd /usr/local/lib/libonnxruntime.so | grep -q 'not found'; then \
       apt-get update \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libstdc++6 libgcc-s1 \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
-    && ! ldd /usr/local/lib/libonnxruntime.so | grep 'not found'
+    && ! ldd /usr/local/lib/libonnxruntime.so | grep 'not found' \
+    && if [ "$VARIANT" = cuda ]; then \
+         printf '%s\n' /opt/nvidia/cu13/lib /opt/nvidia/cudnn/lib >/etc/ld.so.conf.d/nvidia-cuda-wheels.conf \
+         && ldconfig \
+         && ldd /usr/local/lib/libonnxruntime_providers_cuda.so | grep -q 'libcublasLt.so.13 => /opt/nvidia/cu13/lib/' \
+         && ! ldd /usr/local/lib/libonnxruntime_providers_cuda.so /opt/nvidia/*/lib/*.so* \
+              | grep 'not found' | grep -v '^[[:space:]]*libcuda\.so\.1 '; \
+       fi
 
 # The bundled model (random weights; hf/ is left out by .dockerignore). Mount a volume over /models, or a
 # folder under it, for a real model such as GPT-2 XL.

@@ -68,8 +68,9 @@ deploy-check:
 	scripts/deploy-check
 
 ## Build the image, run it, call it from the host through the published port (needs Docker; not part of test).
+## VARIANT=cuda: the CUDA image, checked without a GPU (README.md, "GPU (CUDA) variant").
 docker-test:
-	scripts/docker-test
+	VARIANT="$(VARIANT)" scripts/docker-test
 
 ## Throughput of 32 small concurrent clients, with and without dynamic batching.
 bench-batching: ort

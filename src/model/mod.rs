@@ -5,6 +5,7 @@ mod error;
 pub mod fingerprint;
 pub mod manifest;
 pub mod onnx;
+mod provider;
 pub mod tokenizer;
 mod worker;
 

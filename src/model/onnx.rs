@@ -10,8 +10,7 @@ use ort::value::Tensor;
 
 use super::manifest::{GATHER_INPUT, GATHER_OUTPUT};
 use super::{
-    Backend, ExecutionProvider, GatheredVectors, Hidden, Manifest, ModelError, ModelFiles, RuntimeOptions,
-    SentenceHidden, VectorIndex,
+    Backend, GatheredVectors, Hidden, Manifest, ModelError, ModelFiles, RuntimeOptions, SentenceHidden, VectorIndex,
 };
 
 /// ONNX Runtime allows one library and one environment per process; every model shares them.
@@ -82,11 +81,10 @@ impl OnnxBackend {
             }
             None => builder,
         };
-        let (mut builder, provider) = register_provider(builder, opts.provider)?;
         if tuning.prefetch {
             prefetch(&files.onnx.with_extension("onnx.data"));
         }
-        let session = builder.commit_from_file(&files.onnx)?;
+        let (session, provider) = super::provider::open_session(builder, &files.onnx, opts.provider)?;
         check_graph(&session, manifest)?;
         let gather_graph = session.inputs().iter().any(|i| i.name() == GATHER_INPUT);
         let gather = tuning.gather_outputs.enabled(provider, gather_graph)?;
@@ -111,8 +109,6 @@ impl OnnxBackend {
         })
     }
 }
-
-type Builder = ort::session::builder::SessionBuilder;
 
 /// Reads the external weights file once, start to end, on a background thread while ONNX Runtime
 /// builds the session. From a cold page cache ONNX Runtime's memory-mapped reads fault the file in
@@ -235,49 +231,6 @@ impl std::fmt::Display for PassCost {
         match self.0 {
             Some(n) => write!(f, "{n}"),
             None => f.write_str("off"),
-        }
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn register_provider(builder: Builder, provider: ExecutionProvider) -> Result<(Builder, &'static str), ModelError> {
-    use ort::ep::ExecutionProvider as _;
-    match provider {
-        ExecutionProvider::Cpu => Ok((builder, "cpu")),
-        ExecutionProvider::Cuda => {
-            let mut builder = builder;
-            ort::ep::CUDA::default()
-                .register(&mut builder)
-                .map_err(|e| ModelError::ProviderUnavailable { provider: "cuda", reason: e.to_string() })?;
-            Ok((builder, "cuda"))
-        }
-        ExecutionProvider::Auto => {
-            let mut builder = builder;
-            match ort::ep::CUDA::default().register(&mut builder) {
-                Ok(()) => {
-                    tracing::info!("execution provider: cuda");
-                    Ok((builder, "cuda"))
-                }
-                Err(e) => {
-                    tracing::warn!(reason = %e, "CUDA did not register; execution provider: cpu");
-                    Ok((builder, "cpu"))
-                }
-            }
-        }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn register_provider(builder: Builder, provider: ExecutionProvider) -> Result<(Builder, &'static str), ModelError> {
-    match provider {
-        ExecutionProvider::Cpu => Ok((builder, "cpu")),
-        ExecutionProvider::Cuda => Err(ModelError::ProviderUnavailable {
-            provider: "cuda",
-            reason: "this binary was built without the `cuda` cargo feature".into(),
-        }),
-        ExecutionProvider::Auto => {
-            tracing::info!("execution provider: cpu (built without the `cuda` feature)");
-            Ok((builder, "cpu"))
         }
     }
 }
