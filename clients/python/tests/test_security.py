@@ -158,13 +158,13 @@ def test_a_closed_port_says_no_server(server: Server) -> None:
 
 def test_tls_handshake_and_api_keys(tls_server: Secured, pki: Pki) -> None:
     port = tls_server.server.port
-    with Client(f"https://localhost:{port}", root_certificates=pki.path("ca.pem"), api_key="key-one", timeout=30) as c:
+    with Client(f"https://127.0.0.1:{port}", root_certificates=pki.path("ca.pem"), api_key="key-one", timeout=30) as c:
         assert c.model_info().model_name == "gpt2-tiny-random"
         chunks = c.stream_rotations(["I saw her.", "We met her there.", "They told her so."], " her")
         assert collect_stream(chunks).rotations.angles.shape[1] == 3, "the key rides on streaming calls too"
         assert "key-one" not in repr(c)
     # Health needs no key (probes cannot send one): grpc.health.v1.Health/Check answers SERVING (field 1 = 1).
-    health = open_channel(f"https://localhost:{port}", root_certificates=pki.path("ca.pem"))
+    health = open_channel(f"https://127.0.0.1:{port}", root_certificates=pki.path("ca.pem"))
     check = health.channel.unary_unary("/grpc.health.v1.Health/Check", lambda _: b"", bytes)
     assert check(None, timeout=30) == b"\x08\x01"
     health.channel.close()
@@ -173,13 +173,13 @@ def test_tls_handshake_and_api_keys(tls_server: Secured, pki: Pki) -> None:
         error = _failure(c)
     assert error.code == grpc.StatusCode.UNAUTHENTICATED
     assert error.message.startswith("missing API key") and "api_key=" in error.message
-    with Client(f"https://localhost:{port}", root_certificates=pki.path("ca.pem"), api_key="key-two", timeout=30) as c:
+    with Client(f"https://127.0.0.1:{port}", root_certificates=pki.path("ca.pem"), api_key="key-two", timeout=30) as c:
         error = _failure(c)
     assert error.code == grpc.StatusCode.UNAUTHENTICATED and error.message.startswith("wrong API key")
 
 
 def test_keys_rotate_through_the_keys_file_and_sighup(tls_server: Secured, pki: Pki) -> None:
-    address = f"https://localhost:{tls_server.server.port}"
+    address = f"https://127.0.0.1:{tls_server.server.port}"
     old = Client(address, root_certificates=pki.path("ca.pem"), api_key="key-one", timeout=30)
     new = Client(address, root_certificates=pki.path("ca.pem"), api_key="key-two", timeout=30)
     with old, new:
@@ -208,13 +208,13 @@ def test_plaintext_against_tls_and_the_reverse_say_what_to_do(tls_server: Secure
     with Client(f"https://127.0.0.1:{server.port}", root_certificates=pki.path("ca.pem"), timeout=10) as c:
         error = _failure(c)
     assert f"does not speak TLS — use http://127.0.0.1:{server.port}" in error.message, error.message
-    with Client(f"https://localhost:{tls_port}", timeout=10) as c:  # grpc's bundled roots do not know our CA
+    with Client(f"https://127.0.0.1:{tls_port}", timeout=10) as c:  # grpc's bundled roots do not know our CA
         error = _failure(c)
     assert "not trusted" in error.message and "root_certificates=" in error.message, error.message
 
 
 def test_mutual_tls_needs_a_client_certificate_from_its_ca(mtls_server: Server, pki: Pki) -> None:
-    address = f"https://localhost:{mtls_server.port}"
+    address = f"https://127.0.0.1:{mtls_server.port}"
     ca = pki.path("ca.pem")
     mine = {"certificate_chain": pki.path("client.pem"), "private_key": pki.path("client.key")}
     with Client(address, root_certificates=ca, **mine) as c:
