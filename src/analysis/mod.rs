@@ -39,6 +39,7 @@
 
 pub mod angles;
 mod error;
+pub mod moments;
 pub mod rotations;
 pub mod shuffle;
 pub mod stats;
@@ -47,6 +48,7 @@ pub mod vectors;
 
 pub use angles::{angle_between, AngleUnit};
 pub use error::AnalysisError;
+pub use moments::ExactMoments;
 pub use rotations::{rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
 pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
