@@ -78,7 +78,9 @@ fn analysis_code(e: &AnalysisError) -> Code {
         | AnalysisError::SameCondition { .. }
         | AnalysisError::InvalidAlpha { .. }
         | AnalysisError::InvalidNumTests { .. }
-        | AnalysisError::DifferenceOutOfRange { .. } => Code::InvalidArgument,
+        | AnalysisError::DifferenceOutOfRange { .. }
+        | AnalysisError::AngleOutOfRange { .. }
+        | AnalysisError::GroupLayerMismatch { .. } => Code::InvalidArgument,
         AnalysisError::ZeroVector
         | AnalysisError::LengthMismatch { .. }
         | AnalysisError::NonFiniteVector

@@ -74,6 +74,12 @@ pub enum AnalysisError {
     /// A paired difference is too large for exact accumulation (`|a − b| ≥ 2^31`; angles never are).
     #[error("layer {layer}, sentence {sentence}: paired difference of 2^31 or more cannot be accumulated exactly")]
     DifferenceOutOfRange { layer: usize, sentence: usize },
+    /// An angle is too large for exact accumulation (`|angle| ≥ 2^31`; real angles never are).
+    #[error("layer {layer}, sentence {sentence}: angle of 2^31 or more cannot be accumulated exactly")]
+    AngleOutOfRange { layer: usize, sentence: usize },
+    /// The two groups of a two-group test have different numbers of layers.
+    #[error("group A has {layers_a} layers and group B {layers_b}; they must be equal")]
+    GroupLayerMismatch { layers_a: usize, layers_b: usize },
     /// Merged statistics of a layer contain a NaN or infinite sum.
     #[error("layer {layer}: paired statistics are not finite")]
     NonFiniteStats { layer: usize },

@@ -39,6 +39,7 @@
 
 pub mod angles;
 mod error;
+pub mod groups;
 pub mod moments;
 pub mod rotations;
 pub mod shuffle;
@@ -48,6 +49,7 @@ pub mod vectors;
 
 pub use angles::{angle_between, AngleUnit};
 pub use error::AnalysisError;
+pub use groups::{group_moments, welch_layers, GroupFlag, GroupLayerTest, GroupResult};
 pub use moments::ExactMoments;
 pub use rotations::{rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
 pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};

@@ -336,48 +336,70 @@ fn raw_test(layer: usize, n: u64, mean: f64, variance: f64) -> RawTest {
 /// Applies the correction and decides significance. Degenerate layers count in the family as
 /// p = 1 (they leave the other layers' adjusted p-values as they are) and are never significant.
 fn finish(raw: Vec<RawTest>, opts: &SignificanceOptions, num_tests: usize) -> SignificanceResult {
-    let p: Vec<f64> = raw.iter().map(|r| if r.flag == LayerFlag::None { r.p } else { 1.0 }).collect();
+    let tests: Vec<(f64, bool)> = raw.iter().map(|r| (r.p, r.flag == LayerFlag::None)).collect();
+    let (threshold, decisions) = decide_layers(&tests, opts, num_tests);
+    let layers = raw
+        .into_iter()
+        .zip(decisions)
+        .map(|(r, (p_adjusted, significant))| LayerTest {
+            layer: r.layer,
+            n: r.n,
+            t: r.t,
+            p: r.p,
+            p_adjusted,
+            df: r.n as f64 - 1.0,
+            mean_difference: r.mean,
+            sd_difference: r.sd,
+            cohens_dz: r.mean / r.sd,
+            ci_low: r.mean - r.ci_half_width,
+            ci_high: r.mean + r.ci_half_width,
+            significant,
+            direction: direction(significant, r.mean),
+            flag: r.flag,
+        })
+        .collect();
+    SignificanceResult { layers, alpha: opts.alpha, correction: opts.correction, threshold, num_tests }
+}
+
+/// The correction of a family of layer tests `(p, ordinary)`: the per-test threshold (see
+/// [`SignificanceResult::threshold`]) and per layer `(p_adjusted, significant)`. A degenerate
+/// (not ordinary) layer enters the correction as p = 1, is never significant and gets a NaN
+/// `p_adjusted`. Shared by the paired and the two-group tests.
+pub(crate) fn decide_layers(
+    tests: &[(f64, bool)],
+    opts: &SignificanceOptions,
+    num_tests: usize,
+) -> (f64, Vec<(f64, bool)>) {
+    let p: Vec<f64> = tests.iter().map(|&(p, ordinary)| if ordinary { p } else { 1.0 }).collect();
     let adjusted = adjust_p_values(&p, opts.correction, num_tests);
     let threshold = match opts.correction {
         Correction::Bonferroni => opts.alpha / num_tests as f64,
         _ => opts.alpha,
     };
-    let layers = raw
-        .into_iter()
+    let decisions = tests
+        .iter()
         .zip(adjusted)
-        .map(|(r, p_adjusted)| {
-            let ordinary = r.flag == LayerFlag::None;
+        .map(|(&(p, ordinary), p_adjusted)| {
             let significant = ordinary
                 && match opts.correction {
-                    Correction::Bonferroni => r.p < threshold,
+                    Correction::Bonferroni => p < threshold,
                     _ => p_adjusted < opts.alpha,
                 };
-            let direction = if !significant {
-                Direction::NotSignificant
-            } else if r.mean > 0.0 {
-                Direction::AGreater
-            } else {
-                Direction::BGreater
-            };
-            LayerTest {
-                layer: r.layer,
-                n: r.n,
-                t: r.t,
-                p: r.p,
-                p_adjusted: if ordinary { p_adjusted } else { f64::NAN },
-                df: r.n as f64 - 1.0,
-                mean_difference: r.mean,
-                sd_difference: r.sd,
-                cohens_dz: r.mean / r.sd,
-                ci_low: r.mean - r.ci_half_width,
-                ci_high: r.mean + r.ci_half_width,
-                significant,
-                direction,
-                flag: r.flag,
-            }
+            (if ordinary { p_adjusted } else { f64::NAN }, significant)
         })
         .collect();
-    SignificanceResult { layers, alpha: opts.alpha, correction: opts.correction, threshold, num_tests }
+    (threshold, decisions)
+}
+
+/// The direction of a layer: the sign of its mean difference when significant.
+pub(crate) fn direction(significant: bool, mean_difference: f64) -> Direction {
+    if !significant {
+        Direction::NotSignificant
+    } else if mean_difference > 0.0 {
+        Direction::AGreater
+    } else {
+        Direction::BGreater
+    }
 }
 
 fn check_conditions(num_conditions: usize, a: usize, b: usize) -> Result<(), AnalysisError> {
@@ -401,7 +423,7 @@ fn check_alpha(alpha: f64) -> Result<(), AnalysisError> {
 }
 
 /// `alpha`, at least one layer, and the family size (returned).
-fn check_family(opts: &SignificanceOptions, num_layers: usize) -> Result<usize, AnalysisError> {
+pub(crate) fn check_family(opts: &SignificanceOptions, num_layers: usize) -> Result<usize, AnalysisError> {
     check_alpha(opts.alpha)?;
     if num_layers == 0 {
         return Err(AnalysisError::NoLayers);
