@@ -69,6 +69,12 @@ impl From<Error> for Status {
 fn analysis_code(e: &AnalysisError) -> Code {
     match e {
         AnalysisError::TargetNotFound { .. }
+        | AnalysisError::EmptyTarget
+        | AnalysisError::InvalidOccurrence
+        | AnalysisError::TargetTokensNotFound { .. }
+        | AnalysisError::OccurrenceNotFound { .. }
+        | AnalysisError::InvalidSpan { .. }
+        | AnalysisError::SpanNotOnTokenBoundary { .. }
         | AnalysisError::NonTargetOutOfRange { .. }
         | AnalysisError::NonTargetIsTarget { .. }
         | AnalysisError::NotEnoughSentences { .. }

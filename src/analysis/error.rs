@@ -33,6 +33,25 @@ pub enum AnalysisError {
     #[error("sentence {sentence}: non-target offset 0 would make the non-target the target itself")]
     NonTargetIsTarget { sentence: usize },
 
+    /// The target word has no tokens.
+    #[error("the target has no tokens")]
+    EmptyTarget,
+    /// An occurrence number of 0 (they count from 1).
+    #[error("occurrence numbers count from 1 (the first occurrence is 1)")]
+    InvalidOccurrence,
+    /// A target word of several tokens does not occur in the sentence.
+    #[error("sentence {sentence}: target tokens {tokens:?} not found")]
+    TargetTokensNotFound { sentence: usize, tokens: Vec<u32> },
+    /// The target occurs fewer times than the occurrence asked for.
+    #[error("sentence {sentence}: occurrence {wanted} of the target asked for, but it occurs {found} time(s)")]
+    OccurrenceNotFound { sentence: usize, wanted: usize, found: usize },
+    /// A character span is empty, reversed or beyond the sentence's end.
+    #[error("sentence {sentence}: span ({start}, {end}) is not a non-empty range of its {num_chars} characters")]
+    InvalidSpan { sentence: usize, start: usize, end: usize, num_chars: usize },
+    /// A character span cuts a token (or covers none): it must start and end on token boundaries.
+    #[error("sentence {sentence}: span ({start}, {end}) does not start and end on token boundaries")]
+    SpanNotOnTokenBoundary { sentence: usize, start: usize, end: usize },
+
     /// The hidden-state tensor does not have one row per token id.
     #[error("sentence {sentence}: {num_ids} token ids but hidden states for {hidden_tokens} tokens")]
     TokenCountMismatch { sentence: usize, num_ids: usize, hidden_tokens: usize },
@@ -102,6 +121,10 @@ impl AnalysisError {
     pub fn sentence(&self) -> Option<usize> {
         match *self {
             Self::TargetNotFound { sentence, .. }
+            | Self::TargetTokensNotFound { sentence, .. }
+            | Self::OccurrenceNotFound { sentence, .. }
+            | Self::InvalidSpan { sentence, .. }
+            | Self::SpanNotOnTokenBoundary { sentence, .. }
             | Self::NonTargetOutOfRange { sentence, .. }
             | Self::NonTargetIsTarget { sentence }
             | Self::TokenCountMismatch { sentence, .. }

@@ -42,6 +42,7 @@ mod error;
 pub mod groups;
 pub mod moments;
 pub mod rotations;
+pub mod select;
 pub mod shuffle;
 pub mod stats;
 pub mod target;
@@ -52,6 +53,9 @@ pub use error::AnalysisError;
 pub use groups::{group_moments, welch_layers, GroupFlag, GroupLayerTest, GroupResult};
 pub use moments::ExactMoments;
 pub use rotations::{rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
+pub use select::{
+    find_occurrences, non_target_position, span_to_tokens, sub_token_vector, Occurrence, SubToken, TokenRange,
+};
 pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
     adjust_p_values, check_options, fixed_point, paired_stats, t_quantile, test_layers, test_layers_from_stats,

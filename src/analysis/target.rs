@@ -1,5 +1,7 @@
-//! Locating the target token and its non-target comparison token in a sentence.
+//! Locating the target token and its non-target comparison token in a sentence: the notebook's
+//! design (first occurrence, one token), built on [`crate::analysis::select`].
 
+use super::select::{find_occurrences, non_target_position, Occurrence};
 use super::AnalysisError;
 
 /// The notebook's non-target: the token just before the target (`targidx - 1`).
@@ -27,16 +29,9 @@ pub struct Positions {
 ///   not below `ids.len()` (the notebook silently wrapped `-1` to the last token, padding
 ///   included, when the target was the first token).
 pub fn locate(sentence: usize, ids: &[u32], target: u32, offset: i32) -> Result<Positions, AnalysisError> {
-    let target_pos =
-        ids.iter().position(|&id| id == target).ok_or(AnalysisError::TargetNotFound { sentence, target })?;
-    if offset == 0 {
-        return Err(AnalysisError::NonTargetIsTarget { sentence });
-    }
-    let position = target_pos as i64 + i64::from(offset);
-    if position < 0 || position >= ids.len() as i64 {
-        return Err(AnalysisError::NonTargetOutOfRange { sentence, position, num_tokens: ids.len() });
-    }
-    Ok(Positions { target: target_pos, non_target: position as usize })
+    let word = find_occurrences(sentence, ids, &[target], Occurrence::First)?[0];
+    let non_target = non_target_position(sentence, ids.len(), word, offset)?;
+    Ok(Positions { target: word.start, non_target })
 }
 
 #[cfg(test)]
