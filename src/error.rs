@@ -86,7 +86,9 @@ fn analysis_code(e: &AnalysisError) -> Code {
         | AnalysisError::InvalidNumTests { .. }
         | AnalysisError::DifferenceOutOfRange { .. }
         | AnalysisError::AngleOutOfRange { .. }
-        | AnalysisError::GroupLayerMismatch { .. } => Code::InvalidArgument,
+        | AnalysisError::GroupLayerMismatch { .. }
+        | AnalysisError::MatrixSizeMismatch { .. }
+        | AnalysisError::MatrixEntryOutOfRange { .. } => Code::InvalidArgument,
         AnalysisError::ZeroVector
         | AnalysisError::LengthMismatch { .. }
         | AnalysisError::NonFiniteVector

@@ -96,6 +96,12 @@ pub enum AnalysisError {
     /// An angle is too large for exact accumulation (`|angle| ≥ 2^31`; real angles never are).
     #[error("layer {layer}, sentence {sentence}: angle of 2^31 or more cannot be accumulated exactly")]
     AngleOutOfRange { layer: usize, sentence: usize },
+    /// Pairwise angle matrices of different sizes (hidden states) cannot be summed.
+    #[error("angle matrix of side {found} where {expected} was expected")]
+    MatrixSizeMismatch { expected: usize, found: usize },
+    /// An entry of a pairwise angle matrix is not finite or is `2^31` or more.
+    #[error("sentence {sentence}: angle matrix entry ({row}, {column}) is not a finite angle")]
+    MatrixEntryOutOfRange { sentence: usize, row: usize, column: usize },
     /// The two groups of a two-group test have different numbers of layers.
     #[error("group A has {layers_a} layers and group B {layers_b}; they must be equal")]
     GroupLayerMismatch { layers_a: usize, layers_b: usize },
@@ -124,6 +130,7 @@ impl AnalysisError {
             | Self::TargetTokensNotFound { sentence, .. }
             | Self::OccurrenceNotFound { sentence, .. }
             | Self::InvalidSpan { sentence, .. }
+            | Self::MatrixEntryOutOfRange { sentence, .. }
             | Self::SpanNotOnTokenBoundary { sentence, .. }
             | Self::NonTargetOutOfRange { sentence, .. }
             | Self::NonTargetIsTarget { sentence }

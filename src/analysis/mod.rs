@@ -46,6 +46,7 @@ pub mod select;
 pub mod shuffle;
 pub mod stats;
 pub mod target;
+pub mod trajectory;
 pub mod vectors;
 
 pub use angles::{angle_between, AngleUnit};
@@ -63,4 +64,5 @@ pub use stats::{
     CI_LEVEL, EXACT_SCALE_BITS, MAX_ABS_DIFFERENCE,
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
+pub use trajectory::{cumulative_angles, pairwise_angles, AngleMatrixSum};
 pub use vectors::HiddenVectors;

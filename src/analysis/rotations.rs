@@ -145,23 +145,31 @@ fn vector_angle(
         hidden.vector(s, p).ok_or(AnalysisError::MissingHiddenVector { sentence, hidden_state: s, position: p })
     };
     let (a, b) = (v(s1, p1)?, v(s2, p2)?);
-    angle_between(a, b).map_err(|_| {
-        let bad = |x: &ArrayView1<f32>| x.iter().any(|c| !c.is_finite());
-        let (hidden_state, position, non_finite) = if bad(&a) {
-            (s1, p1, true)
-        } else if bad(&b) {
-            (s2, p2, true)
-        } else if a.iter().all(|&c| c == 0.0) {
-            (s1, p1, false)
-        } else {
-            (s2, p2, false)
-        };
-        if non_finite {
-            AnalysisError::NonFiniteHiddenState { sentence, hidden_state, position }
-        } else {
-            AnalysisError::ZeroHiddenState { sentence, hidden_state, position }
-        }
-    })
+    angle_between(a, b).map_err(|_| undefined_angle(sentence, (&a, (s1, p1)), (&b, (s2, p2))))
+}
+
+/// Why the angle between `a` (hidden state, position `at_a`) and `b` is undefined: the first
+/// non-finite vector, else the zero one, named by sentence, hidden state and position.
+pub(crate) fn undefined_angle(
+    sentence: usize,
+    (a, at_a): (&ArrayView1<f32>, (usize, usize)),
+    (b, at_b): (&ArrayView1<f32>, (usize, usize)),
+) -> AnalysisError {
+    let bad = |x: &ArrayView1<f32>| x.iter().any(|c| !c.is_finite());
+    let ((hidden_state, position), non_finite) = if bad(a) {
+        (at_a, true)
+    } else if bad(b) {
+        (at_b, true)
+    } else if a.iter().all(|&c| c == 0.0) {
+        (at_a, false)
+    } else {
+        (at_b, false)
+    };
+    if non_finite {
+        AnalysisError::NonFiniteHiddenState { sentence, hidden_state, position }
+    } else {
+        AnalysisError::ZeroHiddenState { sentence, hidden_state, position }
+    }
 }
 
 /// The rotations of all sentences of a request.
