@@ -64,7 +64,9 @@ pub use angles::{angle_between, AngleUnit};
 pub use error::AnalysisError;
 pub use groups::{group_moments, welch_layers, GroupFlag, GroupLayerTest, GroupResult};
 pub use moments::ExactMoments;
-pub use rotations::{rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS};
+pub use rotations::{
+    rotate_at_positions, rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS,
+};
 pub use select::{
     find_occurrences, non_target_position, span_to_tokens, sub_token_vector, Occurrence, SubToken, TokenRange,
 };

@@ -77,7 +77,7 @@ pub fn rotate_sentence(
     hidden: impl HiddenVectors,
     opts: &RotationOptions,
 ) -> Result<SentenceRotations, AnalysisError> {
-    let (num_states, num_tokens, hidden_size) = hidden.dim();
+    let (_, num_tokens, _) = hidden.dim();
     if num_tokens != ids.len() {
         return Err(AnalysisError::TokenCountMismatch {
             sentence: index,
@@ -85,19 +85,59 @@ pub fn rotate_sentence(
             hidden_tokens: num_tokens,
         });
     }
+    check_hidden(index, &hidden)?;
+    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    rotate_checked(index, &hidden, positions, opts)
+}
+
+/// The same angles as [`rotate_sentence`] at positions chosen by the caller (e.g. an occurrence
+/// other than the first, or a span: [`crate::analysis::select`]); `opts.target` and
+/// `opts.non_target_offset` are not used.
+///
+/// # Errors
+/// [`AnalysisError::TooFewHiddenStates`], [`AnalysisError::EmptyHiddenSize`],
+/// [`AnalysisError::NonTargetIsTarget`] (equal positions), [`AnalysisError::MissingHiddenVector`]
+/// for a position past the sentence's tokens, and the undefined-angle errors of
+/// [`rotate_sentence`].
+pub fn rotate_at_positions(
+    index: usize,
+    hidden: impl HiddenVectors,
+    positions: Positions,
+    opts: &RotationOptions,
+) -> Result<SentenceRotations, AnalysisError> {
+    check_hidden(index, &hidden)?;
+    if positions.target == positions.non_target {
+        return Err(AnalysisError::NonTargetIsTarget { sentence: index });
+    }
+    rotate_checked(index, &hidden, positions, opts)
+}
+
+/// At least two hidden states and a non-empty hidden size.
+fn check_hidden(index: usize, hidden: &impl HiddenVectors) -> Result<(), AnalysisError> {
+    let (num_states, _, hidden_size) = hidden.dim();
     if num_states < 2 {
         return Err(AnalysisError::TooFewHiddenStates { sentence: index, found: num_states });
     }
     if hidden_size == 0 {
         return Err(AnalysisError::EmptyHiddenSize { sentence: index });
     }
-    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    Ok(())
+}
+
+/// The angles of the three conditions at every layer transition, on checked hidden states.
+fn rotate_checked(
+    index: usize,
+    hidden: &impl HiddenVectors,
+    positions: Positions,
+    opts: &RotationOptions,
+) -> Result<SentenceRotations, AnalysisError> {
+    let (num_states, num_tokens, _) = hidden.dim();
     let num_layers = num_states - 1;
     let draws = draws_for_sentence(opts.seed, index, num_layers, num_tokens);
     let mut angles = Array2::<f64>::zeros((num_layers, CONDITIONS.len()));
     for (l, draw) in (1..=num_layers).zip(&draws) {
         for (condition, [a, b]) in compared_vectors(l, positions, draw).into_iter().enumerate() {
-            angles[[l - 1, condition]] = opts.unit.from_radians(vector_angle(index, &hidden, a, b)?);
+            angles[[l - 1, condition]] = opts.unit.from_radians(vector_angle(index, hidden, a, b)?);
         }
     }
     Ok(SentenceRotations { index, num_tokens, positions, angles, draws })
@@ -302,6 +342,35 @@ mod tests {
         for (d, rad) in deg.angles.iter().zip(r.angles.iter()) {
             assert_relative_eq!(*d, rad * 180.0 / PI, max_relative = 1e-14);
         }
+    }
+
+    /// Positions chosen by the caller (the last occurrence): the first occurrence's computation
+    /// at other positions, with the same draws.
+    #[test]
+    fn rotation_at_chosen_positions() {
+        let ids = [1, 2, T, 3, T];
+        let hidden = toy(5, 5);
+        let opts = RotationOptions { unit: AngleUnit::Radians, ..RotationOptions::new(T) };
+        let first = rotate_sentence(3, &ids, hidden.view(), &opts).unwrap();
+        assert_eq!(rotate_at_positions(3, hidden.view(), first.positions, &opts), Ok(first.clone()));
+        let last = Positions { target: 4, non_target: 3 };
+        let r = rotate_at_positions(3, hidden.view(), last, &opts).unwrap();
+        assert_eq!((r.positions, &r.draws), (last, &first.draws));
+        for l in 1..=4 {
+            assert!((r.angles[[l - 1, 0]] - expected(l - 1, 4, l, 4)).abs() < 1e-6);
+            assert!((r.angles[[l - 1, 1]] - expected(l - 1, 3, l, 3)).abs() < 1e-6);
+            assert_eq!(r.angles[[l - 1, 2]], first.angles[[l - 1, 2]]);
+        }
+        let same = Positions { target: 4, non_target: 4 };
+        assert_eq!(
+            rotate_at_positions(3, hidden.view(), same, &opts),
+            Err(AnalysisError::NonTargetIsTarget { sentence: 3 })
+        );
+        let outside = Positions { target: 5, non_target: 4 };
+        assert!(matches!(
+            rotate_at_positions(3, hidden.view(), outside, &opts),
+            Err(AnalysisError::MissingHiddenVector { sentence: 3, position: 5, .. })
+        ));
     }
 
     #[test]
