@@ -365,6 +365,31 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Arbitrary (even inconsistent) offsets, spans and ids never panic; results stay inside.
+        #[test]
+        fn arbitrary_input_never_panics(
+            text in "\\PC{0,12}",
+            offsets in prop::collection::vec((0usize..40, 0usize..40), 0..8),
+            span in (0usize..20, 0usize..20),
+            ids in prop::collection::vec(0u32..4, 0..12),
+            target in prop::collection::vec(0u32..4, 0..3),
+            n in 0usize..4,
+        ) {
+            if let Ok(r) = span_to_tokens(1, &text, &offsets, span) {
+                prop_assert!(r.start < r.end && r.end <= offsets.len());
+            }
+            for occurrence in [Occurrence::First, Occurrence::Last, Occurrence::Nth(n), Occurrence::All] {
+                if let Ok(found) = find_occurrences(1, &ids, &target, occurrence) {
+                    prop_assert!(!found.is_empty());
+                    for r in found {
+                        prop_assert_eq!(&ids[r.start..r.end], &target[..]);
+                    }
+                }
+            }
+        }
+    }
+
     /// Words joined by spaces, one token per word carrying its leading space (as GPT-2 does).
     fn tokenize_words(words: &[String]) -> (String, Vec<(usize, usize)>) {
         let mut text = String::new();
