@@ -7,6 +7,9 @@
 //! p-values within 1e-6 relative (statrs' and scipy's t distributions), on the whole groups and
 //! on moments merged from shards.
 
+mod common;
+
+use common::Num;
 use ndarray::{Array2, Array3, Axis};
 use rotations::analysis::{
     group_moments, welch_layers, Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult,
@@ -59,32 +62,6 @@ struct CorrectionRef {
     method: String,
     p_adjusted: Vec<Num>,
     reject: Vec<bool>,
-}
-
-/// A number that may be non-finite (written as "inf", "-inf" or "nan" in JSON).
-#[derive(Deserialize, Clone, Copy)]
-#[serde(untagged)]
-enum Num {
-    Finite(f64),
-    #[serde(deserialize_with = "non_finite")]
-    NonFinite(f64),
-}
-
-fn non_finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    match String::deserialize(d)?.as_str() {
-        "inf" => Ok(f64::INFINITY),
-        "-inf" => Ok(f64::NEG_INFINITY),
-        "nan" => Ok(f64::NAN),
-        other => Err(serde::de::Error::custom(format!("not a number: {other}"))),
-    }
-}
-
-impl Num {
-    fn value(self) -> f64 {
-        match self {
-            Num::Finite(x) | Num::NonFinite(x) => x,
-        }
-    }
 }
 
 fn golden() -> Golden {

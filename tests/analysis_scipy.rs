@@ -5,6 +5,9 @@
 //! Statistics must agree within 1e-9 relative and p-values within 1e-6 relative, both on the
 //! full tensor and via sharded, merged `PairedStats`.
 
+mod common;
+
+use common::Num;
 use ndarray::{s, Array3};
 use rotations::analysis::{
     paired_stats, test_layers, test_layers_from_stats, AnalysisError, Correction, Direction, LayerFlag, PairedStats,
@@ -29,32 +32,6 @@ struct TiedCorrection {
     method: String,
     p_adjusted: Vec<f64>,
     reject: Vec<bool>,
-}
-
-/// A number that may be non-finite (written as "inf", "-inf" or "nan" in JSON).
-#[derive(Deserialize, Clone, Copy)]
-#[serde(untagged)]
-enum Num {
-    Finite(f64),
-    #[serde(deserialize_with = "non_finite")]
-    NonFinite(f64),
-}
-
-fn non_finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    match String::deserialize(d)?.as_str() {
-        "inf" => Ok(f64::INFINITY),
-        "-inf" => Ok(f64::NEG_INFINITY),
-        "nan" => Ok(f64::NAN),
-        other => Err(serde::de::Error::custom(format!("not a number: {other}"))),
-    }
-}
-
-impl Num {
-    fn value(self) -> f64 {
-        match self {
-            Num::Finite(x) | Num::NonFinite(x) => x,
-        }
-    }
 }
 
 #[derive(Deserialize)]

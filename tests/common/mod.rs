@@ -124,3 +124,29 @@ pub fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut body).unwrap();
     body
 }
+
+/// A number that may be non-finite (written as "inf", "-inf" or "nan" in JSON).
+#[derive(serde::Deserialize, Clone, Copy)]
+#[serde(untagged)]
+pub enum Num {
+    Finite(f64),
+    #[serde(deserialize_with = "non_finite")]
+    NonFinite(f64),
+}
+
+fn non_finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    match <String as serde::Deserialize>::deserialize(d)?.as_str() {
+        "inf" => Ok(f64::INFINITY),
+        "-inf" => Ok(f64::NEG_INFINITY),
+        "nan" => Ok(f64::NAN),
+        other => Err(serde::de::Error::custom(format!("not a number: {other}"))),
+    }
+}
+
+impl Num {
+    pub fn value(self) -> f64 {
+        match self {
+            Num::Finite(x) | Num::NonFinite(x) => x,
+        }
+    }
+}
