@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::Num;
+use common::{correction_named, Num};
 use ndarray::{Array2, Array3, Axis};
 use rotations::analysis::{
-    group_moments, welch_layers, Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult,
-    SignificanceOptions,
+    group_moments, welch_layers, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult, SignificanceOptions,
 };
 use serde::Deserialize;
 
@@ -65,8 +64,7 @@ struct CorrectionRef {
 }
 
 fn golden() -> Golden {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/groups_scipy.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("golden JSON")
+    common::golden("groups_scipy.json")
 }
 
 /// A group's angles as the `[num_layers, n, 1]` tensor [`group_moments`] takes (condition 0).
@@ -82,15 +80,6 @@ fn assert_close(what: &str, got: f64, want: Num, rtol: f64) {
         got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan())
     };
     assert!(ok, "{what}: got {got:e}, want {want:e}");
-}
-
-fn method(name: &str) -> Correction {
-    match name {
-        "bonferroni" => Correction::Bonferroni,
-        "holm" => Correction::Holm,
-        "fdr_bh" => Correction::BenjaminiHochberg,
-        other => panic!("unknown method {other}"),
-    }
 }
 
 fn flag(name: &str) -> GroupFlag {
@@ -134,8 +123,11 @@ fn check_layer(case: &Case, l: usize, got: &GroupLayerTest) {
 
 fn check_corrections(case: &Case, run: impl Fn(&SignificanceOptions) -> GroupResult) {
     for reference in &case.corrections {
-        let opts =
-            SignificanceOptions { alpha: case.alpha, correction: method(&reference.method), ..Default::default() };
+        let opts = SignificanceOptions {
+            alpha: case.alpha,
+            correction: correction_named(&reference.method),
+            ..Default::default()
+        };
         let r = run(&opts);
         for (l, got) in r.layers.iter().enumerate() {
             check_layer(case, l, got);

@@ -3,6 +3,8 @@
 //! (`tests/golden/hidden_states.json`), with numpy's float64 `arccos` of the cosine. At these
 //! angles (all above 10°) arccos is accurate to ~1e-13°, so entries must agree within 1e-9°.
 
+mod common;
+
 use ndarray::{Array2, Array3};
 use rotations::analysis::{
     cumulative_angles, pairwise_angles, rotate_sentence, AngleMatrixSum, AngleUnit, RotationOptions, SubToken,
@@ -40,14 +42,9 @@ struct SentenceRef {
     cumulative: Vec<f64>,
 }
 
-fn read<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("golden JSON")
-}
-
 /// `[states, tokens, hidden]` of each sentence.
 fn hidden_states() -> (Vec<Vec<u32>>, Vec<Array3<f32>>) {
-    let h: HiddenStates = read("hidden_states.json");
+    let h: HiddenStates = common::golden("hidden_states.json");
     let arrays = h
         .hidden_states
         .iter()
@@ -76,7 +73,7 @@ fn sub_token(name: &str) -> SubToken {
 
 #[test]
 fn pairwise_and_cumulative_angles_match_numpy() {
-    let golden: Golden = read("layer_angles.json");
+    let golden: Golden = common::golden("layer_angles.json");
     assert_eq!(golden.unit, "degrees");
     let (_, hidden) = hidden_states();
     for selection in &golden.selections {

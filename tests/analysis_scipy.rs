@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::Num;
+use common::{correction_named, Num};
 use ndarray::{s, Array3};
 use rotations::analysis::{
     paired_stats, test_layers, test_layers_from_stats, AnalysisError, Correction, Direction, LayerFlag, PairedStats,
@@ -96,9 +96,7 @@ struct CorrectionRef {
 }
 
 fn golden() -> Golden {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/ttest_scipy.json");
-    let text = std::fs::read_to_string(path).expect("read golden file");
-    serde_json::from_str(&text).expect("parse golden file")
+    common::golden("ttest_scipy.json")
 }
 
 impl Case {
@@ -130,15 +128,6 @@ fn close(what: &str, got: f64, want: f64, rtol: f64, atol: f64) {
         "{what}: got {got:e}, want {want:e} (diff {:e}, tol {tol:e})",
         (got - want).abs()
     );
-}
-
-fn correction_of(method: &str) -> Correction {
-    match method {
-        "bonferroni" => Correction::Bonferroni,
-        "holm" => Correction::Holm,
-        "fdr_bh" => Correction::BenjaminiHochberg,
-        other => panic!("unknown method {other}"),
-    }
 }
 
 /// Compares one result with the golden statistics and one golden correction.
@@ -203,7 +192,7 @@ fn full_tensor_matches_scipy_and_statsmodels() {
     for case in golden().cases {
         let angles = case.angles();
         for reference in &case.corrections {
-            let correction = correction_of(&reference.method);
+            let correction = correction_named(&reference.method);
             let result = test_layers(angles.view(), &case.options(correction, Some(reference.num_tests))).unwrap();
             assert_eq!(result.correction, correction);
             check(&case, &result, reference, "full");
@@ -239,7 +228,7 @@ fn sharded_merged_stats_match_scipy() {
         for bounds in splits {
             let merged = merged_stats(&case, &bounds);
             for reference in &case.corrections {
-                let opts = case.options(correction_of(&reference.method), Some(reference.num_tests));
+                let opts = case.options(correction_named(&reference.method), Some(reference.num_tests));
                 let result = test_layers_from_stats(&merged, &opts).unwrap();
                 check(&case, &result, reference, &format!("shards {bounds:?}"));
             }
@@ -263,7 +252,7 @@ fn streaming_push_matches_scipy() {
             })
             .collect();
         let reference = &case.corrections[0];
-        let opts = case.options(correction_of(&reference.method), Some(reference.num_tests));
+        let opts = case.options(correction_named(&reference.method), Some(reference.num_tests));
         check(&case, &test_layers_from_stats(&stats, &opts).unwrap(), reference, "push");
     }
 }
@@ -335,7 +324,7 @@ fn constant_difference_layers_match_scipy() {
         for reference in &case.corrections {
             let opts = SignificanceOptions {
                 alpha: case.alpha,
-                correction: correction_of(&reference.method),
+                correction: correction_named(&reference.method),
                 ..Default::default()
             };
             let mut merged = vec![PairedStats::default(); case.shape[0]];
@@ -376,7 +365,7 @@ fn constant_difference_layers_match_scipy() {
 #[test]
 fn tied_p_values_match_statsmodels() {
     for case in golden().tied_p_values {
-        let correction = correction_of(&case.method);
+        let correction = correction_named(&case.method);
         let adjusted = rotations::analysis::adjust_p_values(&case.p, correction, case.p.len());
         for (i, (got, want)) in adjusted.iter().zip(&case.p_adjusted).enumerate() {
             close(&format!("{} {:?} [{i}]", case.method, case.p), *got, *want, 1e-12, 0.0);

@@ -8,7 +8,7 @@ use rotations::model::{
 };
 
 fn golden_batch() -> (Vec<String>, Vec<Vec<u32>>, serde_json::Value) {
-    let g = golden("hidden_states.json");
+    let g: serde_json::Value = golden("hidden_states.json");
     let sentences: Vec<String> =
         g["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     let ids: Vec<Vec<u32>> = g["input_ids"]

@@ -112,7 +112,7 @@ async fn health_flips_to_serving_and_analyze_works_over_the_wire() {
     let sig = analysis.significance.unwrap();
 
     // Against the notebook's algorithm run in PyTorch (tools/notebook_reference.py).
-    let g = golden("notebook_angles.json");
+    let g: serde_json::Value = golden("notebook_angles.json");
     let (layers, n) = (info.num_layers as usize, sentences.len());
     let angles = rot.angles.unwrap().values;
     for l in 0..layers {

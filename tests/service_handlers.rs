@@ -44,7 +44,7 @@ async fn analyze_reproduces_the_notebook_run_in_pytorch() {
     let rot = res.rotations.unwrap();
     let sig = res.significance.unwrap();
 
-    let g = golden("notebook_angles.json");
+    let g: serde_json::Value = golden("notebook_angles.json");
     let layers = g["num_layers"].as_u64().unwrap() as usize;
     let n = sentences.len();
     let angles = rot.angles.as_ref().unwrap();

@@ -35,7 +35,8 @@ pub fn load_bundled() -> Model {
     Model::load(&bundled_model_dir(), &runtime_options()).expect("bundled model loads")
 }
 
-pub fn golden(name: &str) -> serde_json::Value {
+/// A golden reference file of tests/golden (made by the scripts in tools/), parsed.
+pub fn golden<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = repo().join("tests/golden").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("golden JSON parses")
@@ -148,5 +149,16 @@ impl Num {
         match self {
             Num::Finite(x) | Num::NonFinite(x) => x,
         }
+    }
+}
+
+/// The correction statsmodels' `multipletests` calls `method`.
+pub fn correction_named(method: &str) -> rotations::analysis::Correction {
+    use rotations::analysis::Correction;
+    match method {
+        "bonferroni" => Correction::Bonferroni,
+        "holm" => Correction::Holm,
+        "fdr_bh" => Correction::BenjaminiHochberg,
+        other => panic!("unknown method {other}"),
     }
 }
