@@ -23,8 +23,6 @@ tools/requirements-stats.txt):
 """
 
 import argparse
-import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -33,21 +31,13 @@ import scipy.stats as stats
 from statsmodels.stats.meta_analysis import effectsize_smd
 from statsmodels.stats.multitest import multipletests
 
+from golden_io import number, write_or_check
+
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden" / "groups_scipy.json"
 ALPHA = 0.05
 CI_LEVEL = 0.95
 METHODS = ["bonferroni", "holm", "fdr_bh"]
 KEYS = ["t", "p", "df", "mean_a", "mean_b", "sd_a", "sd_b", "ci_low", "ci_high", "g", "g_ci_low", "g_ci_high"]
-
-
-def number(x):
-    """A float for JSON: non-finite values as strings."""
-    x = float(x)
-    if np.isnan(x):
-        return "nan"
-    if np.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
 
 
 def groups(rng, layers, n_a, n_b, base, effects, sd_a, sd_b):
@@ -152,14 +142,7 @@ def main():
         "cases": [analyse(name, a, b) for name, a, b in make_cases()],
         "degenerate_cases": degenerate_cases(),
     }
-    text = json.dumps(golden, indent=1) + "\n"
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            sys.exit(f"{OUT} is not what {Path(__file__).name} makes: rerun it")
-        print(f"{OUT.name} is up to date")
-        return
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
+    write_or_check(OUT, golden, __file__, args.check)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ Usage (from the repository root, numpy only):
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from golden_io import write_or_check
 
 ROOT = Path(__file__).resolve().parent.parent
 IN = ROOT / "tests" / "golden" / "hidden_states.json"
@@ -77,14 +78,7 @@ def main():
     args = parser.parse_args()
     golden = json.loads(IN.read_text())
     out = {"unit": "degrees", "selections": [analyse(golden, mean) for mean in (False, True)]}
-    text = json.dumps(out, indent=1) + "\n"
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            sys.exit(f"{OUT} is not what {Path(__file__).name} makes: rerun it")
-        print(f"{OUT.name} is up to date")
-        return
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
+    write_or_check(OUT, out, __file__, args.check)
 
 
 if __name__ == "__main__":

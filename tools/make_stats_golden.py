@@ -37,6 +37,8 @@ import scipy.stats as stats
 import statsmodels
 from statsmodels.stats.multitest import multipletests
 
+from golden_io import number
+
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden" / "ttest_scipy.json"
 ALPHA = 0.05
 CI_LEVEL = 0.95
@@ -166,16 +168,6 @@ def analyse(name, x, a, b):
     if name == "notebook_like":
         assert ALPHA / (L + 1) < p[45] < ALPHA / L, p[45]
     return out
-
-
-def number(x):
-    """A float for JSON: non-finite values as strings."""
-    x = float(x)
-    if np.isnan(x):
-        return "nan"
-    if np.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
 
 
 def degenerate_case():
