@@ -61,6 +61,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (graceful: the server drains and exits 0), then a kill after 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _healthy(binary: Path, url: str, client_args: Sequence[str] = ()) -> bool:
     probe = subprocess.run(
         [str(binary), "health", "--server", url, *client_args], capture_output=True, timeout=30, env=_env(), cwd=REPO
@@ -98,13 +109,7 @@ def run_server(
             time.sleep(0.5)
         yield srv
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # graceful: drains and exits 0
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process)
 
 
 @pytest.fixture(scope="session")
@@ -140,13 +145,7 @@ class Replica:
         return f"{self.host}:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _stop(self.process)
 
 
 def start_replicas(hosts: List[str], folder: Path, extra: Optional[Dict[str, List[str]]] = None) -> List[Replica]:
