@@ -72,9 +72,9 @@ pub use select::{
 };
 pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
-    adjust_p_values, check_options, fixed_point, paired_stats, t_quantile, test_layers, test_layers_from_stats,
-    two_sided_p, Correction, Direction, LayerFlag, LayerTest, PairedStats, SignificanceOptions, SignificanceResult,
-    CI_LEVEL, EXACT_SCALE_BITS, MAX_ABS_DIFFERENCE,
+    adjust_p_values, check_options, fixed_point, merge_layers, paired_stats, t_quantile, test_layers,
+    test_layers_from_stats, two_sided_p, Correction, Direction, LayerFlag, LayerTest, PairedStats, SignificanceOptions,
+    SignificanceResult, CI_LEVEL, EXACT_SCALE_BITS, MAX_ABS_DIFFERENCE,
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
 pub use trajectory::{cumulative_angles, pairwise_angles, AngleMatrixSum};

@@ -153,6 +153,17 @@ pub struct SignificanceResult {
     pub num_tests: usize,
 }
 
+/// Adds one shard's per-layer statistics (a streamed chunk, a replica's piece of the corpus) to
+/// the running per-layer totals; the first shard sets them. The one merge of per-layer statistics:
+/// exact, so any split in any order gives the same totals. Shards of one model have the same layers.
+pub fn merge_layers(totals: &mut Vec<PairedStats>, shard: &[PairedStats]) {
+    if totals.is_empty() {
+        totals.extend_from_slice(shard);
+    } else {
+        totals.iter_mut().zip(shard).for_each(|(total, s)| total.merge(s));
+    }
+}
+
 /// Per-layer [`PairedStats`] of `angles[layer, sentence, a] − angles[layer, sentence, b]`
 /// for an angle tensor `[num_layers, num_sentences, num_conditions]`.
 ///

@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::connect::AuthChannel;
 use super::retry::{is_retryable, RetryPolicy};
 use super::{connect_to, status_error};
-use crate::analysis::PairedStats;
+use crate::analysis::{merge_layers, PairedStats};
 use crate::config::ConnectArgs;
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
@@ -237,11 +237,7 @@ async fn finish(
     let mut merged: Vec<PairedStats> = Vec::new();
     for r in &results {
         let stats = paired_stats_from_proto(&r.last.statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if merged.is_empty() {
-            merged = stats;
-        } else {
-            merged.iter_mut().zip(&stats).for_each(|(m, s)| m.merge(s));
-        }
+        merge_layers(&mut merged, &stats);
     }
     let ask = proto::SignificanceRequest {
         statistics: layer_statistics(&merged),

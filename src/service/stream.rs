@@ -13,7 +13,7 @@ use tonic::Status;
 use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
 use crate::analysis::{
-    paired_stats, test_layers_from_stats, PairedStats, RotationOptions, Rotations, SignificanceOptions,
+    merge_layers, paired_stats, test_layers_from_stats, PairedStats, RotationOptions, Rotations, SignificanceOptions,
 };
 use crate::engine::{blocking, Engine, Pending, Prepared, RotationJob};
 use crate::error::Error;
@@ -104,13 +104,7 @@ async fn produce(
         let part = Rotations::assemble(job.unit, sentences)?;
         let layer_stats =
             paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
-        if stats.is_empty() {
-            stats = layer_stats;
-        } else {
-            for (total, s) in stats.iter_mut().zip(&layer_stats) {
-                total.merge(s);
-            }
-        }
+        merge_layers(&mut stats, &layer_stats);
         done += part.sentences.len();
         let mut message = convert::chunk(&part, prepared.first, job.seed);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
