@@ -132,7 +132,7 @@ async fn bad_corpus_indices_and_statistics_are_invalid_arguments() {
     let ask = |statistics: Vec<proto::LayerStatistics>, angles: Option<proto::Tensor>| {
         let svc = svc.clone();
         async move {
-            let req = proto::SignificanceRequest { statistics, angles, options: None };
+            let req = proto::SignificanceRequest { statistics, angles, ..Default::default() };
             svc.test_significance(Request::new(req)).await
         }
     };

@@ -33,7 +33,7 @@ use ndarray::{ArrayView3, Axis};
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use super::moments::{fixed_point, ExactMoments};
-use super::stats::{check_family, decide_layers, direction, t_quantile, two_sided_p};
+use super::stats::{check_family, decide_layers, direction, merge_layers, t_quantile, two_sided_p};
 use super::{AnalysisError, Correction, Direction, SignificanceOptions, CI_LEVEL};
 
 /// Why a layer's two-group test is degenerate (see the module documentation).
@@ -130,6 +130,42 @@ pub fn group_moments(angles: ArrayView3<f64>, condition: usize) -> Result<Vec<Ex
         Ok(moments)
     };
     angles.outer_iter().enumerate().map(layer_moments).collect()
+}
+
+/// Per condition, the per-layer exact moments of its angles ([`group_moments`] of each condition of
+/// `angles`): what a stream or a shard reports so that two groups can be compared later, exactly.
+///
+/// # Errors
+/// As [`group_moments`].
+pub fn condition_moments(angles: ArrayView3<f64>) -> Result<Vec<Vec<ExactMoments>>, AnalysisError> {
+    (0..angles.shape()[2]).map(|condition| group_moments(angles, condition)).collect()
+}
+
+/// Adds a shard's per-condition moments ([`condition_moments`]) to the totals (empty at first).
+pub fn merge_conditions(totals: &mut Vec<Vec<ExactMoments>>, shard: &[Vec<ExactMoments>]) {
+    if totals.is_empty() {
+        totals.extend_from_slice(shard);
+    } else {
+        totals.iter_mut().zip(shard).for_each(|(total, s)| merge_layers(total, s));
+    }
+}
+
+/// Checks a two-group test's options before any work: the compared `condition` exists, and the
+/// family options (alpha, `num_tests`) fit `num_layers`; returns the family size.
+///
+/// # Errors
+/// [`AnalysisError::ConditionOutOfRange`], [`AnalysisError::InvalidAlpha`],
+/// [`AnalysisError::NoLayers`], [`AnalysisError::InvalidNumTests`].
+pub fn check_group_options(
+    condition: usize,
+    opts: &SignificanceOptions,
+    num_layers: usize,
+    num_conditions: usize,
+) -> Result<usize, AnalysisError> {
+    if condition >= num_conditions {
+        return Err(AnalysisError::ConditionOutOfRange { condition, num_conditions });
+    }
+    check_family(opts, num_layers)
 }
 
 /// Welch's t-test and Hedges' g per layer between group A and group B, from their merged

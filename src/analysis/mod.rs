@@ -62,7 +62,10 @@ pub mod vectors;
 
 pub use angles::{angle_between, AngleUnit};
 pub use error::AnalysisError;
-pub use groups::{group_moments, welch_layers, GroupFlag, GroupLayerTest, GroupResult};
+pub use groups::{
+    check_group_options, condition_moments, group_moments, merge_conditions, welch_layers, GroupFlag, GroupLayerTest,
+    GroupResult,
+};
 pub use moments::ExactMoments;
 pub use rotations::{
     rotate_at_positions, rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS,

@@ -11,11 +11,13 @@ use anyhow::Context;
 use super::connect::AuthChannel;
 use super::retry::{is_retryable, RetryPolicy};
 use super::{connect_to, status_error};
-use crate::analysis::{merge_layers, PairedStats};
+use crate::analysis::{merge_conditions, merge_layers, PairedStats};
 use crate::config::ConnectArgs;
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
-use crate::service::convert::{layer_statistics, paired_stats_from_proto};
+use crate::service::convert::{
+    condition_moments_from_proto, condition_statistics, layer_statistics, paired_stats_from_proto,
+};
 
 /// Chunks each replica computes at once.
 const IN_FLIGHT: usize = 2;
@@ -252,7 +254,18 @@ async fn finish(
         }
     }
     let significance = answer?.into_inner();
-    let last = results.last().map(|r| r.last.clone()).context("no chunk computed")?;
+    let mut last = results.last().map(|r| r.last.clone()).context("no chunk computed")?;
+    last.condition_statistics = merged_conditions(&results)?;
     let parts = results.into_iter().flat_map(|r| r.parts).collect();
     super::assemble_stream(parts, &last, significance, total)
+}
+
+/// Each condition's angle statistics merged over the chunks (for a later two-group test).
+fn merged_conditions(results: &[ChunkResult]) -> anyhow::Result<Vec<proto::ConditionStatistics>> {
+    let mut merged = Vec::new();
+    for r in results {
+        let chunk = condition_moments_from_proto(&r.last.condition_statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
+        merge_conditions(&mut merged, &chunk);
+    }
+    Ok(condition_statistics(&merged))
 }

@@ -287,5 +287,6 @@ fn assemble_stream(
         rotations: Some(rotations),
         significance: Some(significance),
         significance_error: String::new(),
+        condition_statistics: last.condition_statistics.clone(),
     })
 }

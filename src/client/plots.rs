@@ -361,7 +361,7 @@ mod tests {
                 condition_b: 1,
                 ..Default::default()
             }),
-            significance_error: String::new(),
+            ..Default::default()
         };
         Report::new(&analysis, &vec![String::new(); sentences]).unwrap()
     }

@@ -2,8 +2,9 @@
 use ndarray::{Array3, ArrayView2, ArrayView3};
 
 use crate::analysis::{
-    AngleUnit, Correction, Direction, LayerFlag, LayerTest, PairedStats, Rotations, SignificanceOptions,
-    SignificanceResult, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    AngleUnit, Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult, LayerFlag, LayerTest,
+    PairedStats, Rotations, SignificanceOptions, SignificanceResult, CONDITIONS, DEFAULT_NON_TARGET_OFFSET,
+    DEFAULT_SHUFFLE_SEED,
 };
 use crate::engine::{RotationJob, Target};
 use crate::error::Error;
@@ -145,15 +146,7 @@ pub fn unit_to_proto(unit: AngleUnit) -> proto::AngleUnit {
 pub fn significance_options(opts: Option<&proto::SignificanceOptions>) -> Result<SignificanceOptions, Error> {
     let defaults = SignificanceOptions::default();
     let Some(o) = opts else { return Ok(defaults) };
-    let correction = match proto::Correction::try_from(o.correction) {
-        Ok(proto::Correction::Unspecified | proto::Correction::Bonferroni) => Correction::Bonferroni,
-        Ok(proto::Correction::Holm) => Correction::Holm,
-        Ok(proto::Correction::BenjaminiHochberg) => Correction::BenjaminiHochberg,
-        Ok(proto::Correction::None) => Correction::None,
-        Err(_) => {
-            return Err(Error::invalid("significance.correction", format!("unknown Correction value {}", o.correction)))
-        }
-    };
+    let correction = correction_from_proto(o.correction, "significance.correction")?;
     Ok(SignificanceOptions {
         condition_a: o.condition_a.map_or(defaults.condition_a, |c| c as usize),
         condition_b: o.condition_b.map_or(defaults.condition_b, |c| c as usize),
@@ -161,6 +154,30 @@ pub fn significance_options(opts: Option<&proto::SignificanceOptions>) -> Result
         correction,
         num_tests: o.num_tests.map(|n| n as usize),
     })
+}
+
+fn correction_from_proto(raw: i32, field: &str) -> Result<Correction, Error> {
+    match proto::Correction::try_from(raw) {
+        Ok(proto::Correction::Unspecified | proto::Correction::Bonferroni) => Ok(Correction::Bonferroni),
+        Ok(proto::Correction::Holm) => Ok(Correction::Holm),
+        Ok(proto::Correction::BenjaminiHochberg) => Ok(Correction::BenjaminiHochberg),
+        Ok(proto::Correction::None) => Ok(Correction::None),
+        Err(_) => Err(Error::invalid(field, format!("unknown Correction value {raw}"))),
+    }
+}
+
+/// A two-group test's options: the compared condition (default 0, target) and the family options
+/// (`condition_a/b` unused).
+pub fn group_test_options(opts: Option<&proto::GroupTestOptions>) -> Result<(usize, SignificanceOptions), Error> {
+    let defaults = SignificanceOptions::default();
+    let Some(o) = opts else { return Ok((0, defaults)) };
+    let family = SignificanceOptions {
+        alpha: o.alpha.unwrap_or(defaults.alpha),
+        correction: correction_from_proto(o.correction, "options.correction")?,
+        num_tests: o.num_tests.map(|n| n as usize),
+        ..defaults
+    };
+    Ok((o.condition.unwrap_or(0) as usize, family))
 }
 
 fn correction_to_proto(c: Correction) -> proto::Correction {
@@ -278,6 +295,15 @@ pub fn significance_result(r: &SignificanceResult, opts: &SignificanceOptions) -
         num_tests: r.num_tests as u32,
         condition_a: opts.condition_a as u32,
         condition_b: opts.condition_b as u32,
+        group_tests: None,
+    }
+}
+
+fn direction_to_proto(d: Direction) -> proto::Direction {
+    match d {
+        Direction::NotSignificant => proto::Direction::NotSignificant,
+        Direction::AGreater => proto::Direction::AGreater,
+        Direction::BGreater => proto::Direction::BGreater,
     }
 }
 
@@ -294,11 +320,7 @@ fn layer_test(t: &LayerTest) -> proto::LayerTest {
         ci_low: t.ci_low,
         ci_high: t.ci_high,
         significant: t.significant,
-        direction: match t.direction {
-            Direction::NotSignificant => proto::Direction::NotSignificant,
-            Direction::AGreater => proto::Direction::AGreater,
-            Direction::BGreater => proto::Direction::BGreater,
-        } as i32,
+        direction: direction_to_proto(t.direction) as i32,
         flag: match t.flag {
             LayerFlag::None => proto::LayerFlag::None,
             LayerFlag::ZeroVariance => proto::LayerFlag::ZeroVariance,
@@ -324,11 +346,18 @@ pub fn layer_statistics(stats: &[PairedStats]) -> Vec<proto::LayerStatistics> {
 
 /// Per-layer statistics from the wire, one per layer in order, with their exact sums checked.
 pub fn paired_stats_from_proto(stats: &[proto::LayerStatistics]) -> Result<Vec<PairedStats>, Error> {
+    moments_from_proto("statistics", stats)
+}
+
+/// Per-layer exact moments from the wire (the request's field `field`), one per layer in order,
+/// with their exact sums checked.
+pub fn moments_from_proto(field: &str, stats: &[proto::LayerStatistics]) -> Result<Vec<ExactMoments>, Error> {
+    let prefix = field;
     stats
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let field = |name: &str| format!("statistics[{i}].{name}");
+            let field = |name: &str| format!("{prefix}[{i}].{name}");
             if s.layer as usize != i + 1 {
                 return Err(Error::invalid(
                     field("layer"),
@@ -351,6 +380,102 @@ pub fn paired_stats_from_proto(stats: &[proto::LayerStatistics]) -> Result<Vec<P
             )
         })
         .collect()
+}
+
+/// Per condition, the per-layer exact statistics of the angles themselves.
+pub fn condition_statistics(per_condition: &[Vec<ExactMoments>]) -> Vec<proto::ConditionStatistics> {
+    per_condition
+        .iter()
+        .enumerate()
+        .map(|(c, layers)| proto::ConditionStatistics { condition: c as u32, layers: layer_statistics(layers) })
+        .collect()
+}
+
+/// Per-condition statistics from the wire (conditions in order), with their exact sums checked.
+pub fn condition_moments_from_proto(stats: &[proto::ConditionStatistics]) -> Result<Vec<Vec<ExactMoments>>, Error> {
+    stats
+        .iter()
+        .enumerate()
+        .map(|(c, s)| {
+            if s.condition as usize != c {
+                let reason = format!("is {}, expected {c} (conditions in order)", s.condition);
+                return Err(Error::invalid(format!("condition_statistics[{c}].condition"), reason));
+            }
+            moments_from_proto(&format!("condition_statistics[{c}].layers"), &s.layers)
+        })
+        .collect()
+}
+
+/// The two-group tests on the wire.
+pub fn group_tests(r: &GroupResult, condition: usize) -> proto::GroupTests {
+    proto::GroupTests {
+        layers: r.layers.iter().map(group_layer_test).collect(),
+        alpha: r.alpha,
+        correction: correction_to_proto(r.correction) as i32,
+        threshold: r.threshold,
+        num_tests: r.num_tests as u32,
+        condition: condition as u32,
+    }
+}
+
+fn group_layer_test(t: &GroupLayerTest) -> proto::GroupLayerTest {
+    proto::GroupLayerTest {
+        layer: t.layer as u32,
+        n_a: t.n_a,
+        n_b: t.n_b,
+        mean_a: t.mean_a,
+        mean_b: t.mean_b,
+        sd_a: t.sd_a,
+        sd_b: t.sd_b,
+        mean_difference: t.mean_difference,
+        ci_low: t.ci_low,
+        ci_high: t.ci_high,
+        t: t.t,
+        df: t.df,
+        p: t.p,
+        p_adjusted: t.p_adjusted,
+        hedges_g: t.hedges_g,
+        g_ci_low: t.g_ci_low,
+        g_ci_high: t.g_ci_high,
+        significant: t.significant,
+        direction: direction_to_proto(t.direction) as i32,
+        flag: match t.flag {
+            GroupFlag::None => proto::GroupFlag::None,
+            GroupFlag::ZeroVariance => proto::GroupFlag::ZeroVariance,
+            GroupFlag::TooFewSentences => proto::GroupFlag::TooFewSentences,
+        } as i32,
+    }
+}
+
+/// The two groups of a CompareGroups request: exactly two, with distinct non-empty labels.
+pub fn groups(groups: &[proto::Group]) -> Result<[(&str, &proto::RotationRequest); 2], Error> {
+    let [a, b] = groups else {
+        return Err(Error::invalid(
+            "groups",
+            format!("give exactly two labelled groups of sentences, got {}", groups.len()),
+        ));
+    };
+    let checked = |i: usize, g: &'_ proto::Group| -> Result<(), Error> {
+        if g.label.trim().is_empty() {
+            return Err(Error::invalid(format!("groups[{i}].label"), "is empty; name the group (e.g. \"possessive\")"));
+        }
+        if g.request.is_none() {
+            return Err(Error::invalid(format!("groups[{i}] ({:?}).request", g.label), "missing"));
+        }
+        Ok(())
+    };
+    checked(0, a)?;
+    checked(1, b)?;
+    if a.label == b.label {
+        return Err(Error::invalid(
+            "groups[1].label",
+            format!("{:?} is also the label of groups[0]; labels must differ", b.label),
+        ));
+    }
+    fn request(g: &proto::Group) -> &proto::RotationRequest {
+        g.request.as_ref().expect("checked above")
+    }
+    Ok([(a.label.as_str(), request(a)), (b.label.as_str(), request(b))])
 }
 
 pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {

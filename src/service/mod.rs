@@ -13,9 +13,12 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::analysis::{check_options, test_layers, test_layers_from_stats, Rotations, SignificanceOptions, CONDITIONS};
+use crate::analysis::{
+    check_group_options, check_options, condition_moments, test_layers, test_layers_from_stats, welch_layers,
+    ExactMoments, Rotations, SignificanceOptions, CONDITIONS,
+};
 use crate::config::ServeConfig;
-use crate::engine::{blocking, Engine};
+use crate::engine::{blocking, Engine, Prepared, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::rotation_service_server::RotationService;
@@ -111,17 +114,38 @@ impl RotationServiceImpl {
         Ok(opts)
     }
 
+    /// Checks a rotation request before any work: the job, its texts, its options against the
+    /// model, and the size of its result.
+    fn checked_job(&self, engine: &Engine, req: &proto::RotationRequest) -> Result<RotationJob, Error> {
+        let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
+        convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
+        engine.check_job(&job)?;
+        let layers = engine.model.info.num_layers;
+        convert::check_result_size(layers, job.sentences.len(), self.input.max_message_bytes)?;
+        Ok(job)
+    }
+
+    /// Computes a prepared job, once its tokens fit in the queued-token budget.
+    async fn compute(
+        &self,
+        engine: &Engine,
+        job: &RotationJob,
+        prepared: &Prepared,
+        timings: &mut StageTimings,
+    ) -> Result<(Rotations, proto::RotationResult), Error> {
+        let _queued = self.admission.tokens(prepared.num_tokens())?;
+        let rotations = engine.rotations(prepared, job.unit, timings).await?;
+        let wire = convert::rotation_result(&rotations, job.seed, prepared.target, &engine.model.info.name);
+        Ok((rotations, wire))
+    }
+
     /// Validates, admits and computes a rotation request.
     async fn rotations(
         &self,
         req: &proto::RotationRequest,
     ) -> Result<(Rotations, proto::RotationResult, StageTimings), Error> {
         let engine = self.engine()?;
-        let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
-        convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
-        engine.check_job(&job)?;
-        let layers = engine.model.info.num_layers;
-        convert::check_result_size(layers, job.sentences.len(), self.input.max_message_bytes)?;
+        let job = self.checked_job(engine, req)?;
         let slot = self.admission.request()?;
         let mut timings = StageTimings::default();
         let started = Instant::now();
@@ -130,11 +154,101 @@ impl RotationServiceImpl {
             blocking(move || Ok((engine.prepare(&job)?, slot))).await?
         };
         timings.tokenize = started.elapsed();
-        let _queued = self.admission.tokens(prepared.num_tokens())?;
-        let rotations = engine.rotations(&prepared, job.unit, &mut timings).await?;
-        let wire = convert::rotation_result(&rotations, job.seed, prepared.target, &engine.model.info.name);
+        let (rotations, wire) = self.compute(engine, &job, &prepared, &mut timings).await?;
         Ok((rotations, wire, timings))
     }
+
+    /// CompareGroups: both groups checked and tokenized before any forward pass (a mistake in
+    /// either costs nothing), then computed one after the other under one request slot, each as
+    /// Analyze computes it, and tested from each group's exact moments of the compared condition.
+    async fn compare(
+        &self,
+        req: &proto::GroupComparisonRequest,
+    ) -> Result<(proto::GroupComparison, StageTimings), Status> {
+        let engine = self.engine()?;
+        let groups = convert::groups(&req.groups)?;
+        let (condition, family) = convert::group_test_options(req.options.as_ref())?;
+        check_group_options(condition, &family, engine.model.info.num_layers, CONDITIONS.len())
+            .map_err(|e| Error::invalid("options", e.to_string()))?;
+        let mut jobs = Vec::new();
+        for (i, (label, request)) in groups.iter().enumerate() {
+            let checked = self.significance_options(engine, request.significance.as_ref());
+            let checked = checked.and_then(|opts| Ok((self.checked_job(engine, request)?, opts)));
+            jobs.push(checked.map_err(|e| group_status(i, label, e))?);
+        }
+        let slot = self.admission.request()?;
+        let mut timings = StageTimings::default();
+        let started = Instant::now();
+        let (prepared, _slot) = {
+            let (engine, jobs) = (engine.clone(), jobs.iter().map(|(job, _)| job.clone()).collect::<Vec<_>>());
+            blocking(move || Ok((jobs.iter().map(|job| engine.prepare(job)).collect::<Vec<_>>(), slot))).await?
+        };
+        timings.tokenize = started.elapsed();
+        let labelled =
+            |(i, prepared): (usize, Result<Prepared, Error>)| prepared.map_err(|e| group_status(i, groups[i].0, e));
+        let prepared: Vec<Prepared> = prepared.into_iter().enumerate().map(labelled).collect::<Result<_, _>>()?;
+        let mut analyses = Vec::new();
+        for (i, ((job, opts), prepared)) in jobs.iter().zip(&prepared).enumerate() {
+            let label = groups[i].0;
+            let in_group = |e| group_status(i, label, e);
+            let (rotations, wire) = self.compute(engine, job, prepared, &mut timings).await.map_err(in_group)?;
+            let (analysis, moments) = analysis_of(&rotations, wire, opts).map_err(in_group)?;
+            analyses.push((proto::GroupAnalysis { label: label.to_string(), analysis: Some(analysis) }, moments));
+        }
+        let started = Instant::now();
+        let tests = welch_layers(&analyses[0].1[condition], &analyses[1].1[condition], &family).map_err(Error::from)?;
+        timings.analysis += started.elapsed();
+        let groups = analyses.into_iter().map(|(group, _)| group).collect();
+        Ok((proto::GroupComparison { groups, tests: Some(convert::group_tests(&tests, condition)) }, timings))
+    }
+}
+
+/// Analyze's answer for computed rotations: the paired t-tests on the f64 angles (with fewer than
+/// two sentences none, and why), and each condition's exact per-layer moments (also returned).
+fn analysis_of(
+    rotations: &Rotations,
+    wire: proto::RotationResult,
+    opts: &SignificanceOptions,
+) -> Result<(proto::Analysis, Vec<Vec<ExactMoments>>), Error> {
+    let moments = condition_moments(rotations.angles.view())?;
+    let mut body = proto::Analysis {
+        rotations: Some(wire),
+        condition_statistics: convert::condition_statistics(&moments),
+        ..Default::default()
+    };
+    match test_layers(rotations.angles.view(), opts) {
+        Ok(significance) => body.significance = Some(convert::significance_result(&significance, opts)),
+        Err(e) => body.significance_error = e.to_string(),
+    }
+    Ok((body, moments))
+}
+
+/// An error of one group of a CompareGroups request: its code, its message prefixed with the group.
+fn group_status(index: usize, label: &str, e: Error) -> Status {
+    let status = Status::from(e);
+    Status::new(status.code(), format!("groups[{index}] ({label:?}): {}", status.message()))
+}
+
+/// TestSignificance of two groups' merged statistics: Welch's t-tests, as CompareGroups computes them.
+fn group_significance(req: &proto::SignificanceRequest) -> Result<proto::SignificanceResult, Error> {
+    let a = convert::moments_from_proto("group_a", &req.group_a)?;
+    let b = convert::moments_from_proto("group_b", &req.group_b)?;
+    for (field, group) in [("group_a", &a), ("group_b", &b)] {
+        if group.is_empty() {
+            return Err(Error::invalid(field, "missing: give both groups' per-layer statistics (group_a and group_b)"));
+        }
+    }
+    let (condition, family) = convert::group_test_options(req.group_options.as_ref())?;
+    check_group_options(condition, &family, a.len(), CONDITIONS.len())
+        .map_err(|e| Error::invalid("group_options", e.to_string()))?;
+    let tests = welch_layers(&a, &b, &family)?;
+    Ok(proto::SignificanceResult {
+        alpha: tests.alpha,
+        threshold: tests.threshold,
+        num_tests: tests.num_tests as u32,
+        group_tests: Some(convert::group_tests(&tests, condition)),
+        ..Default::default()
+    })
 }
 
 /// A response with the per-stage timings in its metadata.
@@ -208,10 +322,18 @@ impl RotationService for RotationServiceImpl {
             if !req.statistics.is_empty() && req.angles.is_some() {
                 return Err(Error::invalid("statistics", "give angles or statistics, not both").into());
             }
+            let two_groups = !req.group_a.is_empty() || !req.group_b.is_empty();
+            if two_groups && (req.angles.is_some() || !req.statistics.is_empty()) {
+                let reason = "give two groups' statistics, or angles, or paired statistics: one of them";
+                return Err(Error::invalid("group_a", reason).into());
+            }
             let slot = self.admission.request()?;
             let max_values = self.input.max_tensor_values;
             let result = blocking(move || {
                 let _slot = slot;
+                if two_groups {
+                    return group_significance(&req);
+                }
                 // Merged exact statistics (a sharded corpus) or an angle tensor.
                 let result = if req.statistics.is_empty() {
                     let angles = convert::angles_from_proto(req.angles.as_ref(), max_values)?;
@@ -237,15 +359,20 @@ impl RotationService for RotationServiceImpl {
             let started = Instant::now();
             // Tested on the f64 angles, not on their f32 wire form. With fewer than two sentences
             // there is no test, but the rotations are still returned.
-            let mut body = proto::Analysis { rotations: Some(wire), ..Default::default() };
-            match test_layers(rotations.angles.view(), &opts) {
-                Ok(significance) => body.significance = Some(convert::significance_result(&significance, &opts)),
-                Err(e) => body.significance_error = e.to_string(),
-            }
+            let (body, _) = analysis_of(&rotations, wire, &opts)?;
             timings.analysis += started.elapsed();
             Ok(timed(body, &timings))
         }
         .await
+    }
+
+    #[instrument(skip_all, fields(groups = req.get_ref().groups.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
+    async fn compare_groups(
+        &self,
+        req: Request<proto::GroupComparisonRequest>,
+    ) -> Result<Response<proto::GroupComparison>, Status> {
+        let (body, timings) = self.compare(req.get_ref()).await?;
+        Ok(timed(body, &timings))
     }
 
     type StreamRotationsStream = stream::ChunkStream;

@@ -21,8 +21,8 @@ use crate::proto::rotation_service_server::SERVICE_NAME;
 use crate::telemetry;
 
 /// The methods counted, by name (the metric's `rpc` label); other services' calls pass through.
-const METHODS: [&str; 6] =
-    ["GetModelInfo", "Tokenize", "ComputeRotations", "TestSignificance", "Analyze", "StreamRotations"];
+const METHODS: [&str; 7] =
+    ["GetModelInfo", "Tokenize", "ComputeRotations", "TestSignificance", "Analyze", "StreamRotations", "CompareGroups"];
 
 /// Also counts the calls of this service still open (until their status has been sent), so that
 /// shutdown can wait for responses, streams included, rather than for a fixed time.

@@ -13,7 +13,8 @@ use tonic::Status;
 use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
 use crate::analysis::{
-    merge_layers, paired_stats, test_layers_from_stats, PairedStats, RotationOptions, Rotations, SignificanceOptions,
+    condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, ExactMoments, PairedStats,
+    RotationOptions, Rotations, SignificanceOptions,
 };
 use crate::engine::{blocking, Engine, Pending, Prepared, RotationJob};
 use crate::error::Error;
@@ -63,6 +64,7 @@ async fn produce(
     let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
     let mut stats: Vec<PairedStats> = Vec::new();
+    let mut per_condition: Vec<Vec<ExactMoments>> = Vec::new();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
     let mut ready: Option<Prepared> = None; // prepared, waiting for room in the token budget
     let mut next = 0;
@@ -105,6 +107,7 @@ async fn produce(
         let layer_stats =
             paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
         merge_layers(&mut stats, &layer_stats);
+        merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
         done += part.sentences.len();
         let mut message = convert::chunk(&part, prepared.first, job.seed);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
@@ -112,7 +115,9 @@ async fn produce(
             return Ok(()); // the client has gone
         }
     }
-    let _ = tx.send(Ok(last_chunk(context, &job, &stats, done))).await;
+    let mut last = last_chunk(context, &job, &stats, done);
+    last.condition_statistics = convert::condition_statistics(&per_condition);
+    let _ = tx.send(Ok(last)).await;
     Ok(())
 }
 
