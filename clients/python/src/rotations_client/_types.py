@@ -33,6 +33,11 @@ _LAYER_FLAGS = {
     pb.LAYER_FLAG_NONE: "",
     pb.LAYER_FLAG_ZERO_VARIANCE: "zero_variance",
 }
+_GROUP_FLAGS = {
+    pb.GROUP_FLAG_NONE: "",
+    pb.GROUP_FLAG_ZERO_VARIANCE: "zero_variance",
+    pb.GROUP_FLAG_TOO_FEW_SENTENCES: "too_few_sentences",
+}
 
 
 def tensor(message: "pb.Tensor", ndim: int) -> np.ndarray:
@@ -272,6 +277,9 @@ class Analysis:
     rotations: RotationResult
     significance: Optional[SignificanceResult]
     significance_error: str = ""
+    #: Per condition (target, non_target, shuffled), the exact per-layer statistics of the angles
+    #: themselves: what a two-group test needs of this corpus (see :class:`ConditionStatistics`).
+    condition_statistics: Tuple["ConditionStatistics", ...] = ()
 
     @property
     def angles(self) -> np.ndarray:
@@ -280,7 +288,12 @@ class Analysis:
     @classmethod
     def from_pb(cls, m: "pb.Analysis") -> Analysis:
         significance = SignificanceResult.from_pb(m.significance) if m.HasField("significance") else None
-        return cls(RotationResult.from_pb(m.rotations), significance, m.significance_error)
+        return cls(
+            RotationResult.from_pb(m.rotations),
+            significance,
+            m.significance_error,
+            tuple(ConditionStatistics.from_pb(c) for c in m.condition_statistics),
+        )
 
 
 @dataclass(frozen=True)
@@ -295,7 +308,8 @@ EXACT_SCALE_BITS = 64
 
 @dataclass(frozen=True)
 class LayerStatistics:
-    """Sufficient statistics of the paired differences d = a - b of one layer.
+    """Sufficient statistics of values d of one layer: the paired differences d = a - b
+    (``RotationChunk.statistics``), or one condition's angles themselves (:class:`ConditionStatistics`).
 
     ``sum_exact`` and ``sum_sq_exact`` are the exact integers sum(D) and sum(D**2) of
     ``D = round(d * 2**64)``: they add up exactly (:meth:`merge`) across chunks and replicas in any
@@ -361,6 +375,134 @@ class LayerStatistics:
 
 
 @dataclass(frozen=True)
+class ConditionStatistics:
+    """One condition's angles summarised per layer, exactly (:class:`LayerStatistics` of the angles):
+    merged across chunks and replicas by integer addition, so two groups' merged statistics give
+    the Welch tests of the whole groups, bit for bit."""
+
+    #: 0 target, 1 non_target, 2 shuffled.
+    condition: int
+    layers: Tuple[LayerStatistics, ...]
+
+    @classmethod
+    def from_pb(cls, m: "pb.ConditionStatistics") -> ConditionStatistics:
+        return cls(m.condition, tuple(LayerStatistics.from_pb(s) for s in m.layers))
+
+    def merge(self, other: ConditionStatistics) -> ConditionStatistics:
+        if other.condition != self.condition or len(other.layers) != len(self.layers):
+            raise ValueError(f"cannot merge condition {other.condition} into condition {self.condition}")
+        return ConditionStatistics(self.condition, tuple(a.merge(b) for a, b in zip(self.layers, other.layers)))
+
+
+def merge_conditions(
+    totals: Tuple[ConditionStatistics, ...], shard: Sequence[ConditionStatistics]
+) -> Tuple[ConditionStatistics, ...]:
+    """Per-condition statistics of both sets of sentences (``totals`` empty at first)."""
+    if not totals:
+        return tuple(shard)
+    return tuple(t.merge(s) for t, s in zip(totals, shard))
+
+
+@dataclass(frozen=True)
+class GroupLayerTest:
+    """One layer's Welch's t-test between group A and group B (``scipy.stats.ttest_ind(a, b,
+    equal_var=False)``), with Hedges' g and its CI (statsmodels' ``effectsize_smd``)."""
+
+    layer: int
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    sd_a: float
+    sd_b: float
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    t: float
+    df: float
+    p: float
+    p_adjusted: float
+    hedges_g: float
+    g_ci_low: float
+    g_ci_high: float
+    significant: bool
+    #: "a_greater", "b_greater" or "not_significant".
+    direction: str
+    #: "" for an ordinary test; "zero_variance" (both groups constant) or "too_few_sentences" (a
+    #: group has fewer than 2): never significant, t and p as scipy gives them.
+    flag: str = ""
+
+    @classmethod
+    def from_pb(cls, m: "pb.GroupLayerTest") -> GroupLayerTest:
+        names = [f for f in cls.__dataclass_fields__ if f not in ("direction", "flag")]
+        values = {name: getattr(m, name) for name in names}
+        return cls(
+            **values,
+            direction=_DIRECTIONS.get(m.direction, "not_significant"),
+            flag=_GROUP_FLAGS.get(m.flag, ""),
+        )
+
+
+@dataclass(frozen=True)
+class GroupTests:
+    """Per-layer Welch tests between two groups, plus numpy columns (``t``, ``p``, ``hedges_g``, …)."""
+
+    layers: Tuple[GroupLayerTest, ...]
+    alpha: float
+    #: "bonferroni", "holm", "benjamini-hochberg" or "none".
+    correction: str
+    #: Uncorrected p below which a layer is significant (Bonferroni: alpha / num_tests).
+    threshold: float
+    num_tests: int
+    #: The condition compared (0 target, 1 non_target, 2 shuffled).
+    condition: int
+
+    def column(self, name: str) -> np.ndarray:
+        """One field of every layer as an array (``tests.column("g_ci_low")``)."""
+        values = [getattr(t, name) for t in self.layers]
+        return np.array(values, dtype=np.bool_ if name == "significant" else None)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        if name in GroupLayerTest.__dataclass_fields__:
+            return self.column(name)
+        raise AttributeError(name)
+
+    @classmethod
+    def from_pb(cls, m: "pb.GroupTests") -> GroupTests:
+        return cls(
+            layers=tuple(GroupLayerTest.from_pb(t) for t in m.layers),
+            alpha=m.alpha,
+            correction=_CORRECTIONS.get(m.correction, "bonferroni"),
+            threshold=m.threshold,
+            num_tests=m.num_tests,
+            condition=m.condition,
+        )
+
+
+@dataclass(frozen=True)
+class GroupComparison:
+    """``CompareGroups``: each group's :class:`Analysis` (by label, in request order: the first is A)
+    and the per-layer Welch tests of A against B."""
+
+    labels: Tuple[str, str]
+    groups: Tuple[Analysis, Analysis]
+    tests: GroupTests
+
+    def __getitem__(self, label: str) -> Analysis:
+        """The analysis of the group labelled ``label``."""
+        try:
+            return self.groups[self.labels.index(label)]
+        except ValueError:
+            raise KeyError(f"no group {label!r}; the groups are {list(self.labels)}") from None
+
+    @classmethod
+    def from_pb(cls, m: "pb.GroupComparison") -> GroupComparison:
+        labels = tuple(g.label for g in m.groups)
+        groups = tuple(Analysis.from_pb(g.analysis) for g in m.groups)
+        return cls(labels, groups, GroupTests.from_pb(m.tests))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class RotationChunk:
     """One ``StreamRotations`` message: a run of sentences in input order, or (``last``) the merged statistics."""
 
@@ -378,6 +520,8 @@ class RotationChunk:
     significance_error: str = ""
     model_name: str = ""
     target_token_id: int = 0
+    #: In the final chunk: per condition, the merged per-layer statistics of the angles themselves.
+    condition_statistics: Tuple[ConditionStatistics, ...] = ()
 
     @classmethod
     def from_pb(cls, m: "pb.RotationChunk") -> RotationChunk:
@@ -400,4 +544,5 @@ class RotationChunk:
             significance_error=m.significance_error,
             model_name=m.model_name,
             target_token_id=m.target_token_id,
+            condition_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.condition_statistics),
         )

@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, TypeVar, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 import grpc
 import numpy as np
@@ -12,6 +26,8 @@ from ._pb import pb, pb_grpc
 from ._types import (
     CONDITIONS,
     Analysis,
+    GroupComparison,
+    GroupTests,
     LayerStatistics,
     ModelInfo,
     RotationChunk,
@@ -103,6 +119,36 @@ def _significance_options(
     if num_tests is not None:
         options.num_tests = operator.index(num_tests)
     return options
+
+
+def _group_test_options(
+    condition: Optional[Condition], alpha: Optional[float], correction: Optional[str], num_tests: Optional[int]
+) -> "pb.GroupTestOptions":
+    options = pb.GroupTestOptions(correction=_correction(correction))
+    c = _condition(condition)
+    if c is not None:
+        options.condition = c
+    if alpha is not None:
+        options.alpha = float(alpha)
+    if num_tests is not None:
+        options.num_tests = operator.index(num_tests)
+    return options
+
+
+Groups = Union[Mapping[str, Iterable[str]], Sequence[Tuple[str, Iterable[str]]]]
+
+
+def _labelled_groups(groups: Groups) -> List[Tuple[str, List[str]]]:
+    """Two labelled groups of sentences: a dict ``{label: sentences}`` or ``[(label, sentences), …]``."""
+    items = list(groups.items()) if isinstance(groups, Mapping) else list(groups)
+    if len(items) != 2:
+        raise ValueError(f"give exactly two labelled groups of sentences, got {len(items)}")
+    out = []
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError("each group is a (label, sentences) pair with a str label")
+        out.append((item[0], _sentences(item[1])))
+    return out
 
 
 def _angle_tensor(angles: Union[np.ndarray, RotationResult, Analysis, Sequence[Any]]) -> "pb.Tensor":
@@ -317,6 +363,55 @@ class Client:
         m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
         return SignificanceResult.from_pb(m)
 
+    def group_significance_from_statistics(
+        self,
+        group_a: Sequence[LayerStatistics],
+        group_b: Sequence[LayerStatistics],
+        *,
+        condition: Optional[Condition] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> GroupTests:
+        """Welch's t-tests per layer from two groups' merged statistics of one condition's angles
+        (``Analysis.condition_statistics[c].layers`` of each, merged over shards): the server's own
+        computation, so the result equals :meth:`compare_groups` of the whole groups bit for bit.
+        ``condition`` only records which condition the statistics describe (default target)."""
+        request = pb.SignificanceRequest(
+            group_a=[s.to_pb() for s in group_a],
+            group_b=[s.to_pb() for s in group_b],
+            group_options=_group_test_options(condition, alpha, correction, num_tests),
+        )
+        m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
+        return GroupTests.from_pb(m.group_tests)
+
+    def compare_groups(
+        self,
+        groups: Groups,
+        target: Target = " her",
+        *,
+        condition: Condition = "target",
+        unit: Unit = "degrees",
+        seed: Optional[int] = None,
+        non_target_offset: Optional[int] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+    ) -> GroupComparison:
+        """Two labelled groups of sentences (``{"possessive": [...], "object": [...]}``, the first is
+        A): each group's :meth:`analyze`, and per layer Welch's t-test of the groups' ``condition``
+        angles (default the target's), with Hedges' g and the correction over layers. ``alpha``,
+        ``correction`` and ``num_tests`` apply to the group tests and to each group's paired tests."""
+        significance = _significance_options(None, None, alpha, correction, num_tests)
+        request = pb.GroupComparisonRequest(options=_group_test_options(condition, alpha, correction, num_tests))
+        for label, sentences in _labelled_groups(groups):
+            rotation = self._rotation_request(sentences, target, unit, seed, non_target_offset, significance)
+            request.groups.add(label=label).request.CopyFrom(rotation)
+        m = self._call("CompareGroups", self._stub.CompareGroups, request, timeout)
+        return GroupComparison.from_pb(m)
+
     def analyze(
         self,
         sentences: Iterable[str],
@@ -419,4 +514,4 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         model_name=last.model_name,
         target_token_id=last.target_token_id,
     )
-    return Analysis(rotations, last.significance, last.significance_error)
+    return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics)

@@ -20,16 +20,29 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 import numpy as np
 
-from ._types import CONDITIONS, Analysis, LayerStatistics, ModelInfo, Progress, RotationChunk, RotationResult
-from .client import Client, Condition, Correction, Target, Unit, collect_stream
+from ._types import (
+    CONDITIONS,
+    Analysis,
+    ConditionStatistics,
+    GroupComparison,
+    LayerStatistics,
+    ModelInfo,
+    Progress,
+    RotationChunk,
+    RotationResult,
+    merge_conditions,
+)
+from .client import Client, Condition, Correction, Groups, Target, Unit, _condition, _labelled_groups, collect_stream
 from .connect import Pem
 from .errors import RotationsError
 from .retry import RetryPolicy, is_retryable
+
+T = TypeVar("T")
 
 #: Sentences per chunk: large enough to fill a replica's batches, small enough to fail over cheaply.
 DEFAULT_CHUNK_SIZE = 256
@@ -439,6 +452,7 @@ class Cluster:
             run.start(address)
         bar = _progress_bar(total) if progress else None
         merged: Optional[List[LayerStatistics]] = None
+        conditions: Tuple[ConditionStatistics, ...] = ()
         done = 0
         last: Optional[RotationChunk] = None
         try:
@@ -450,6 +464,7 @@ class Cluster:
                     merged = list(result.statistics)
                 else:
                     merged = [m.merge(s) for m, s in zip(merged, result.statistics)]
+                conditions = merge_conditions(conditions, result.last.condition_statistics)
                 last = result.last
                 if bar is not None:
                     bar.update(done, sum(self.stats.failures.values()))
@@ -458,7 +473,7 @@ class Cluster:
                 bar.close()
         if last is None or merged is None:
             raise ValueError("no sentences given")
-        yield self._final_chunk(last, merged, done, request)
+        yield dataclasses.replace(self._final_chunk(last, merged, done, request), condition_statistics=conditions)
 
     def _final_chunk(
         self, last: RotationChunk, merged: List[LayerStatistics], done: int, request: Dict[str, Any]
@@ -481,16 +496,22 @@ class Cluster:
 
     def _significance(self, merged: List[LayerStatistics], request: Dict[str, Any]) -> Any:
         """The t-tests from the merged sums, by the first replica that answers."""
+        return self._ask_replicas(
+            lambda client: client.significance_from_statistics(
+                merged,
+                alpha=request["alpha"],
+                correction=request["correction"],
+                num_tests=request["num_tests"],
+                timeout=request["timeout"],
+            )
+        )
+
+    def _ask_replicas(self, call: Callable[[Client], T]) -> T:
+        """``call`` on the first replica that answers (one that is unavailable is skipped)."""
         failure: Optional[RotationsError] = None
         for address in self.replicas:
             try:
-                return self._client(address).significance_from_statistics(
-                    merged,
-                    alpha=request["alpha"],
-                    correction=request["correction"],
-                    num_tests=request["num_tests"],
-                    timeout=request["timeout"],
-                )
+                return call(self._client(address))
             except RotationsError as e:
                 if not _failover(e.code):
                     raise
@@ -540,6 +561,44 @@ class Cluster:
         if angles_out is None:
             return collect_stream(chunks)
         return _collect_to_disk(chunks, Path(angles_out))
+
+    def compare_groups(
+        self,
+        groups: Groups,
+        target: Target = " her",
+        *,
+        condition: Condition = "target",
+        unit: Unit = "degrees",
+        seed: Optional[int] = None,
+        non_target_offset: Optional[int] = None,
+        alpha: Optional[float] = None,
+        correction: Optional[Correction] = None,
+        num_tests: Optional[int] = None,
+        timeout: Optional[float] = None,
+        progress: bool = False,
+    ) -> GroupComparison:
+        """As :meth:`Client.compare_groups`, over the replicas: each group's corpus sharded as
+        :meth:`analyze` shards it, its per-condition statistics merged exactly, and the Welch tests
+        asked of a replica from the merged statistics; equal to one server's ``compare_groups``
+        bit for bit, whatever the number of replicas."""
+        labelled = _labelled_groups(groups)
+        c = _condition(condition)
+        if c is None or not 0 <= c < len(CONDITIONS):
+            raise ValueError(f"condition must be one of {CONDITIONS} or its index, not {condition!r}")
+        options = dict(alpha=alpha, correction=correction, num_tests=num_tests, timeout=timeout)
+        analyses = tuple(
+            self.analyze(
+                sentences, target, unit=unit, seed=seed, non_target_offset=non_target_offset, progress=progress, **options
+            )
+            for _, sentences in labelled
+        )
+        a, b = (analysis.condition_statistics[c].layers for analysis in analyses)
+        tests = self._ask_replicas(
+            lambda client: client.group_significance_from_statistics(
+                a, b, condition=c, alpha=alpha, correction=correction, num_tests=num_tests, timeout=timeout
+            )
+        )
+        return GroupComparison((labelled[0][0], labelled[1][0]), analyses, tests)  # type: ignore[arg-type]
 
 
 class _NpyAppender:
@@ -597,7 +656,7 @@ def _collect_to_disk(chunks: Iterator[RotationChunk], path: Path) -> Analysis:
         model_name=last.model_name,
         target_token_id=last.target_token_id,
     )
-    return Analysis(rotations, last.significance)
+    return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics)
 
 
 class _Bar:
