@@ -29,6 +29,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Run the notebook's analysis on a server; write tables, JSON and the two figures.
     Analyze(AnalyzeArgs),
+    /// Compare two labelled groups of sentences (Welch's t-test per layer); write tables, JSON and a figure.
+    Compare(CompareArgs),
     /// Print the served model's shape.
     Info(ClientArgs),
     /// Show how texts tokenize (to pick a target).
@@ -272,9 +274,10 @@ pub enum CorrectionArg {
 pub struct AnalyzeArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Text file, one sentence per line (blank lines skipped).
+    /// Text file, one sentence per line (blank lines skipped). Required by `analyze`; `compare`
+    /// takes --group LABEL=FILE twice instead.
     #[arg(long)]
-    pub sentences: PathBuf,
+    pub sentences: Option<PathBuf>,
     /// Target as text; must be one token (note the leading space: " her").
     #[arg(long, allow_hyphen_values = true, conflicts_with = "target_id")]
     pub target: Option<String>,
@@ -311,6 +314,37 @@ pub struct AnalyzeArgs {
     /// With several servers: sentences per chunk sent to a replica.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_size: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum ConditionArg {
+    #[default]
+    Target,
+    NonTarget,
+    Shuffled,
+}
+
+/// `rotations compare`: the options of `analyze` apply to each group; the output files differ.
+#[derive(Clone, Debug, Args)]
+pub struct CompareArgs {
+    /// A labelled group of sentences, LABEL=FILE (one sentence per line); give exactly two, the
+    /// first is A: --group possessive=her_possessive.txt --group object=her_object.txt.
+    #[arg(long = "group", value_name = "LABEL=FILE", required = true, value_parser = parse_group)]
+    pub groups: Vec<(String, PathBuf)>,
+    /// The condition whose angles are compared between the groups.
+    #[arg(long, value_enum, default_value_t = ConditionArg::Target)]
+    pub condition: ConditionArg,
+    #[command(flatten)]
+    pub analysis: AnalyzeArgs,
+}
+
+fn parse_group(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((label, file)) if !label.trim().is_empty() && !file.is_empty() => {
+            Ok((label.to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!("{value:?} is not LABEL=FILE (e.g. possessive=her_possessive.txt)")),
+    }
 }
 
 #[cfg(test)]

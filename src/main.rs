@@ -38,6 +38,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
         Command::Analyze(args) => client::analyze(args).await,
+        Command::Compare(args) => client::groups::compare(args).await,
         Command::Info(args) => client::info(args).await,
         Command::Tokenize(args) => client::tokenize(args).await,
         Command::Health(args) => client::health(args).await,

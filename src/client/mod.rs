@@ -2,6 +2,8 @@
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
 pub mod cluster;
 pub mod connect;
+mod group_plot;
+pub mod groups;
 pub mod output;
 pub mod plots;
 pub mod report;
@@ -156,7 +158,8 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
 }
 
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let file = sentences::SentenceFile::read(&args.sentences)?;
+    let path = args.sentences.as_ref().context("give --sentences FILE (one sentence per line)")?;
+    let file = sentences::SentenceFile::read(path)?;
     let sentences = file.sentences.clone();
     let request = rotation_request(&args, sentences.clone())?;
     let created = output::prepare(&args.out, args.overwrite)?;

@@ -10,7 +10,12 @@ pub const FILES: [&str; 5] = ["angles.csv", "significance.csv", "analysis.json",
 /// Creates `dir` and proves it writable; refuses a folder with an earlier analysis unless `overwrite`.
 /// Returns whether it created the folder (so a failed analysis can take the empty folder away again).
 pub fn prepare(dir: &Path, overwrite: bool) -> anyhow::Result<bool> {
-    let earlier: Vec<&str> = FILES.iter().copied().filter(|f| dir.join(f).exists()).collect();
+    prepare_for(dir, overwrite, &FILES)
+}
+
+/// As [`prepare`], for a command that writes `files`.
+pub fn prepare_for(dir: &Path, overwrite: bool, files: &[&str]) -> anyhow::Result<bool> {
+    let earlier: Vec<&str> = files.iter().copied().filter(|f| dir.join(f).exists()).collect();
     if !earlier.is_empty() && !overwrite {
         anyhow::bail!(
             "{} already holds an analysis ({}); pass --overwrite to replace it, or choose another --out",

@@ -16,7 +16,7 @@ const FAINT_SHUFFLED: RGBColor = RGBColor(179, 230, 179);
 const TARGET: RGBColor = RGBColor(220, 0, 0);
 const NON_TARGET: RGBColor = RGBColor(0, 0, 220);
 const SHUFFLED: RGBColor = RGBColor(0, 150, 0);
-const GREY: RGBColor = RGBColor(128, 128, 128);
+pub(super) const GREY: RGBColor = RGBColor(128, 128, 128);
 
 /// Above this many sentences, a band of [`BAND_PERCENTILES`] replaces one line per sentence
 /// (thousands of lines make a solid block and a file of megabytes).
@@ -27,13 +27,13 @@ pub const BAND_PERCENTILES: (f64, f64) = (5.0, 95.0);
 pub const LAYER_LABEL: &str = "Layer (hidden state l−1 → l)";
 /// Most tick labels on the layer axis.
 const MAX_LAYER_TICKS: usize = 16;
-const SIZE: (u32, u32) = (1100, 480);
-const CAPTION_FONT: u32 = 22;
-const AXIS_FONT: u32 = 16;
-const DESC_FONT: u32 = 18;
+pub(super) const SIZE: (u32, u32) = (1100, 480);
+pub(super) const CAPTION_FONT: u32 = 22;
+pub(super) const AXIS_FONT: u32 = 16;
+pub(super) const DESC_FONT: u32 = 18;
 const LEGEND_FONT: u32 = 15;
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(super) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing the figure: {e:?}")
 }
 
@@ -48,12 +48,12 @@ pub fn layer_ticks(num_layers: usize) -> Vec<f64> {
 }
 
 /// The layer axis: from `1 - pad` to `num_layers + pad`, ticks and labels on whole layers.
-struct LayerAxis {
+pub(super) struct LayerAxis {
     range: std::ops::Range<f64>,
     ticks: Vec<f64>,
 }
 
-fn layer_axis(num_layers: usize, pad: f64) -> LayerAxis {
+pub(super) fn layer_axis(num_layers: usize, pad: f64) -> LayerAxis {
     let pad = if num_layers > 1 { pad } else { pad.max(0.5) };
     LayerAxis { range: 1.0 - pad..num_layers as f64 + pad, ticks: layer_ticks(num_layers) }
 }
@@ -83,7 +83,7 @@ impl ValueFormatter<f64> for LayerAxis {
 }
 
 /// Draws the legend (top right, in the headroom left for it) and writes the file.
-fn finish<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+pub(super) fn finish<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     mut chart: ChartContext<'a, DB, CT>,
     root: &DrawingArea<DB, plotters::coord::Shift>,
 ) -> anyhow::Result<()>
@@ -103,7 +103,7 @@ where
 }
 
 /// Axis values without a trailing ".0"; decimals only where the ticks need them.
-fn value_label(v: &f64) -> String {
+pub(super) fn value_label(v: &f64) -> String {
     let text = format!("{v:.3}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }

@@ -146,7 +146,7 @@ impl Report {
         out
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         let r = &self.rotations;
         let sig = &self.significance;
         serde_json::json!({
@@ -199,7 +199,7 @@ impl Report {
     }
 }
 
-fn correction_name(c: i32) -> &'static str {
+pub(super) fn correction_name(c: i32) -> &'static str {
     match proto::Correction::try_from(c) {
         Ok(proto::Correction::Holm) => "holm",
         Ok(proto::Correction::BenjaminiHochberg) => "benjamini-hochberg",
@@ -208,7 +208,7 @@ fn correction_name(c: i32) -> &'static str {
     }
 }
 
-fn direction_name(d: i32) -> &'static str {
+pub(super) fn direction_name(d: i32) -> &'static str {
     match proto::Direction::try_from(d) {
         Ok(proto::Direction::AGreater) => "a_greater",
         Ok(proto::Direction::BGreater) => "b_greater",
