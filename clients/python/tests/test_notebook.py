@@ -42,3 +42,32 @@ def test_ipynb_is_the_script_with_outputs_cleared() -> None:
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     assert any("client.rotations(sentences" in "".join(c["source"]) for c in code)
+
+
+def test_groups_notebook_script_compares_the_two_groups(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "groups_notebook.py"), "--server", server.address, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "possessive: 16 sentences" in run.stdout and "object: 16 sentences" in run.stdout
+    assert "possessive vs object: Welch's t-test on the target angles" in run.stdout
+    data = (out / "groups.png").read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+
+
+def test_groups_ipynb_is_the_script_with_outputs_cleared() -> None:
+    check = subprocess.run(
+        [sys.executable, str(EXAMPLES / "py_to_ipynb.py"), str(EXAMPLES / "groups_notebook.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    nb = json.loads((EXAMPLES / "groups_notebook.ipynb").read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    assert any("client.compare_groups(groups" in "".join(c["source"]) for c in code)
