@@ -40,8 +40,9 @@
 //!   several tokens), maps a character span to tokens through the tokenizer's offsets, and picks
 //!   the sub-token standing for a word (last by default: in a causal model only the last has seen
 //!   the whole word).
-//! * Two groups of sentences: [`groups`] runs Welch's t-test and Hedges' g per layer from each
-//!   group's exact moments ([`moments::ExactMoments`], the accumulator behind [`PairedStats`]).
+//! * Two groups of sentences (served by `CompareGroups`): [`groups`] runs Welch's t-test and
+//!   Hedges' g per layer from each group's exact moments ([`moments::ExactMoments`], the
+//!   accumulator behind [`PairedStats`]).
 //! * Across all layers: [`trajectory`] gives the angle between every pair of hidden states of a
 //!   token, the cumulative angle from the embedding, and an exact mean over sentences.
 //!
