@@ -328,6 +328,36 @@ mod tests {
     }
 
     #[test]
+    fn every_conditions_moments_merge_from_any_split() {
+        let angles = Array3::from_shape_fn((3, 12, 3), |(l, s, c)| (l * 7 + s * 3 + c) as f64 * 0.37);
+        let whole = condition_moments(angles.view()).unwrap();
+        assert_eq!(whole.len(), 3);
+        for (c, layers) in whole.iter().enumerate() {
+            assert_eq!(layers, &group_moments(angles.view(), c).unwrap());
+        }
+        let mut merged = Vec::new();
+        for (lo, hi) in [(5, 12), (0, 5)] {
+            merge_conditions(&mut merged, &condition_moments(angles.slice(s![.., lo..hi, ..])).unwrap());
+        }
+        assert_eq!(merged, whole);
+    }
+
+    #[test]
+    fn group_options_are_checked_before_any_work() {
+        let d = SignificanceOptions::default();
+        assert_eq!(check_group_options(2, &d, 6, 3), Ok(6));
+        assert_eq!(
+            check_group_options(3, &d, 6, 3),
+            Err(AnalysisError::ConditionOutOfRange { condition: 3, num_conditions: 3 })
+        );
+        let few = SignificanceOptions { num_tests: Some(5), ..d };
+        assert_eq!(
+            check_group_options(0, &few, 6, 3),
+            Err(AnalysisError::InvalidNumTests { num_tests: 5, num_layers: 6 })
+        );
+    }
+
+    #[test]
     fn degenerate_layers_are_flagged_not_errors() {
         let opts = SignificanceOptions { correction: Correction::Holm, ..Default::default() };
         let a = [group(&[1.0]), group(&[0.5; 3]), group(&[0.5; 3]), group(&[1.0, 2.0, 4.0]), ExactMoments::default()];

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import Server
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -30,18 +32,21 @@ def test_notebook_script_writes_both_figures(server: Server, tmp_path: Path) -> 
         assert len(data) > 10_000, f"{name} is suspiciously small ({len(data)} bytes)"
 
 
-def test_ipynb_is_the_script_with_outputs_cleared() -> None:
+@pytest.mark.parametrize(
+    "script, call", [("notebook.py", "client.rotations(sentences"), ("groups_notebook.py", "client.compare_groups(groups")]
+)
+def test_ipynb_is_the_script_with_outputs_cleared(script: str, call: str) -> None:
     check = subprocess.run(
-        [sys.executable, str(EXAMPLES / "py_to_ipynb.py"), str(EXAMPLES / "notebook.py"), "--check"],
+        [sys.executable, str(EXAMPLES / "py_to_ipynb.py"), str(EXAMPLES / script), "--check"],
         capture_output=True,
         text=True,
     )
     assert check.returncode == 0, check.stderr
-    nb = json.loads((EXAMPLES / "notebook.ipynb").read_text(encoding="utf-8"))
+    nb = json.loads((EXAMPLES / script).with_suffix(".ipynb").read_text(encoding="utf-8"))
     assert nb["nbformat"] == 4
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
-    assert any("client.rotations(sentences" in "".join(c["source"]) for c in code)
+    assert any(call in "".join(c["source"]) for c in code)
 
 
 def test_groups_notebook_script_compares_the_two_groups(server: Server, tmp_path: Path) -> None:
@@ -58,16 +63,3 @@ def test_groups_notebook_script_compares_the_two_groups(server: Server, tmp_path
     assert "possessive vs object: Welch's t-test on the target angles" in run.stdout
     data = (out / "groups.png").read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
-
-
-def test_groups_ipynb_is_the_script_with_outputs_cleared() -> None:
-    check = subprocess.run(
-        [sys.executable, str(EXAMPLES / "py_to_ipynb.py"), str(EXAMPLES / "groups_notebook.py"), "--check"],
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stderr
-    nb = json.loads((EXAMPLES / "groups_notebook.ipynb").read_text(encoding="utf-8"))
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
-    assert any("client.compare_groups(groups" in "".join(c["source"]) for c in code)
