@@ -105,7 +105,8 @@ mod tests {
 
     fn chunk(first: u32, k: u32, layers: u32) -> proto::RotationChunk {
         let values = (0..layers * k * 3).map(|i| i as f32 + first as f32 * 1000.0).collect();
-        let draws = (0..layers * k).map(|i| proto::ShuffleDraw { layer_v: i, position_v: first, layer_u: 7, position_u: k });
+        let draws =
+            (0..layers * k).map(|i| proto::ShuffleDraw { layer_v: i, position_v: first, layer_u: 7, position_u: k });
         proto::RotationChunk {
             first_sentence: first,
             angles: Some(proto::Tensor { shape: vec![layers, k, 3], values }),

@@ -65,7 +65,9 @@ impl Iterator for SentenceLines {
             match self.lines.next()? {
                 Ok(line) if line.trim().is_empty() => continue,
                 Ok(line) => return Some(Ok((self.number, line.trim_end().to_string()))),
-                Err(e) => return Some(Err(anyhow::anyhow!("cannot read {}:{}: {e}", self.path.display(), self.number))),
+                Err(e) => {
+                    return Some(Err(anyhow::anyhow!("cannot read {}:{}: {e}", self.path.display(), self.number)))
+                }
             }
         }
     }
