@@ -131,8 +131,8 @@ mod tests {
         assert_eq!(angles[[4, 1, 2]], 3000.0 + 11.0);
         assert_eq!(file.angle(1, 4, 2), 3011.0);
         assert_eq!(angles[[1, 0, 0]], 3.0);
-        assert_eq!(draws[[4, 1, ..]].to_vec(), [3, 3, 7, 2]);
-        assert_eq!(draws[[1, 1, ..]].to_vec(), [4, 0, 7, 3]);
+        assert_eq!(draws.slice(s![4, 1, ..]).to_vec(), [3, 3, 7, 2]);
+        assert_eq!(draws.slice(s![1, 1, ..]).to_vec(), [4, 0, 7, 3]);
         assert!(AnglesFile::create(&dir.path().join("angles.bin"), 1, 1).is_err());
     }
 }

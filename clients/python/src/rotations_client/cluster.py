@@ -263,7 +263,9 @@ class Cluster:
     sentences go to a replica at a time, ``in_flight`` chunks per replica at once. ``timeout`` is
     each chunk's deadline (a chunk past it goes to another replica). ``options``,
     ``credentials``, ``api_key`` and the TLS material (``root_certificates``, ``certificate_chain``,
-    ``private_key``) are passed to each replica's channel as :class:`Client` takes them.
+    ``private_key``) are passed to each replica's channel as :class:`Client` takes them;
+    ``tls_server_name`` too, for a ``dns:///`` name whose replicas are reached by IP while their
+    certificate names the Service.
 
     Every replica must serve the same model (name, layers and weights fingerprint): checked when
     the cluster is made and when a replica joins. ``stats`` counts chunks and failures per replica.
@@ -284,6 +286,7 @@ class Cluster:
         root_certificates: Optional[Pem] = None,
         certificate_chain: Optional[Pem] = None,
         private_key: Optional[Pem] = None,
+        tls_server_name: Optional[str] = None,
     ) -> None:
         if chunk_size < 1 or in_flight < 1:
             raise ValueError("chunk_size and in_flight must be at least 1")
@@ -300,6 +303,7 @@ class Cluster:
             "root_certificates": root_certificates,
             "certificate_chain": certificate_chain,
             "private_key": private_key,
+            "tls_server_name": tls_server_name,
             # The cluster's own failover resends a refused chunk to another replica at once.
             "retry": None,
         }
