@@ -323,7 +323,7 @@ pub struct AnalyzeArgs {
     /// Write the angles to this .npy file as they arrive instead of holding them ([sentences,
     /// layers, 3] float32; the draws to FILE.draws.npy), as the Python Cluster's angles_out.
     /// angles.csv and the per-sentence parts of analysis.json are then left out (README.md).
-    #[arg(long, env = "ROTATIONS_ANGLES_OUT", value_name = "FILE.npy")]
+    #[arg(long, value_name = "FILE.npy")]
     pub angles_out: Option<PathBuf>,
 }
 
@@ -395,5 +395,24 @@ mod tests {
         assert_eq!(serve(&[]).unwrap().runtime_options().tuning.gather_outputs, GatherOutputs::Auto);
         assert_eq!(serve(&["--gather-outputs", "on"]).unwrap().gather_outputs, GatherOutputs::On);
         assert!(serve(&["--gather-outputs", "maybe"]).unwrap_err().to_string().contains("--gather-outputs"));
+    }
+
+    #[test]
+    fn sharding_flags_parse_and_a_bad_interval_names_the_flag() {
+        let analyze = |extra: &[&str]| -> Result<super::AnalyzeArgs, clap::Error> {
+            let base = ["rotations", "analyze", "--sentences", "s.txt", "--target", " her"];
+            match Cli::try_parse_from(base.iter().chain(extra))?.command {
+                Command::Analyze(args) => Ok(args),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        let args = analyze(&[]).unwrap();
+        assert_eq!((args.resolve_interval, args.angles_out.is_none()), (30.0, true));
+        assert!(args.client.connect.tls_server_name.is_none());
+        let args =
+            analyze(&["--resolve-interval", "0.5", "--angles-out", "a.npy", "--tls-server-name", "svc"]).unwrap();
+        assert_eq!((args.resolve_interval, args.client.connect.tls_server_name.as_deref()), (0.5, Some("svc")));
+        let err = analyze(&["--resolve-interval", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--resolve-interval") && err.contains("not a positive number of seconds"), "{err}");
     }
 }

@@ -101,7 +101,6 @@ fn analyze_cli(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
         .arg("analyze")
         .args(args)
-        .env_remove("ROTATIONS_ANGLES_OUT")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
