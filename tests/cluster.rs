@@ -98,11 +98,7 @@ async fn replicas_that_appear_in_the_lookup_join_a_run_and_change_nothing() {
 
 /// `rotations analyze` with `args`; returns its stdout.
 fn analyze_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
-        .arg("analyze")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations")).arg("analyze").args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -164,4 +160,29 @@ fn angles_out_writes_the_npy_of_the_python_client_and_the_same_results() {
             }
         }
     }
+}
+
+#[test]
+fn a_bad_sentence_deep_in_a_lazily_read_file_is_named_by_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 60);
+    // Line 50 of the file (blank lines included) loses its target.
+    let mut lines: Vec<String> = std::fs::read_to_string(&corpus).unwrap().lines().map(String::from).collect();
+    assert!(lines[49].contains(" her"), "{}", lines[49]);
+    lines[49] = "No target in this one.".into();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let (_server, address) = serve_bundled_on("127.0.0.2");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
+        .args(["analyze", "--server", &format!("dns:///{address}"), "--target", " her", "--chunk-size", "4"])
+        .arg("--sentences")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let expected = format!("{}:50: server answered InvalidArgument: sentence ", corpus.display());
+    assert!(stderr.contains(&expected) && stderr.contains("No target in this one."), "{stderr}");
+    assert!(!dir.path().join("out").exists(), "the empty output folder is taken away again");
 }
