@@ -268,7 +268,10 @@ def test_replicas_by_ip_with_a_certificate_for_the_service(service_server: Serve
     text.write_text("I saw her.\nWe met her there.\nThey told her so.\n", encoding="utf-8")
     cli = [str(_binary()), "analyze", "--server", dns, "--sentences", str(text), "--target", " her"]
     cli += ["--out", str(tmp_path / "out"), "--chunk-size", "2", "--ca-cert", ca]
-    run = lambda extra: subprocess.run(cli + extra, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)  # noqa: E731
+
+    def run(extra: List[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(cli + extra, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)
+
     refused = run([])
     assert refused.returncode != 0 and "--tls-server-name" in refused.stderr, refused.stderr
     done = run(["--tls-server-name", SERVICE_NAME])
