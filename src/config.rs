@@ -243,6 +243,10 @@ pub struct ConnectArgs {
     /// The private key of --client-cert (PEM).
     #[arg(long, env = "ROTATIONS_CLIENT_KEY", requires = "client_cert", value_name = "FILE", help_heading = SECURITY)]
     pub client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry, instead of the host in the address (a
+    /// dns:/// name's replicas are reached by IP, while their certificate names the Service).
+    #[arg(long, env = "ROTATIONS_TLS_SERVER_NAME", value_name = "NAME", help_heading = SECURITY)]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -314,6 +318,23 @@ pub struct AnalyzeArgs {
     /// With several servers: sentences per chunk sent to a replica.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_size: u32,
+    /// With a dns:///name:port server: seconds between lookups of the name during a run, so that
+    /// new replicas join and vanished ones stop taking chunks.
+    #[arg(long, env = "ROTATIONS_RESOLVE_INTERVAL", default_value_t = 30.0, value_name = "SECONDS",
+          value_parser = positive_seconds)]
+    pub resolve_interval: f64,
+    /// Write the angles to this .npy file as they arrive instead of holding them ([sentences,
+    /// layers, 3] float32; the draws to FILE.draws.npy), as the Python Cluster's angles_out.
+    /// angles.csv and the per-sentence parts of analysis.json are then left out (README.md).
+    #[arg(long, value_name = "FILE.npy")]
+    pub angles_out: Option<PathBuf>,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
@@ -408,5 +429,24 @@ mod tests {
         assert_eq!(serve(&[]).unwrap().runtime_options().tuning.gather_outputs, GatherOutputs::Auto);
         assert_eq!(serve(&["--gather-outputs", "on"]).unwrap().gather_outputs, GatherOutputs::On);
         assert!(serve(&["--gather-outputs", "maybe"]).unwrap_err().to_string().contains("--gather-outputs"));
+    }
+
+    #[test]
+    fn sharding_flags_parse_and_a_bad_interval_names_the_flag() {
+        let analyze = |extra: &[&str]| -> Result<super::AnalyzeArgs, clap::Error> {
+            let base = ["rotations", "analyze", "--sentences", "s.txt", "--target", " her"];
+            match Cli::try_parse_from(base.iter().chain(extra))?.command {
+                Command::Analyze(args) => Ok(args),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        let args = analyze(&[]).unwrap();
+        assert_eq!((args.resolve_interval, args.angles_out.is_none()), (30.0, true));
+        assert!(args.client.connect.tls_server_name.is_none());
+        let args =
+            analyze(&["--resolve-interval", "0.5", "--angles-out", "a.npy", "--tls-server-name", "svc"]).unwrap();
+        assert_eq!((args.resolve_interval, args.client.connect.tls_server_name.as_deref()), (0.5, Some("svc")));
+        let err = analyze(&["--resolve-interval", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--resolve-interval") && err.contains("not a positive number of seconds"), "{err}");
     }
 }

@@ -11,6 +11,9 @@ use common::*;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tempfile::TempDir;
 
+/// The only name the "service" certificate carries.
+const SERVICE_NAME: &str = "rotations-headless.default.svc";
+
 /// A CA, a server certificate for localhost and 127.0.0.1, a client certificate, and a client
 /// certificate from another CA, as PEM files in a temporary folder.
 struct Pki {
@@ -25,6 +28,8 @@ impl Pki {
         Self::leaf(dir.path(), "server", vec!["localhost".into(), "127.0.0.1".into()], &ca);
         Self::leaf(dir.path(), "client", vec!["client.test".into()], &ca);
         Self::leaf(dir.path(), "stranger", vec!["stranger.test".into()], &stranger);
+        // A replica behind a headless Service: its certificate names the Service, not its IP.
+        Self::leaf(dir.path(), "service", vec![SERVICE_NAME.into()], &ca);
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         Pki { dir }
     }
@@ -346,4 +351,19 @@ fn tls_material_that_does_not_load_stops_the_start_and_names_the_file() {
         let log = server.log();
         assert!(!status.success() && log.contains(&expected), "{flags:?}: expected {expected:?} in:\n{log}");
     }
+}
+
+#[test]
+fn a_replica_reached_by_ip_is_checked_against_the_name_given_with_tls_server_name() {
+    let pki = Pki::new();
+    let mut server =
+        Server::start(&strings(&["--tls-cert", &pki.path("service.pem"), "--tls-key", &pki.path("service.key")]));
+    let https = server.url("https", "127.0.0.1");
+    let named = strings(&["--ca-cert", &pki.path("ca.pem"), "--tls-server-name", SERVICE_NAME]);
+    server.wait_serving(&https, &named);
+    assert!(cli_ok(&["info", "--server", &https], &named).contains("gpt2-tiny-random"));
+    let err = cli_error(&["info", "--server", &https], &strings(&["--ca-cert", &pki.path("ca.pem")]));
+    assert!(err.contains("does not name this host") && err.contains("--tls-server-name"), "{err}");
+    let wrong = strings(&["--ca-cert", &pki.path("ca.pem"), "--tls-server-name", "other.test"]);
+    assert!(cli_error(&["info", "--server", &https], &wrong).contains("--tls-server-name"));
 }

@@ -277,6 +277,9 @@ def check_scenario(name, docs, text, notes, sets):
         want_server = f"dns:///{FULL}-headless.{NAMESPACE}.svc.cluster.local:{env['ROTATIONS_PORT']['value']}"
         expect(args[:3] == ["analyze", "--server", want_server], f"Job arguments {args[:3]}")
         expect(not client["image"].endswith(":cuda"), "the client needs no CUDA image")
+        if "--ca-cert" in args:  # replicas dialled by IP: the certificate is checked against the Service's name
+            name = args[args.index("--tls-server-name") + 1] if "--tls-server-name" in args else None
+            expect(name == want_server[len("dns:///"):].rsplit(":", 1)[0], f"Job --tls-server-name {name}")
         expect("$(PART)" in args[args.index("--sentences") + 1] and "$(PART)" in args[args.index("--out") + 1],
                "each index needs its own input and output")
         part = env_of(client)["PART"]["valueFrom"]["fieldRef"]["fieldPath"]

@@ -1,17 +1,22 @@
 //! `rotations analyze --server A --server B …` (or one `dns:///name:port`): the corpus cut into
-//! chunks by corpus index, each replica pulling the next (two in flight each), a chunk whose replica
-//! failed sent to another, the exact per-layer statistics merged and tested by a replica. The
-//! result equals one server's Analyze bit for bit (the Python client's `Cluster` does the same).
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+//! chunks by corpus index as the replicas pull them (the file read lazily, so only the chunks in
+//! flight are held), a chunk whose replica failed sent to another, the name resolved again every
+//! `--resolve-interval` so new replicas join (same model checked) and vanished ones stop taking
+//! chunks, the exact per-layer statistics merged and tested by a replica. The result equals one
+//! server's Analyze bit for bit (the Python client's `Cluster` does the same).
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
 
+use super::angles_file::AnglesFile;
 use super::connect::AuthChannel;
 use super::retry::{is_retryable, RetryPolicy};
+use super::sentences::{locate, SentenceLines};
 use super::{connect_to, status_error};
-use crate::analysis::{merge_conditions, merge_layers, PairedStats};
+use crate::analysis::{merge_conditions, merge_layers, ExactMoments, PairedStats};
 use crate::config::ConnectArgs;
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
@@ -23,17 +28,39 @@ use crate::service::convert::{
 const IN_FLIGHT: usize = 2;
 /// One chunk's deadline; past it the chunk goes to another replica.
 const CHUNK_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a worker waits when others hold the last chunks (one may yet fail and come back).
+const IDLE_POLL: Duration = Duration::from_millis(20);
 
 type Rpc = RotationServiceClient<AuthChannel>;
 
+/// Lists the replicas' addresses; called at the start and again every interval (so a test can
+/// feed a growing list, and a headless Service's new pods are found).
+pub type Resolve = Arc<dyn Fn() -> anyhow::Result<Vec<String>> + Send + Sync>;
+
+/// Where the replicas are, and how often to look again during a run.
+#[derive(Clone)]
+pub struct Replicas {
+    pub resolve: Resolve,
+    pub interval: Duration,
+}
+
+impl Replicas {
+    /// The `--server` values: addresses as given, `dns:///name:port` looked up each time.
+    pub fn from_servers(servers: &[String], interval: Duration) -> Self {
+        let servers = servers.to_vec();
+        Self { resolve: Arc::new(move || resolve(&servers)), interval }
+    }
+}
+
 /// The replicas' addresses: as given, or every address a `dns:///name:port` resolves to.
-pub async fn resolve(servers: &[String]) -> anyhow::Result<Vec<String>> {
+pub fn resolve(servers: &[String]) -> anyhow::Result<Vec<String>> {
+    use std::net::ToSocketAddrs;
     let mut out = Vec::new();
     for server in servers {
         match server.strip_prefix("dns:///") {
             Some(name) => {
                 let mut found: Vec<_> =
-                    tokio::net::lookup_host(name).await.with_context(|| format!("cannot resolve {server}"))?.collect();
+                    name.to_socket_addrs().with_context(|| format!("cannot resolve {server}"))?.collect();
                 found.sort();
                 found.dedup();
                 // host:port: plaintext, or TLS when TLS material is given (as for any address).
@@ -46,144 +73,191 @@ pub async fn resolve(servers: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// What a sharded run returns: the analysis (without per-sentence angles when they went to a
+/// file), the sentences in corpus order (empty then too), and what each replica did.
+pub struct Outcome {
+    pub analysis: proto::Analysis,
+    pub sentences: Vec<String>,
+    pub angles_file: Option<AnglesFile>,
+    /// (address, chunks served, failures), in the order the replicas joined.
+    pub replicas: Vec<(String, usize, usize)>,
+}
+
+/// A piece of the corpus: `sentences` from corpus index `first`, with their lines in the file.
+struct Chunk {
+    number: usize,
+    first: usize,
+    sentences: Vec<String>,
+    lines: Vec<usize>,
+}
+
 /// One chunk's angles (its stream messages) and its exact statistics.
 struct ChunkResult {
     parts: Vec<proto::RotationChunk>,
     last: proto::RotationChunk,
 }
 
-/// What the replicas share: chunks still to compute, results by chunk number, counts.
-struct Work {
-    todo: Mutex<VecDeque<usize>>,
-    results: Mutex<Vec<Option<ChunkResult>>>,
-    served: Mutex<Vec<usize>>,
-    failures: Mutex<Vec<usize>>,
+#[derive(Default)]
+struct Replica {
+    served: usize,
+    failures: usize,
+    workers: usize,
+    /// In the latest lookup; one that is not takes no more chunks.
+    listed: bool,
+    /// Failed `max_attempts` times in a row: not used again in this run.
+    dropped: bool,
+    client: Option<Rpc>,
 }
 
-impl Work {
-    fn done(&self) -> bool {
-        self.results.lock().expect("not poisoned").iter().all(Option::is_some)
-    }
+/// The corpus as it is cut and computed, shared by the workers.
+struct State {
+    source: SentenceLines,
+    exhausted: bool,
+    read: usize,
+    cut: usize,
+    computed: usize,
+    resend: VecDeque<Chunk>,
+    replicas: BTreeMap<String, Replica>,
+    joined: Vec<String>,
 }
 
-/// Connects to every replica that answers (one that does not, e.g. a pod not ready yet, is left
-/// out with a warning) and checks that all serve the same model (name, layers, weights).
-async fn connect_all(addresses: Vec<String>, how: &ConnectArgs) -> anyhow::Result<(Vec<String>, Vec<Rpc>)> {
-    let (mut reached, mut clients) = (Vec::new(), Vec::new());
-    let mut first: Option<(String, proto::ModelInfo)> = None;
-    for address in addresses {
-        let answer = async {
-            let mut client = connect_to(&address, how).await?;
-            let info = client.get_model_info(proto::GetModelInfoRequest {}).await.map_err(status_error)?;
-            anyhow::Ok((client, info.into_inner()))
-        };
-        let (client, info) = match answer.await {
-            Ok(answered) => answered,
-            Err(e) => {
-                eprintln!("warning: leaving out {address}: {e:#}");
-                continue;
-            }
-        };
-        if let Some((at, model)) = &first {
-            let same = |m: &proto::ModelInfo| (m.model_name.clone(), m.num_layers, m.weights_sha256.clone());
-            anyhow::ensure!(
-                same(model) == same(&info),
-                "{address} serves {:?} but {at} serves {:?}: every replica must serve the same model",
-                same(&info),
-                same(model)
-            );
-        } else {
-            first = Some((address.clone(), info));
-        }
-        reached.push(address);
-        clients.push(client);
-    }
-    anyhow::ensure!(!clients.is_empty(), "no replica answers");
-    Ok((reached, clients))
+/// What has come back: the merged statistics, and the angles kept in memory or written to the file.
+struct Collected {
+    merged: Vec<PairedStats>,
+    /// Each condition's angle statistics (for a later two-group test).
+    conditions: Vec<Vec<ExactMoments>>,
+    last: Option<proto::RotationChunk>,
+    kept: BTreeMap<usize, (Vec<proto::RotationChunk>, Vec<String>)>,
+    file: Option<AnglesFile>,
 }
 
-/// The whole corpus over the replicas, reassembled into what one `Analyze` returns.
-/// `chunk_size` sentences go to a replica at a time.
-pub async fn analyze(
-    servers: &[String],
-    how: &ConnectArgs,
+struct Run {
+    state: Mutex<State>,
+    collected: Mutex<Collected>,
     request: proto::RotationRequest,
+    path: PathBuf,
     chunk_size: usize,
-) -> anyhow::Result<proto::Analysis> {
-    let (addresses, clients) = connect_all(resolve(servers).await?, how).await?;
-    let total = request.sentences.len();
-    let chunks = total.div_ceil(chunk_size);
-    let work = Arc::new(Work {
-        todo: Mutex::new((0..chunks).collect()),
-        results: Mutex::new((0..chunks).map(|_| None).collect()),
-        served: Mutex::new(vec![0; addresses.len()]),
-        failures: Mutex::new(vec![0; addresses.len()]),
-    });
-    let bar = super::progress_bar(total as u64)?;
-    let request = Arc::new(request);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (replica, client) in clients.iter().enumerate() {
-        for _ in 0..IN_FLIGHT {
-            let (client, work, request, bar) = (client.clone(), work.clone(), request.clone(), bar.clone());
-            tasks.spawn(pull_chunks(replica, client, work, (request, chunk_size), bar));
-        }
-    }
-    while let Some(ended) = tasks.join_next().await {
-        if let Err(e) = ended.context("a replica task panicked")? {
-            tasks.abort_all();
-            return Err(e);
-        }
-    }
-    bar.finish_and_clear();
-    report_replicas(&addresses, &work);
-    anyhow::ensure!(work.done(), "every replica failed; chunks were left uncomputed");
-    let results: Vec<ChunkResult> =
-        std::mem::take(&mut *work.results.lock().expect("not poisoned")).into_iter().flatten().collect();
-    finish(&clients, results, &request, total).await
+    bar: indicatif::ProgressBar,
 }
 
-/// A replica's worker: takes the next chunk until all are done; a failed chunk goes back for
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().expect("not poisoned")
+}
+
+enum Next {
+    Compute(Chunk),
+    Wait,
+    Stop,
+}
+
+impl Run {
+    fn done(&self) -> bool {
+        let s = lock(&self.state);
+        s.exhausted && s.resend.is_empty() && s.computed == s.cut
+    }
+
+    /// The next chunk for `address`: a failed one first, else the next lines of the file.
+    fn next_chunk(&self, address: &str) -> anyhow::Result<Next> {
+        let mut s = lock(&self.state);
+        if !s.replicas.get(address).is_some_and(|r| r.listed) {
+            return Ok(Next::Stop);
+        }
+        if let Some(chunk) = s.resend.pop_front() {
+            return Ok(Next::Compute(chunk));
+        }
+        if !s.exhausted {
+            let numbered: Vec<(usize, String)> =
+                s.source.by_ref().take(self.chunk_size).collect::<anyhow::Result<_>>()?;
+            s.exhausted = numbered.len() < self.chunk_size;
+            if !numbered.is_empty() {
+                let (lines, sentences): (Vec<_>, Vec<_>) = numbered.into_iter().unzip();
+                let chunk = Chunk { number: s.cut, first: s.read, sentences, lines };
+                s.cut += 1;
+                s.read += chunk.sentences.len();
+                return Ok(Next::Compute(chunk));
+            }
+        }
+        Ok(if s.computed == s.cut { Next::Stop } else { Next::Wait })
+    }
+
+    fn computed(&self, address: &str, chunk: Chunk, result: ChunkResult) -> anyhow::Result<()> {
+        self.bar.inc(chunk.sentences.len() as u64);
+        lock(&self.collected).add(chunk, result)?;
+        let mut s = lock(&self.state);
+        s.computed += 1;
+        s.replicas.get_mut(address).expect("known").served += 1;
+        Ok(())
+    }
+
+    fn failed(&self, address: &str, chunk: Chunk) {
+        let mut s = lock(&self.state);
+        s.resend.push_front(chunk);
+        s.replicas.get_mut(address).expect("known").failures += 1;
+        let failures: usize = s.replicas.values().map(|r| r.failures).sum();
+        self.bar.set_message(format!("{failures} failures, chunks re-sent"));
+    }
+
+    fn left(&self, address: &str, dropped: bool) {
+        let mut s = lock(&self.state);
+        let replica = s.replicas.get_mut(address).expect("known");
+        replica.workers -= 1;
+        replica.dropped |= dropped;
+    }
+}
+
+impl Collected {
+    fn add(&mut self, chunk: Chunk, result: ChunkResult) -> anyhow::Result<()> {
+        let stats = paired_stats_from_proto(&result.last.statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Integer sums: the order in which chunks arrive does not matter.
+        merge_layers(&mut self.merged, &stats);
+        let conditions =
+            condition_moments_from_proto(&result.last.condition_statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
+        merge_conditions(&mut self.conditions, &conditions);
+        match &mut self.file {
+            Some(file) => result.parts.iter().try_for_each(|part| file.write(part))?,
+            None => {
+                self.kept.insert(chunk.number, (result.parts, chunk.sentences));
+            }
+        }
+        self.last = Some(result.last);
+        Ok(())
+    }
+}
+
+/// A replica's worker: takes the next chunk until none is left; a failed chunk goes back for
 /// another replica, and a replica that fails `max_attempts` times in a row leaves.
-async fn pull_chunks(
-    replica: usize,
-    mut client: Rpc,
-    work: Arc<Work>,
-    (request, chunk_size): (Arc<proto::RotationRequest>, usize),
-    bar: indicatif::ProgressBar,
-) -> anyhow::Result<()> {
+async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow::Result<()> {
     let policy = RetryPolicy::default();
     let mut failures_in_a_row = 0;
-    while !work.done() {
-        let Some(chunk) = work.todo.lock().expect("not poisoned").pop_front() else {
-            // Others hold the last chunks; one may yet fail and come back.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
+    let dropped = loop {
+        let chunk = match run.next_chunk(&address)? {
+            Next::Compute(chunk) => chunk,
+            Next::Wait => {
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
+            Next::Stop => break false,
         };
-        let range = chunk * chunk_size..((chunk + 1) * chunk_size).min(request.sentences.len());
-        match compute_chunk(&mut client, &request, range).await {
+        match compute_chunk(&mut client, &run.request, &chunk).await {
             Ok(result) => {
                 failures_in_a_row = 0;
-                bar.inc(result.parts.iter().map(|p| p.sentences.len() as u64).sum());
-                work.results.lock().expect("not poisoned")[chunk] = Some(result);
-                work.served.lock().expect("not poisoned")[replica] += 1;
+                run.computed(&address, chunk, result)?;
             }
             Err(status) if failover(&status) => {
-                work.todo.lock().expect("not poisoned").push_front(chunk);
-                let failures: usize = {
-                    let mut f = work.failures.lock().expect("not poisoned");
-                    f[replica] += 1;
-                    f.iter().sum()
-                };
-                bar.set_message(format!("{failures} failures, chunks re-sent"));
+                run.failed(&address, chunk);
                 failures_in_a_row += 1;
                 if failures_in_a_row >= policy.max_attempts {
-                    return Ok(());
+                    break true;
                 }
                 tokio::time::sleep(policy.backoff(failures_in_a_row - 1)).await;
             }
-            Err(status) => return Err(status_error(status)),
+            Err(status) => {
+                let line_of = |i: usize| i.checked_sub(chunk.first).and_then(|k| chunk.lines.get(k).copied());
+                return Err(locate(&run.path, line_of, status_error(status)));
+            }
         }
-    }
+    };
+    run.left(&address, dropped);
     Ok(())
 }
 
@@ -198,11 +272,11 @@ fn failover(status: &tonic::Status) -> bool {
 async fn compute_chunk(
     client: &mut Rpc,
     request: &proto::RotationRequest,
-    range: std::ops::Range<usize>,
+    chunk: &Chunk,
 ) -> Result<ChunkResult, tonic::Status> {
     let piece = proto::RotationRequest {
-        sentences: request.sentences[range.clone()].to_vec(),
-        first_sentence_index: range.start as u64,
+        sentences: chunk.sentences.clone(),
+        first_sentence_index: chunk.first as u64,
         ..request.clone()
     };
     let collect = async {
@@ -221,51 +295,234 @@ async fn compute_chunk(
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk deadline")))
 }
 
-fn report_replicas(addresses: &[String], work: &Work) {
-    let served = work.served.lock().expect("not poisoned");
-    let failures = work.failures.lock().expect("not poisoned");
-    for (i, address) in addresses.iter().enumerate() {
-        eprintln!("replica {address}: {} chunks, {} failures", served[i], failures[i]);
+/// (name, layers, weights): what every replica must serve alike.
+fn model_key(m: &proto::ModelInfo) -> (String, u32, String) {
+    (m.model_name.clone(), m.num_layers, m.weights_sha256.clone())
+}
+
+/// A replica's client and its model, or why not (e.g. a pod not ready yet).
+async fn reach(address: &str, how: &ConnectArgs) -> anyhow::Result<(Rpc, proto::ModelInfo)> {
+    let mut client = connect_to(address, how).await?;
+    let info = client.get_model_info(proto::GetModelInfoRequest {}).await.map_err(status_error)?;
+    Ok((client, info.into_inner()))
+}
+
+/// The replicas at the start: every address that answers (one that does not is left out with a
+/// warning), all serving the same model. Returns that model.
+async fn connect_first(
+    addresses: Vec<String>,
+    how: &ConnectArgs,
+) -> anyhow::Result<(BTreeMap<String, Replica>, Vec<String>, proto::ModelInfo)> {
+    let (mut replicas, mut joined) = (BTreeMap::new(), Vec::new());
+    let mut first: Option<(String, proto::ModelInfo)> = None;
+    for address in addresses {
+        let (client, info) = match reach(&address, how).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                eprintln!("warning: leaving out {address}: {e:#}");
+                continue;
+            }
+        };
+        match &first {
+            Some((at, model)) => anyhow::ensure!(
+                model_key(model) == model_key(&info),
+                "{address} serves {:?} but {at} serves {:?}: every replica must serve the same model",
+                model_key(&info),
+                model_key(model)
+            ),
+            None => first = Some((address.clone(), info)),
+        }
+        replicas.insert(address.clone(), Replica { listed: true, client: Some(client), ..Default::default() });
+        joined.push(address);
+    }
+    let (_, model) = first.context("no replica answers")?;
+    Ok((replicas, joined, model))
+}
+
+/// Looks the replicas up again: new ones that serve `model` join (workers spawned), ones no
+/// longer listed finish their chunks and take no more. Returns how many workers started.
+async fn refresh(
+    replicas: &Replicas,
+    how: &ConnectArgs,
+    model: &proto::ModelInfo,
+    run: &Arc<Run>,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> usize {
+    let resolve = replicas.resolve.clone();
+    let listed = match tokio::task::spawn_blocking(move || resolve()).await {
+        Ok(Ok(listed)) => listed,
+        Ok(Err(e)) => {
+            eprintln!("warning: {e:#}; keeping the replicas found before");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("warning: looking up the replicas failed: {e}");
+            return 0;
+        }
+    };
+    let unknown: Vec<String> = {
+        let mut s = lock(&run.state);
+        for (address, replica) in s.replicas.iter_mut() {
+            replica.listed = listed.contains(address);
+        }
+        listed.iter().filter(|a| !s.replicas.contains_key(*a)).cloned().collect()
+    };
+    for address in unknown {
+        match reach(&address, how).await {
+            Ok((_, info)) if model_key(&info) != model_key(model) => eprintln!(
+                "warning: not using {address}: it serves {:?}, the other replicas {:?}",
+                model_key(&info),
+                model_key(model)
+            ),
+            Ok((client, _)) => {
+                let replica = Replica { listed: true, client: Some(client), ..Default::default() };
+                let mut s = lock(&run.state);
+                s.replicas.insert(address.clone(), replica);
+                s.joined.push(address);
+            }
+            Err(e) => eprintln!("warning: leaving out {address} for now: {e:#}"),
+        }
+    }
+    start_workers(run, tasks)
+}
+
+/// Workers for every listed replica that has none (newly joined, or listed again).
+fn start_workers(run: &Arc<Run>, tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>) -> usize {
+    let mut s = lock(&run.state);
+    let mut started = 0;
+    for (address, replica) in s.replicas.iter_mut() {
+        if replica.listed && !replica.dropped && replica.workers == 0 {
+            let client = replica.client.clone().expect("a joined replica has a client");
+            for _ in 0..IN_FLIGHT {
+                tasks.spawn(pull_chunks(address.clone(), client.clone(), run.clone()));
+            }
+            replica.workers = IN_FLIGHT;
+            started += IN_FLIGHT;
+        }
+    }
+    started
+}
+
+/// The corpus in `sentences` (read lazily) over the replicas, reassembled into what one `Analyze`
+/// returns; `request` gives everything but the sentences. `chunk_size` sentences go to a replica
+/// at a time. With `angles_out`, angles and draws go to that `.npy` file instead of memory.
+pub async fn analyze(
+    replicas: Replicas,
+    how: &ConnectArgs,
+    request: proto::RotationRequest,
+    sentences: &Path,
+    chunk_size: usize,
+    angles_out: Option<&Path>,
+) -> anyhow::Result<Outcome> {
+    let total = SentenceLines::count(sentences)?;
+    anyhow::ensure!(total > 0, "{} holds no sentences", sentences.display());
+    let resolve = replicas.resolve.clone();
+    let listed = tokio::task::spawn_blocking(move || resolve()).await??;
+    let (known, joined, model) = connect_first(listed, how).await?;
+    let file = angles_out.map(|path| AnglesFile::create(path, total, model.num_layers as usize)).transpose()?;
+    let state = State {
+        source: SentenceLines::open(sentences)?,
+        exhausted: false,
+        read: 0,
+        cut: 0,
+        computed: 0,
+        resend: VecDeque::new(),
+        replicas: known,
+        joined,
+    };
+    let run = Arc::new(Run {
+        state: Mutex::new(state),
+        collected: Mutex::new(Collected {
+            merged: Vec::new(),
+            conditions: Vec::new(),
+            last: None,
+            kept: BTreeMap::new(),
+            file,
+        }),
+        request,
+        path: sentences.to_path_buf(),
+        chunk_size,
+        bar: super::progress_bar(total as u64)?,
+    });
+    let outcome = drive(&replicas, how, &model, &run).await;
+    run.bar.finish_and_clear();
+    report_replicas(&run);
+    outcome?;
+    finish(run, total).await
+}
+
+/// Runs the workers until every chunk is computed, looking the replicas up every interval.
+async fn drive(replicas: &Replicas, how: &ConnectArgs, model: &proto::ModelInfo, run: &Arc<Run>) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    start_workers(run, &mut tasks);
+    let mut next_lookup = tokio::time::Instant::now() + replicas.interval;
+    while !run.done() {
+        if tasks.is_empty() && refresh(replicas, how, model, run, &mut tasks).await == 0 {
+            let s = lock(&run.state);
+            anyhow::bail!("every replica failed or left; {} of {} chunks were computed", s.computed, s.cut);
+        }
+        tokio::select! {
+            ended = tasks.join_next() => {
+                if let Some(ended) = ended {
+                    if let Err(e) = ended.context("a replica task panicked")? {
+                        tasks.abort_all();
+                        return Err(e);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_lookup) => {
+                refresh(replicas, how, model, run, &mut tasks).await;
+                next_lookup = tokio::time::Instant::now() + replicas.interval;
+            }
+        }
+    }
+    // Idle workers end on their own; shutting down waits for them to let go of the run.
+    tasks.shutdown().await;
+    Ok(())
+}
+
+fn report_replicas(run: &Run) {
+    let s = lock(&run.state);
+    for address in &s.joined {
+        let r = &s.replicas[address];
+        eprintln!("replica {address}: {} chunks, {} failures", r.served, r.failures);
     }
 }
 
-/// Merges the chunks' exact statistics, has a replica test them, and reassembles the angles.
-async fn finish(
-    clients: &[Rpc],
-    results: Vec<ChunkResult>,
-    request: &proto::RotationRequest,
-    total: usize,
-) -> anyhow::Result<proto::Analysis> {
-    let mut merged: Vec<PairedStats> = Vec::new();
-    for r in &results {
-        let stats = paired_stats_from_proto(&r.last.statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
-        merge_layers(&mut merged, &stats);
-    }
+/// Has a replica test the merged exact statistics, and reassembles the angles (or reads the
+/// layer means back from the file).
+async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
+    let run = Arc::into_inner(run).context("workers still hold the run")?;
+    let state = run.state.into_inner().expect("not poisoned");
+    let collected = run.collected.into_inner().expect("not poisoned");
     let ask = proto::SignificanceRequest {
-        statistics: layer_statistics(&merged),
-        options: request.significance,
+        statistics: layer_statistics(&collected.merged),
+        options: run.request.significance,
         ..Default::default()
     };
+    let clients = state.joined.iter().filter_map(|a| state.replicas[a].client.clone());
     let mut answer = Err(anyhow::anyhow!("no replica answered TestSignificance"));
-    for client in clients {
-        answer = client.clone().test_significance(ask.clone()).await.map_err(status_error);
+    for mut client in clients {
+        answer = client.test_significance(ask.clone()).await.map_err(status_error);
         if answer.is_ok() {
             break;
         }
     }
     let significance = answer?.into_inner();
-    let mut last = results.last().map(|r| r.last.clone()).context("no chunk computed")?;
-    last.condition_statistics = merged_conditions(&results)?;
-    let parts = results.into_iter().flat_map(|r| r.parts).collect();
-    super::assemble_stream(parts, &last, significance, total)
-}
-
-/// Each condition's angle statistics merged over the chunks (for a later two-group test).
-fn merged_conditions(results: &[ChunkResult]) -> anyhow::Result<Vec<proto::ConditionStatistics>> {
-    let mut merged = Vec::new();
-    for r in results {
-        let chunk = condition_moments_from_proto(&r.last.condition_statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
-        merge_conditions(&mut merged, &chunk);
+    let mut last = collected.last.context("no chunk computed")?;
+    last.condition_statistics = condition_statistics(&collected.conditions);
+    let replicas = state.joined.iter().map(|a| (a.clone(), state.replicas[a].served, state.replicas[a].failures));
+    let replicas = replicas.collect();
+    if let Some(file) = collected.file {
+        file.flush()?;
+        let analysis = super::on_disk_analysis(&file, &last, significance);
+        return Ok(Outcome { analysis, sentences: Vec::new(), angles_file: Some(file), replicas });
     }
-    Ok(condition_statistics(&merged))
+    let (mut parts, mut sentences) = (Vec::new(), Vec::with_capacity(total));
+    for (chunk_parts, chunk_sentences) in collected.kept.into_values() {
+        parts.extend(chunk_parts);
+        sentences.extend(chunk_sentences);
+    }
+    let analysis = super::assemble_stream(parts, &last, significance, total)?;
+    Ok(Outcome { analysis, sentences, angles_file: None, replicas })
 }

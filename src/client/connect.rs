@@ -109,6 +109,10 @@ fn client_tls(options: &ConnectArgs) -> anyhow::Result<ClientTlsConfig> {
         Some(path) => ClientTlsConfig::new().ca_certificate(pem::certificates(path, "CA certificate")?),
         None => ClientTlsConfig::new().with_native_roots(),
     };
+    let tls = match &options.tls_server_name {
+        Some(name) => tls.domain_name(name.clone()),
+        None => tls,
+    };
     Ok(match (&options.client_cert, &options.client_key) {
         (Some(cert), Some(key)) => tls.identity(pem::identity(cert, key, "client")?),
         _ => tls,
@@ -182,6 +186,8 @@ pub fn explain(address: &Address, error: &(dyn StdError + 'static)) -> anyhow::E
         format!("{address}: the server does not speak TLS ({cause}) — try http://{host_port}")
     } else if address.tls && lower.contains("certificate") && lower.contains("required") {
         format!("{address} requires a client certificate (mutual TLS) — give --client-cert and --client-key")
+    } else if address.tls && (lower.contains("notvalidforname") || lower.contains("not valid for name")) {
+        format!("{address}: the server's certificate does not name this host ({cause}) — connect by a name it carries, or give that name with --tls-server-name")
     } else if address.tls && (lower.contains("invalid peer certificate") || lower.contains("unknownissuer")) {
         format!("{address}: the server's certificate is not trusted ({cause}) — give its CA with --ca-cert")
     } else if address.tls && hung_up {

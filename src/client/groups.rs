@@ -13,7 +13,7 @@ use anyhow::Context;
 use super::report::{correction_name, direction_name, Report};
 use super::sentences::SentenceFile;
 use super::{cluster, connect, connect_to, output, rotation_request, with_retry};
-use crate::config::{ClientArgs, CompareArgs, ConditionArg};
+use crate::config::{AnalyzeArgs, ClientArgs, CompareArgs, ConditionArg};
 use crate::proto;
 
 /// The files `compare` writes.
@@ -111,9 +111,10 @@ async fn compute(
     }
     let mut groups = Vec::new();
     for (i, (label, request)) in labels.iter().zip(requests).enumerate() {
-        let n = request.sentences.len();
-        let analysis =
-            super::compute(analysis_args, request, n).await.with_context(|| format!("groups[{i}] ({label:?})"))?;
+        let path = &args.groups[i].1;
+        let analysis = group_analysis(analysis_args, request, path, sharded)
+            .await
+            .with_context(|| format!("groups[{i}] ({label:?})"))?;
         groups.push(proto::GroupAnalysis { label: label.clone(), analysis: Some(analysis) });
     }
     let condition = options.condition.unwrap_or(0) as usize;
@@ -131,13 +132,32 @@ async fn compute(
     Ok(proto::GroupComparison { groups, tests: Some(tests.context("the server answered without group tests")?) })
 }
 
+/// One group's analysis: over the replicas with its file read in chunks (as `analyze` does), else
+/// from one server.
+async fn group_analysis(
+    args: &AnalyzeArgs,
+    mut request: proto::RotationRequest,
+    path: &Path,
+    sharded: bool,
+) -> anyhow::Result<proto::Analysis> {
+    if !sharded {
+        let n = request.sentences.len();
+        return super::compute(args, request, n).await;
+    }
+    request.sentences.clear(); // the replicas' chunks are cut from the file
+    let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
+    let replicas = cluster::Replicas::from_servers(&args.client.server, interval);
+    let chunk_size = args.chunk_size as usize;
+    Ok(cluster::analyze(replicas, &args.client.connect, request, path, chunk_size, None).await?.analysis)
+}
+
 /// TestSignificance on the first server (or replica) that answers.
 async fn ask_any_server(
     args: &ClientArgs,
     ask: proto::SignificanceRequest,
 ) -> anyhow::Result<proto::SignificanceResult> {
     let mut failure = anyhow::anyhow!("no server to ask for the group tests");
-    for address in cluster::resolve(&args.server).await? {
+    for address in cluster::resolve(&args.server)? {
         let answer = async {
             let client = connect_to(&address, &args.connect).await?;
             with_retry(&client, ask.clone(), |mut c, r| async move { c.test_significance(r).await }).await

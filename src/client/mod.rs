@@ -1,5 +1,6 @@
 //! The command-line client: calls the gRPC API and writes what a reader of the notebook expects
 //! (a per-layer table, CSV, JSON and the notebook's two figures).
+pub mod angles_file;
 pub mod cluster;
 pub mod connect;
 mod group_plot;
@@ -158,6 +159,9 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
 }
 
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
+    if sharded(&args) {
+        return analyze_sharded(args).await;
+    }
     let path = args.sentences.as_ref().context("give --sentences FILE (one sentence per line)")?;
     let file = sentences::SentenceFile::read(path)?;
     let sentences = file.sentences.clone();
@@ -166,16 +170,50 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let analysis = match compute(&args, request, sentences.len()).await {
         Ok(analysis) => analysis,
         Err(e) => {
-            if created {
-                let _ = std::fs::remove_dir(&args.out); // only if still empty
-            }
+            forget_output(created, &args.out);
             return Err(file.locate(e));
         }
     };
-    let report = report::Report::new(&analysis, &sentences)?;
+    present(&report::Report::new(&analysis, &sentences)?, &args.out)
+}
+
+/// Several servers, a `dns:///` name, or `--angles-out`: the file read lazily, in chunks over the
+/// replicas (one server is a cluster of one).
+fn sharded(args: &AnalyzeArgs) -> bool {
+    args.client.server.len() > 1 || args.client.primary().starts_with("dns:///") || args.angles_out.is_some()
+}
+
+async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let path = args.sentences.as_ref().context("give --sentences FILE (one sentence per line)")?;
+    let request = rotation_request(&args, Vec::new())?;
+    let created = output::prepare(&args.out, args.overwrite)?;
+    let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
+    let replicas = cluster::Replicas::from_servers(&args.client.server, interval);
+    let (how, chunk_size) = (&args.client.connect, args.chunk_size as usize);
+    let outcome = cluster::analyze(replicas, how, request, path, chunk_size, args.angles_out.as_deref()).await;
+    let outcome = outcome.inspect_err(|_| forget_output(created, &args.out))?;
+    let report = match outcome.angles_file {
+        Some(file) => report::Report::on_disk(&outcome.analysis, file)?,
+        None => report::Report::new(&outcome.analysis, &outcome.sentences)?,
+    };
+    present(&report, &args.out)
+}
+
+/// Takes away the output folder a failed analysis created (only if still empty).
+fn forget_output(created: bool, out: &std::path::Path) {
+    if created {
+        let _ = std::fs::remove_dir(out);
+    }
+}
+
+/// The table on stdout, the files in `out`.
+fn present(report: &report::Report, out: &std::path::Path) -> anyhow::Result<()> {
     print!("{}", report.table());
-    report.write_all(&args.out)?;
-    println!("\nwrote {}/{{{}}}", args.out.display(), output::FILES.join(", "));
+    report.write_all(out)?;
+    println!("\nwrote {}/{{{}}}", out.display(), report.files().join(", "));
+    if let Some(file) = &report.angles_file {
+        println!("wrote {} and {}", file.path.display(), file.draws_path.display());
+    }
     Ok(())
 }
 
@@ -185,10 +223,6 @@ async fn compute(
     request: proto::RotationRequest,
     num_sentences: usize,
 ) -> anyhow::Result<proto::Analysis> {
-    let servers = &args.client.server;
-    if servers.len() > 1 || args.client.primary().starts_with("dns:///") {
-        return cluster::analyze(servers, &args.client.connect, request, args.chunk_size as usize).await;
-    }
     let mut client = connect(&args.client).await?;
     if num_sentences > args.stream_above {
         stream_analysis(&mut client, request).await
@@ -269,22 +303,12 @@ fn assemble_stream(
         reports.extend(chunk.sentences);
     }
     anyhow::ensure!(reports.len() == total, "the stream delivered {} of {total} sentences", reports.len());
-    let means: Vec<f32> = (0..layers * 3)
-        .map(|i| {
-            let (l, c) = (i / 3, i % 3);
-            ((0..total).map(|s| f64::from(angles[(l * total + s) * 3 + c])).sum::<f64>() / total as f64) as f32
-        })
-        .collect();
+    let means = layer_means(layers, total, |l, s, c| angles[(l * total + s) * 3 + c]);
     let rotations = proto::RotationResult {
         angles: Some(proto::Tensor { shape: vec![layers as u32, total as u32, 3], values: angles }),
-        conditions: crate::analysis::CONDITIONS.iter().map(|c| c.to_string()).collect(),
-        unit: last.unit,
-        layer_means: Some(proto::Tensor { shape: vec![layers as u32, 3], values: means }),
         sentences: reports,
         shuffle_draws: draws,
-        shuffle_seed: last.shuffle_seed,
-        model_name: last.model_name.clone(),
-        target_token_id: last.target_token_id,
+        ..rotation_result(last, layers, means)
     };
     Ok(proto::Analysis {
         rotations: Some(rotations),
@@ -292,4 +316,51 @@ fn assemble_stream(
         significance_error: String::new(),
         condition_statistics: last.condition_statistics.clone(),
     })
+}
+
+/// Per layer and condition, the mean over sentences of the float32 angles: summed in f64 in corpus
+/// order, the one way for angles in memory and in a file, so both give the same bits.
+fn layer_means(layers: usize, total: usize, angle: impl Fn(usize, usize, usize) -> f32) -> Vec<f32> {
+    let mut sums = vec![0f64; layers * 3];
+    // Sentence-major: a sequential read of a file laid out [sentences, layers, 3].
+    for s in 0..total {
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum += f64::from(angle(i / 3, s, i % 3));
+        }
+    }
+    sums.iter().map(|sum| (sum / total as f64) as f32).collect()
+}
+
+/// What `Analyze` returns, for angles that went to `file`: layer means read back from it, no
+/// per-sentence angles, reports or draws.
+fn on_disk_analysis(
+    file: &angles_file::AnglesFile,
+    last: &proto::RotationChunk,
+    significance: proto::SignificanceResult,
+) -> proto::Analysis {
+    let (layers, total) = (file.num_layers, file.num_sentences);
+    let means = layer_means(layers, total, |l, s, c| file.angle(l, s, c));
+    let rotations = rotation_result(last, layers, means);
+    proto::Analysis {
+        rotations: Some(rotations),
+        significance: Some(significance),
+        significance_error: String::new(),
+        condition_statistics: last.condition_statistics.clone(),
+    }
+}
+
+/// What every streamed chunk tells of the run, with the layer means: a `RotationResult` without
+/// per-sentence angles, reports or draws.
+fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) -> proto::RotationResult {
+    proto::RotationResult {
+        angles: None,
+        conditions: crate::analysis::CONDITIONS.iter().map(|c| c.to_string()).collect(),
+        unit: last.unit,
+        layer_means: Some(proto::Tensor { shape: vec![layers as u32, 3], values: means }),
+        sentences: Vec::new(),
+        shuffle_draws: Vec::new(),
+        shuffle_seed: last.shuffle_seed,
+        model_name: last.model_name.clone(),
+        target_token_id: last.target_token_id,
+    }
 }

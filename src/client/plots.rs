@@ -158,7 +158,10 @@ pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
         Some(bands) => {
             bands.iter().flatten().map(|b| b.1).chain(r.layer_means.iter().map(|&m| f64::from(m))).fold(0.0, f64::max)
         }
-        None => r.angles.iter().map(|&v| f64::from(v)).filter(|v| v.is_finite()).fold(0.0, f64::max),
+        None => (0..r.num_layers * r.num_sentences * 3)
+            .map(|i| f64::from(r.angle(i / 3 / r.num_sentences, i / 3 % r.num_sentences, i % 3)))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max),
     };
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::angles_file::AnglesFile;
 use crate::proto;
 
 /// An `Analysis` unpacked for printing and plotting.
@@ -18,42 +19,64 @@ pub struct Report {
     pub significance: proto::SignificanceResult,
     pub rotations: proto::RotationResult,
     pub sentences: Vec<String>,
+    /// `--angles-out`: the angles are read from this file, and `angles` is empty.
+    pub angles_file: Option<AnglesFile>,
 }
 
 impl Report {
     pub fn new(analysis: &proto::Analysis, sentences: &[String]) -> anyhow::Result<Self> {
-        let rotations = analysis.rotations.clone().context("response has no rotations")?;
-        let significance = analysis
-            .significance
-            .clone()
-            .with_context(|| format!("no significance test: {}", analysis.significance_error))?;
-        let angles = rotations.angles.clone().context("response has no angle tensor")?;
-        let means = rotations.layer_means.clone().context("response has no layer means")?;
+        let angles = analysis.rotations.as_ref().and_then(|r| r.angles.clone());
+        let angles = angles.context("response has no angle tensor")?;
         let [l, s, c] = angles.shape[..] else { anyhow::bail!("angle tensor is not 3-dimensional") };
         anyhow::ensure!(
             c == 3 && angles.values.len() == (l * s * c) as usize,
             "angle tensor shape {:?} does not match its values",
             angles.shape
         );
+        let mut report = Self::unpack(analysis, l as usize, s as usize)?;
+        report.angles = angles.values;
+        report.sentences = sentences.to_vec();
+        Ok(report)
+    }
+
+    /// A report whose angles are in `file` (`--angles-out`), not in the response.
+    pub fn on_disk(analysis: &proto::Analysis, file: AnglesFile) -> anyhow::Result<Self> {
+        let mut report = Self::unpack(analysis, file.num_layers, file.num_sentences)?;
+        report.angles_file = Some(file);
+        Ok(report)
+    }
+
+    /// Everything but the angles and the sentences' texts.
+    fn unpack(analysis: &proto::Analysis, num_layers: usize, num_sentences: usize) -> anyhow::Result<Self> {
+        let rotations = analysis.rotations.clone().context("response has no rotations")?;
+        let significance = analysis
+            .significance
+            .clone()
+            .with_context(|| format!("no significance test: {}", analysis.significance_error))?;
+        let means = rotations.layer_means.clone().context("response has no layer means")?;
         let unit = match proto::AngleUnit::try_from(rotations.unit) {
             Ok(proto::AngleUnit::Radians) => "radians",
             _ => "degrees",
         };
         Ok(Self {
             unit,
-            num_layers: l as usize,
-            num_sentences: s as usize,
-            angles: angles.values,
+            num_layers,
+            num_sentences,
+            angles: Vec::new(),
             layer_means: means.values,
             conditions: rotations.conditions.clone(),
             significance,
             rotations,
-            sentences: sentences.to_vec(),
+            sentences: Vec::new(),
+            angles_file: None,
         })
     }
 
     pub fn angle(&self, layer: usize, sentence: usize, condition: usize) -> f32 {
-        self.angles[(layer * self.num_sentences + sentence) * 3 + condition]
+        match &self.angles_file {
+            Some(file) => file.angle(layer, sentence, condition),
+            None => self.angles[(layer * self.num_sentences + sentence) * 3 + condition],
+        }
     }
 
     pub fn mean(&self, layer: usize, condition: usize) -> f32 {
@@ -147,6 +170,37 @@ impl Report {
     }
 
     pub(super) fn json(&self) -> serde_json::Value {
+        let mut json = self.summary_json();
+        let r = &self.rotations;
+        let per_sentence = match &self.angles_file {
+            // The angles and draws are in the .npy files; per-sentence reports are not kept.
+            Some(file) => serde_json::json!({
+                "angles_file": file.path,
+                "angles_file_layout": "[sentences, layers, 3] float32",
+                "draws_file": file.draws_path,
+                "draws_file_layout": "[sentences, layers, 4] int32 (layer_v, position_v, layer_u, position_u)",
+            }),
+            None => serde_json::json!({
+                "angles": (0..self.num_layers).map(|l| (0..self.num_sentences)
+                    .map(|s| [self.angle(l, s, 0), self.angle(l, s, 1), self.angle(l, s, 2)]).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "sentences": r.sentences.iter().map(|s| serde_json::json!({
+                    "index": s.index,
+                    "text": self.sentences.get(s.index as usize),
+                    "num_tokens": s.num_tokens,
+                    "target_position": s.target_position,
+                    "non_target_position": s.non_target_position,
+                })).collect::<Vec<_>>(),
+                "shuffle_draws": r.shuffle_draws.iter().map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect::<Vec<_>>(),
+            }),
+        };
+        if let (Some(all), serde_json::Value::Object(more)) = (json.as_object_mut(), per_sentence) {
+            all.extend(more);
+        }
+        json
+    }
+
+    /// What analysis.json holds besides the per-sentence arrays.
+    fn summary_json(&self) -> serde_json::Value {
         let r = &self.rotations;
         let sig = &self.significance;
         serde_json::json!({
@@ -156,17 +210,7 @@ impl Report {
             "shuffle_seed": r.shuffle_seed,
             "conditions": self.conditions,
             "shape": [self.num_layers, self.num_sentences, 3],
-            "angles": (0..self.num_layers).map(|l| (0..self.num_sentences)
-                .map(|s| [self.angle(l, s, 0), self.angle(l, s, 1), self.angle(l, s, 2)]).collect::<Vec<_>>()).collect::<Vec<_>>(),
             "layer_means": (0..self.num_layers).map(|l| [self.mean(l, 0), self.mean(l, 1), self.mean(l, 2)]).collect::<Vec<_>>(),
-            "sentences": r.sentences.iter().map(|s| serde_json::json!({
-                "index": s.index,
-                "text": self.sentences.get(s.index as usize),
-                "num_tokens": s.num_tokens,
-                "target_position": s.target_position,
-                "non_target_position": s.non_target_position,
-            })).collect::<Vec<_>>(),
-            "shuffle_draws": r.shuffle_draws.iter().map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect::<Vec<_>>(),
             "significance": {
                 "alpha": sig.alpha,
                 "correction": correction_name(sig.correction),
@@ -184,13 +228,22 @@ impl Report {
         })
     }
 
+    /// The files [`Self::write_all`] writes: all of `output::FILES`, but angles.csv when the angles
+    /// are in a file of their own (a CSV of 10^7 sentences × 48 layers would be 20 GB).
+    pub fn files(&self) -> Vec<&'static str> {
+        let skip = if self.angles_file.is_some() { "angles.csv" } else { "" };
+        super::output::FILES.iter().copied().filter(|f| *f != skip).collect()
+    }
+
     /// Writes angles.csv, significance.csv, analysis.json, angles.svg and significance.svg into `dir`.
     pub fn write_all(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let write = |name: &str, body: String| {
             std::fs::write(dir.join(name), body).with_context(|| format!("cannot write {}", dir.join(name).display()))
         };
-        write("angles.csv", self.angles_csv())?;
+        if self.angles_file.is_none() {
+            write("angles.csv", self.angles_csv())?;
+        }
         write("significance.csv", self.significance_csv())?;
         write("analysis.json", serde_json::to_string_pretty(&self.json())?)?;
         super::plots::angles_figure(self, &dir.join("angles.svg"))?;

@@ -1,5 +1,8 @@
 //! The `--sentences` file: one sentence per line, blank lines skipped, with each sentence's line
-//! number kept so that the server's "sentence N" can be told as a place in the file.
+//! number kept so that the server's "sentence N" can be told as a place in the file. Read whole
+//! ([`SentenceFile`]) for one request, or line by line ([`SentenceLines`]) for a corpus sharded
+//! over replicas, which never holds more than the chunks in flight.
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -13,21 +16,59 @@ pub struct SentenceFile {
 
 impl SentenceFile {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let (lines, sentences) = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| (i + 1, l.trim_end().to_string()))
-            .unzip();
+        let numbered: Vec<(usize, String)> = SentenceLines::open(path)?.collect::<anyhow::Result<_>>()?;
+        let (lines, sentences) = numbered.into_iter().unzip();
         Ok(Self { path: path.to_path_buf(), sentences, lines })
     }
 
     /// Prefixes `path:line:` to an error that names one of our sentences ("sentence N (…): …").
     pub fn locate(&self, error: anyhow::Error) -> anyhow::Error {
-        match sentence_index(&format!("{error:#}")).and_then(|i| self.lines.get(i)) {
-            Some(line) => error.context(format!("{}:{line}", self.path.display())),
-            None => error,
+        locate(&self.path, |i| self.lines.get(i).copied(), error)
+    }
+}
+
+/// Prefixes `path:line:` to an error that names a sentence ("sentence N (…): …") whose line
+/// `line_of(N)` knows; other errors pass unchanged.
+pub fn locate(path: &Path, line_of: impl Fn(usize) -> Option<usize>, error: anyhow::Error) -> anyhow::Error {
+    match sentence_index(&format!("{error:#}")).and_then(line_of) {
+        Some(line) => error.context(format!("{}:{line}", path.display())),
+        None => error,
+    }
+}
+
+/// The sentences of a file one at a time, each with its 1-based line number (blank lines skipped
+/// but counted, trailing white space cut).
+pub struct SentenceLines {
+    path: PathBuf,
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    number: usize,
+}
+
+impl SentenceLines {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self { path: path.to_path_buf(), lines: std::io::BufReader::new(file).lines(), number: 0 })
+    }
+
+    /// How many sentences the file holds (one pass, nothing kept).
+    pub fn count(path: &Path) -> anyhow::Result<usize> {
+        Self::open(path)?.try_fold(0, |n, line| line.map(|_| n + 1))
+    }
+}
+
+impl Iterator for SentenceLines {
+    type Item = anyhow::Result<(usize, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.number += 1;
+            match self.lines.next()? {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => return Some(Ok((self.number, line.trim_end().to_string()))),
+                Err(e) => {
+                    return Some(Err(anyhow::anyhow!("cannot read {}:{}: {e}", self.path.display(), self.number)))
+                }
+            }
         }
     }
 }
@@ -61,6 +102,18 @@ mod tests {
         );
         let unrelated = file.locate(anyhow::anyhow!("no sentence here"));
         assert_eq!(unrelated.to_string(), "no sentence here");
+        assert_eq!(SentenceLines::count(&path).unwrap(), 3);
+        let lazily: Vec<_> = SentenceLines::open(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(lazily, [(2, "I saw her.".to_string()), (5, "She met her.".into()), (6, "Her dog.".into())]);
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.txt");
+        std::fs::write(&path, b"I saw her.\n\xff her\n").unwrap();
+        let e = SentenceFile::read(&path).err().unwrap();
+        assert!(format!("{e:#}").starts_with(&format!("cannot read {}:2: ", path.display())), "{e:#}");
     }
 
     #[test]

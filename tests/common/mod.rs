@@ -87,10 +87,15 @@ impl Drop for ServerProcess {
 
 /// The bundled model on a free loopback port, once SERVING; returns the server and its host:port.
 pub fn serve_bundled() -> (ServerProcess, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    serve_bundled_on("127.0.0.1")
+}
+
+/// [`serve_bundled`] on a loopback address of its own (127.0.0.x), as a pod would have.
+pub fn serve_bundled_on(host: &str) -> (ServerProcess, String) {
+    let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
     let bin = env!("CARGO_BIN_EXE_rotations");
     let child = std::process::Command::new(bin)
-        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1"])
+        .args(["serve", "--host", host, "--port", &port.to_string(), "--threads", "1"])
         .arg("--model-dir")
         .arg(bundled_model_dir())
         .arg("--ort-library")
@@ -100,7 +105,7 @@ pub fn serve_bundled() -> (ServerProcess, String) {
         .spawn()
         .unwrap();
     let server = ServerProcess(child);
-    let address = format!("127.0.0.1:{port}");
+    let address = format!("{host}:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !std::process::Command::new(bin)
         .args(["health", "--server", &format!("http://{address}")])

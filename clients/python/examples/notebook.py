@@ -11,7 +11,7 @@
 # model), then run this as a script or a notebook:
 #
 # ```sh
-# python clients/python/examples/notebook.py --server localhost:50051 --out figures/
+# python clients/python/examples/notebook.py --server 127.0.0.1:50051 --out figures/
 # ```
 #
 # It writes `angles.png` and `significance.png` into `--out`. `notebook.ipynb` beside this file is
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd(
 REPO = HERE.parents[2]  # clients/python/examples -> the repository
 
 parser = argparse.ArgumentParser(description="The rotations notebook's analysis, through the rotations service.")
-parser.add_argument("--server", default="localhost:50051", help="host:port of `rotations serve`")
+parser.add_argument("--server", default="127.0.0.1:50051", help="host:port of `rotations serve`")
 parser.add_argument("--out", type=Path, default=Path("notebook-output"), help="folder for angles.png, significance.png")
 parser.add_argument("--sentences", type=Path, default=REPO / "examples" / "her_sentences.txt", help="one a line")
 parser.add_argument("--target", default=" her", help="one token, with its leading space")

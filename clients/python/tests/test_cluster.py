@@ -283,3 +283,24 @@ def test_replicas_that_appear_in_dns_during_a_run_join_it(replicas, corpus, refe
         served = dict(cluster.stats.chunks)
     assert len(calls) > 1
     assert all(served.get(r.address, 0) > 0 for r in replicas), f"chunks per replica: {served}"
+
+
+def test_a_replica_that_leaves_the_lookup_takes_no_more_chunks(replicas, corpus, reference, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """All three at first, then the first is no longer listed (a pod scaled away): it stops taking
+    chunks, the others finish the corpus, and the result is the same."""
+    import rotations_client.cluster as cluster_module
+
+    calls = []
+
+    def shrinking(addresses):  # type: ignore[no-untyped-def]
+        calls.append(addresses)
+        return [r.address for r in replicas] if len(calls) == 1 else [r.address for r in replicas[1:]]
+
+    monkeypatch.setattr(cluster_module, "resolve", shrinking)
+    with Cluster("dns:///rotations-headless:50051", chunk_size=3, in_flight=1, resolve_interval=0.05, retry=FAST) as cluster:
+        got = cluster.analyze(corpus, " her", correction="holm")
+        assert cluster._unlisted == {replicas[0].address}
+        served = dict(cluster.stats.chunks)
+    assert_identical(got, reference)
+    assert sum(served.values()) == -(-len(corpus) // 3), f"each chunk once: {served}"
+    assert all(served.get(r.address, 0) > 0 for r in replicas[1:]), f"chunks per replica: {served}"

@@ -13,7 +13,9 @@ from scipy import stats
 from .conftest import REPO, Server
 
 README = REPO / "README.md"
-README_ADDRESS = "localhost:50051"
+README_ADDRESS = "127.0.0.1:50051"
+#: The spelling of earlier README snippets, replaced as well.
+README_ADDRESSES = (README_ADDRESS, "localhost:50051")
 
 
 def readme_snippet() -> str:
@@ -35,7 +37,9 @@ def test_the_readme_snippet_and_the_notebooks_t_tests_run_unchanged(
     assert README_ADDRESS in snippet and "sentences = " in snippet, "the snippet defines its sentences"
     monkeypatch.chdir(REPO)  # the snippet reads examples/her_sentences.txt from the repository root
     scope: dict = {}
-    exec(snippet.replace(README_ADDRESS, server.address), scope)  # noqa: S102 - our own README
+    for spelling in README_ADDRESSES:
+        snippet = snippet.replace(spelling, server.address)
+    exec(snippet, scope)  # noqa: S102 - our own README
     client, angles = scope["client"], scope["angles"]
     try:
         assert angles.shape[1:] == (len(scope["sentences"]), 3) == (angles.shape[1], 3)

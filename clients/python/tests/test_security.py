@@ -81,11 +81,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "server": ("ca", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
         "client": ("ca", [x509.DNSName("client.test")]),
         "stranger": ("stranger-ca", [x509.DNSName("stranger.test")]),
+        # A replica's certificate naming only its Service, as behind a headless Service.
+        "service": ("ca", [x509.DNSName(SERVICE_NAME)]),
     }
     for name, (ca, sans) in leaves.items():
         key = ec.generate_private_key(ec.SECP256R1())
         _write(dir, name, _certificate(name, key, cas[ca], sans), key)
     return Pki(dir)
+
+
+#: The name the "service" certificate carries (and no IP address).
+SERVICE_NAME = "rotations-headless.default.svc"
 
 
 @dataclass(frozen=True)
@@ -226,3 +232,54 @@ def test_mutual_tls_needs_a_client_certificate_from_its_ca(mtls_server: Server, 
     stranger = Client(address, root_certificates=ca, timeout=10, **theirs)
     with stranger:
         assert _failure(stranger).code == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.fixture(scope="module")
+def service_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Server]:
+    """TLS with a certificate that names the Service only: reached by IP, it needs the name given."""
+    serve = ["--tls-cert", pki.path("service.pem"), "--tls-key", pki.path("service.key")]
+    client = ["--ca-cert", pki.path("ca.pem"), "--tls-server-name", SERVICE_NAME]
+    with run_server(tmp_path_factory, serve, client) as srv:
+        yield srv
+
+
+def test_replicas_by_ip_with_a_certificate_for_the_service(service_server: Server, pki: Pki, tmp_path: Path) -> None:
+    """A dns:/// Cluster reaches replicas by IP; tls_server_name= (grpc.ssl_target_name_override)
+    checks their certificate against the Service's name. The CLI's --tls-server-name does the same."""
+    import subprocess
+
+    from rotations_client import Cluster
+
+    from .conftest import REPO, _binary, _env
+
+    address, ca = service_server.address, pki.path("ca.pem")
+    with Client(address, root_certificates=ca, timeout=30) as c:
+        assert _failure(c).code == grpc.StatusCode.UNAVAILABLE, "the certificate does not name 127.0.0.1"
+    with Client(address, root_certificates=ca, tls_server_name=SERVICE_NAME, timeout=30) as c:
+        reference = c.analyze(["I saw her.", "We met her there.", "They told her so."], " her")
+    with pytest.raises(ValueError, match="is plaintext"):
+        Client(f"http://{address}", tls_server_name=SERVICE_NAME)
+    dns = f"dns:///localhost:{service_server.port}"
+    with Cluster(dns, chunk_size=2, root_certificates=ca, tls_server_name=SERVICE_NAME, timeout=60) as cluster:
+        got = cluster.analyze(["I saw her.", "We met her there.", "They told her so."], " her")
+    assert got.rotations.angles.tobytes() == reference.rotations.angles.tobytes()
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("I saw her.\nWe met her there.\nThey told her so.\n", encoding="utf-8")
+    cli = [str(_binary()), "analyze", "--server", dns, "--sentences", str(text), "--target", " her"]
+    cli += ["--out", str(tmp_path / "out"), "--chunk-size", "2", "--ca-cert", ca]
+
+    def run(extra: List[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(cli + extra, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)
+
+    refused = run([])
+    assert refused.returncode != 0 and "--tls-server-name" in refused.stderr, refused.stderr
+    done = run(["--tls-server-name", SERVICE_NAME])
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_default_address_is_where_the_server_listens_by_default() -> None:
+    """The server binds 127.0.0.1 only; `localhost` may resolve to ::1 first, where nothing listens."""
+    from rotations_client.client import DEFAULT_ADDRESS
+
+    assert DEFAULT_ADDRESS == "127.0.0.1:50051"

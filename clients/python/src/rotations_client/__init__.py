@@ -1,7 +1,7 @@
 """Typed Python client of the rotations gRPC service (``rotations.v1.RotationService``).
 
     >>> from rotations_client import Client
-    >>> with Client("localhost:50051") as client:
+    >>> with Client("127.0.0.1:50051") as client:
     ...     result = client.rotations(sentences, target=" her")
     ...     result.angles.shape        # [layers, sentences, 3]: target, non_target, shuffled
 

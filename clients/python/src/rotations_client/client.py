@@ -40,8 +40,9 @@ from .connect import Pem, open_channel
 from .errors import RotationsError
 from .retry import RetryPolicy
 
-#: Where ``rotations serve`` listens by default.
-DEFAULT_ADDRESS = "localhost:50051"
+#: Where ``rotations serve`` listens by default: 127.0.0.1 only, so not ``localhost``, which may
+#: also resolve to ::1 where nothing listens (and an error could come from that attempt).
+DEFAULT_ADDRESS = "127.0.0.1:50051"
 #: Largest message either way; the server's default limit (a unary GPT-2 XL result for 4096 sentences is ~6 MB).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -165,7 +166,7 @@ def _angle_tensor(angles: Union[np.ndarray, RotationResult, Analysis, Sequence[A
 class Client:
     """A connection to a rotations server.
 
-    ``address`` is ``host:port`` (default ``localhost:50051``); ``http://host:port`` as the Rust CLI
+    ``address`` is ``host:port`` (default ``127.0.0.1:50051``); ``http://host:port`` as the Rust CLI
     takes it works too, and ``https://`` uses TLS. ``timeout`` (seconds) is every call's deadline
     unless a call gives its own. Use it as a context manager, or call :meth:`close`.
 
@@ -173,6 +174,8 @@ class Client:
     is the CA to trust (default: grpc's bundled roots); ``certificate_chain`` and ``private_key`` are
     the client's certificate for mutual TLS; each is PEM bytes or a PEM file's path. Any of them (or
     ``credentials``, a ready ``grpc.ChannelCredentials``) makes a bare ``host:port`` a TLS address.
+    ``tls_server_name`` is the name the server's certificate must carry instead of the address's
+    host (replicas reached by IP, certificates naming the Service).
 
     Calls refused with ``RESOURCE_EXHAUSTED`` or ``UNAVAILABLE`` are retried by gRPC with bounded
     exponential backoff and jitter (``retry``, default :class:`RetryPolicy`\ (); ``None`` turns it
@@ -193,6 +196,7 @@ class Client:
         certificate_chain: Optional[Pem] = None,
         private_key: Optional[Pem] = None,
         retry: Optional[RetryPolicy] = RetryPolicy(),
+        tls_server_name: Optional[str] = None,
     ) -> None:
         channel_options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -208,6 +212,7 @@ class Client:
             private_key=private_key,
             credentials=credentials,
             options=channel_options,
+            tls_server_name=tls_server_name,
         )
         self._channel = self._connection.channel
         self._stub = pb_grpc.RotationServiceStub(self._channel)  # type: ignore[no-untyped-call]

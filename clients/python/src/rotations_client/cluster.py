@@ -120,17 +120,19 @@ class _Run:
     # -- workers ----------------------------------------------------------------------------------
 
     def start(self, address: str) -> None:
+        """Workers for ``address``, unless it has some or was dropped (listed again: restarted)."""
         with self.cond:
-            if address in self.live:
+            if self.live.get(address, 0) > 0 or address in self.cluster.stats.dropped_replicas:
                 return
             self.live[address] = self.cluster.in_flight
         for _ in range(self.cluster.in_flight):
             threading.Thread(target=self._work, args=(address,), daemon=True).start()
 
-    def _next_chunk(self) -> Optional[_Chunk]:
-        """The next chunk to compute (a failed one first); None when there is nothing left. Holds the lock."""
+    def _next_chunk(self, address: str) -> Optional[_Chunk]:
+        """The next chunk to compute (a failed one first); None when there is nothing left, or when
+        ``address`` is no longer listed (it takes no more chunks). Holds the lock."""
         while True:
-            if self.stopped or self.error is not None:
+            if self.stopped or self.error is not None or address in self.cluster._unlisted:
                 return None
             if self.resend:
                 return self.resend.popleft()
@@ -160,7 +162,7 @@ class _Run:
             while True:
                 with self.cond:
                     try:
-                        chunk = self._next_chunk()
+                        chunk = self._next_chunk(address)
                     except BaseException as e:  # a bad sentence in the caller's iterable
                         self.error = e
                         self.cond.notify_all()
@@ -272,11 +274,14 @@ class Cluster:
 
     ``addresses`` is a list of ``host:port`` (or ``http://host:port``), or one ``dns:///name:port``
     whose every address is a replica (a Kubernetes headless Service); the name is resolved again
-    every ``resolve_interval`` seconds during a run so that new replicas join. ``chunk_size``
+    every ``resolve_interval`` seconds during a run so that new replicas join (and replicas no
+    longer listed finish their chunks and take no more). ``chunk_size``
     sentences go to a replica at a time, ``in_flight`` chunks per replica at once. ``timeout`` is
     each chunk's deadline (a chunk past it goes to another replica). ``options``,
     ``credentials``, ``api_key`` and the TLS material (``root_certificates``, ``certificate_chain``,
-    ``private_key``) are passed to each replica's channel as :class:`Client` takes them.
+    ``private_key``) are passed to each replica's channel as :class:`Client` takes them;
+    ``tls_server_name`` too, for a ``dns:///`` name whose replicas are reached by IP while their
+    certificate names the Service.
 
     Every replica must serve the same model (name, layers and weights fingerprint): checked when
     the cluster is made and when a replica joins. ``stats`` counts chunks and failures per replica.
@@ -297,6 +302,7 @@ class Cluster:
         root_certificates: Optional[Pem] = None,
         certificate_chain: Optional[Pem] = None,
         private_key: Optional[Pem] = None,
+        tls_server_name: Optional[str] = None,
     ) -> None:
         if chunk_size < 1 or in_flight < 1:
             raise ValueError("chunk_size and in_flight must be at least 1")
@@ -313,10 +319,13 @@ class Cluster:
             "root_certificates": root_certificates,
             "certificate_chain": certificate_chain,
             "private_key": private_key,
+            "tls_server_name": tls_server_name,
             # The cluster's own failover resends a refused chunk to another replica at once.
             "retry": None,
         }
         self._clients: Dict[str, Client] = {}
+        #: Replicas the latest lookup no longer lists: they finish their chunks and take no more.
+        self._unlisted: frozenset = frozenset()
         self._info: Optional[ModelInfo] = None
         self._lock = threading.Lock()
         self.stats = ClusterStats()
@@ -334,11 +343,16 @@ class Cluster:
             return self._clients[address]
 
     def _refresh(self) -> List[str]:
-        """Resolves the addresses again; returns the replicas that joined (same model checked)."""
+        """Resolves the addresses again; returns the listed replicas, those that joined checked for
+        the same model. Replicas no longer listed are marked to take no more chunks."""
+        listed = resolve(self.addresses)
+        with self._lock:
+            self._unlisted = frozenset(set(self._clients) - set(listed))
         joined = []
-        for address in resolve(self.addresses):
+        for address in listed:
             with self._lock:
                 if address in self._clients:
+                    joined.append(address)
                     continue
             client = Client(address, timeout=self.timeout, **self._channel_args)
             if self._info is not None:

@@ -174,12 +174,14 @@ def open_channel(
     private_key: Optional[Pem] = None,
     credentials: Optional[grpc.ChannelCredentials] = None,
     options: Sequence[tuple[str, Any]] = (),
+    tls_server_name: Optional[str] = None,
 ) -> Connection:
     """A channel to ``address`` with TLS and the API key as asked.
 
     ``root_certificates`` (the CA to trust; default: grpc's bundled roots), ``certificate_chain`` and
     ``private_key`` (mutual TLS) are PEM bytes or paths of PEM files; ``credentials`` is a ready
     ``grpc.ChannelCredentials`` instead. Any of them makes a bare ``host:port`` a TLS address.
+    ``tls_server_name`` is the name to check the server's certificate against instead of the host.
     """
     if (certificate_chain is None) != (private_key is None):
         raise ValueError("mutual TLS needs both certificate_chain= and private_key=")
@@ -187,6 +189,10 @@ def open_channel(
         raise ValueError("give credentials= or root_certificates=/certificate_chain=/private_key=, not both")
     tls_material = credentials is not None or root_certificates is not None or certificate_chain is not None
     where = parse_address(address, tls_material)
+    if tls_server_name is not None:
+        if not where.secure:
+            raise ValueError(f"tls_server_name= checks a TLS certificate, but {where} is plaintext")
+        options = [*options, ("grpc.ssl_target_name_override", tls_server_name)]
     if where.secure:
         credentials = credentials or grpc.ssl_channel_credentials(
             _pem(root_certificates, "CA certificate"),

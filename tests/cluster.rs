@@ -1,0 +1,188 @@
+//! The CLI's sharding client against real replicas on 127.0.0.2–4: replicas that appear in the
+//! lookup during a run join it (and one that vanishes stops taking chunks) with the result of one
+//! server's Analyze, bit for bit; `--angles-out` writes the same angles to a .npy file and the same
+//! table, statistics and figures as the in-memory run.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rotations::client::cluster::{self, Replicas};
+use rotations::config::ConnectArgs;
+use rotations::proto;
+
+/// `n` distinct sentences (the examples', numbered and cycled) in a file, one a line, with blank
+/// lines between some (they are skipped but counted as lines).
+fn corpus_file(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("examples/her_sentences.txt")).unwrap();
+    let examples: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut body = String::new();
+    for i in 0..n {
+        body.push_str(&format!("{i}. {}\n", examples[i % examples.len()]));
+        if i % 17 == 0 {
+            body.push('\n');
+        }
+    }
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn request(sentences: Vec<String>) -> proto::RotationRequest {
+    proto::RotationRequest {
+        sentences,
+        target: Some(proto::rotation_request::Target::TargetText(" her".into())),
+        unit: proto::AngleUnit::Degrees as i32,
+        significance: Some(proto::SignificanceOptions {
+            correction: proto::Correction::Holm as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One server's Analyze of the whole file in one request.
+async fn one_server(address: &str, corpus: &Path) -> proto::Analysis {
+    let sentences = rotations::client::read_sentences(corpus).unwrap();
+    let mut client = rotations::client::connect_to(address, &ConnectArgs::default()).await.unwrap();
+    client.analyze(request(sentences)).await.unwrap().into_inner()
+}
+
+fn bits(t: &Option<proto::Tensor>) -> Vec<u32> {
+    t.as_ref().unwrap().values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_appear_in_the_lookup_join_a_run_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 300);
+    let servers: Vec<_> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"].into_iter().map(serve_bundled_on).collect();
+    let addresses: Vec<String> = servers.iter().map(|(_, a)| a.clone()).collect();
+    let reference = one_server(&addresses[0], &corpus).await;
+
+    // First lookup: one replica; then all three (pods scaled up); from the 8th on the first is gone.
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let (counter, listed) = (lookups.clone(), addresses.clone());
+    let resolve: cluster::Resolve = Arc::new(move || {
+        Ok(match counter.fetch_add(1, Ordering::SeqCst) {
+            0 => listed[..1].to_vec(),
+            1..7 => listed.clone(),
+            _ => listed[1..].to_vec(),
+        })
+    });
+    let replicas = Replicas { resolve, interval: Duration::from_millis(20) };
+    let outcome =
+        cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), &corpus, 3, None).await.unwrap();
+
+    assert!(lookups.load(Ordering::SeqCst) > 2, "looked up again during the run");
+    let served: Vec<(String, usize)> = outcome.replicas.iter().map(|(a, n, _)| (a.clone(), *n)).collect();
+    assert_eq!(served.iter().map(|(a, _)| a).collect::<Vec<_>>(), addresses.iter().collect::<Vec<_>>());
+    assert!(served[1..].iter().all(|(_, n)| *n > 0), "the late replicas served chunks: {served:?}");
+    assert_eq!(served.iter().map(|(_, n)| n).sum::<usize>(), 100, "each chunk once: {served:?}");
+
+    let (got, want) = (outcome.analysis.rotations.unwrap(), reference.rotations.unwrap());
+    assert_eq!(bits(&got.angles), bits(&want.angles), "angles bit for bit");
+    assert_eq!(got.angles.unwrap().shape, want.angles.unwrap().shape);
+    assert_eq!(got.shuffle_draws, want.shuffle_draws);
+    assert_eq!(got.sentences, want.sentences);
+    assert_eq!(
+        (got.model_name, got.target_token_id, got.shuffle_seed),
+        (want.model_name, want.target_token_id, want.shuffle_seed)
+    );
+    assert_eq!(outcome.analysis.significance, reference.significance, "t, p and every other field");
+    assert_eq!(outcome.sentences, rotations::client::read_sentences(&corpus).unwrap());
+}
+
+/// `rotations analyze` with `args`; returns its stdout.
+fn analyze_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations")).arg("analyze").args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn angles_out_writes_the_npy_of_the_python_client_and_the_same_results() {
+    use ndarray::Array3;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 120);
+    let servers: Vec<_> = ["127.0.0.2", "127.0.0.3"].into_iter().map(serve_bundled_on).collect();
+    let [a, b] = [0, 1].map(|i| format!("http://{}", servers[i].1));
+    let (memory, disk) = (dir.path().join("memory"), dir.path().join("disk"));
+    let npy = dir.path().join("angles.npy");
+    let common = ["--sentences", corpus.to_str().unwrap(), "--target", " her", "--chunk-size", "7"];
+    let table_memory =
+        analyze_cli(&[&common[..], &["--server", &a, "--server", &b, "--out", memory.to_str().unwrap()]].concat());
+    let table_disk = analyze_cli(
+        &[&common[..], &["--server", &a, "--out", disk.to_str().unwrap(), "--angles-out", npy.to_str().unwrap()]]
+            .concat(),
+    );
+
+    // The table (layer means, t, p) and the files that do not hold per-sentence angles: the same bytes.
+    let table = |stdout: &str| stdout.split("\nwrote ").next().unwrap().to_string();
+    assert_eq!(table(&table_disk), table(&table_memory));
+    for name in ["significance.csv", "angles.svg", "significance.svg"] {
+        assert!(std::fs::read(disk.join(name)).unwrap() == std::fs::read(memory.join(name)).unwrap(), "{name}");
+    }
+    assert!(!disk.join("angles.csv").exists(), "no CSV of every angle beside the .npy");
+    let json = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("analysis.json")).unwrap()).unwrap()
+    };
+    let (mut on_disk, mut in_memory) = (json(&disk), json(&memory));
+    assert_eq!(on_disk["angles_file"], npy.to_str().unwrap());
+    let angles = in_memory["angles"].take();
+    let draws = in_memory["shuffle_draws"].take();
+    for key in ["angles", "sentences", "shuffle_draws"] {
+        in_memory.as_object_mut().unwrap().remove(key);
+    }
+    for key in ["angles_file", "angles_file_layout", "draws_file", "draws_file_layout"] {
+        on_disk.as_object_mut().unwrap().remove(key);
+    }
+    assert_eq!(on_disk, in_memory, "analysis.json: the same but for the per-sentence arrays");
+
+    // The .npy files: [sentences, layers, 3] float32 and [sentences, layers, 4] int32, the same values.
+    let file: Array3<f32> = ndarray_npy::read_npy(&npy).unwrap();
+    let draws_file: Array3<i32> = ndarray_npy::read_npy(dir.path().join("angles.draws.npy")).unwrap();
+    let layers = angles.as_array().unwrap().len();
+    assert_eq!(file.shape(), [120, layers, 3]);
+    assert_eq!(draws_file.shape(), [120, layers, 4]);
+    for (l, per_layer) in angles.as_array().unwrap().iter().enumerate() {
+        for (s, values) in per_layer.as_array().unwrap().iter().enumerate() {
+            for c in 0..3 {
+                // JSON holds the shortest decimal that reads back as the same f32.
+                assert_eq!(file[[s, l, c]], values[c].as_f64().unwrap() as f32, "angle [{l}, {s}, {c}]");
+            }
+            let draw = &draws[s + l * 120];
+            for f in 0..4 {
+                assert_eq!(i64::from(draws_file[[s, l, f]]), draw[f].as_i64().unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_bad_sentence_deep_in_a_lazily_read_file_is_named_by_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 60);
+    // Line 50 of the file (blank lines included) loses its target.
+    let mut lines: Vec<String> = std::fs::read_to_string(&corpus).unwrap().lines().map(String::from).collect();
+    assert!(lines[49].contains(" her"), "{}", lines[49]);
+    lines[49] = "No target in this one.".into();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let (_server, address) = serve_bundled_on("127.0.0.2");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
+        .args(["analyze", "--server", &format!("dns:///{address}"), "--target", " her", "--chunk-size", "4"])
+        .arg("--sentences")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let expected = format!("{}:50: server answered InvalidArgument: sentence ", corpus.display());
+    assert!(stderr.contains(&expected) && stderr.contains("No target in this one."), "{stderr}");
+    assert!(!dir.path().join("out").exists(), "the empty output folder is taken away again");
+}
