@@ -152,6 +152,7 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
             num_tests: args.num_tests,
         }),
         first_sentence_index: 0,
+        ..Default::default()
     })
 }
 
@@ -282,6 +283,8 @@ fn assemble_stream(
         shuffle_seed: last.shuffle_seed,
         model_name: last.model_name.clone(),
         target_token_id: last.target_token_id,
+        all_layers: None,
+        target_token_ids: last.target_token_ids.clone(),
     };
     Ok(proto::Analysis {
         rotations: Some(rotations),

@@ -13,7 +13,8 @@ use tonic::Status;
 use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
 use crate::analysis::{
-    merge_layers, paired_stats, test_layers_from_stats, PairedStats, RotationOptions, Rotations, SignificanceOptions,
+    merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum, PairedStats, RotationOptions, Rotations,
+    SignificanceOptions,
 };
 use crate::engine::{blocking, Engine, Pending, Prepared, RotationJob};
 use crate::error::Error;
@@ -63,6 +64,7 @@ async fn produce(
     let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
     let mut stats: Vec<PairedStats> = Vec::new();
+    let mut matrices = AngleMatrixSum::default();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
     let mut ready: Option<Prepared> = None; // prepared, waiting for room in the token budget
     let mut next = 0;
@@ -105,20 +107,28 @@ async fn produce(
         let layer_stats =
             paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
         merge_layers(&mut stats, &layer_stats);
-        done += part.sentences.len();
-        let mut message = convert::chunk(&part, prepared.first, job.seed);
+        if let Some(sums) = &part.layer_matrices {
+            matrices.merge(sums)?;
+        }
+        done += prepared.len();
+        let mut message = convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
         if tx.send(Ok(message)).await.is_err() {
             return Ok(()); // the client has gone
         }
     }
-    let _ = tx.send(Ok(last_chunk(context, &job, &stats, done))).await;
+    let mut last = last_chunk(context, &job, &stats, done);
+    last.all_layers = convert::all_layers(&matrices, None);
+    let _ = tx.send(Ok(last)).await;
     Ok(())
 }
 
 /// The final chunk: merged statistics and their t-tests (or why there are none).
 fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats], done: usize) -> proto::RotationChunk {
     let total = job.sentences.len();
+    // Resolved when the stream started: it cannot fail now.
+    let (target_token_id, target_token_ids) =
+        convert::target_ids(&context.engine.resolve_target(&job.target).unwrap_or_default());
     let opts = &context.significance;
     let mut last = proto::RotationChunk {
         first_sentence: (job.first_index + total) as u32,
@@ -128,7 +138,8 @@ fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats],
         statistics: convert::layer_statistics(stats),
         last: true,
         model_name: context.engine.model.info.name.clone(),
-        target_token_id: context.rotation.target,
+        target_token_id,
+        target_token_ids,
         ..Default::default()
     };
     match test_layers_from_stats(stats, opts) {
