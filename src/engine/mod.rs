@@ -10,8 +10,8 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::analysis::{
-    self, AnalysisError, AngleUnit, HiddenVectors, NonTargetSelector, Occurrence, RotationOptions, Rotations, RowSelection, SentenceRotations,
-    SubToken, TargetSelector, TokenizedSentence,
+    self, AnalysisError, AngleUnit, HiddenVectors, NonTargetSelector, Occurrence, RotationOptions, Rotations,
+    RowSelection, SentenceRotations, SubToken, TargetSelector, TokenizedSentence,
 };
 use crate::error::Error;
 use crate::model::{Model, ModelError, Tokenized};
