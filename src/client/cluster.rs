@@ -11,11 +11,11 @@ use anyhow::Context;
 use super::connect::AuthChannel;
 use super::retry::{is_retryable, RetryPolicy};
 use super::{connect_to, status_error};
-use crate::analysis::{merge_layers, PairedStats};
+use crate::analysis::{merge_layers, AngleMatrixSum, PairedStats};
 use crate::config::ConnectArgs;
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
-use crate::service::convert::{layer_statistics, paired_stats_from_proto};
+use crate::service::convert::{all_layers, angle_matrix_sums_from_proto, layer_statistics, paired_stats_from_proto};
 
 /// Chunks each replica computes at once.
 const IN_FLIGHT: usize = 2;
@@ -201,6 +201,8 @@ async fn compute_chunk(
     let piece = proto::RotationRequest {
         sentences: request.sentences[range.clone()].to_vec(),
         first_sentence_index: range.start as u64,
+        target_spans: request.target_spans.get(range.clone()).unwrap_or_default().to_vec(),
+        non_target_spans: request.non_target_spans.get(range.clone()).unwrap_or_default().to_vec(),
         ..request.clone()
     };
     let collect = async {
@@ -217,6 +219,16 @@ async fn compute_chunk(
     tokio::time::timeout(CHUNK_DEADLINE, collect)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk deadline")))
+}
+
+/// The chunks' exact all-layers matrix sums merged (integers: exactly those of one request).
+fn merge_all_layers(results: &[ChunkResult]) -> anyhow::Result<Option<proto::AllLayers>> {
+    let mut merged = AngleMatrixSum::default();
+    for sums in results.iter().filter_map(|r| r.last.all_layers.as_ref()?.sums.as_ref()) {
+        let sums = angle_matrix_sums_from_proto(sums).map_err(|e| anyhow::anyhow!("{e}"))?;
+        merged.merge(&sums).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(all_layers(&merged, None))
 }
 
 fn report_replicas(addresses: &[String], work: &Work) {
@@ -252,7 +264,8 @@ async fn finish(
         }
     }
     let significance = answer?.into_inner();
-    let last = results.last().map(|r| r.last.clone()).context("no chunk computed")?;
+    let mut last = results.last().map(|r| r.last.clone()).context("no chunk computed")?;
+    last.all_layers = merge_all_layers(&results)?;
     let parts = results.into_iter().flat_map(|r| r.parts).collect();
     super::assemble_stream(parts, &last, significance, total)
 }

@@ -6,11 +6,13 @@ use anyhow::Context;
 
 /// The files `analyze` writes.
 pub const FILES: [&str; 5] = ["angles.csv", "significance.csv", "analysis.json", "angles.svg", "significance.svg"];
+/// Written besides [`FILES`] by `--all-layers`.
+pub const ALL_LAYERS_FILES: [&str; 2] = ["all_layers.csv", "all_layers.svg"];
 
 /// Creates `dir` and proves it writable; refuses a folder with an earlier analysis unless `overwrite`.
 /// Returns whether it created the folder (so a failed analysis can take the empty folder away again).
 pub fn prepare(dir: &Path, overwrite: bool) -> anyhow::Result<bool> {
-    let earlier: Vec<&str> = FILES.iter().copied().filter(|f| dir.join(f).exists()).collect();
+    let earlier: Vec<&str> = FILES.iter().chain(&ALL_LAYERS_FILES).copied().filter(|f| dir.join(f).exists()).collect();
     if !earlier.is_empty() && !overwrite {
         anyhow::bail!(
             "{} already holds an analysis ({}); pass --overwrite to replace it, or choose another --out",

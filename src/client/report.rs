@@ -104,17 +104,20 @@ impl Report {
     }
 
     fn angles_csv(&self) -> String {
-        let mut out = String::from("layer,sentence,target,non_target,shuffled\n");
+        // One line per layer and row; a row is a sentence, or one occurrence in it (--occurrence all).
+        let mut out = String::from("layer,sentence,target,non_target,shuffled,occurrence\n");
         for l in 0..self.num_layers {
             for s in 0..self.num_sentences {
+                let report = self.rotations.sentences.get(s).copied().unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{},{},{},{},{}",
+                    "{},{},{},{},{},{}",
                     l + 1,
-                    s,
+                    report.index,
                     self.angle(l, s, 0),
                     self.angle(l, s, 1),
-                    self.angle(l, s, 2)
+                    self.angle(l, s, 2),
+                    report.occurrence
                 );
             }
         }
@@ -165,7 +168,18 @@ impl Report {
                 "num_tokens": s.num_tokens,
                 "target_position": s.target_position,
                 "non_target_position": s.non_target_position,
+                "occurrence": s.occurrence,
+                "target_tokens": [s.target_start, s.target_end],
+                "non_target_tokens": [s.non_target_start, s.non_target_end],
             })).collect::<Vec<_>>(),
+            "target_token_ids": r.target_token_ids,
+            "all_layers": r.all_layers.as_ref().map(|a| serde_json::json!({
+                "mean_matrix": a.mean_matrix.as_ref().map(|t| square(&t.values, t.shape[0] as usize)),
+                "mean_cumulative": a.mean_cumulative.as_ref().map(|t| &t.values),
+                "rows": a.sums.as_ref().map(|s| s.n),
+                "row_matrices": a.row_matrices.as_ref().map(|t| t.values.chunks((t.shape[1] * t.shape[2]).max(1) as usize)
+                    .map(|m| square(m, t.shape[1] as usize)).collect::<Vec<_>>()),
+            })),
             "shuffle_draws": r.shuffle_draws.iter().map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect::<Vec<_>>(),
             "significance": {
                 "alpha": sig.alpha,
@@ -195,8 +209,36 @@ impl Report {
         write("analysis.json", serde_json::to_string_pretty(&self.json())?)?;
         super::plots::angles_figure(self, &dir.join("angles.svg"))?;
         super::plots::significance_figure(self, &dir.join("significance.svg"))?;
+        self.write_all_layers(dir)?;
         Ok(())
     }
+
+    /// With all layers: all_layers.csv (the mean matrix in long form, with the cumulative angle)
+    /// and the figure all_layers.svg. Written only for such an analysis.
+    fn write_all_layers(&self, dir: &Path) -> anyhow::Result<()> {
+        let Some(all) = &self.rotations.all_layers else { return Ok(()) };
+        let (mean, cumulative) = (
+            all.mean_matrix.as_ref().context("all_layers without its mean matrix")?,
+            all.mean_cumulative.as_ref().context("all_layers without its cumulative angle")?,
+        );
+        let states = mean.shape[0] as usize;
+        anyhow::ensure!(mean.values.len() == states * states && cumulative.values.len() == states, "all_layers shapes");
+        let mut csv = String::from("state_i,state_j,mean_angle,cumulative_i\n");
+        for i in 0..states {
+            for j in 0..states {
+                let _ = writeln!(csv, "{i},{j},{},{}", mean.values[i * states + j], cumulative.values[i]);
+            }
+        }
+        let path = dir.join("all_layers.csv");
+        std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+        let rows = all.sums.as_ref().map_or(self.num_sentences as u64, |s| s.n) as usize;
+        super::heatmap::all_layers_figure(&mean.values, states, self.unit, rows, &dir.join("all_layers.svg"))
+    }
+}
+
+/// A row-major `[side, side]` matrix as nested rows.
+fn square(values: &[f32], side: usize) -> Vec<&[f32]> {
+    values.chunks(side.max(1)).collect()
 }
 
 fn correction_name(c: i32) -> &'static str {

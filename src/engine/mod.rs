@@ -4,14 +4,16 @@
 pub mod batcher;
 mod sentence_error;
 
+pub use sentence_error::quote;
+
 use std::ops::Range;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::analysis::{
-    self, AnalysisError, AngleUnit, HiddenVectors, NonTargetSelector, Occurrence, RotationOptions, Rotations,
-    RowSelection, SentenceRotations, SubToken, TargetSelector, TokenizedSentence,
+    self, AnalysisError, AngleUnit, NonTargetSelector, Occurrence, RotationOptions, Rotations, RowSelection,
+    SentenceRotations, SubToken, TargetSelector, TokenizedSentence,
 };
 use crate::error::Error;
 use crate::model::{Model, ModelError, Tokenized};
