@@ -52,6 +52,17 @@ impl Report {
         })
     }
 
+    /// "N sentences", or "R rows (occurrences) of N sentences" when every occurrence is a row.
+    fn rows_label(&self) -> String {
+        let sentences =
+            self.rotations.sentences.iter().map(|r| r.index).collect::<std::collections::BTreeSet<_>>().len();
+        if sentences == self.num_sentences {
+            format!("{sentences} sentences")
+        } else {
+            format!("{} rows (occurrences) of {sentences} sentences", self.num_sentences)
+        }
+    }
+
     pub fn angle(&self, layer: usize, sentence: usize, condition: usize) -> f32 {
         self.angles[(layer * self.num_sentences + sentence) * 3 + condition]
     }
@@ -66,8 +77,8 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} sentences, {} layers; mean angle to the previous layer in {}; paired t-test {} vs {}, {} (alpha {}, {} tests)",
-            self.num_sentences,
+            "{}, {} layers; mean angle to the previous layer in {}; paired t-test {} vs {}, {} (alpha {}, {} tests)",
+            self.rows_label(),
             self.num_layers,
             self.unit,
             self.conditions.get(sig.condition_a as usize).map_or("?", String::as_str),
