@@ -259,7 +259,7 @@ pub struct SelectArgs {
     /// number counted from 1.
     #[arg(long, default_value = "first", value_parser = parse_occurrence)]
     pub occurrence: OccurrenceArg,
-    /// The sentences mark their target as [[word]] (and optionally the non-target as {{word}});
+    /// The sentences mark their target as `[[word]]` (and optionally the non-target as `{{word}}`);
     /// the marks are removed and become character spans, instead of --target.
     #[arg(long, conflicts_with_all = ["target", "target_id", "occurrence"])]
     pub marked: bool,

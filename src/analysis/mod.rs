@@ -34,16 +34,19 @@
 //! * Per-layer statistics are exact integer sums ([`stats::PairedStats`]), so streaming and
 //!   sharding merge them to the very same t-tests as one whole request.
 //!
-//! # Further analyses (issue 16; the pure core, not yet on the wire)
+//! # Further analyses (issue 16)
 //!
 //! * Which token: [`select`] finds the first, last, n-th or every occurrence of a word (one or
 //!   several tokens), maps a character span to tokens through the tokenizer's offsets, and picks
 //!   the sub-token standing for a word (last by default: in a causal model only the last has seen
 //!   the whole word).
+//!   Each chosen occurrence is a row ([`rotate_row`]) with shuffled draws of its own
+//!   ([`draws_for_row`]: keyed by sentence and occurrence).
 //! * Two groups of sentences: [`groups`] runs Welch's t-test and Hedges' g per layer from each
 //!   group's exact moments ([`moments::ExactMoments`], the accumulator behind [`PairedStats`]).
 //! * Across all layers: [`trajectory`] gives the angle between every pair of hidden states of a
-//!   token, the cumulative angle from the embedding, and an exact mean over sentences.
+//!   token, the cumulative angle from the embedding, and an exact mean over rows
+//!   ([`RotationOptions::all_layers`]).
 //!
 //! Numbering conventions: sentences are 0-based request indices; layers (transitions) are
 //! 1-based; hidden states are 0-based (0 = embeddings); token positions are 0-based.

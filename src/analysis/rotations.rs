@@ -23,7 +23,7 @@ pub struct RotationOptions {
     pub target: u32,
     /// Non-target position relative to the target (default −1: the preceding token).
     pub non_target_offset: i32,
-    /// Seed of the shuffled condition (see [`draws_for_sentence`]).
+    /// Seed of the shuffled condition (see [`draws_for_row`]).
     pub seed: u64,
     /// Unit of the reported angles.
     pub unit: AngleUnit,
