@@ -194,19 +194,24 @@ mod tests {
                 field("layers") as usize,
                 field("tokens") as usize,
             );
-            let flat: Vec<u64> =
-                draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).map(u64::from).collect();
-            let want: Vec<u64> = case["draws"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|d| d.as_array().unwrap())
-                .map(|v| v.as_u64().unwrap())
-                .collect();
-            assert_eq!(flat, want, "{case}");
+            assert_golden_draws(case, &draws);
             redrawn += field("redrawn");
         }
         assert!(redrawn > 0, "the golden cases exercise the redraw");
+    }
+
+    /// The draws of a golden case, as `[[layer_v, position_v, layer_u, position_u], …]`.
+    fn assert_golden_draws(case: &serde_json::Value, draws: &[ShuffleDraw]) {
+        let flat: Vec<u64> =
+            draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).map(u64::from).collect();
+        let want: Vec<u64> = case["draws"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|d| d.as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(flat, want, "{case}");
     }
 
     /// A row's draws are keyed by (seed, sentence, occurrence): occurrence 1 is the sentence's
@@ -230,16 +235,7 @@ mod tests {
                 field("layers"),
                 field("tokens"),
             );
-            let flat: Vec<u64> =
-                draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).map(u64::from).collect();
-            let want: Vec<u64> = case["draws"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|d| d.as_array().unwrap())
-                .map(|v| v.as_u64().unwrap())
-                .collect();
-            assert_eq!(flat, want, "{case}");
+            assert_golden_draws(case, &draws);
         }
     }
 

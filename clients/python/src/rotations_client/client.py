@@ -84,6 +84,12 @@ def _spans(name: str, spans: Sequence[Span], count: int) -> List["pb.CharSpan"]:
     return out
 
 
+def _selection(*values: Any) -> Dict[str, Any]:
+    """The selection keywords of the public methods, in :func:`_select`'s order, as a dict."""
+    names = ("occurrence", "target_spans", "non_target_spans", "sub_token", "all_layers", "row_matrices")
+    return dict(zip(names, values))
+
+
 def _select(
     request: "pb.RotationRequest",
     occurrence: Occurrence = "first",
@@ -354,14 +360,7 @@ class Client:
         between every pair of hidden states (``result.all_layers``: the mean ``[L+1, L+1]`` matrix,
         its cumulative angle, exact sums), ``row_matrices`` every row's matrix too.
         """
-        selection = dict(
-            occurrence=occurrence,
-            target_spans=target_spans,
-            non_target_spans=non_target_spans,
-            sub_token=sub_token,
-            all_layers=all_layers,
-            row_matrices=row_matrices,
-        )
+        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
         request = self._rotation_request(sentences, target, unit, seed, non_target_offset, selection=selection)
         m = self._call("ComputeRotations", self._stub.ComputeRotations, request, timeout)
         return RotationResult.from_pb(m)
@@ -432,14 +431,7 @@ class Client:
         """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result (the
         selection keywords as in :meth:`rotations`)."""
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        selection = dict(
-            occurrence=occurrence,
-            target_spans=target_spans,
-            non_target_spans=non_target_spans,
-            sub_token=sub_token,
-            all_layers=all_layers,
-            row_matrices=row_matrices,
-        )
+        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
         request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options, selection=selection)
         m = self._call("Analyze", self._stub.Analyze, request, timeout)
         return Analysis.from_pb(m)
@@ -475,14 +467,7 @@ class Client:
         carries the merged exact matrix sums and the mean matrix.
         """
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        selection = dict(
-            occurrence=occurrence,
-            target_spans=target_spans,
-            non_target_spans=non_target_spans,
-            sub_token=sub_token,
-            all_layers=all_layers,
-            row_matrices=row_matrices,
-        )
+        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
         request = self._rotation_request(
             sentences, target, unit, seed, non_target_offset, options, first_sentence_index, selection
         )
