@@ -258,6 +258,9 @@ async fn bad_selections_are_invalid_arguments_naming_the_sentence() {
         RotationRequest { non_target_spans: vec![span(2, 9), span(0, 8)], ..with_spans(vec![span(6, 9), span(0, 8)]) };
     expect_invalid(&svc, overlap, &["sentence 0", "shares a token with the target"]).await;
 
+    let all = RotationRequest { occurrence: proto::Occurrence::All as i32, ..with_spans(vec![span(6, 9); 2]) };
+    expect_invalid(&svc, all, &["occurrence", "target_spans"]).await;
+
     let her = RotationRequest { target: Some(Target::TargetText(" her".into())), ..base.clone() };
     let nth = |n| RotationRequest { occurrence: proto::Occurrence::Nth as i32, occurrence_number: n, ..her.clone() };
     expect_invalid(&svc, nth(2), &["sentence 0", "occurrence 2", "1 time"]).await;

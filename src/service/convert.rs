@@ -159,6 +159,10 @@ fn occurrence(req: &proto::RotationRequest) -> Result<Occurrence, Error> {
     if n != 0 && kind != Ok(proto::Occurrence::Nth) {
         return Err(Error::invalid("occurrence_number", "is used only with OCCURRENCE_NTH"));
     }
+    let first = matches!(kind, Ok(proto::Occurrence::Unspecified | proto::Occurrence::First));
+    if !req.target_spans.is_empty() && !first {
+        return Err(Error::invalid("occurrence", "chooses among a target word's occurrences, not with target_spans"));
+    }
     match kind {
         Ok(proto::Occurrence::Unspecified | proto::Occurrence::First) => Ok(Occurrence::First),
         Ok(proto::Occurrence::Last) => Ok(Occurrence::Last),
