@@ -96,6 +96,19 @@ def test_spans_shard_with_their_sentences(client: Client, server) -> None:  # ty
     assert sharded.rotations.sentences == one.rotations.sentences
 
 
+def test_spans_from_tokenize(client: Client) -> None:
+    """Tokenize's character offsets give spans: " her" of "Zoë told her twice." and the token before."""
+    text = "Zoë told her twice."
+    tokens = client.tokenize([text])[0]
+    assert tokens.char_offsets[0][0] == 0 and tokens.char_offsets[-1][1] == len(text)
+    her = tokens.tokens.index("Ġher")
+    span, before = tokens.char_offsets[her], tokens.char_offsets[her - 1]
+    assert text[span[0] : span[1]] == " her"
+    result = client.rotations([text], None, target_spans=[span], non_target_spans=[before])
+    assert result.sentences[0].target_tokens == (her, her + 1)
+    assert np.array_equal(result.angles, client.rotations([text], " her").angles)
+
+
 def test_selection_errors(client: Client) -> None:
     sentences = ["I saw her at the market.", "Nakamura met her twice."]
     with pytest.raises(RotationsError) as caught:

@@ -109,6 +109,17 @@ class Tokenized:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def char_offsets(self) -> Tuple[Tuple[int, int], ...]:
+        """The offsets in characters (Python ``str`` indices), as ``target_spans`` count them; a
+        byte offset inside a character (GPT-2 splits some characters' bytes) rounds down to it."""
+        encoded = self.text.encode("utf-8")
+
+        def chars(byte: int) -> int:
+            return len(encoded[:byte].decode("utf-8", errors="ignore"))
+
+        return tuple((chars(a), chars(b)) for a, b in self.offsets)
+
 
 @dataclass(frozen=True)
 class SentenceReport:
