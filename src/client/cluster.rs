@@ -161,7 +161,8 @@ async fn pull_chunks(
         match compute_chunk(&mut client, &request, range).await {
             Ok(result) => {
                 failures_in_a_row = 0;
-                bar.inc(result.parts.iter().map(|p| p.sentences.len() as u64).sum());
+                // Sentences, not rows (every occurrence is a row of its own).
+                bar.inc(result.last.progress.map_or(0, |p| u64::from(p.done)));
                 work.results.lock().expect("not poisoned")[chunk] = Some(result);
                 work.served.lock().expect("not poisoned")[replica] += 1;
             }
