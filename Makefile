@@ -43,6 +43,7 @@ golden-check:
 	.venv-stats/bin/python tools/make_shuffle_golden.py --check
 	.venv-stats/bin/python tools/make_groups_golden.py --check
 	.venv-stats/bin/python tools/make_layer_angles_golden.py --check
+	.venv-stats/bin/python tools/make_selection_golden.py --check
 
 ## The Python client (clients/python) against the real server on the bundled model, in its own venv .venv-client/.
 python-test: build

@@ -258,6 +258,59 @@ pub struct TokenizeArgs {
     pub texts: Vec<String>,
 }
 
+/// Which token(s) `analyze` looks at (issue 16): occurrence, marked spans, sub-token, all layers.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SelectArgs {
+    /// Which occurrence of the target in each sentence: first, last, all (each one a row) or a
+    /// number counted from 1.
+    #[arg(long, default_value = "first", value_parser = parse_occurrence)]
+    pub occurrence: OccurrenceArg,
+    /// The sentences mark their target as `[[word]]` (and optionally the non-target as `{{word}}`);
+    /// the marks are removed and become character spans, instead of --target.
+    #[arg(long, conflicts_with_all = ["target", "target_id", "occurrence"])]
+    pub marked: bool,
+    /// Which sub-token stands for a word of several tokens (last: in a causal model only the last
+    /// has seen the whole word).
+    #[arg(long, value_enum, default_value_t = SubTokenArg::Last)]
+    pub sub_token: SubTokenArg,
+    /// Also the angle between every pair of hidden states of the target (all_layers.csv and the
+    /// heatmap all_layers.svg).
+    #[arg(long)]
+    pub all_layers: bool,
+    /// With --all-layers: also every row's matrix (in analysis.json).
+    #[arg(long, requires = "all_layers")]
+    pub row_matrices: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OccurrenceArg {
+    #[default]
+    First,
+    Last,
+    All,
+    Nth(u32),
+}
+
+fn parse_occurrence(s: &str) -> Result<OccurrenceArg, String> {
+    match s {
+        "first" => Ok(OccurrenceArg::First),
+        "last" => Ok(OccurrenceArg::Last),
+        "all" => Ok(OccurrenceArg::All),
+        n => match n.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(OccurrenceArg::Nth(n)),
+            _ => Err(format!("{s:?}: give first, last, all or a number from 1")),
+        },
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum SubTokenArg {
+    #[default]
+    Last,
+    First,
+    Mean,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
 pub enum UnitArg {
     #[default]
@@ -278,11 +331,13 @@ pub enum CorrectionArg {
 pub struct AnalyzeArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Text file, one sentence per line (blank lines skipped). Required by `analyze`; `compare`
     /// takes --group LABEL=FILE twice instead.
     #[arg(long)]
     pub sentences: Option<PathBuf>,
-    /// Target as text; must be one token (note the leading space: " her").
+    /// Target as text: a word of one or several tokens (note the leading space: " her").
     #[arg(long, allow_hyphen_values = true, conflicts_with = "target_id")]
     pub target: Option<String>,
     /// Target as a token id.

@@ -89,3 +89,30 @@ fn every_whole_token_span_maps_back() {
         }
     }
 }
+
+proptest::proptest! {
+    /// On arbitrary text through the real tokenizer: every span from the start of a token to the
+    /// end of a later one (both separable from their neighbours) maps back to exactly those tokens,
+    /// and so does the span without the first token's leading whitespace (unless that token is
+    /// whitespace only: then the span starts at the next token).
+    #[test]
+    fn arbitrary_text_whole_token_spans_map_back(text in "[ a-zA-Zé😀.,'-]{1,40}", i in 0usize..64, j in 0usize..64) {
+        static TOKENIZER: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+        let enc = TOKENIZER.get_or_init(tokenizer).encode(&text).unwrap();
+        let off = &enc.offsets;
+        proptest::prop_assume!(!off.is_empty());
+        let separable =
+            |k: usize| (k == 0 || off[k - 1].1 <= off[k].0) && (k + 1 == off.len() || off[k].1 <= off[k + 1].0);
+        let (i, j) = (i % off.len(), j % off.len());
+        let (i, j) = (i.min(j), i.max(j));
+        proptest::prop_assume!(separable(i) && separable(j));
+        let chars = |b: usize| text[..b].chars().count();
+        let want = Ok(TokenRange { start: i, end: j + 1 });
+        proptest::prop_assert_eq!(span_to_tokens(0, &text, off, (chars(off[i].0), chars(off[j].1))), want.clone());
+        let token = &text[off[i].0..off[i].1];
+        let word_start = off[i].0 + (token.len() - token.trim_start().len());
+        if !token.trim().is_empty() {
+            proptest::prop_assert_eq!(span_to_tokens(0, &text, off, (chars(word_start), chars(off[j].1))), want);
+        }
+    }
+}

@@ -74,8 +74,9 @@ async fn replicas_that_appear_in_the_lookup_join_a_run_and_change_nothing() {
         })
     });
     let replicas = Replicas { resolve, interval: Duration::from_millis(20) };
+    let file = cluster::CorpusFile { path: &corpus, marked: false };
     let outcome =
-        cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), &corpus, 3, None).await.unwrap();
+        cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, 3, None).await.unwrap();
 
     assert!(lookups.load(Ordering::SeqCst) > 2, "looked up again during the run");
     let served: Vec<(String, usize)> = outcome.replicas.iter().map(|(a, n, _)| (a.clone(), *n)).collect();

@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use rotations::analysis::{self, AngleUnit, RotationOptions, Rotations};
-use rotations::engine::{BatchLimits, Engine, RotationJob, Target};
+use rotations::analysis::{Occurrence, SubToken};
+use rotations::engine::{BatchLimits, Engine, RotationJob, Selection, Target};
 use rotations::model::{GatherOutputs, Hidden, Model, ModelError, OrtTuning, RuntimeOptions, VectorIndex};
 
 /// The tiny model exported with `--gather-outputs`: same weights as the bundled one.
@@ -67,14 +68,26 @@ fn gathered_vectors_equal_slices_of_every_hidden_state() {
 /// The rotations of `texts` as the corpus sentences `first_index..` (the shuffled draws, and so the
 /// gathered vectors, depend on the corpus index).
 async fn rotations_of(model: Model, texts: &[String], first_index: usize) -> Rotations {
+    selected_rotations_of(model, texts, first_index, Target::Text(" her".into()), Selection::default()).await
+}
+
+/// [`rotations_of`] for another target and selection.
+async fn selected_rotations_of(
+    model: Model,
+    texts: &[String],
+    first_index: usize,
+    target: Target,
+    selection: Selection,
+) -> Rotations {
     let engine = Engine::new(model, BatchLimits { max_tokens: 96, max_sentences: 5 });
     let job = RotationJob {
         sentences: texts.to_vec(),
-        target: Target::Text(" her".into()),
+        target,
         unit: AngleUnit::Degrees,
         non_target_offset: -1,
         seed: 7,
         first_index,
+        selection,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()
@@ -101,6 +114,30 @@ async fn the_reduced_output_graph_gives_the_same_analysis_bit_for_bit() {
     for (i, h) in gathering.forward_wanted_unchecked(ids.clone(), Some(wanted)).await.unwrap().iter().enumerate() {
         let Hidden::Gathered(g) = h else { panic!("not gathered") };
         assert!(g.vectors.nrows() <= 4 * layers + 2 && g.vectors.nrows() < (layers + 1) * ids[i].len());
+    }
+}
+
+/// Every occurrence of a word GPT-2 splits, its sub-tokens' mean, and all layers: the gathering
+/// graph serves the words' every token and every hidden state of the target, bit for bit.
+#[tokio::test]
+async fn words_of_several_tokens_and_all_layers_gather_the_same() {
+    let texts: Vec<String> = [
+        "Nakamura met her twice, and Nakamura thanked her.",
+        "They say Nakamura is late.",
+        "I asked Nakamura, then Nakamura and Nakamura again.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let gathering = load(&gather_model_dir(), GatherOutputs::On).unwrap();
+    for sub_token in [SubToken::Mean, SubToken::First] {
+        let selection = Selection { occurrence: Occurrence::All, sub_token, all_layers: true, ..Default::default() };
+        let target = || Target::Text(" Nakamura".into());
+        let reduced = selected_rotations_of(gathering.clone(), &texts, 3, target(), selection.clone()).await;
+        let full = selected_rotations_of(load_bundled(), &texts, 3, target(), selection).await;
+        assert_eq!(reduced, full, "{sub_token:?}");
+        assert_eq!(reduced.num_sentences(), 5, "every occurrence is a row");
+        assert!(reduced.sentences.iter().all(|r| r.selection.target.len() > 1), "a word of several tokens");
+        assert!(reduced.layer_matrices.is_some());
     }
 }
 

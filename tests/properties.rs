@@ -74,6 +74,7 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
                 non_target_offset: -1,
                 seed: 1,
                 first_index: 0,
+                selection: Default::default(),
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 prop_assert_eq!(prepared.len(), job.sentences.len());
@@ -81,4 +82,74 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
             Ok(())
         })
         .unwrap();
+}
+
+/// Arbitrary selections on arbitrary text (spans of whole words, or anywhere: inside a character,
+/// past the end; any occurrence and sub-token) never panic the engine's checks; what they accept
+/// are rows of non-empty, disjoint token ranges inside the sentence.
+#[tokio::test]
+async fn arbitrary_selections_never_panic_and_rows_stay_inside() {
+    use rotations::analysis::{Occurrence, SubToken};
+    use rotations::engine::{RotationJob, Selection, Target};
+    let engine = rotations::engine::Engine::new(common::load_bundled(), Default::default());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(200));
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    // A sentence as words, a target and an optional non-target as word ranges (or raw spans).
+    let word = "[a-zé]{1,6}|her|Her|Nakamura|\\PC{1,3}";
+    let sentence =
+        (proptest::collection::vec(word, 2..8), (0usize..8, 0usize..8, 0usize..45), proptest::option::of(0usize..8));
+    let strategy = (proptest::collection::vec(sentence, 1..4), (0usize..5, 0usize..3, any::<bool>(), -3i32..3));
+    runner
+        .run(&strategy, |(sentences, (occurrence, sub_token, by_span, offset))| {
+            let occurrence =
+                [Occurrence::First, Occurrence::Last, Occurrence::All, Occurrence::Nth(0), Occurrence::Nth(2)]
+                    [occurrence];
+            let mut texts = Vec::new();
+            let (mut spans, mut non_target_spans) = (Vec::new(), Vec::new());
+            for (words, (i, j, raw), non_target) in &sentences {
+                let text = words.join(" ");
+                // Character span of words a..=b (indices taken modulo the word count).
+                let words_span = |a: usize, b: usize| {
+                    let (a, b) = (a % words.len(), b % words.len());
+                    let (a, b) = (a.min(b), a.max(b));
+                    let start: usize = words[..a].iter().map(|w| w.chars().count() + 1).sum();
+                    let end = start + words[a..=b].iter().map(|w| w.chars().count()).sum::<usize>() + (b - a);
+                    (start, end)
+                };
+                spans.push(if raw % 4 == 0 { (*raw, raw + i) } else { words_span(*i, *j) });
+                non_target_spans.extend(non_target.map(|k| words_span(k, k)));
+                texts.push(text);
+            }
+            let all_non_targets = non_target_spans.len() == texts.len();
+            let job = RotationJob {
+                sentences: texts,
+                target: if by_span { Target::Spans(spans) } else { Target::Text(" her".into()) },
+                unit: Default::default(),
+                non_target_offset: if offset == 0 { -1 } else { offset },
+                seed: 1,
+                first_index: 0,
+                selection: Selection {
+                    occurrence,
+                    non_target_spans: if all_non_targets { non_target_spans } else { Vec::new() },
+                    sub_token: [SubToken::Last, SubToken::First, SubToken::Mean][sub_token],
+                    all_layers: true,
+                    row_matrices: false,
+                },
+            };
+            if let Ok(prepared) = engine.prepare(&job) {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for (ids, rows) in prepared.ids.iter().zip(&prepared.rows) {
+                    prop_assert!(!rows.is_empty());
+                    for row in rows {
+                        let (t, n) = (row.target, row.non_target);
+                        prop_assert!(t.start < t.end && t.end <= ids.len() && n.start < n.end && n.end <= ids.len());
+                        prop_assert!(t.end <= n.start || n.end <= t.start, "{:?}", row);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Enough accepted selections that the checks above are not vacuous.
+    assert!(accepted.into_inner() >= 20, "too few selections were accepted to test anything");
 }

@@ -118,7 +118,21 @@ CASES = [
 ]
 
 
+# (seed, sentence, occurrence, layers, tokens): rows of every occurrence (occurrence="all"), on
+# ChaCha20 stream sentence + (occurrence - 1) * 2**32.
+ROW_CASES = [
+    (DEFAULT_SHUFFLE_SEED, 7, 2, 6, 11),
+    (DEFAULT_SHUFFLE_SEED, 7, 3, 48, 9),
+    (42, 2**32 - 1, 2, 12, 5),
+]
+
+
 def build():
+    rows = []
+    for seed, sentence, occurrence, layers, tokens in ROW_CASES:
+        draws, _ = draws_for_sentence(seed, sentence + (occurrence - 1) * 2**32, layers, tokens)
+        rows.append({"seed": seed, "sentence": sentence, "occurrence": occurrence, "layers": layers,
+                     "tokens": tokens, "draws": draws})
     cases = []
     for seed, sentence, layers, tokens in CASES:
         draws, redrawn = draws_for_sentence(seed, sentence, layers, tokens)
@@ -126,7 +140,7 @@ def build():
             {"seed": seed, "sentence": sentence, "layers": layers, "tokens": tokens, "redrawn": redrawn, "draws": draws}
         )
     assert sum(c["redrawn"] for c in cases) > 0, "the cases should exercise the redraw"
-    return {"generator": "tools/make_shuffle_golden.py", "cases": cases}
+    return {"generator": "tools/make_shuffle_golden.py", "cases": cases, "row_cases": rows}
 
 
 def main():

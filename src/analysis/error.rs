@@ -52,6 +52,10 @@ pub enum AnalysisError {
     #[error("sentence {sentence}: span ({start}, {end}) does not start and end on token boundaries")]
     SpanNotOnTokenBoundary { sentence: usize, start: usize, end: usize },
 
+    /// A non-target span shares a token with the target word.
+    #[error("sentence {sentence}: the non-target span shares a token with the target")]
+    NonTargetOverlapsTarget { sentence: usize },
+
     /// The hidden-state tensor does not have one row per token id.
     #[error("sentence {sentence}: {num_ids} token ids but hidden states for {hidden_tokens} tokens")]
     TokenCountMismatch { sentence: usize, num_ids: usize, hidden_tokens: usize },
@@ -74,9 +78,9 @@ pub enum AnalysisError {
     /// `Rotations::assemble` got no sentences.
     #[error("no sentences")]
     NoSentences,
-    /// `Rotations::assemble` got the same sentence index twice.
-    #[error("sentence {sentence} appears more than once")]
-    DuplicateSentence { sentence: usize },
+    /// `Rotations::assemble` got the same row (sentence index and occurrence) twice.
+    #[error("sentence {sentence}: occurrence {occurrence} appears more than once")]
+    DuplicateSentence { sentence: usize, occurrence: usize },
     /// Sentences disagree on the number of layers (or a sentence's arrays are malformed).
     #[error("sentence {sentence}: {found} layers, expected {expected}")]
     LayerCountMismatch { sentence: usize, expected: usize, found: usize },
@@ -134,12 +138,13 @@ impl AnalysisError {
             | Self::SpanNotOnTokenBoundary { sentence, .. }
             | Self::NonTargetOutOfRange { sentence, .. }
             | Self::NonTargetIsTarget { sentence }
+            | Self::NonTargetOverlapsTarget { sentence }
             | Self::TokenCountMismatch { sentence, .. }
             | Self::TooFewHiddenStates { sentence, .. }
             | Self::EmptyHiddenSize { sentence }
             | Self::ZeroHiddenState { sentence, .. }
             | Self::NonFiniteHiddenState { sentence, .. }
-            | Self::DuplicateSentence { sentence }
+            | Self::DuplicateSentence { sentence, .. }
             | Self::LayerCountMismatch { sentence, .. } => Some(sentence),
             _ => None,
         }

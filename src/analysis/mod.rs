@@ -34,17 +34,19 @@
 //! * Per-layer statistics are exact integer sums ([`stats::PairedStats`]), so streaming and
 //!   sharding merge them to the very same t-tests as one whole request.
 //!
-//! # Further analyses (issue 16; the pure core, not yet on the wire)
+//! # Further analyses (issue 16)
 //!
 //! * Which token: [`select`] finds the first, last, n-th or every occurrence of a word (one or
 //!   several tokens), maps a character span to tokens through the tokenizer's offsets, and picks
 //!   the sub-token standing for a word (last by default: in a causal model only the last has seen
 //!   the whole word).
-//! * Two groups of sentences (served by `CompareGroups`): [`groups`] runs Welch's t-test and
-//!   Hedges' g per layer from each group's exact moments ([`moments::ExactMoments`], the
-//!   accumulator behind [`PairedStats`]).
+//!   Each chosen occurrence is a row ([`rotate_row`]) with shuffled draws of its own
+//!   ([`draws_for_row`]: keyed by sentence and occurrence).
+//! * Two groups of sentences (served by `CompareGroups`): [`groups`] runs Welch's t-test and Hedges' g per layer from each
+//!   group's exact moments ([`moments::ExactMoments`], the accumulator behind [`PairedStats`]).
 //! * Across all layers: [`trajectory`] gives the angle between every pair of hidden states of a
-//!   token, the cumulative angle from the embedding, and an exact mean over sentences.
+//!   token, the cumulative angle from the embedding, and an exact mean over rows
+//!   ([`RotationOptions::all_layers`]).
 //!
 //! Numbering conventions: sentences are 0-based request indices; layers (transitions) are
 //! 1-based; hidden states are 0-based (0 = embeddings); token positions are 0-based.
@@ -69,12 +71,14 @@ pub use groups::{
 };
 pub use moments::ExactMoments;
 pub use rotations::{
-    rotate_at_positions, rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS,
+    rotate_row, rotate_sentence, rows_vectors_read, vectors_read, RotationOptions, Rotations, SentenceRotations,
+    CONDITIONS,
 };
 pub use select::{
-    find_occurrences, non_target_position, span_to_tokens, sub_token_vector, Occurrence, SubToken, TokenRange,
+    find_occurrences, non_target_position, numbered_occurrences, select_rows, span_to_tokens, sub_token_vector,
+    NonTargetSelector, Occurrence, RowSelection, SubToken, TargetSelector, TokenRange, TokenizedSentence,
 };
-pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+pub use shuffle::{draws_for_row, draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
     adjust_p_values, check_options, fixed_point, merge_layers, paired_stats, t_quantile, test_layers,
     test_layers_from_stats, two_sided_p, Correction, Direction, LayerFlag, LayerTest, PairedStats, SignificanceOptions,

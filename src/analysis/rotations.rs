@@ -4,9 +4,11 @@
 use ndarray::{Array2, Array3, ArrayView1, Axis};
 
 use super::angles::{angle_between, AngleUnit};
-use super::shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+use super::select::{sub_token_vector, RowSelection, SubToken, TokenRange};
+use super::shuffle::{draws_for_row, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 use super::stats::{test_layers, SignificanceOptions, SignificanceResult};
 use super::target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
+use super::trajectory::{pairwise_angles, AngleMatrixSum};
 use super::vectors::HiddenVectors;
 use super::AnalysisError;
 
@@ -21,10 +23,14 @@ pub struct RotationOptions {
     pub target: u32,
     /// Non-target position relative to the target (default −1: the preceding token).
     pub non_target_offset: i32,
-    /// Seed of the shuffled condition (see [`draws_for_sentence`]).
+    /// Seed of the shuffled condition (see [`draws_for_row`]).
     pub seed: u64,
     /// Unit of the reported angles.
     pub unit: AngleUnit,
+    /// Which sub-token stands for a word of several tokens (default: the last).
+    pub sub_token: SubToken,
+    /// Also the target's angles between every pair of hidden states ([`pairwise_angles`]).
+    pub all_layers: bool,
 }
 
 impl RotationOptions {
@@ -36,25 +42,41 @@ impl RotationOptions {
             non_target_offset: DEFAULT_NON_TARGET_OFFSET,
             seed: DEFAULT_SHUFFLE_SEED,
             unit: AngleUnit::Degrees,
+            sub_token: SubToken::Last,
+            all_layers: false,
         }
     }
 }
 
-/// The rotation angles of one sentence.
+/// The rotation angles of one row: a sentence, or one occurrence of the target in it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SentenceRotations {
-    /// Index of the sentence in the request (also the shuffled condition's stream number).
+    /// Corpus index of the sentence.
     pub index: usize,
     /// Number of real tokens (no padding).
     pub num_tokens: usize,
-    /// Target and non-target token positions.
-    pub positions: Positions,
+    /// The target and non-target words (token ranges) and which occurrence this row is.
+    pub selection: RowSelection,
+    /// The sub-token that stood for words of several tokens.
+    pub sub_token: SubToken,
     /// `[num_layers, 3]`: row `l − 1` holds, for layer transition `l`, the angle between
-    /// hidden states `l − 1` and `l` at the target position, the same at the non-target
-    /// position, and the shuffled control angle (see `draws`), in the options' unit.
+    /// hidden states `l − 1` and `l` of the target word, the same of the non-target word, and the
+    /// shuffled control angle (see `draws`), in the options' unit.
     pub angles: Array2<f64>,
     /// `[num_layers]`: the vectors compared by the shuffled condition for each layer.
     pub draws: Vec<ShuffleDraw>,
+    /// `[num_layers + 1; 2]`: the target's angles between every pair of hidden states, when
+    /// [`RotationOptions::all_layers`] is set.
+    pub layer_matrix: Option<Array2<f64>>,
+}
+
+impl SentenceRotations {
+    /// The positions standing for the target and non-target words: the chosen sub-token (the
+    /// last one for a mean).
+    pub fn positions(&self) -> Positions {
+        let at = |range: TokenRange| self.sub_token.position(range).unwrap_or(range.end - 1);
+        Positions { target: at(self.selection.target), non_target: at(self.selection.non_target) }
+    }
 }
 
 /// Computes the target, non-target and shuffled rotation angles of sentence `index`.
@@ -87,29 +109,33 @@ pub fn rotate_sentence(
     }
     check_hidden(index, &hidden)?;
     let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
-    rotate_checked(index, &hidden, positions, opts)
+    rotate_checked(index, &hidden, RowSelection::at(positions.target, positions.non_target), opts)
 }
 
-/// The same angles as [`rotate_sentence`] at positions chosen by the caller (e.g. an occurrence
-/// other than the first, or a span: [`crate::analysis::select`]); `opts.target` and
-/// `opts.non_target_offset` are not used.
+/// The same angles as [`rotate_sentence`] for a row chosen by the caller (another occurrence, a
+/// span, a word of several tokens: [`crate::analysis::select_rows`]); `opts.target` and
+/// `opts.non_target_offset` are not used. The shuffled draws are the row's
+/// ([`draws_for_row`]: keyed by sentence and occurrence).
 ///
 /// # Errors
 /// [`AnalysisError::TooFewHiddenStates`], [`AnalysisError::EmptyHiddenSize`],
-/// [`AnalysisError::NonTargetIsTarget`] (equal positions), [`AnalysisError::MissingHiddenVector`]
+/// [`AnalysisError::NonTargetIsTarget`] (the same words), [`AnalysisError::MissingHiddenVector`]
 /// for a position past the sentence's tokens, and the undefined-angle errors of
 /// [`rotate_sentence`].
-pub fn rotate_at_positions(
+pub fn rotate_row(
     index: usize,
     hidden: impl HiddenVectors,
-    positions: Positions,
+    selection: RowSelection,
     opts: &RotationOptions,
 ) -> Result<SentenceRotations, AnalysisError> {
     check_hidden(index, &hidden)?;
-    if positions.target == positions.non_target {
+    if selection.target == selection.non_target {
         return Err(AnalysisError::NonTargetIsTarget { sentence: index });
     }
-    rotate_checked(index, &hidden, positions, opts)
+    if selection.occurrence == 0 || selection.target.is_empty() || selection.non_target.is_empty() {
+        return Err(AnalysisError::InvalidOccurrence);
+    }
+    rotate_checked(index, &hidden, selection, opts)
 }
 
 /// At least two hidden states and a non-empty hidden size.
@@ -124,32 +150,64 @@ fn check_hidden(index: usize, hidden: &impl HiddenVectors) -> Result<(), Analysi
     Ok(())
 }
 
-/// The angles of the three conditions at every layer transition, on checked hidden states.
+/// The angles of the three conditions at every layer transition (and the pairwise matrix when
+/// asked for), on checked hidden states.
 fn rotate_checked(
     index: usize,
     hidden: &impl HiddenVectors,
-    positions: Positions,
+    selection: RowSelection,
     opts: &RotationOptions,
 ) -> Result<SentenceRotations, AnalysisError> {
     let (num_states, num_tokens, _) = hidden.dim();
     let num_layers = num_states - 1;
-    let draws = draws_for_sentence(opts.seed, index, num_layers, num_tokens);
+    let draws = draws_for_row(opts.seed, index, selection.occurrence, num_layers, num_tokens);
+    let word = |range: TokenRange, l: usize| word_angle(index, hidden, range, opts.sub_token, l);
     let mut angles = Array2::<f64>::zeros((num_layers, CONDITIONS.len()));
     for (l, draw) in (1..=num_layers).zip(&draws) {
-        for (condition, [a, b]) in compared_vectors(l, positions, draw).into_iter().enumerate() {
-            angles[[l - 1, condition]] = opts.unit.from_radians(vector_angle(index, hidden, a, b)?);
+        let [v, u] = draw_vectors(draw);
+        let radians = [word(selection.target, l)?, word(selection.non_target, l)?, vector_angle(index, hidden, v, u)?];
+        for (condition, angle) in radians.into_iter().enumerate() {
+            angles[[l - 1, condition]] = opts.unit.from_radians(angle);
         }
     }
-    Ok(SentenceRotations { index, num_tokens, positions, angles, draws })
+    let layer_matrix = opts
+        .all_layers
+        .then(|| pairwise_angles(hidden, index, selection.target, opts.sub_token, opts.unit))
+        .transpose()?;
+    Ok(SentenceRotations { index, num_tokens, selection, sub_token: opts.sub_token, angles, draws, layer_matrix })
 }
 
-/// The (hidden state, position) pairs whose angle each condition takes at layer transition `l`,
-/// in [`CONDITIONS`] order: the one place that says which vectors the analysis reads.
-fn compared_vectors(l: usize, positions: Positions, draw: &ShuffleDraw) -> [[(usize, usize); 2]; 3] {
-    let (t, nt) = (positions.target, positions.non_target);
-    let draw_v = (draw.layer_v as usize, draw.position_v as usize);
-    let draw_u = (draw.layer_u as usize, draw.position_u as usize);
-    [[(l - 1, t), (l, t)], [(l - 1, nt), (l, nt)], [draw_v, draw_u]]
+/// The angle in radians of a word from hidden state `l − 1` to `l`: its sub-token's vectors, or
+/// the mean of its tokens' vectors.
+fn word_angle(
+    sentence: usize,
+    hidden: &impl HiddenVectors,
+    range: TokenRange,
+    sub_token: SubToken,
+    l: usize,
+) -> Result<f64, AnalysisError> {
+    if let Some(p) = sub_token.position(range) {
+        return vector_angle(sentence, hidden, (l - 1, p), (l, p));
+    }
+    let (a, b) = (
+        sub_token_vector(hidden, sentence, l - 1, range, sub_token)?,
+        sub_token_vector(hidden, sentence, l, range, sub_token)?,
+    );
+    let (a, b) = (a.view(), b.view());
+    angle_between(a, b).map_err(|_| undefined_angle(sentence, (&a, (l - 1, range.start)), (&b, (l, range.start))))
+}
+
+/// The (hidden state, position) pair of each vector the shuffled condition compares.
+fn draw_vectors(draw: &ShuffleDraw) -> [(usize, usize); 2] {
+    [(draw.layer_v as usize, draw.position_v as usize), (draw.layer_u as usize, draw.position_u as usize)]
+}
+
+/// The positions of a word whose vectors are read: its sub-token, or all its tokens for a mean.
+fn word_positions(range: TokenRange, sub_token: SubToken) -> std::ops::Range<usize> {
+    match sub_token.position(range) {
+        Some(p) => p..p + 1,
+        None => range.start..range.end,
+    }
 }
 
 /// Every (hidden state, position) pair [`rotate_sentence`] reads for sentence `index` of a model
@@ -162,15 +220,38 @@ pub fn vectors_read(
     opts: &RotationOptions,
 ) -> Result<Vec<(u32, u32)>, AnalysisError> {
     let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
-    let draws = draws_for_sentence(opts.seed, index, num_layers, ids.len());
-    let mut read: Vec<(u32, u32)> = (1..=num_layers)
-        .zip(&draws)
-        .flat_map(|(l, draw)| compared_vectors(l, positions, draw).into_iter().flatten())
-        .map(|(s, p)| (s as u32, p as u32))
-        .collect();
+    let row = RowSelection::at(positions.target, positions.non_target);
+    Ok(rows_vectors_read(index, ids.len(), &[row], num_layers, opts))
+}
+
+/// Every (hidden state, position) pair [`rotate_row`] reads for the rows `rows` of sentence
+/// `index` (with `num_tokens` tokens), sorted and distinct: the one place that says which vectors
+/// the analysis reads (every token of a word for a mean, every hidden state of the target's for
+/// [`RotationOptions::all_layers`], the rows' shuffled draws).
+pub fn rows_vectors_read(
+    index: usize,
+    num_tokens: usize,
+    rows: &[RowSelection],
+    num_layers: usize,
+    opts: &RotationOptions,
+) -> Vec<(u32, u32)> {
+    let mut read: Vec<(usize, usize)> = Vec::new();
+    for row in rows {
+        let draws = draws_for_row(opts.seed, index, row.occurrence, num_layers, num_tokens);
+        for (l, draw) in (1..=num_layers).zip(&draws) {
+            read.extend(draw_vectors(draw));
+            for range in [row.target, row.non_target] {
+                read.extend(word_positions(range, opts.sub_token).flat_map(|p| [(l - 1, p), (l, p)]));
+            }
+        }
+        if opts.all_layers {
+            read.extend((0..=num_layers).flat_map(|s| word_positions(row.target, opts.sub_token).map(move |p| (s, p))));
+        }
+    }
+    let mut read: Vec<(u32, u32)> = read.into_iter().map(|(s, p)| (s as u32, p as u32)).collect();
     read.sort_unstable();
     read.dedup();
-    Ok(read)
+    read
 }
 
 /// Angle in radians between `hidden[s1, p1]` and `hidden[s2, p2]`, with errors naming the
@@ -212,45 +293,55 @@ pub(crate) fn undefined_angle(
     }
 }
 
-/// The rotations of all sentences of a request.
+/// The rotations of all sentences (rows) of a request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rotations {
     /// Unit of the angles.
     pub unit: AngleUnit,
-    /// `[num_layers, num_sentences, 3]` (the notebook's `angles`): layer transition, sentence
-    /// (in index order), condition ([`CONDITIONS`]).
+    /// `[num_layers, num_rows, 3]` (the notebook's `angles`, one row per sentence unless every
+    /// occurrence was asked for): layer transition, row (in order of sentence index, then
+    /// occurrence), condition ([`CONDITIONS`]).
     pub angles: Array3<f64>,
-    /// The per-sentence results, sorted by index.
+    /// The per-row results, sorted by sentence index, then occurrence.
     pub sentences: Vec<SentenceRotations>,
+    /// Exact sums of the rows' pairwise angle matrices, when they were computed
+    /// ([`RotationOptions::all_layers`]): their mean, mergeable across pieces of a corpus.
+    pub layer_matrices: Option<AngleMatrixSum>,
 }
 
 impl Rotations {
-    /// Assembles per-sentence results (in any order, e.g. from batches or shards) into one
-    /// tensor, sorted by sentence index. `unit` must be the unit the sentences were computed
+    /// Assembles per-row results (in any order, e.g. from batches or shards) into one tensor,
+    /// sorted by sentence index, then occurrence. `unit` must be the unit the rows were computed
     /// in.
     ///
     /// # Errors
-    /// [`AnalysisError::NoSentences`], [`AnalysisError::DuplicateSentence`], and
-    /// [`AnalysisError::LayerCountMismatch`] if a sentence's layer count (or the shape of its
-    /// `angles`/`draws`) differs from the lowest-index sentence's.
+    /// [`AnalysisError::NoSentences`], [`AnalysisError::DuplicateSentence`] (the same sentence
+    /// and occurrence twice), [`AnalysisError::LayerCountMismatch`] if a row's layer count (or
+    /// the shape of its `angles`/`draws`) differs from the first row's, and the errors of
+    /// [`AngleMatrixSum::push`].
     pub fn assemble(unit: AngleUnit, mut sentences: Vec<SentenceRotations>) -> Result<Self, AnalysisError> {
-        sentences.sort_by_key(|s| s.index);
+        let key = |s: &SentenceRotations| (s.index, s.selection.occurrence);
+        sentences.sort_by_key(key);
         let first = sentences.first().ok_or(AnalysisError::NoSentences)?;
         let num_layers = first.angles.nrows();
+        let mut layer_matrices: Option<AngleMatrixSum> = None;
         for (i, s) in sentences.iter().enumerate() {
-            if i > 0 && sentences[i - 1].index == s.index {
-                return Err(AnalysisError::DuplicateSentence { sentence: s.index });
+            if i > 0 && key(&sentences[i - 1]) == key(s) {
+                return Err(AnalysisError::DuplicateSentence { sentence: s.index, occurrence: s.selection.occurrence });
             }
             let (rows, cols) = s.angles.dim();
             if rows != num_layers || cols != CONDITIONS.len() || s.draws.len() != num_layers {
                 return Err(AnalysisError::LayerCountMismatch { sentence: s.index, expected: num_layers, found: rows });
+            }
+            if let Some(matrix) = &s.layer_matrix {
+                layer_matrices.get_or_insert_with(AngleMatrixSum::default).push(s.index, matrix.view())?;
             }
         }
         let mut angles = Array3::<f64>::zeros((num_layers, sentences.len(), CONDITIONS.len()));
         for (j, s) in sentences.iter().enumerate() {
             angles.index_axis_mut(Axis(1), j).assign(&s.angles);
         }
-        Ok(Rotations { unit, angles, sentences })
+        Ok(Rotations { unit, angles, sentences, layer_matrices })
     }
 
     /// Number of layer transitions.
@@ -258,7 +349,7 @@ impl Rotations {
         self.angles.shape()[0]
     }
 
-    /// Number of sentences.
+    /// Number of rows (sentences, or occurrences when every occurrence was asked for).
     pub fn num_sentences(&self) -> usize {
         self.angles.shape()[1]
     }
@@ -324,9 +415,10 @@ mod tests {
         let r = rotate_sentence(3, &ids, hidden.view(), &opts).unwrap();
         assert_eq!(r.index, 3);
         assert_eq!(r.num_tokens, 5);
-        assert_eq!(r.positions, Positions { target: 2, non_target: 1 });
+        assert_eq!(r.positions(), Positions { target: 2, non_target: 1 });
+        assert_eq!(r.selection, RowSelection::at(2, 1));
         assert_eq!(r.angles.dim(), (4, 3));
-        assert_eq!(r.draws, draws_for_sentence(DEFAULT_SHUFFLE_SEED, 3, 4, 5));
+        assert_eq!(r.draws, crate::analysis::draws_for_sentence(DEFAULT_SHUFFLE_SEED, 3, 4, 5));
         for l in 1..=4 {
             // f32 storage of the toy vectors limits agreement to ~1e-7 absolute.
             assert!((r.angles[[l - 1, 0]] - expected(l - 1, 2, l, 2)).abs() < 1e-6);
@@ -344,33 +436,80 @@ mod tests {
         }
     }
 
-    /// Positions chosen by the caller (the last occurrence): the first occurrence's computation
-    /// at other positions, with the same draws.
+    /// A row chosen by the caller (the last occurrence, number 2): the first occurrence's
+    /// computation at other positions, with the row's own draws.
     #[test]
-    fn rotation_at_chosen_positions() {
+    fn rotation_of_a_chosen_row() {
         let ids = [1, 2, T, 3, T];
         let hidden = toy(5, 5);
         let opts = RotationOptions { unit: AngleUnit::Radians, ..RotationOptions::new(T) };
         let first = rotate_sentence(3, &ids, hidden.view(), &opts).unwrap();
-        assert_eq!(rotate_at_positions(3, hidden.view(), first.positions, &opts), Ok(first.clone()));
-        let last = Positions { target: 4, non_target: 3 };
-        let r = rotate_at_positions(3, hidden.view(), last, &opts).unwrap();
-        assert_eq!((r.positions, &r.draws), (last, &first.draws));
+        assert_eq!(rotate_row(3, hidden.view(), first.selection, &opts), Ok(first.clone()));
+        let last = RowSelection { occurrence: 2, ..RowSelection::at(4, 3) };
+        let r = rotate_row(3, hidden.view(), last, &opts).unwrap();
+        assert_eq!((r.selection, &r.draws), (last, &draws_for_row(DEFAULT_SHUFFLE_SEED, 3, 2, 4, 5)));
+        assert_ne!(r.draws, first.draws);
         for l in 1..=4 {
             assert!((r.angles[[l - 1, 0]] - expected(l - 1, 4, l, 4)).abs() < 1e-6);
             assert!((r.angles[[l - 1, 1]] - expected(l - 1, 3, l, 3)).abs() < 1e-6);
-            assert_eq!(r.angles[[l - 1, 2]], first.angles[[l - 1, 2]]);
+            let [(sv, pv), (su, pu)] = draw_vectors(&r.draws[l - 1]);
+            assert!((r.angles[[l - 1, 2]] - expected(sv, pv, su, pu)).abs() < 1e-6);
         }
-        let same = Positions { target: 4, non_target: 4 };
-        assert_eq!(
-            rotate_at_positions(3, hidden.view(), same, &opts),
-            Err(AnalysisError::NonTargetIsTarget { sentence: 3 })
-        );
-        let outside = Positions { target: 5, non_target: 4 };
+        let same = RowSelection::at(4, 4);
+        assert_eq!(rotate_row(3, hidden.view(), same, &opts), Err(AnalysisError::NonTargetIsTarget { sentence: 3 }));
+        let outside = RowSelection::at(5, 4);
         assert!(matches!(
-            rotate_at_positions(3, hidden.view(), outside, &opts),
+            rotate_row(3, hidden.view(), outside, &opts),
             Err(AnalysisError::MissingHiddenVector { sentence: 3, position: 5, .. })
         ));
+    }
+
+    /// A word of two tokens: its last or first sub-token, or the mean of both (toy unit vectors
+    /// at phases p and p+1 average to a vector at the mean phase, so the angle is known).
+    #[test]
+    fn words_of_several_tokens() {
+        let hidden = toy(5, 6);
+        let word =
+            RowSelection { occurrence: 1, target: TokenRange { start: 2, end: 4 }, non_target: TokenRange::single(1) };
+        let radians = |sub_token| RotationOptions { unit: AngleUnit::Radians, sub_token, ..RotationOptions::new(T) };
+        let last = rotate_row(0, hidden.view(), word, &radians(SubToken::Last)).unwrap();
+        let first = rotate_row(0, hidden.view(), word, &radians(SubToken::First)).unwrap();
+        let mean = rotate_row(0, hidden.view(), word, &radians(SubToken::Mean)).unwrap();
+        assert_eq!((last.positions().target, first.positions().target, mean.positions().target), (3, 2, 3));
+        for l in 1..=4 {
+            assert!((last.angles[[l - 1, 0]] - expected(l - 1, 3, l, 3)).abs() < 1e-6);
+            assert!((first.angles[[l - 1, 0]] - expected(l - 1, 2, l, 2)).abs() < 1e-6);
+            let mid = |s: usize| (phase(s, 2) + phase(s, 3)) / 2.0;
+            assert!((mean.angles[[l - 1, 0]] - (mid(l) - mid(l - 1)).abs()).abs() < 1e-6);
+            assert_eq!(mean.angles[[l - 1, 1]], last.angles[[l - 1, 1]]);
+        }
+    }
+
+    /// With all_layers, each row carries its pairwise matrix; its super-diagonal is the target's
+    /// consecutive rotation, and assembly sums the matrices exactly.
+    #[test]
+    fn all_layers_matrices() {
+        let hidden = toy(5, 6);
+        let opts = RotationOptions { all_layers: true, ..RotationOptions::new(T) };
+        let rows: Vec<_> = [RowSelection::at(2, 1), RowSelection { occurrence: 2, ..RowSelection::at(4, 3) }]
+            .into_iter()
+            .map(|row| rotate_row(7, hidden.view(), row, &opts).unwrap())
+            .collect();
+        for r in &rows {
+            let m = r.layer_matrix.as_ref().unwrap();
+            assert_eq!(m.dim(), (5, 5));
+            for l in 1..=4 {
+                assert_eq!(m[[l - 1, l]], r.angles[[l - 1, 0]]);
+            }
+        }
+        let assembled = Rotations::assemble(opts.unit, rows.clone()).unwrap();
+        let mut sum = AngleMatrixSum::default();
+        rows.iter().for_each(|r| sum.push(7, r.layer_matrix.as_ref().unwrap().view()).unwrap());
+        assert_eq!(assembled.layer_matrices, Some(sum));
+        assert_eq!(
+            rotate_sentence(7, &[1, 2, T], toy(5, 3).view(), &RotationOptions::new(T)).unwrap().layer_matrix,
+            None
+        );
     }
 
     #[test]
@@ -450,6 +589,39 @@ mod tests {
         );
     }
 
+    /// Rows of words of several tokens, mean sub-tokens and all layers: the vectors listed are
+    /// exactly those read (a gathering graph can serve them).
+    #[test]
+    fn the_vectors_read_by_rows_are_all_they_need() {
+        let hidden = toy(7, 9);
+        let rows = [
+            RowSelection { occurrence: 1, target: TokenRange { start: 2, end: 5 }, non_target: TokenRange::single(1) },
+            RowSelection {
+                occurrence: 2,
+                target: TokenRange { start: 6, end: 9 },
+                non_target: TokenRange { start: 0, end: 2 },
+            },
+        ];
+        for (seed, sub_token, all_layers) in
+            [(1, SubToken::Mean, true), (2, SubToken::First, false), (3, SubToken::Last, true)]
+        {
+            let opts = RotationOptions { seed, sub_token, all_layers, ..RotationOptions::new(T) };
+            let read = rows_vectors_read(4, 9, &rows, 6, &opts);
+            assert!(read.windows(2).all(|w| w[0] < w[1]));
+            for row in rows {
+                let full = rotate_row(4, hidden.view(), row, &opts).unwrap();
+                assert_eq!(rotate_row(4, Kept(hidden.view(), read.clone()), row, &opts).unwrap(), full);
+            }
+            // Every listed vector is needed by some row.
+            for (k, &(s, p)) in read.iter().enumerate() {
+                let without: Vec<_> = read.iter().copied().filter(|&v| v != (s, p)).collect();
+                let fails =
+                    rows.iter().any(|&row| rotate_row(4, Kept(hidden.view(), without.clone()), row, &opts).is_err());
+                assert!(fails, "vector {k} ({s}, {p}) is listed but not read");
+            }
+        }
+    }
+
     fn sentences(n: usize, opts: &RotationOptions) -> Vec<SentenceRotations> {
         (0..n)
             .map(|i| {
@@ -511,7 +683,10 @@ mod tests {
         assert_eq!(Rotations::assemble(opts.unit, vec![]), Err(AnalysisError::NoSentences));
         let mut all = sentences(3, &opts);
         all.push(all[1].clone());
-        assert_eq!(Rotations::assemble(opts.unit, all), Err(AnalysisError::DuplicateSentence { sentence: 1 }));
+        assert_eq!(
+            Rotations::assemble(opts.unit, all),
+            Err(AnalysisError::DuplicateSentence { sentence: 1, occurrence: 1 })
+        );
         let mut all = sentences(3, &opts);
         let short = rotate_sentence(7, &[1, T], toy(3, 2).view(), &opts).unwrap();
         all.push(short);

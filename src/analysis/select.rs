@@ -90,13 +90,28 @@ pub fn find_occurrences(
     target: &[u32],
     occurrence: Occurrence,
 ) -> Result<Vec<TokenRange>, AnalysisError> {
+    Ok(numbered_occurrences(sentence, ids, target, occurrence)?.into_iter().map(|(_, range)| range).collect())
+}
+
+/// [`find_occurrences`] with each occurrence's number in the sentence, counted from 1 (the last of
+/// three is number 3): what keys a row's shuffled draws ([`crate::analysis::draws_for_row`]).
+///
+/// # Errors
+/// As [`find_occurrences`].
+pub fn numbered_occurrences(
+    sentence: usize,
+    ids: &[u32],
+    target: &[u32],
+    occurrence: Occurrence,
+) -> Result<Vec<(usize, TokenRange)>, AnalysisError> {
     if target.is_empty() {
         return Err(AnalysisError::EmptyTarget);
     }
     if occurrence == Occurrence::Nth(0) {
         return Err(AnalysisError::InvalidOccurrence);
     }
-    let found = all_occurrences(ids, target);
+    let found: Vec<(usize, TokenRange)> =
+        all_occurrences(ids, target).into_iter().zip(1..).map(|(r, k)| (k, r)).collect();
     if found.is_empty() {
         return Err(match *target {
             [target] => AnalysisError::TargetNotFound { sentence, target },
@@ -113,6 +128,86 @@ pub fn find_occurrences(
             found: found.len(),
         }),
     }
+}
+
+/// The tokens one row of the analysis compares: one occurrence of the target word (or the tokens a
+/// span covers) and the non-target word beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowSelection {
+    /// Which occurrence of the target in its sentence, counted from 1 (1 for a span). With the
+    /// sentence's corpus index it keys the row's shuffled draws.
+    pub occurrence: usize,
+    /// The target word's tokens.
+    pub target: TokenRange,
+    /// The non-target word's tokens (one token for an offset).
+    pub non_target: TokenRange,
+}
+
+impl RowSelection {
+    /// The notebook's row: one-token target and non-target at these positions, occurrence 1.
+    pub fn at(target: usize, non_target: usize) -> Self {
+        RowSelection { occurrence: 1, target: TokenRange::single(target), non_target: TokenRange::single(non_target) }
+    }
+}
+
+/// How the target of one sentence is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetSelector<'a> {
+    /// A word by its token ids, and which of its occurrences.
+    Word { tokens: &'a [u32], occurrence: Occurrence },
+    /// A character span `(start, end)` of the sentence.
+    Span(usize, usize),
+}
+
+/// How the non-target of one sentence is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonTargetSelector {
+    /// Tokens before (negative) or after (positive) the target word ([`non_target_position`]).
+    Offset(i32),
+    /// A character span `(start, end)` of the sentence.
+    Span(usize, usize),
+}
+
+/// One sentence as the selection sees it: its number (in errors), text, token ids and byte offsets.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenizedSentence<'a> {
+    pub index: usize,
+    pub text: &'a str,
+    pub ids: &'a [u32],
+    pub offsets: &'a [(usize, usize)],
+}
+
+/// The rows of one sentence: each chosen occurrence of the target (or its span) with its non-target.
+///
+/// # Errors
+/// Those of [`numbered_occurrences`], [`span_to_tokens`] and [`non_target_position`], and
+/// [`AnalysisError::NonTargetOverlapsTarget`] for a non-target span sharing a token with the target.
+pub fn select_rows(
+    sentence: TokenizedSentence,
+    target: TargetSelector,
+    non_target: NonTargetSelector,
+) -> Result<Vec<RowSelection>, AnalysisError> {
+    let TokenizedSentence { index, text, ids, offsets } = sentence;
+    let targets = match target {
+        TargetSelector::Word { tokens, occurrence } => numbered_occurrences(index, ids, tokens, occurrence)?,
+        TargetSelector::Span(start, end) => vec![(1, span_to_tokens(index, text, offsets, (start, end))?)],
+    };
+    let row = |(occurrence, target): (usize, TokenRange)| {
+        let non_target = match non_target {
+            NonTargetSelector::Offset(offset) => {
+                TokenRange::single(non_target_position(index, ids.len(), target, offset)?)
+            }
+            NonTargetSelector::Span(start, end) => {
+                let range = span_to_tokens(index, text, offsets, (start, end))?;
+                if range.start < target.end && target.start < range.end {
+                    return Err(AnalysisError::NonTargetOverlapsTarget { sentence: index });
+                }
+                range
+            }
+        };
+        Ok(RowSelection { occurrence, target, non_target })
+    };
+    targets.into_iter().map(row).collect()
 }
 
 /// Non-overlapping matches of `target` in `ids`, left to right.

@@ -50,13 +50,37 @@ pub const DEFAULT_SHUFFLE_SEED: u64 = 20250901;
 /// If `num_layers > 0` and `num_tokens == 0` (there is nothing to draw from), or if
 /// `num_layers` or `num_tokens` exceeds `u32::MAX`.
 pub fn draws_for_sentence(seed: u64, sentence: usize, num_layers: usize, num_tokens: usize) -> Vec<ShuffleDraw> {
+    draws_for_row(seed, sentence, 1, num_layers, num_tokens)
+}
+
+/// The draws of one row: occurrence number `occurrence` (from 1) of the target in sentence
+/// `sentence`, as [`draws_for_sentence`] on ChaCha20 stream `sentence + (occurrence − 1)·2^32`.
+///
+/// Corpus indices stay below 2^32 (the API refuses more) and occurrences number at most a
+/// sentence's tokens, so every row of a corpus has its own stream: its draws depend only on
+/// (seed, corpus index, occurrence number), never on how the corpus was split, batched or
+/// streamed, nor on the other rows of its sentence. Occurrence 1 is the sentence's stream, so the
+/// first occurrence's row (the notebook's) draws what it always drew, and the second occurrence's
+/// row is the same whether asked for as `Nth(2)` or within `All`.
+///
+/// # Panics
+/// As [`draws_for_sentence`], and for `occurrence == 0`.
+pub fn draws_for_row(
+    seed: u64,
+    sentence: usize,
+    occurrence: usize,
+    num_layers: usize,
+    num_tokens: usize,
+) -> Vec<ShuffleDraw> {
+    assert!(occurrence >= 1, "occurrences count from 1");
+    let stream = sentence as u64 + ((occurrence as u64 - 1) << 32);
     if num_layers == 0 {
         return Vec::new();
     }
     assert!(num_tokens > 0, "shuffled draws need at least one token");
     let layers = u32::try_from(num_layers).expect("num_layers exceeds u32::MAX");
     let tokens = u32::try_from(num_tokens).expect("num_tokens exceeds u32::MAX");
-    let mut rng = rng_for_sentence(seed, sentence);
+    let mut rng = rng_for_stream(seed, stream);
     (0..num_layers)
         .map(|_| {
             let v = (1 + below(&mut rng, layers), below(&mut rng, tokens));
@@ -69,12 +93,12 @@ pub fn draws_for_sentence(seed: u64, sentence: usize, num_layers: usize, num_tok
         .collect()
 }
 
-/// ChaCha20 keyed by the seed's little-endian bytes (rest zero), on stream `sentence`.
-fn rng_for_sentence(seed: u64, sentence: usize) -> ChaCha20Rng {
+/// ChaCha20 keyed by the seed's little-endian bytes (rest zero), on stream `stream`.
+fn rng_for_stream(seed: u64, stream: u64) -> ChaCha20Rng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let mut rng = ChaCha20Rng::from_seed(key);
-    rng.set_stream(sentence as u64);
+    rng.set_stream(stream);
     rng
 }
 
@@ -155,7 +179,7 @@ mod tests {
         key[..8].copy_from_slice(&DEFAULT_SHUFFLE_SEED.to_le_bytes());
         let mut direct = ChaCha20Rng::from_seed(key);
         direct.set_stream(5);
-        let mut ours = rng_for_sentence(DEFAULT_SHUFFLE_SEED, 5);
+        let mut ours = rng_for_stream(DEFAULT_SHUFFLE_SEED, 5);
         for _ in 0..10 {
             assert_eq!(ours.next_u64(), direct.next_u64());
         }
@@ -170,19 +194,49 @@ mod tests {
                 field("layers") as usize,
                 field("tokens") as usize,
             );
-            let flat: Vec<u64> =
-                draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).map(u64::from).collect();
-            let want: Vec<u64> = case["draws"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|d| d.as_array().unwrap())
-                .map(|v| v.as_u64().unwrap())
-                .collect();
-            assert_eq!(flat, want, "{case}");
+            assert_golden_draws(case, &draws);
             redrawn += field("redrawn");
         }
         assert!(redrawn > 0, "the golden cases exercise the redraw");
+    }
+
+    /// The draws of a golden case, as `[[layer_v, position_v, layer_u, position_u], …]`.
+    fn assert_golden_draws(case: &serde_json::Value, draws: &[ShuffleDraw]) {
+        let flat: Vec<u64> =
+            draws.iter().flat_map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).map(u64::from).collect();
+        let want: Vec<u64> = case["draws"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|d| d.as_array().unwrap())
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(flat, want, "{case}");
+    }
+
+    /// A row's draws are keyed by (seed, sentence, occurrence): occurrence 1 is the sentence's
+    /// own stream, others are stream `sentence + (occurrence − 1)·2^32`, pinned by the same
+    /// independent ChaCha20 (`row_cases` of tools/make_shuffle_golden.py).
+    #[test]
+    fn rows_have_streams_of_their_own() {
+        let first = draws_for_sentence(DEFAULT_SHUFFLE_SEED, 17, 48, 9);
+        assert_eq!(draws_for_row(DEFAULT_SHUFFLE_SEED, 17, 1, 48, 9), first);
+        assert_ne!(draws_for_row(DEFAULT_SHUFFLE_SEED, 17, 2, 48, 9), first);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/shuffle_draws.json");
+        let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let rows = golden["row_cases"].as_array().unwrap();
+        assert!(!rows.is_empty());
+        for case in rows {
+            let field = |k: &str| case[k].as_u64().unwrap() as usize;
+            let draws = draws_for_row(
+                case["seed"].as_u64().unwrap(),
+                field("sentence"),
+                field("occurrence"),
+                field("layers"),
+                field("tokens"),
+            );
+            assert_golden_draws(case, &draws);
+        }
     }
 
     /// No draw compares a vector with itself, also where self-pairs are most likely (2 × 2).
@@ -234,7 +288,7 @@ mod tests {
 
     #[test]
     fn below_handles_non_power_of_two_and_max() {
-        let mut rng = rng_for_sentence(1, 0);
+        let mut rng = rng_for_stream(1, 0);
         for n in [1u32, 2, 3, 5, 48, 1000, u32::MAX] {
             for _ in 0..100 {
                 assert!(below(&mut rng, n) < n);

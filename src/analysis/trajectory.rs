@@ -118,6 +118,23 @@ impl AngleMatrixSum {
         self.n
     }
 
+    /// Side of the matrices (0 before the first one).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The exact row-major sums `Σ round(M·2^64)` (empty before the first matrix).
+    pub fn sums_exact(&self) -> &[i128] {
+        &self.sums
+    }
+
+    /// Sums from their exact parts (e.g. received from another process); `None` when they cannot
+    /// come from matrices: sums without a count or a count without sums, or not `size²` of them.
+    pub fn from_exact(n: u64, size: usize, sums: Vec<i128>) -> Option<Self> {
+        let consistent = if n == 0 { size == 0 && sums.is_empty() } else { size > 0 && sums.len() == size * size };
+        consistent.then_some(AngleMatrixSum { n, size, sums })
+    }
+
     /// The mean matrix (`None` before any matrix was added).
     pub fn mean(&self) -> Option<Array2<f64>> {
         (self.n > 0).then(|| {

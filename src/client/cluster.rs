@@ -16,12 +16,13 @@ use super::connect::AuthChannel;
 use super::retry::{is_retryable, RetryPolicy};
 use super::sentences::{locate, SentenceLines};
 use super::{connect_to, status_error};
-use crate::analysis::{merge_conditions, merge_layers, ExactMoments, PairedStats};
+use crate::analysis::{merge_conditions, merge_layers, AngleMatrixSum, ExactMoments, PairedStats};
 use crate::config::ConnectArgs;
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
 use crate::service::convert::{
-    condition_moments_from_proto, condition_statistics, layer_statistics, paired_stats_from_proto,
+    all_layers, angle_matrix_sums_from_proto, condition_moments_from_proto, condition_statistics, layer_statistics,
+    paired_stats_from_proto,
 };
 
 /// Chunks each replica computes at once.
@@ -126,6 +127,8 @@ struct Collected {
     merged: Vec<PairedStats>,
     /// Each condition's angle statistics (for a later two-group test).
     conditions: Vec<Vec<ExactMoments>>,
+    /// With `all_layers`: the exact sums of the layer-angle matrices.
+    matrices: AngleMatrixSum,
     last: Option<proto::RotationChunk>,
     kept: BTreeMap<usize, (Vec<proto::RotationChunk>, Vec<String>)>,
     file: Option<AnglesFile>,
@@ -136,8 +139,16 @@ struct Run {
     collected: Mutex<Collected>,
     request: proto::RotationRequest,
     path: PathBuf,
+    /// `--marked` sentences: unmarked per chunk.
+    marked: bool,
     chunk_size: usize,
     bar: indicatif::ProgressBar,
+}
+
+/// The sentences file of a sharded run, and whether its sentences carry `--marked` marks.
+pub struct CorpusFile<'a> {
+    pub path: &'a Path,
+    pub marked: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -213,6 +224,10 @@ impl Collected {
         let conditions =
             condition_moments_from_proto(&result.last.condition_statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
         merge_conditions(&mut self.conditions, &conditions);
+        if let Some(sums) = result.last.all_layers.as_ref().and_then(|a| a.sums.as_ref()) {
+            let sums = angle_matrix_sums_from_proto(sums).map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.matrices.merge(&sums).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         match &mut self.file {
             Some(file) => result.parts.iter().try_for_each(|part| file.write(part))?,
             None => {
@@ -238,7 +253,7 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
             }
             Next::Stop => break false,
         };
-        match compute_chunk(&mut client, &run.request, &chunk).await {
+        match compute_chunk(&mut client, &run.request, &chunk, run.marked).await {
             Ok(result) => {
                 failures_in_a_row = 0;
                 run.computed(&address, chunk, result)?;
@@ -269,16 +284,28 @@ fn failover(status: &tonic::Status) -> bool {
     is_retryable(status.code()) || status.code() == tonic::Code::DeadlineExceeded || broken_connection
 }
 
+/// `--marked` sentences: their marks become the piece's character spans (errors name the sentence
+/// by its corpus index, as the server's do).
+fn unmark_piece(mut piece: proto::RotationRequest) -> Result<proto::RotationRequest, tonic::Status> {
+    let first = piece.first_sentence_index as usize;
+    let marked =
+        super::marks::unmark(&piece.sentences, first).map_err(|e| tonic::Status::invalid_argument(format!("{e:#}")))?;
+    super::apply_marks(&mut piece, marked);
+    Ok(piece)
+}
+
 async fn compute_chunk(
     client: &mut Rpc,
     request: &proto::RotationRequest,
     chunk: &Chunk,
+    marked: bool,
 ) -> Result<ChunkResult, tonic::Status> {
     let piece = proto::RotationRequest {
         sentences: chunk.sentences.clone(),
         first_sentence_index: chunk.first as u64,
         ..request.clone()
     };
+    let piece = if marked { unmark_piece(piece)? } else { piece };
     let collect = async {
         let mut stream = client.stream_rotations(piece).await?.into_inner();
         let mut parts = Vec::new();
@@ -410,10 +437,11 @@ pub async fn analyze(
     replicas: Replicas,
     how: &ConnectArgs,
     request: proto::RotationRequest,
-    sentences: &Path,
+    corpus: CorpusFile<'_>,
     chunk_size: usize,
     angles_out: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
+    let sentences = corpus.path;
     let total = SentenceLines::count(sentences)?;
     anyhow::ensure!(total > 0, "{} holds no sentences", sentences.display());
     let resolve = replicas.resolve.clone();
@@ -435,12 +463,14 @@ pub async fn analyze(
         collected: Mutex::new(Collected {
             merged: Vec::new(),
             conditions: Vec::new(),
+            matrices: AngleMatrixSum::default(),
             last: None,
             kept: BTreeMap::new(),
             file,
         }),
         request,
         path: sentences.to_path_buf(),
+        marked: corpus.marked,
         chunk_size,
         bar: super::progress_bar(total as u64)?,
     });
@@ -511,6 +541,7 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     let significance = answer?.into_inner();
     let mut last = collected.last.context("no chunk computed")?;
     last.condition_statistics = condition_statistics(&collected.conditions);
+    last.all_layers = all_layers(&collected.matrices, None);
     let replicas = state.joined.iter().map(|a| (a.clone(), state.replicas[a].served, state.replicas[a].failures));
     let replicas = replicas.collect();
     if let Some(file) = collected.file {

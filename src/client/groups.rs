@@ -148,7 +148,8 @@ async fn group_analysis(
     let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
     let replicas = cluster::Replicas::from_servers(&args.client.server, interval);
     let chunk_size = args.chunk_size as usize;
-    Ok(cluster::analyze(replicas, &args.client.connect, request, path, chunk_size, None).await?.analysis)
+    let corpus = cluster::CorpusFile { path, marked: args.select.marked };
+    Ok(cluster::analyze(replicas, &args.client.connect, request, corpus, chunk_size, None).await?.analysis)
 }
 
 /// TestSignificance on the first server (or replica) that answers.

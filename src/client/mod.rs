@@ -5,6 +5,8 @@ pub mod cluster;
 pub mod connect;
 mod group_plot;
 pub mod groups;
+pub mod heatmap;
+pub mod marks;
 pub mod output;
 pub mod plots;
 pub mod report;
@@ -16,7 +18,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::config::{AnalyzeArgs, ClientArgs, ConnectArgs, CorrectionArg, TokenizeArgs, UnitArg};
+use crate::config::{
+    AnalyzeArgs, ClientArgs, ConnectArgs, CorrectionArg, OccurrenceArg, SelectArgs, SubTokenArg, TokenizeArgs, UnitArg,
+};
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
 use connect::AuthChannel;
@@ -129,13 +133,14 @@ pub fn read_sentences(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
 
 pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::Result<proto::RotationRequest> {
     let target = match (&args.target, args.target_id) {
-        (Some(t), None) => proto::rotation_request::Target::TargetText(t.clone()),
-        (None, Some(id)) => proto::rotation_request::Target::TargetTokenId(id),
-        _ => anyhow::bail!("give --target TEXT or --target-id ID"),
+        _ if args.select.marked => None,
+        (Some(t), None) => Some(proto::rotation_request::Target::TargetText(t.clone())),
+        (None, Some(id)) => Some(proto::rotation_request::Target::TargetTokenId(id)),
+        _ => anyhow::bail!("give --target TEXT, --target-id ID, or --marked sentences"),
     };
-    Ok(proto::RotationRequest {
+    let request = proto::RotationRequest {
         sentences,
-        target: Some(target),
+        target,
         unit: match args.unit {
             UnitArg::Degrees => proto::AngleUnit::Degrees,
             UnitArg::Radians => proto::AngleUnit::Radians,
@@ -155,7 +160,42 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
             num_tests: args.num_tests,
         }),
         first_sentence_index: 0,
-    })
+        ..Default::default()
+    };
+    select_request(&args.select, request)
+}
+
+/// The request with the selection flags: occurrence, sub-token, all layers, and `--marked`
+/// sentences unmarked into character spans.
+fn select_request(select: &SelectArgs, mut request: proto::RotationRequest) -> anyhow::Result<proto::RotationRequest> {
+    let (occurrence, number) = match select.occurrence {
+        OccurrenceArg::First => (proto::Occurrence::First, 0),
+        OccurrenceArg::Last => (proto::Occurrence::Last, 0),
+        OccurrenceArg::All => (proto::Occurrence::All, 0),
+        OccurrenceArg::Nth(n) => (proto::Occurrence::Nth, n),
+    };
+    (request.occurrence, request.occurrence_number) = (occurrence as i32, number);
+    request.sub_token = match select.sub_token {
+        SubTokenArg::Last => proto::SubToken::Last,
+        SubTokenArg::First => proto::SubToken::First,
+        SubTokenArg::Mean => proto::SubToken::Mean,
+    } as i32;
+    request.all_layers = select.all_layers;
+    request.row_matrices = select.row_matrices;
+    if select.marked {
+        let marked = marks::unmark(&request.sentences, 0)?;
+        apply_marks(&mut request, marked);
+    }
+    Ok(request)
+}
+
+/// The unmarked sentences and their spans into `request` (the spans decide the token).
+fn apply_marks(request: &mut proto::RotationRequest, marked: marks::Marked) {
+    let spans = |s: Vec<(u32, u32)>| s.into_iter().map(|(start, end)| proto::CharSpan { start, end }).collect();
+    request.sentences = marked.sentences;
+    request.target_spans = spans(marked.targets);
+    request.non_target_spans = marked.non_targets.map_or_else(Vec::new, spans);
+    request.occurrence = proto::Occurrence::Unspecified as i32;
 }
 
 pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
@@ -164,8 +204,8 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     }
     let path = args.sentences.as_ref().context("give --sentences FILE (one sentence per line)")?;
     let file = sentences::SentenceFile::read(path)?;
-    let sentences = file.sentences.clone();
-    let request = rotation_request(&args, sentences.clone())?;
+    let request = rotation_request(&args, file.sentences.clone()).map_err(|e| file.locate(e))?;
+    let sentences = request.sentences.clone(); // without --marked marks
     let created = output::prepare(&args.out, args.overwrite)?;
     let analysis = match compute(&args, request, sentences.len()).await {
         Ok(analysis) => analysis,
@@ -185,12 +225,20 @@ fn sharded(args: &AnalyzeArgs) -> bool {
 
 async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
     let path = args.sentences.as_ref().context("give --sentences FILE (one sentence per line)")?;
+    anyhow::ensure!(
+        args.angles_out.is_none() || !matches!(args.select.occurrence, OccurrenceArg::All),
+        "--angles-out holds one row per sentence, and --occurrence all gives a sentence several rows: \
+         leave out one of them"
+    );
     let request = rotation_request(&args, Vec::new())?;
     let created = output::prepare(&args.out, args.overwrite)?;
     let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
     let replicas = cluster::Replicas::from_servers(&args.client.server, interval);
     let (how, chunk_size) = (&args.client.connect, args.chunk_size as usize);
-    let outcome = cluster::analyze(replicas, how, request, path, chunk_size, args.angles_out.as_deref()).await;
+    let outcome = {
+        let corpus = cluster::CorpusFile { path, marked: args.select.marked };
+        cluster::analyze(replicas, how, request, corpus, chunk_size, args.angles_out.as_deref()).await
+    };
     let outcome = outcome.inspect_err(|_| forget_output(created, &args.out))?;
     let report = match outcome.angles_file {
         Some(file) => report::Report::on_disk(&outcome.analysis, file)?,
@@ -274,7 +322,8 @@ fn progress_bar(total: u64) -> anyhow::Result<indicatif::ProgressBar> {
 }
 
 /// Streamed chunks (in corpus order, corpus indices from 0) and the final chunk's metadata,
-/// reassembled into the shape `Analyze` returns.
+/// reassembled into the shape `Analyze` returns: their rows in order (one per sentence, or per
+/// occurrence), and with all layers the final chunk's merged mean with the chunks' row matrices.
 fn assemble_stream(
     chunks: Vec<proto::RotationChunk>,
     last: &proto::RotationChunk,
@@ -282,32 +331,44 @@ fn assemble_stream(
     total: usize,
 ) -> anyhow::Result<proto::Analysis> {
     let layers = chunks.first().and_then(|c| c.angles.as_ref()).map_or(0, |t| t.shape[0] as usize);
-    let mut angles = vec![0f32; layers * total * 3];
-    let mut draws = vec![proto::ShuffleDraw::default(); layers * total];
-    let mut reports = Vec::with_capacity(total);
+    let rows: usize = chunks.iter().map(|c| c.sentences.len()).sum();
+    let mut angles = vec![0f32; layers * rows * 3];
+    let mut draws = vec![proto::ShuffleDraw::default(); layers * rows];
+    let mut reports = Vec::with_capacity(rows);
+    let mut row_matrices: Option<proto::Tensor> = None;
     for chunk in chunks {
         let t = chunk.angles.context("a chunk without angles")?;
-        let (first, k) = (chunk.first_sentence as usize, t.shape[1] as usize);
+        let (first, k) = (reports.len(), t.shape[1] as usize);
         anyhow::ensure!(
-            t.shape[0] as usize == layers && first + k <= total,
-            "chunk shape {:?} at {first} does not fit",
-            t.shape
+            t.shape[0] as usize == layers && k == chunk.sentences.len() && t.values.len() == layers * k * 3,
+            "chunk shape {:?} at sentence {} does not fit",
+            t.shape,
+            chunk.first_sentence
         );
         for l in 0..layers {
             for s in 0..k {
-                let (from, to) = (l * k + s, l * total + first + s);
+                let (from, to) = (l * k + s, l * rows + first + s);
                 angles[to * 3..to * 3 + 3].copy_from_slice(&t.values[from * 3..from * 3 + 3]);
                 draws[to] = chunk.shuffle_draws[from];
             }
         }
         reports.extend(chunk.sentences);
+        if let Some(m) = chunk.all_layers.and_then(|a| a.row_matrices) {
+            let all = row_matrices
+                .get_or_insert_with(|| proto::Tensor { shape: vec![0, m.shape[1], m.shape[2]], values: Vec::new() });
+            all.shape[0] += m.shape[0];
+            all.values.extend(m.values);
+        }
     }
-    anyhow::ensure!(reports.len() == total, "the stream delivered {} of {total} sentences", reports.len());
-    let means = layer_means(layers, total, |l, s, c| angles[(l * total + s) * 3 + c]);
+    let delivered = reports.iter().map(|r| r.index).collect::<std::collections::BTreeSet<_>>().len();
+    anyhow::ensure!(delivered == total, "the stream delivered {delivered} of {total} sentences");
+    let means = layer_means(layers, rows, |l, s, c| angles[(l * rows + s) * 3 + c]);
+    let all_layers = last.all_layers.clone().map(|a| proto::AllLayers { row_matrices, ..a });
     let rotations = proto::RotationResult {
-        angles: Some(proto::Tensor { shape: vec![layers as u32, total as u32, 3], values: angles }),
+        angles: Some(proto::Tensor { shape: vec![layers as u32, rows as u32, 3], values: angles }),
         sentences: reports,
         shuffle_draws: draws,
+        all_layers,
         ..rotation_result(last, layers, means)
     };
     Ok(proto::Analysis {
@@ -362,5 +423,7 @@ fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) 
         shuffle_seed: last.shuffle_seed,
         model_name: last.model_name.clone(),
         target_token_id: last.target_token_id,
+        all_layers: last.all_layers.clone(),
+        target_token_ids: last.target_token_ids.clone(),
     }
 }

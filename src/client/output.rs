@@ -6,11 +6,14 @@ use anyhow::Context;
 
 /// The files `analyze` writes.
 pub const FILES: [&str; 5] = ["angles.csv", "significance.csv", "analysis.json", "angles.svg", "significance.svg"];
+/// Written besides [`FILES`] by `--all-layers`.
+pub const ALL_LAYERS_FILES: [&str; 2] = ["all_layers.csv", "all_layers.svg"];
 
 /// Creates `dir` and proves it writable; refuses a folder with an earlier analysis unless `overwrite`.
 /// Returns whether it created the folder (so a failed analysis can take the empty folder away again).
 pub fn prepare(dir: &Path, overwrite: bool) -> anyhow::Result<bool> {
-    prepare_for(dir, overwrite, &FILES)
+    let files: Vec<&str> = FILES.iter().chain(&ALL_LAYERS_FILES).copied().collect();
+    prepare_for(dir, overwrite, &files)
 }
 
 /// As [`prepare`], for a command that writes `files`.

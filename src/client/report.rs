@@ -72,6 +72,21 @@ impl Report {
         })
     }
 
+    /// "N sentences", or "R rows (occurrences) of N sentences" when every occurrence is a row.
+    fn rows_label(&self) -> String {
+        // Angles in a file carry no per-sentence reports: one row per sentence there.
+        if self.angles_file.is_some() {
+            return format!("{} sentences", self.num_sentences);
+        }
+        let sentences =
+            self.rotations.sentences.iter().map(|r| r.index).collect::<std::collections::BTreeSet<_>>().len();
+        if sentences == self.num_sentences {
+            format!("{sentences} sentences")
+        } else {
+            format!("{} rows (occurrences) of {sentences} sentences", self.num_sentences)
+        }
+    }
+
     pub fn angle(&self, layer: usize, sentence: usize, condition: usize) -> f32 {
         match &self.angles_file {
             Some(file) => file.angle(layer, sentence, condition),
@@ -89,8 +104,8 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} sentences, {} layers; mean angle to the previous layer in {}; paired t-test {} vs {}, {} (alpha {}, {} tests)",
-            self.num_sentences,
+            "{}, {} layers; mean angle to the previous layer in {}; paired t-test {} vs {}, {} (alpha {}, {} tests)",
+            self.rows_label(),
             self.num_layers,
             self.unit,
             self.conditions.get(sig.condition_a as usize).map_or("?", String::as_str),
@@ -127,17 +142,20 @@ impl Report {
     }
 
     fn angles_csv(&self) -> String {
-        let mut out = String::from("layer,sentence,target,non_target,shuffled\n");
+        // One line per layer and row; a row is a sentence, or one occurrence in it (--occurrence all).
+        let mut out = String::from("layer,sentence,target,non_target,shuffled,occurrence\n");
         for l in 0..self.num_layers {
             for s in 0..self.num_sentences {
+                let report = self.rotations.sentences.get(s).copied().unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{},{},{},{},{}",
+                    "{},{},{},{},{},{}",
                     l + 1,
-                    s,
+                    report.index,
                     self.angle(l, s, 0),
                     self.angle(l, s, 1),
-                    self.angle(l, s, 2)
+                    self.angle(l, s, 2),
+                    report.occurrence
                 );
             }
         }
@@ -189,6 +207,9 @@ impl Report {
                     "num_tokens": s.num_tokens,
                     "target_position": s.target_position,
                     "non_target_position": s.non_target_position,
+                    "occurrence": s.occurrence,
+                    "target_tokens": [s.target_start, s.target_end],
+                    "non_target_tokens": [s.non_target_start, s.non_target_end],
                 })).collect::<Vec<_>>(),
                 "shuffle_draws": r.shuffle_draws.iter().map(|d| [d.layer_v, d.position_v, d.layer_u, d.position_u]).collect::<Vec<_>>(),
             }),
@@ -211,6 +232,14 @@ impl Report {
             "conditions": self.conditions,
             "shape": [self.num_layers, self.num_sentences, 3],
             "layer_means": (0..self.num_layers).map(|l| [self.mean(l, 0), self.mean(l, 1), self.mean(l, 2)]).collect::<Vec<_>>(),
+            "target_token_ids": r.target_token_ids,
+            "all_layers": r.all_layers.as_ref().map(|a| serde_json::json!({
+                "mean_matrix": a.mean_matrix.as_ref().map(|t| square(&t.values, t.shape[0] as usize)),
+                "mean_cumulative": a.mean_cumulative.as_ref().map(|t| &t.values),
+                "rows": a.sums.as_ref().map(|s| s.n),
+                "row_matrices": a.row_matrices.as_ref().map(|t| t.values.chunks((t.shape[1] * t.shape[2]).max(1) as usize)
+                    .map(|m| square(m, t.shape[1] as usize)).collect::<Vec<_>>()),
+            })),
             "significance": {
                 "alpha": sig.alpha,
                 "correction": correction_name(sig.correction),
@@ -232,7 +261,11 @@ impl Report {
     /// are in a file of their own (a CSV of 10^7 sentences × 48 layers would be 20 GB).
     pub fn files(&self) -> Vec<&'static str> {
         let skip = if self.angles_file.is_some() { "angles.csv" } else { "" };
-        super::output::FILES.iter().copied().filter(|f| *f != skip).collect()
+        let mut files: Vec<&str> = super::output::FILES.iter().copied().filter(|f| *f != skip).collect();
+        if self.rotations.all_layers.is_some() {
+            files.extend(super::output::ALL_LAYERS_FILES);
+        }
+        files
     }
 
     /// Writes angles.csv, significance.csv, analysis.json, angles.svg and significance.svg into `dir`.
@@ -248,8 +281,36 @@ impl Report {
         write("analysis.json", serde_json::to_string_pretty(&self.json())?)?;
         super::plots::angles_figure(self, &dir.join("angles.svg"))?;
         super::plots::significance_figure(self, &dir.join("significance.svg"))?;
+        self.write_all_layers(dir)?;
         Ok(())
     }
+
+    /// With all layers: all_layers.csv (the mean matrix in long form, with the cumulative angle)
+    /// and the figure all_layers.svg. Written only for such an analysis.
+    fn write_all_layers(&self, dir: &Path) -> anyhow::Result<()> {
+        let Some(all) = &self.rotations.all_layers else { return Ok(()) };
+        let (mean, cumulative) = (
+            all.mean_matrix.as_ref().context("all_layers without its mean matrix")?,
+            all.mean_cumulative.as_ref().context("all_layers without its cumulative angle")?,
+        );
+        let states = mean.shape[0] as usize;
+        anyhow::ensure!(mean.values.len() == states * states && cumulative.values.len() == states, "all_layers shapes");
+        let mut csv = String::from("state_i,state_j,mean_angle,cumulative_i\n");
+        for i in 0..states {
+            for j in 0..states {
+                let _ = writeln!(csv, "{i},{j},{},{}", mean.values[i * states + j], cumulative.values[i]);
+            }
+        }
+        let path = dir.join("all_layers.csv");
+        std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+        let rows = all.sums.as_ref().map_or(self.num_sentences as u64, |s| s.n) as usize;
+        super::heatmap::all_layers_figure(&mean.values, states, self.unit, rows, &dir.join("all_layers.svg"))
+    }
+}
+
+/// A row-major `[side, side]` matrix as nested rows.
+fn square(values: &[f32], side: usize) -> Vec<&[f32]> {
+    values.chunks(side.max(1)).collect()
 }
 
 pub(super) fn correction_name(c: i32) -> &'static str {

@@ -4,12 +4,17 @@
 pub mod batcher;
 mod sentence_error;
 
+pub use sentence_error::quote;
+
 use std::ops::Range;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::analysis::{self, AngleUnit, RotationOptions, Rotations, SentenceRotations};
+use crate::analysis::{
+    self, AnalysisError, AngleUnit, NonTargetSelector, Occurrence, RotationOptions, Rotations, RowSelection,
+    SentenceRotations, SubToken, TargetSelector, TokenizedSentence,
+};
 use crate::error::Error;
 use crate::model::{Model, ModelError, Tokenized};
 use crate::telemetry::StageTimings;
@@ -18,9 +23,26 @@ use batcher::{Batcher, Forwarded};
 /// How the target token is named in a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// Must tokenize to exactly one token (" her" → 607).
+    /// A word: one token (" her" → 607) or several (" Nakamura"), found by its token ids.
     Text(String),
     Id(u32),
+    /// A character span `(start, end)` per sentence of the job.
+    Spans(Vec<(usize, usize)>),
+}
+
+/// Which tokens each sentence's rows compare besides the target itself (issue 16).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Which occurrence(s) of a target word; every occurrence is a row of its own.
+    pub occurrence: Occurrence,
+    /// The non-target as a character span per sentence of the job; empty: `non_target_offset`.
+    pub non_target_spans: Vec<(usize, usize)>,
+    /// Which sub-token stands for a word of several tokens.
+    pub sub_token: SubToken,
+    /// Also the target's pairwise angles across all hidden states.
+    pub all_layers: bool,
+    /// With `all_layers`: also each row's matrix on the wire.
+    pub row_matrices: bool,
 }
 
 /// A rotation request after validation at the edge.
@@ -34,6 +56,8 @@ pub struct RotationJob {
     /// Corpus index of `sentences[0]`: sentences are numbered (shuffle streams, reports, errors)
     /// from here, so a corpus sent in pieces gives exactly the results of one request.
     pub first_index: usize,
+    /// Which occurrence, spans, sub-token, all layers.
+    pub selection: Selection,
 }
 
 /// Budgets for one forward pass.
@@ -53,7 +77,12 @@ impl Default for BatchLimits {
 /// Consecutive sentences of a job, tokenized and known to be computable.
 pub struct Prepared {
     pub ids: Vec<Vec<u32>>,
+    /// Each sentence's rows: one, or one per occurrence of the target.
+    pub rows: Vec<Vec<RowSelection>>,
+    /// The target's token id (0 for a word of several tokens or spans: see `target_tokens`).
     pub target: u32,
+    /// The target word's token ids (empty for spans).
+    pub target_tokens: Vec<u32>,
     pub opts: RotationOptions,
     /// Corpus index of `ids[0]`: the job's `first_index` plus where this range starts in the job
     /// (a stream prepares its corpus a chunk at a time).
@@ -72,6 +101,11 @@ impl Prepared {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// Rows of the result (sentences, or occurrences).
+    pub fn num_rows(&self) -> usize {
+        self.rows.iter().map(Vec::len).sum()
     }
 }
 
@@ -95,30 +129,23 @@ impl Engine {
         Self { model, limits, batcher }
     }
 
-    /// The target's token id: one-token text, or an id inside the vocabulary.
-    pub fn resolve_target(&self, target: &Target) -> Result<u32, Error> {
+    /// The target word's token ids: a text's (one or several), or an id inside the vocabulary;
+    /// none for spans.
+    pub fn resolve_target(&self, target: &Target) -> Result<Vec<u32>, Error> {
         match target {
-            Target::Id(id) if (*id as usize) < self.model.info.vocab_size => Ok(*id),
+            Target::Id(id) if (*id as usize) < self.model.info.vocab_size => Ok(vec![*id]),
             Target::Id(id) => Err(Error::invalid(
                 "target_token_id",
                 format!("{id} is outside the vocabulary of {} tokens", self.model.info.vocab_size),
             )),
             Target::Text(text) => {
                 let t = self.model.tokenizer.encode(text)?;
-                match t.ids.as_slice() {
-                    [id] => Ok(*id),
-                    _ => Err(Error::invalid(
-                        "target_text",
-                        format!(
-                            "{text:?} must be exactly one token but tokenizes to {} {:?} (ids {:?}); \
-                             GPT-2 tokens usually carry their leading space, e.g. \" her\"",
-                            t.ids.len(),
-                            t.tokens,
-                            t.ids
-                        ),
-                    )),
+                if t.ids.is_empty() {
+                    return Err(Error::invalid("target_text", format!("{text:?} tokenizes to no tokens")));
                 }
+                Ok(t.ids)
             }
+            Target::Spans(_) => Ok(Vec::new()),
         }
     }
 
@@ -126,6 +153,9 @@ impl Engine {
     /// sentence of at most `max_positions` tokens can hold, fails every sentence alike.
     pub fn check_job(&self, job: &RotationJob) -> Result<(), Error> {
         let offset = job.non_target_offset;
+        if !job.selection.non_target_spans.is_empty() {
+            return Ok(()); // the offset is not used
+        }
         if offset == 0 {
             return Err(Error::invalid("non_target_offset", "0 would make the non-target the target itself"));
         }
@@ -157,8 +187,18 @@ impl Engine {
         if job.sentences.is_empty() {
             return Err(Error::invalid("sentences", "no sentences given"));
         }
-        let target = self.resolve_target(&job.target)?;
-        Ok(RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit })
+        let target = match self.resolve_target(&job.target)?[..] {
+            [id] => id,
+            _ => 0,
+        };
+        Ok(RotationOptions {
+            target,
+            non_target_offset: job.non_target_offset,
+            seed: job.seed,
+            unit: job.unit,
+            sub_token: job.selection.sub_token,
+            all_layers: job.selection.all_layers,
+        })
     }
 
     /// [`Engine::prepare`] for the sentences of `range` only; errors name sentences by their corpus
@@ -170,15 +210,29 @@ impl Engine {
         range: Range<usize>,
     ) -> Result<Prepared, Error> {
         let first = job.first_index + range.start;
-        let texts = &job.sentences[range];
-        let ids: Vec<Vec<u32>> = self.tokenize(texts)?.into_iter().map(|t| t.ids).collect();
+        let texts = &job.sentences[range.clone()];
+        let tokenized = self.tokenize(texts)?;
+        let ids: Vec<Vec<u32>> = tokenized.iter().map(|t| t.ids.clone()).collect();
         let explain = |e: Error| sentence_error::explain(e, first, texts, &ids, &self.model.tokenizer);
         self.model.check_batch(&ids, first).map_err(|e| explain(e.into()))?;
-        for (i, sentence) in ids.iter().enumerate() {
-            analysis::locate(first + i, sentence, opts.target, opts.non_target_offset)
-                .map_err(|e| explain(e.into()))?;
-        }
-        Ok(Prepared { ids, target: opts.target, opts, first })
+        let target_tokens = self.resolve_target(&job.target)?;
+        let rows = (range.clone().zip(&tokenized))
+            .enumerate()
+            .map(|(i, (in_job, t))| {
+                let sentence =
+                    TokenizedSentence { index: first + i, text: &texts[i], ids: &t.ids, offsets: &t.offsets };
+                let target = match &job.target {
+                    Target::Spans(spans) => TargetSelector::Span(spans[in_job].0, spans[in_job].1),
+                    _ => TargetSelector::Word { tokens: &target_tokens, occurrence: job.selection.occurrence },
+                };
+                let non_target = match job.selection.non_target_spans.get(in_job) {
+                    Some(&(start, end)) => NonTargetSelector::Span(start, end),
+                    None => NonTargetSelector::Offset(job.non_target_offset),
+                };
+                analysis::select_rows(sentence, target, non_target).map_err(|e| explain(e.into()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Prepared { ids, rows, target: opts.target, target_tokens, opts, first })
     }
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
@@ -195,11 +249,11 @@ impl Engine {
         if !self.model.info.gathers {
             return None;
         }
-        // An error here (checked already in prepare) falls back to every state; the analysis names it.
-        analysis::vectors_read(prepared.first + i, &prepared.ids[i], self.model.info.num_layers, &prepared.opts).ok()
+        let (index, layers) = (prepared.first + i, self.model.info.num_layers);
+        Some(analysis::rows_vectors_read(index, prepared.ids[i].len(), &prepared.rows[i], layers, &prepared.opts))
     }
 
-    /// Waits for a submitted range and computes its angles, in input order.
+    /// Waits for a submitted range and computes its rows' angles, in input order.
     pub async fn finish(
         &self,
         prepared: &Prepared,
@@ -217,7 +271,13 @@ impl Engine {
             }
             let started = Instant::now();
             let sentence = prepared.first + i;
-            out.push(analysis::rotate_sentence(sentence, &prepared.ids[i], &forwarded.hidden, &prepared.opts)?);
+            let (num_ids, hidden_tokens) = (prepared.ids[i].len(), forwarded.hidden.dim().1);
+            if hidden_tokens != num_ids {
+                return Err(AnalysisError::TokenCountMismatch { sentence, num_ids, hidden_tokens }.into());
+            }
+            for &row in &prepared.rows[i] {
+                out.push(analysis::rotate_row(sentence, &forwarded.hidden, row, &prepared.opts)?);
+            }
             timings.analysis += started.elapsed();
         }
         Ok(out)

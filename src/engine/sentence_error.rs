@@ -30,6 +30,10 @@ pub fn explain(error: Error, first: usize, sentences: &[String], ids: &[Vec<u32>
         Error::Analysis(AnalysisError::TargetNotFound { target, .. }) => {
             target_not_found(*target, &ids[index - first], tokenizer)
         }
+        Error::Analysis(AnalysisError::TargetTokensNotFound { tokens, .. }) => match tokenizer.decode(tokens) {
+            Ok(text) => format!("target {text:?} (tokens {tokens:?}) not found"),
+            Err(_) => format!("target tokens {tokens:?} not found"),
+        },
         Error::Model(ModelError::BadInput { reason, .. }) => reason.clone(),
         other => {
             let message = other.to_string();

@@ -2,11 +2,11 @@
 use ndarray::{Array3, ArrayView2, ArrayView3};
 
 use crate::analysis::{
-    AngleUnit, Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult, LayerFlag, LayerTest,
-    PairedStats, Rotations, SignificanceOptions, SignificanceResult, CONDITIONS, DEFAULT_NON_TARGET_OFFSET,
-    DEFAULT_SHUFFLE_SEED,
+    cumulative_angles, AngleMatrixSum, AngleUnit, Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest,
+    GroupResult, LayerFlag, LayerTest, Occurrence, PairedStats, Rotations, SignificanceOptions, SignificanceResult,
+    SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
 };
-use crate::engine::{RotationJob, Target};
+use crate::engine::{RotationJob, Selection, Target};
 use crate::error::Error;
 use crate::model::{ModelInfo, Tokenized};
 use crate::proto;
@@ -51,10 +51,17 @@ impl Default for InputLimits {
 /// Refuses, before any work, a rotation result that cannot fit in a message: per layer and
 /// sentence it holds at least 3 packed f32 angles (12 bytes) and a shuffle draw (6 bytes).
 pub fn check_result_size(num_layers: usize, num_sentences: usize, max_bytes: usize) -> Result<(), Error> {
-    let at_least = 18u128 * num_layers as u128 * num_sentences as u128;
+    check_rows_size(num_layers, num_sentences, false, max_bytes)
+}
+
+/// [`check_result_size`] for `num_rows` rows (every occurrence), each with its `[L+1, L+1]` f32
+/// matrix when `row_matrices`: checked again once the rows are known, before the forward pass.
+pub fn check_rows_size(num_layers: usize, num_rows: usize, row_matrices: bool, max_bytes: usize) -> Result<(), Error> {
+    let matrix = if row_matrices { 4 * (num_layers as u128 + 1).pow(2) } else { 0 };
+    let at_least = (18u128 * num_layers as u128 + matrix) * num_rows as u128;
     if at_least > max_bytes as u128 {
         return Err(Error::Overloaded(format!(
-            "the result for {num_sentences} sentences would take at least {at_least} bytes, over the message limit of \
+            "the result for {num_rows} rows would take at least {at_least} bytes, over the message limit of \
              {max_bytes} bytes (max_message_bytes); send fewer sentences or use StreamRotations"
         )));
     }
@@ -95,12 +102,21 @@ pub fn rotation_job(
     check_count("sentences", req.sentences.len(), max_sentences, limit_name)?;
     let first_index = first_sentence_index(req)?;
     let target = match &req.target {
+        Some(_) if !req.target_spans.is_empty() => {
+            return Err(Error::invalid("target_spans", "give target_spans or target_text/target_token_id, not both"));
+        }
         Some(proto::rotation_request::Target::TargetText(t)) if !t.is_empty() => Target::Text(t.clone()),
         Some(proto::rotation_request::Target::TargetText(_)) => {
             return Err(Error::invalid("target_text", "is empty"));
         }
         Some(proto::rotation_request::Target::TargetTokenId(id)) => Target::Id(*id),
-        None => return Err(Error::invalid("target", "set target_text (e.g. \" her\") or target_token_id")),
+        None if !req.target_spans.is_empty() => Target::Spans(char_spans("target_spans", req)?),
+        None => {
+            return Err(Error::invalid(
+                "target",
+                "set target_text (e.g. \" her\"), target_token_id, or target_spans (one per sentence)",
+            ))
+        }
     };
     Ok(RotationJob {
         sentences: req.sentences.clone(),
@@ -109,7 +125,66 @@ pub fn rotation_job(
         non_target_offset: req.non_target_offset.unwrap_or(DEFAULT_NON_TARGET_OFFSET),
         seed: req.shuffle_seed.unwrap_or(DEFAULT_SHUFFLE_SEED),
         first_index,
+        selection: selection(req)?,
     })
+}
+
+/// Occurrence, non-target spans, sub-token and all-layers options of a request.
+fn selection(req: &proto::RotationRequest) -> Result<Selection, Error> {
+    if req.non_target_offset.is_some() && !req.non_target_spans.is_empty() {
+        return Err(Error::invalid("non_target_spans", "give non_target_spans or non_target_offset, not both"));
+    }
+    if req.row_matrices && !req.all_layers {
+        return Err(Error::invalid("row_matrices", "needs all_layers"));
+    }
+    let non_target_spans =
+        if req.non_target_spans.is_empty() { Vec::new() } else { char_spans("non_target_spans", req)? };
+    Ok(Selection {
+        occurrence: occurrence(req)?,
+        non_target_spans,
+        sub_token: match proto::SubToken::try_from(req.sub_token) {
+            Ok(proto::SubToken::Unspecified | proto::SubToken::Last) => SubToken::Last,
+            Ok(proto::SubToken::First) => SubToken::First,
+            Ok(proto::SubToken::Mean) => SubToken::Mean,
+            Err(_) => return Err(Error::invalid("sub_token", format!("unknown SubToken value {}", req.sub_token))),
+        },
+        all_layers: req.all_layers,
+        row_matrices: req.row_matrices,
+    })
+}
+
+fn occurrence(req: &proto::RotationRequest) -> Result<Occurrence, Error> {
+    let n = req.occurrence_number;
+    let kind = proto::Occurrence::try_from(req.occurrence);
+    if n != 0 && kind != Ok(proto::Occurrence::Nth) {
+        return Err(Error::invalid("occurrence_number", "is used only with OCCURRENCE_NTH"));
+    }
+    let first = matches!(kind, Ok(proto::Occurrence::Unspecified | proto::Occurrence::First));
+    if !req.target_spans.is_empty() && !first {
+        return Err(Error::invalid("occurrence", "chooses among a target word's occurrences, not with target_spans"));
+    }
+    match kind {
+        Ok(proto::Occurrence::Unspecified | proto::Occurrence::First) => Ok(Occurrence::First),
+        Ok(proto::Occurrence::Last) => Ok(Occurrence::Last),
+        Ok(proto::Occurrence::All) => Ok(Occurrence::All),
+        Ok(proto::Occurrence::Nth) if n >= 1 => Ok(Occurrence::Nth(n as usize)),
+        Ok(proto::Occurrence::Nth) => {
+            Err(Error::invalid("occurrence_number", "OCCURRENCE_NTH needs occurrence_number, counted from 1"))
+        }
+        Err(_) => Err(Error::invalid("occurrence", format!("unknown Occurrence value {}", req.occurrence))),
+    }
+}
+
+/// One character span per sentence, from the field `field` (target_spans or non_target_spans).
+fn char_spans(field: &str, req: &proto::RotationRequest) -> Result<Vec<(usize, usize)>, Error> {
+    let spans = if field == "target_spans" { &req.target_spans } else { &req.non_target_spans };
+    if spans.len() != req.sentences.len() {
+        return Err(Error::invalid(
+            field,
+            format!("has {} spans for {} sentences: give one per sentence", spans.len(), req.sentences.len()),
+        ));
+    }
+    Ok(spans.iter().map(|s| (s.start as usize, s.end as usize)).collect())
 }
 
 /// Corpus indices travel as uint32 (SentenceReport.index): the last one must fit.
@@ -241,8 +316,13 @@ fn sentence_reports(r: &Rotations) -> Vec<proto::SentenceReport> {
         .map(|s| proto::SentenceReport {
             index: s.index as u32,
             num_tokens: s.num_tokens as u32,
-            target_position: s.positions.target as u32,
-            non_target_position: s.positions.non_target as u32,
+            target_position: s.positions().target as u32,
+            non_target_position: s.positions().non_target as u32,
+            occurrence: s.selection.occurrence as u32,
+            target_start: s.selection.target.start as u32,
+            target_end: s.selection.target.end as u32,
+            non_target_start: s.selection.non_target.start as u32,
+            non_target_end: s.selection.non_target.end as u32,
         })
         .collect()
 }
@@ -259,8 +339,9 @@ fn shuffle_draws(r: &Rotations) -> Vec<proto::ShuffleDraw> {
         .collect()
 }
 
-/// One streamed chunk: a slice of consecutive sentences starting at `first`.
-pub fn chunk(part: &Rotations, first: usize, seed: u64) -> proto::RotationChunk {
+/// One streamed chunk: a slice of consecutive sentences starting at `first` (with their rows'
+/// matrices when `row_matrices`).
+pub fn chunk(part: &Rotations, first: usize, seed: u64, row_matrices: bool) -> proto::RotationChunk {
     proto::RotationChunk {
         first_sentence: first as u32,
         angles: Some(tensor3(part.angles.view())),
@@ -268,11 +349,71 @@ pub fn chunk(part: &Rotations, first: usize, seed: u64) -> proto::RotationChunk 
         shuffle_draws: shuffle_draws(part),
         unit: unit_to_proto(part.unit) as i32,
         shuffle_seed: seed,
+        all_layers: row_matrices
+            .then(|| proto::AllLayers { row_matrices: row_matrix_tensor(part), ..Default::default() }),
         ..Default::default()
     }
 }
 
-pub fn rotation_result(r: &Rotations, seed: u64, target: u32, model_name: &str) -> proto::RotationResult {
+/// `[rows, states, states]`: every row's pairwise angle matrix (rows without one are left out).
+fn row_matrix_tensor(r: &Rotations) -> Option<proto::Tensor> {
+    let matrices: Vec<_> = r.sentences.iter().filter_map(|s| s.layer_matrix.as_ref()).collect();
+    let size = matrices.first()?.nrows() as u32;
+    Some(proto::Tensor {
+        shape: vec![matrices.len() as u32, size, size],
+        values: matrices.iter().flat_map(|m| m.iter().map(|&v| v as f32)).collect(),
+    })
+}
+
+/// The all-layers results of merged matrix sums: the mean matrix, its cumulative angle and the
+/// exact sums (and `row_matrices`, of the rows of this message, when given).
+pub fn all_layers(sums: &AngleMatrixSum, row_matrices: Option<proto::Tensor>) -> Option<proto::AllLayers> {
+    let mean = sums.mean()?;
+    Some(proto::AllLayers {
+        mean_matrix: Some(tensor2(mean.view())),
+        mean_cumulative: Some(proto::Tensor {
+            shape: vec![mean.nrows() as u32],
+            values: cumulative_angles(mean.view()).iter().map(|&v| v as f32).collect(),
+        }),
+        sums: Some(angle_matrix_sums(sums)),
+        row_matrices,
+    })
+}
+
+/// Exact matrix sums on the wire (16 bytes big-endian per entry, as LayerStatistics.sum_exact).
+pub fn angle_matrix_sums(sums: &AngleMatrixSum) -> proto::AngleMatrixSums {
+    proto::AngleMatrixSums {
+        n: sums.n(),
+        size: sums.size() as u32,
+        sums_exact: sums.sums_exact().iter().flat_map(|x| x.to_be_bytes()).collect(),
+    }
+}
+
+/// Exact matrix sums from the wire, checked.
+pub fn angle_matrix_sums_from_proto(m: &proto::AngleMatrixSums) -> Result<AngleMatrixSum, Error> {
+    let size = m.size as usize;
+    let bad = |reason: String| Error::invalid("all_layers.sums", reason);
+    if m.sums_exact.len() != size * size * 16 {
+        return Err(bad(format!("{} bytes for {size} x {size} entries of 16 bytes", m.sums_exact.len())));
+    }
+    let sums = m.sums_exact.chunks_exact(16).map(|b| i128::from_be_bytes(b.try_into().expect("16 bytes"))).collect();
+    AngleMatrixSum::from_exact(m.n, size, sums).ok_or_else(|| bad("sums without matrices".into()))
+}
+
+/// The target word's ids on the wire: `target_token_id` (the one id, else 0) and `target_token_ids`.
+pub fn target_ids(tokens: &[u32]) -> (u32, Vec<u32>) {
+    (if let [id] = tokens { *id } else { 0 }, tokens.to_vec())
+}
+
+pub fn rotation_result(
+    r: &Rotations,
+    seed: u64,
+    target: &[u32],
+    model_name: &str,
+    row_matrices: bool,
+) -> proto::RotationResult {
+    let (target_token_id, target_token_ids) = target_ids(target);
+    let rows = if row_matrices { row_matrix_tensor(r) } else { None };
     proto::RotationResult {
         angles: Some(tensor3(r.angles.view())),
         conditions: CONDITIONS.iter().map(|c| c.to_string()).collect(),
@@ -282,7 +423,9 @@ pub fn rotation_result(r: &Rotations, seed: u64, target: u32, model_name: &str) 
         shuffle_draws: shuffle_draws(r),
         shuffle_seed: seed,
         model_name: model_name.to_string(),
-        target_token_id: target,
+        target_token_id,
+        all_layers: r.layer_matrices.as_ref().and_then(|sums| all_layers(sums, rows)),
+        target_token_ids,
     }
 }
 

@@ -133,9 +133,12 @@ impl RotationServiceImpl {
         prepared: &Prepared,
         timings: &mut StageTimings,
     ) -> Result<(Rotations, proto::RotationResult), Error> {
+        let (layers, row_matrices) = (engine.model.info.num_layers, job.selection.row_matrices);
+        convert::check_rows_size(layers, prepared.num_rows(), row_matrices, self.input.max_message_bytes)?;
         let _queued = self.admission.tokens(prepared.num_tokens())?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
-        let wire = convert::rotation_result(&rotations, job.seed, prepared.target, &engine.model.info.name);
+        let name = &engine.model.info.name;
+        let wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices);
         Ok((rotations, wire))
     }
 

@@ -13,8 +13,8 @@ use tonic::Status;
 use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
 use crate::analysis::{
-    condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, ExactMoments, PairedStats,
-    RotationOptions, Rotations, SignificanceOptions,
+    condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
+    ExactMoments, PairedStats, RotationOptions, Rotations, SignificanceOptions,
 };
 use crate::engine::{blocking, Engine, Pending, Prepared, RotationJob};
 use crate::error::Error;
@@ -65,6 +65,7 @@ async fn produce(
     let chunk = engine.limits.max_sentences.max(1);
     let mut stats: Vec<PairedStats> = Vec::new();
     let mut per_condition: Vec<Vec<ExactMoments>> = Vec::new();
+    let mut matrices = AngleMatrixSum::default();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
     let mut ready: Option<Prepared> = None; // prepared, waiting for room in the token budget
     let mut next = 0;
@@ -108,8 +109,11 @@ async fn produce(
             paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
         merge_layers(&mut stats, &layer_stats);
         merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
-        done += part.sentences.len();
-        let mut message = convert::chunk(&part, prepared.first, job.seed);
+        if let Some(sums) = &part.layer_matrices {
+            matrices.merge(sums)?;
+        }
+        done += prepared.len();
+        let mut message = convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
         if tx.send(Ok(message)).await.is_err() {
             return Ok(()); // the client has gone
@@ -117,6 +121,7 @@ async fn produce(
     }
     let mut last = last_chunk(context, &job, &stats, done);
     last.condition_statistics = convert::condition_statistics(&per_condition);
+    last.all_layers = convert::all_layers(&matrices, None);
     let _ = tx.send(Ok(last)).await;
     Ok(())
 }
@@ -124,6 +129,9 @@ async fn produce(
 /// The final chunk: merged statistics and their t-tests (or why there are none).
 fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats], done: usize) -> proto::RotationChunk {
     let total = job.sentences.len();
+    // Resolved when the stream started: it cannot fail now.
+    let (target_token_id, target_token_ids) =
+        convert::target_ids(&context.engine.resolve_target(&job.target).unwrap_or_default());
     let opts = &context.significance;
     let mut last = proto::RotationChunk {
         first_sentence: (job.first_index + total) as u32,
@@ -133,7 +141,8 @@ fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats],
         statistics: convert::layer_statistics(stats),
         last: true,
         model_name: context.engine.model.info.name.clone(),
-        target_token_id: context.rotation.target,
+        target_token_id,
+        target_token_ids,
         ..Default::default()
     };
     match test_layers_from_stats(stats, opts) {

@@ -12,6 +12,8 @@ installed (``pip install ./clients/python``); see ``docs/PYTHON.md``.
 from ._types import (
     CONDITIONS,
     DRAW_FIELDS,
+    AllLayers,
+    AngleMatrixSums,
     Analysis,
     ConditionStatistics,
     GroupComparison,
@@ -34,6 +36,8 @@ from .errors import RotationsError
 from .retry import RETRYABLE_CODES, RetryPolicy, is_retryable
 
 __all__ = [
+    "AllLayers",
+    "AngleMatrixSums",
     "CONDITIONS",
     "DEFAULT_ADDRESS",
     "DRAW_FIELDS",

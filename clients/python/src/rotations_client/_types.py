@@ -114,19 +114,114 @@ class Tokenized:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def char_offsets(self) -> Tuple[Tuple[int, int], ...]:
+        """The offsets in characters (Python ``str`` indices), as ``target_spans`` count them; a
+        byte offset inside a character (GPT-2 splits some characters' bytes) rounds down to it."""
+        encoded = self.text.encode("utf-8")
+
+        def chars(byte: int) -> int:
+            return len(encoded[:byte].decode("utf-8", errors="ignore"))
+
+        return tuple((chars(a), chars(b)) for a, b in self.offsets)
+
 
 @dataclass(frozen=True)
 class SentenceReport:
-    """Where the target and non-target were found in one sentence (0-based token positions)."""
+    """Where the target and non-target were found in one row: a sentence (``index``, its corpus
+    index), or one occurrence in it. Positions are 0-based tokens: the sub-token standing for each
+    word (the last one for a mean); ``target_tokens`` and ``non_target_tokens`` are the whole words'
+    ``(start, end)`` token ranges."""
 
     index: int
     num_tokens: int
     target_position: int
     non_target_position: int
+    #: Which occurrence of the target in the sentence, from 1 (1 for a span).
+    occurrence: int = 1
+    target_tokens: Tuple[int, int] = (0, 0)
+    non_target_tokens: Tuple[int, int] = (0, 0)
 
     @classmethod
     def from_pb(cls, m: "pb.SentenceReport") -> SentenceReport:
-        return cls(m.index, m.num_tokens, m.target_position, m.non_target_position)
+        return cls(
+            m.index,
+            m.num_tokens,
+            m.target_position,
+            m.non_target_position,
+            m.occurrence,
+            (m.target_start, m.target_end),
+            (m.non_target_start, m.non_target_end),
+        )
+
+
+@dataclass(frozen=True)
+class AngleMatrixSums:
+    """Exact sums over rows of ``round(M * 2**64)`` of pairwise angle matrices: they add up exactly
+    (:meth:`merge`) across pieces of a corpus, and :meth:`mean` is the server's mean, bit for bit."""
+
+    n: int
+    size: int
+    #: ``size * size`` Python ints, row-major.
+    sums_exact: Tuple[int, ...] = ()
+
+    @classmethod
+    def from_pb(cls, m: "pb.AngleMatrixSums") -> AngleMatrixSums:
+        raw = bytes(m.sums_exact)
+        if len(raw) != m.size * m.size * 16:
+            raise ValueError(f"{len(raw)} bytes of matrix sums for side {m.size}")
+        sums = tuple(int.from_bytes(raw[k : k + 16], "big", signed=True) for k in range(0, len(raw), 16))
+        return cls(m.n, m.size, sums)
+
+    def merge(self, other: AngleMatrixSums) -> AngleMatrixSums:
+        """The sums of both sets of rows (exact integer addition)."""
+        if self.n == 0:
+            return other
+        if other.n and other.size != self.size:
+            raise ValueError(f"cannot merge matrices of side {other.size} into side {self.size}")
+        summed = tuple(a + b for a, b in zip(self.sums_exact, other.sums_exact)) if other.n else self.sums_exact
+        return AngleMatrixSums(self.n + other.n, self.size, summed)
+
+    def mean(self) -> np.ndarray:
+        """``[size, size]`` float64: sum / 2**64 / n, rounded as src/analysis/trajectory.rs does."""
+        scale = 2.0**-64 / float(self.n)
+        return np.array([float(x) * scale for x in self.sums_exact], dtype=np.float64).reshape(self.size, self.size)
+
+
+def cumulative_angles(matrix: np.ndarray) -> np.ndarray:
+    """The cumulative angle from the embedding, ``C[l] = sum over k <= l of M[k-1, k]`` (``C[0] = 0``)."""
+    steps = np.diagonal(np.asarray(matrix, dtype=np.float64), offset=1)
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+@dataclass(frozen=True)
+class AllLayers:
+    """The target across all layers (``all_layers=True``): angles between its hidden states i and j
+    (0 = embeddings), in the result's unit. float32 as sent; ``sums`` are the exact sums behind the
+    mean (merge pieces of a corpus with them)."""
+
+    #: ``[L+1, L+1]``: the mean over rows, symmetric, zero diagonal.
+    mean_matrix: np.ndarray
+    #: ``[L+1]``: the cumulative angle of the mean matrix (the mean of the rows' cumulative angles).
+    mean_cumulative: np.ndarray
+    sums: AngleMatrixSums
+    #: ``[rows, L+1, L+1]`` with ``row_matrices=True``, else None.
+    row_matrices: Optional[np.ndarray] = None
+
+    @classmethod
+    def from_pb(cls, m: "pb.AllLayers") -> AllLayers:
+        return cls(
+            mean_matrix=tensor(m.mean_matrix, 2) if m.HasField("mean_matrix") else np.zeros((0, 0), np.float32),
+            mean_cumulative=tensor(m.mean_cumulative, 1) if m.HasField("mean_cumulative") else np.zeros(0, np.float32),
+            sums=AngleMatrixSums.from_pb(m.sums) if m.HasField("sums") else AngleMatrixSums(0, 0),
+            row_matrices=tensor(m.row_matrices, 3) if m.HasField("row_matrices") else None,
+        )
+
+    @classmethod
+    def from_sums(cls, sums: AngleMatrixSums, row_matrices: Optional[np.ndarray] = None) -> AllLayers:
+        """The mean and cumulative of merged sums, as the server computes them."""
+        mean = sums.mean()
+        return cls(mean.astype(np.float32), cumulative_angles(mean).astype(np.float32), sums, row_matrices)
 
 
 @dataclass(frozen=True)
@@ -147,6 +242,10 @@ class RotationResult:
     shuffle_seed: int
     model_name: str
     target_token_id: int
+    #: With ``all_layers=True``.
+    all_layers: Optional[AllLayers] = None
+    #: The target word's token ids (several for a word GPT-2 splits; ``target_token_id`` is 0 then).
+    target_token_ids: Tuple[int, ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -170,6 +269,8 @@ class RotationResult:
             shuffle_seed=m.shuffle_seed,
             model_name=m.model_name,
             target_token_id=m.target_token_id,
+            all_layers=AllLayers.from_pb(m.all_layers) if m.HasField("all_layers") else None,
+            target_token_ids=tuple(m.target_token_ids),
         )
 
 
@@ -522,6 +623,10 @@ class RotationChunk:
     target_token_id: int = 0
     #: In the final chunk: per condition, the merged per-layer statistics of the angles themselves.
     condition_statistics: Tuple[ConditionStatistics, ...] = ()
+    #: With ``all_layers=True``: this chunk's row matrices (``row_matrices=True``), and in the final
+    #: chunk the merged sums and mean.
+    all_layers: Optional[AllLayers] = None
+    target_token_ids: Tuple[int, ...] = ()
 
     @classmethod
     def from_pb(cls, m: "pb.RotationChunk") -> RotationChunk:
@@ -545,4 +650,6 @@ class RotationChunk:
             model_name=m.model_name,
             target_token_id=m.target_token_id,
             condition_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.condition_statistics),
+            all_layers=AllLayers.from_pb(m.all_layers) if m.HasField("all_layers") else None,
+            target_token_ids=tuple(m.target_token_ids),
         )

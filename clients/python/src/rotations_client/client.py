@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import (
     Any,
@@ -48,8 +49,13 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 Unit = Literal["degrees", "radians"]
 Correction = Literal["bonferroni", "holm", "benjamini-hochberg", "none"]
-Target = Union[str, int]
+Target = Union[str, int, None]
 Condition = Union[int, str]
+#: "first" (the notebook's), "last", "all" (each occurrence a row) or n (the n-th, from 1).
+Occurrence = Union[Literal["first", "last", "all"], int]
+SubToken = Literal["last", "first", "mean"]
+#: Characters [start, end) of a sentence (Python str indices).
+Span = Tuple[int, int]
 
 _UNITS: Dict[str, Any] = {"degrees": pb.ANGLE_UNIT_DEGREES, "radians": pb.ANGLE_UNIT_RADIANS}
 _CORRECTIONS: Dict[str, Any] = {
@@ -58,6 +64,13 @@ _CORRECTIONS: Dict[str, Any] = {
     "benjamini-hochberg": pb.CORRECTION_BENJAMINI_HOCHBERG,
     "none": pb.CORRECTION_NONE,
 }
+
+_OCCURRENCES: Dict[str, Any] = {
+    "first": pb.OCCURRENCE_FIRST,
+    "last": pb.OCCURRENCE_LAST,
+    "all": pb.OCCURRENCE_ALL,
+}
+_SUB_TOKENS: Dict[str, Any] = {"last": pb.SUB_TOKEN_LAST, "first": pb.SUB_TOKEN_FIRST, "mean": pb.SUB_TOKEN_MEAN}
 
 T = TypeVar("T")
 
@@ -70,6 +83,60 @@ def _sentences(sentences: Iterable[str]) -> List[str]:
         if not isinstance(s, str):
             raise TypeError(f"sentence {i} is {type(s).__name__}, not str")
     return out
+
+
+def _spans(name: str, spans: Sequence[Span], count: int) -> List["pb.CharSpan"]:
+    spans = list(spans)
+    if len(spans) != count:
+        raise ValueError(f"{name} has {len(spans)} spans for {count} sentences: give one per sentence")
+    out = []
+    for i, span in enumerate(spans):
+        try:
+            start, end = (operator.index(x) for x in span)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}[{i}] must be a (start, end) pair of ints, not {span!r}") from None
+        if not 0 <= start < end:
+            raise ValueError(f"{name}[{i}] = ({start}, {end}) is not a non-empty range of characters")
+        out.append(pb.CharSpan(start=start, end=end))
+    return out
+
+
+def _selection(*values: Any) -> Dict[str, Any]:
+    """The selection keywords of the public methods, in :func:`_select`'s order, as a dict."""
+    names = ("occurrence", "target_spans", "non_target_spans", "sub_token", "all_layers", "row_matrices")
+    return dict(zip(names, values))
+
+
+def _select(
+    request: "pb.RotationRequest",
+    occurrence: Occurrence = "first",
+    target_spans: Optional[Sequence[Span]] = None,
+    non_target_spans: Optional[Sequence[Span]] = None,
+    sub_token: SubToken = "last",
+    all_layers: bool = False,
+    row_matrices: bool = False,
+) -> None:
+    """The selection keywords (which token, all layers) onto ``request``; the server checks them
+    against the sentences and names the sentence that does not fit."""
+    if isinstance(occurrence, str):
+        if occurrence not in _OCCURRENCES:
+            raise ValueError(f"occurrence must be 'first', 'last', 'all' or a number from 1, not {occurrence!r}")
+        request.occurrence = _OCCURRENCES[occurrence]
+    elif isinstance(occurrence, bool) or operator.index(occurrence) < 1:
+        raise ValueError(f"occurrence numbers count from 1, not {occurrence!r}")
+    else:
+        request.occurrence = pb.OCCURRENCE_NTH
+        request.occurrence_number = operator.index(occurrence)
+    if target_spans is not None:
+        request.target_spans.extend(_spans("target_spans", target_spans, len(request.sentences)))
+    if non_target_spans is not None:
+        request.non_target_spans.extend(_spans("non_target_spans", non_target_spans, len(request.sentences)))
+    if sub_token not in _SUB_TOKENS:
+        raise ValueError(f"sub_token must be 'last', 'first' or 'mean', not {sub_token!r}")
+    request.sub_token = _SUB_TOKENS[sub_token]
+    if row_matrices and not all_layers:
+        raise ValueError("row_matrices needs all_layers=True")
+    request.all_layers, request.row_matrices = bool(all_layers), bool(row_matrices)
 
 
 def _unit(unit: str) -> Any:
@@ -286,10 +353,17 @@ class Client:
         non_target_offset: Optional[int],
         significance: Optional["pb.SignificanceOptions"] = None,
         first_sentence_index: int = 0,
+        selection: Optional[Dict[str, Any]] = None,
     ) -> "pb.RotationRequest":
         request = pb.RotationRequest(sentences=_sentences(sentences), unit=_unit(unit))
         request.first_sentence_index = operator.index(first_sentence_index)
-        if isinstance(target, str):
+        _select(request, **(selection or {}))
+        if target is None:
+            if not request.target_spans:
+                raise ValueError("give a target (a text or a token id) or target_spans")
+        elif request.target_spans:
+            raise ValueError("give a target or target_spans, not both (pass target=None with spans)")
+        elif isinstance(target, str):
             request.target_text = target
         elif isinstance(target, bool):
             raise TypeError("target must be a text (e.g. ' her') or a token id, not bool")
@@ -315,14 +389,30 @@ class Client:
         seed: Optional[int] = None,
         non_target_offset: Optional[int] = None,
         timeout: Optional[float] = None,
+        occurrence: Occurrence = "first",
+        target_spans: Optional[Sequence[Span]] = None,
+        non_target_spans: Optional[Sequence[Span]] = None,
+        sub_token: SubToken = "last",
+        all_layers: bool = False,
+        row_matrices: bool = False,
     ) -> RotationResult:
-        """The notebook's ``angles`` (``[layers, sentences, 3]``) with positions and shuffle draws.
+        """The notebook's ``angles`` (``[layers, rows, 3]``) with positions and shuffle draws.
 
-        ``target`` is a text that tokenizes to one token (``" her"``) or a token id. ``seed`` seeds
+        ``target`` is a word as text (``" her"``; one token or several) or a token id. ``seed`` seeds
         the shuffled control (server default 20250901); ``non_target_offset`` picks the non-target
         relative to the target (default -1, the token before).
+
+        Which token (see the README's "Which token"): ``occurrence`` "first" (default), "last",
+        "all" (each occurrence one row; ``sentences[k].occurrence`` says which) or n (the n-th);
+        ``target_spans`` one ``(start, end)`` character span per sentence instead of ``target``
+        (pass ``target=None``), and ``non_target_spans`` instead of ``non_target_offset``;
+        ``sub_token`` "last" (default: in a causal model the last token of a word has seen all of
+        it), "first" or "mean" for words of several tokens. ``all_layers`` adds the target's angle
+        between every pair of hidden states (``result.all_layers``: the mean ``[L+1, L+1]`` matrix,
+        its cumulative angle, exact sums), ``row_matrices`` every row's matrix too.
         """
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset)
+        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
+        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, selection=selection)
         m = self._call("ComputeRotations", self._stub.ComputeRotations, request, timeout)
         return RotationResult.from_pb(m)
 
@@ -431,10 +521,18 @@ class Client:
         correction: Optional[Correction] = None,
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
+        occurrence: Occurrence = "first",
+        target_spans: Optional[Sequence[Span]] = None,
+        non_target_spans: Optional[Sequence[Span]] = None,
+        sub_token: SubToken = "last",
+        all_layers: bool = False,
+        row_matrices: bool = False,
     ) -> Analysis:
-        """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result."""
+        """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result (the
+        selection keywords as in :meth:`rotations`)."""
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options)
+        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
+        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options, selection=selection)
         m = self._call("Analyze", self._stub.Analyze, request, timeout)
         return Analysis.from_pb(m)
 
@@ -453,16 +551,25 @@ class Client:
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         first_sentence_index: int = 0,
+        occurrence: Occurrence = "first",
+        target_spans: Optional[Sequence[Span]] = None,
+        non_target_spans: Optional[Sequence[Span]] = None,
+        sub_token: SubToken = "last",
+        all_layers: bool = False,
+        row_matrices: bool = False,
     ) -> Iterator[RotationChunk]:
         """For large corpora: chunks of sentences in input order as they finish, then a final chunk
         (``last``) with the merged per-layer statistics and their t-tests. :func:`collect_stream`
         reassembles them into an :class:`Analysis`. Closing the iterator early cancels the request.
         ``first_sentence_index`` is the corpus index of ``sentences[0]`` (a piece of a larger corpus:
         draws, reports and chunks then carry corpus indices, exactly as in one request of the whole).
+        The selection keywords are those of :meth:`rotations`; with ``all_layers`` the final chunk
+        carries the merged exact matrix sums and the mean matrix.
         """
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
+        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
         request = self._rotation_request(
-            sentences, target, unit, seed, non_target_offset, options, first_sentence_index
+            sentences, target, unit, seed, non_target_offset, options, first_sentence_index, selection
         )
         call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
         return self._chunks(call)
@@ -496,18 +603,20 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         raise ValueError("the stream ended without its final chunk")
     total = last.progress.total
     layers = parts[0].angles.shape[0] if parts else 0
-    angles = np.zeros((layers, total, 3), dtype=np.float32)
-    draws = np.zeros((layers, total, 4), dtype=np.int64)
-    reports: List[SentenceReport] = []
     for part in parts:
-        first, k = part.first_sentence, part.angles.shape[1]
-        if part.angles.shape[0] != layers or first + k > total:
-            raise ValueError(f"chunk of shape {list(part.angles.shape)} at sentence {first} does not fit")
-        angles[:, first : first + k] = part.angles
-        draws[:, first : first + k] = part.shuffle_draws
-        reports.extend(part.sentences)
-    if len(reports) != total:
-        raise ValueError(f"the stream delivered {len(reports)} of {total} sentences")
+        if part.angles.shape[0] != layers:
+            raise ValueError(f"chunk of shape {list(part.angles.shape)} at sentence {part.first_sentence} does not fit")
+    # Rows in corpus order: one per sentence, or one per occurrence (occurrence="all").
+    angles = np.concatenate([p.angles for p in parts], axis=1) if parts else np.zeros((0, 0, 3), np.float32)
+    draws = np.concatenate([p.shuffle_draws for p in parts], axis=1) if parts else np.zeros((0, 0, 4), np.int64)
+    reports: List[SentenceReport] = [r for part in parts for r in part.sentences]
+    delivered = len({r.index for r in reports})
+    if delivered != total:
+        raise ValueError(f"the stream delivered {delivered} of {total} sentences")
+    all_layers = last.all_layers
+    row_matrices = [p.all_layers.row_matrices for p in parts if p.all_layers and p.all_layers.row_matrices is not None]
+    if all_layers is not None and row_matrices:
+        all_layers = dataclasses.replace(all_layers, row_matrices=np.concatenate(row_matrices))
     rotations = RotationResult(
         angles=angles,
         layer_means=angles.astype(np.float64).mean(axis=1).astype(np.float32),
@@ -518,5 +627,7 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         shuffle_seed=last.shuffle_seed,
         model_name=last.model_name,
         target_token_id=last.target_token_id,
+        all_layers=all_layers,
+        target_token_ids=last.target_token_ids,
     )
     return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics)

@@ -27,6 +27,8 @@ import numpy as np
 
 from ._types import (
     CONDITIONS,
+    AllLayers,
+    AngleMatrixSums,
     Analysis,
     ConditionStatistics,
     GroupComparison,
@@ -37,7 +39,20 @@ from ._types import (
     RotationResult,
     merge_conditions,
 )
-from .client import Client, Condition, Correction, Groups, Target, Unit, _condition, _labelled_groups, collect_stream
+from .client import (
+    Client,
+    Condition,
+    Correction,
+    Groups,
+    Occurrence,
+    Span,
+    SubToken,
+    Target,
+    Unit,
+    _condition,
+    _labelled_groups,
+    collect_stream,
+)
 from .connect import Pem
 from .errors import RotationsError
 from .retry import RetryPolicy, is_retryable
@@ -198,7 +213,11 @@ class _Run:
 
     def _compute(self, client: Client, chunk: _Chunk) -> _Result:
         parts: List[RotationChunk] = []
-        for part in client.stream_rotations(chunk.sentences, first_sentence_index=chunk.first, **self.request):
+        request = dict(self.request)
+        for spans in ("target_spans", "non_target_spans"):  # each chunk sends its sentences' spans
+            if request.get(spans) is not None:
+                request[spans] = request[spans][chunk.first : chunk.first + len(chunk.sentences)]
+        for part in client.stream_rotations(chunk.sentences, first_sentence_index=chunk.first, **request):
             if part.last:
                 return _Result(parts, part.statistics, part)
             parts.append(part)
@@ -434,6 +453,12 @@ class Cluster:
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         progress: bool = False,
+        occurrence: Occurrence = "first",
+        target_spans: Optional[Sequence[Span]] = None,
+        non_target_spans: Optional[Sequence[Span]] = None,
+        sub_token: SubToken = "last",
+        all_layers: bool = False,
+        row_matrices: bool = False,
     ) -> Iterator[RotationChunk]:
         """As :meth:`Client.stream_rotations`, over the replicas: chunks in corpus order (their
         ``first_sentence`` and reports carry corpus indices), then a final chunk with the merged
@@ -452,6 +477,12 @@ class Cluster:
             correction=correction,
             num_tests=num_tests,
             timeout=self.timeout if timeout is None else timeout,
+            occurrence=occurrence,
+            target_spans=None if target_spans is None else list(target_spans),
+            non_target_spans=None if non_target_spans is None else list(non_target_spans),
+            sub_token=sub_token,
+            all_layers=all_layers,
+            row_matrices=row_matrices,
         )
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
@@ -467,13 +498,17 @@ class Cluster:
         bar = _progress_bar(total) if progress else None
         merged: Optional[List[LayerStatistics]] = None
         conditions: Tuple[ConditionStatistics, ...] = ()
+        matrices = AngleMatrixSums(0, 0)
         done = 0
         last: Optional[RotationChunk] = None
         try:
             for result in run.results_in_order():
                 for part in result.parts:
-                    done += len(part.sentences)
+                    # Sentences so far (rows are occurrences with occurrence="all").
+                    done = part.sentences[-1].index + 1 if part.sentences else done
                     yield dataclasses.replace(part, progress=Progress(done, total or 0))
+                if result.last.all_layers is not None:
+                    matrices = matrices.merge(result.last.all_layers.sums)
                 if merged is None:
                     merged = list(result.statistics)
                 else:
@@ -487,6 +522,8 @@ class Cluster:
                 bar.close()
         if last is None or merged is None:
             raise ValueError("no sentences given")
+        if matrices.n:
+            last = dataclasses.replace(last, all_layers=AllLayers.from_sums(matrices))
         yield dataclasses.replace(self._final_chunk(last, merged, done, request), condition_statistics=conditions)
 
     def _final_chunk(
@@ -549,6 +586,12 @@ class Cluster:
         timeout: Optional[float] = None,
         progress: bool = False,
         angles_out: Union[str, Path, None] = None,
+        occurrence: Occurrence = "first",
+        target_spans: Optional[Sequence[Span]] = None,
+        non_target_spans: Optional[Sequence[Span]] = None,
+        sub_token: SubToken = "last",
+        all_layers: bool = False,
+        row_matrices: bool = False,
     ) -> Analysis:
         """As :meth:`Client.analyze`, over the replicas: equal to one server's ``analyze`` bit for bit.
 
@@ -571,6 +614,12 @@ class Cluster:
             num_tests=num_tests,
             timeout=timeout,
             progress=progress,
+            occurrence=occurrence,
+            target_spans=target_spans,
+            non_target_spans=non_target_spans,
+            sub_token=sub_token,
+            all_layers=all_layers,
+            row_matrices=row_matrices,
         )
         if angles_out is None:
             return collect_stream(chunks)
@@ -669,6 +718,8 @@ def _collect_to_disk(chunks: Iterator[RotationChunk], path: Path) -> Analysis:
         shuffle_seed=last.shuffle_seed,
         model_name=last.model_name,
         target_token_id=last.target_token_id,
+        all_layers=last.all_layers,
+        target_token_ids=last.target_token_ids,
     )
     return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics)
 
