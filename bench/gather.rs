@@ -55,6 +55,7 @@ async fn main() {
         non_target_offset: -1,
         seed: 1,
         first_index: 0,
+        allow_bos_non_target: false,
     };
     let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
     let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());

@@ -275,7 +275,8 @@ pub struct AnalyzeArgs {
     /// Text file, one sentence per line (blank lines skipped).
     #[arg(long)]
     pub sentences: PathBuf,
-    /// Target as text; must be one token (note the leading space: " her").
+    /// Target as text; must be one token (note the leading space: " her"; SentencePiece models: " her"
+    /// and "her" both name `▁her`).
     #[arg(long, allow_hyphen_values = true, conflicts_with = "target_id")]
     pub target: Option<String>,
     /// Target as a token id.
@@ -311,6 +312,10 @@ pub struct AnalyzeArgs {
     /// With several servers: sentences per chunk sent to a replica.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_size: u32,
+    /// With a tokenizer that puts a BOS token before every sentence (Llama): a target that is a
+    /// sentence's first word is compared with the BOS token (refused by default).
+    #[arg(long)]
+    pub allow_bos_non_target: bool,
 }
 
 #[cfg(test)]

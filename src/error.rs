@@ -77,6 +77,7 @@ fn analysis_code(e: &AnalysisError) -> Code {
         | AnalysisError::SpanNotOnTokenBoundary { .. }
         | AnalysisError::NonTargetOutOfRange { .. }
         | AnalysisError::NonTargetIsTarget { .. }
+        | AnalysisError::NonTargetIsBos { .. }
         | AnalysisError::NotEnoughSentences { .. }
         | AnalysisError::NoLayers
         | AnalysisError::NonFinite { .. }

@@ -75,6 +75,7 @@ async fn rotations_of(model: Model, texts: &[String], first_index: usize) -> Rot
         non_target_offset: -1,
         seed: 7,
         first_index,
+        allow_bos_non_target: false,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()

@@ -74,6 +74,7 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
                 non_target_offset: -1,
                 seed: 1,
                 first_index: 0,
+                allow_bos_non_target: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 prop_assert_eq!(prepared.len(), job.sentences.len());

@@ -65,12 +65,13 @@ pub use error::AnalysisError;
 pub use groups::{group_moments, welch_layers, GroupFlag, GroupLayerTest, GroupResult};
 pub use moments::ExactMoments;
 pub use rotations::{
-    rotate_at_positions, rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations, CONDITIONS,
+    locate_target, rotate_at_positions, rotate_sentence, vectors_read, RotationOptions, Rotations, SentenceRotations,
+    CONDITIONS,
 };
 pub use select::{
     find_occurrences, non_target_position, span_to_tokens, sub_token_vector, Occurrence, SubToken, TokenRange,
 };
-pub use shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+pub use shuffle::{draws_after_prefix, draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
     adjust_p_values, check_options, fixed_point, merge_layers, paired_stats, t_quantile, test_layers,
     test_layers_from_stats, two_sided_p, Correction, Direction, LayerFlag, LayerTest, PairedStats, SignificanceOptions,

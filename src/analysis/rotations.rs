@@ -4,7 +4,7 @@
 use ndarray::{Array2, Array3, ArrayView1, Axis};
 
 use super::angles::{angle_between, AngleUnit};
-use super::shuffle::{draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+use super::shuffle::{draws_after_prefix, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 use super::stats::{test_layers, SignificanceOptions, SignificanceResult};
 use super::target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
 use super::vectors::HiddenVectors;
@@ -25,6 +25,12 @@ pub struct RotationOptions {
     pub seed: u64,
     /// Unit of the reported angles.
     pub unit: AngleUnit,
+    /// Tokens the tokenizer puts before every text: 1 for a BOS token (Llama), else 0. The shuffled
+    /// control never draws them ([`draws_after_prefix`]); see `allow_bos_non_target`.
+    pub special_prefix: usize,
+    /// Whether the non-target may be the BOS token (for a target that is the sentence's first word
+    /// and offset −1); refused by default ([`AnalysisError::NonTargetIsBos`]).
+    pub allow_bos_non_target: bool,
 }
 
 impl RotationOptions {
@@ -36,6 +42,8 @@ impl RotationOptions {
             non_target_offset: DEFAULT_NON_TARGET_OFFSET,
             seed: DEFAULT_SHUFFLE_SEED,
             unit: AngleUnit::Degrees,
+            special_prefix: 0,
+            allow_bos_non_target: false,
         }
     }
 }
@@ -86,8 +94,21 @@ pub fn rotate_sentence(
         });
     }
     check_hidden(index, &hidden)?;
-    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    let positions = locate_target(index, ids, opts)?;
     rotate_checked(index, &hidden, positions, opts)
+}
+
+/// [`locate`] with the options' rule for the BOS token: the non-target may be it only when
+/// `opts.allow_bos_non_target` says so, never silently.
+///
+/// # Errors
+/// Those of [`locate`], and [`AnalysisError::NonTargetIsBos`].
+pub fn locate_target(index: usize, ids: &[u32], opts: &RotationOptions) -> Result<Positions, AnalysisError> {
+    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    if positions.non_target < opts.special_prefix && !opts.allow_bos_non_target {
+        return Err(AnalysisError::NonTargetIsBos { sentence: index, position: positions.non_target });
+    }
+    Ok(positions)
 }
 
 /// The same angles as [`rotate_sentence`] at positions chosen by the caller (e.g. an occurrence
@@ -133,7 +154,7 @@ fn rotate_checked(
 ) -> Result<SentenceRotations, AnalysisError> {
     let (num_states, num_tokens, _) = hidden.dim();
     let num_layers = num_states - 1;
-    let draws = draws_for_sentence(opts.seed, index, num_layers, num_tokens);
+    let draws = draws_after_prefix(opts.seed, index, num_layers, num_tokens, opts.special_prefix);
     let mut angles = Array2::<f64>::zeros((num_layers, CONDITIONS.len()));
     for (l, draw) in (1..=num_layers).zip(&draws) {
         for (condition, [a, b]) in compared_vectors(l, positions, draw).into_iter().enumerate() {
@@ -161,8 +182,8 @@ pub fn vectors_read(
     num_layers: usize,
     opts: &RotationOptions,
 ) -> Result<Vec<(u32, u32)>, AnalysisError> {
-    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
-    let draws = draws_for_sentence(opts.seed, index, num_layers, ids.len());
+    let positions = locate_target(index, ids, opts)?;
+    let draws = draws_after_prefix(opts.seed, index, num_layers, ids.len(), opts.special_prefix);
     let mut read: Vec<(u32, u32)> = (1..=num_layers)
         .zip(&draws)
         .flat_map(|(l, draw)| compared_vectors(l, positions, draw).into_iter().flatten())
@@ -284,6 +305,7 @@ impl Rotations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::shuffle::draws_for_sentence;
     use approx::assert_relative_eq;
     use std::f64::consts::PI;
 
@@ -519,5 +541,31 @@ mod tests {
             Rotations::assemble(opts.unit, all),
             Err(AnalysisError::LayerCountMismatch { sentence: 7, expected: 6, found: 2 })
         );
+    }
+
+    #[test]
+    fn the_bos_token_is_never_drawn_and_never_silently_a_non_target() {
+        const BOS: u32 = 1;
+        // The target is the first word: its previous token is the BOS token.
+        let ids = [BOS, T, 5, 6, T];
+        let hidden = toy(4, 5);
+        let opts = RotationOptions { special_prefix: 1, ..RotationOptions::new(T) };
+        let refused = AnalysisError::NonTargetIsBos { sentence: 2, position: 0 };
+        assert_eq!(rotate_sentence(2, &ids, hidden.view(), &opts), Err(refused.clone()));
+        assert_eq!(vectors_read(2, &ids, 3, &opts), Err(refused.clone()));
+        assert!(refused.to_string().contains("allow_bos_non_target"));
+        let allowed = RotationOptions { allow_bos_non_target: true, ..opts };
+        let r = rotate_sentence(2, &ids, hidden.view(), &allowed).unwrap();
+        assert_eq!(r.positions, Positions { target: 1, non_target: 0 });
+        assert_relative_eq!(r.angles[[0, 1]], expected(0, 0, 1, 0).to_degrees(), max_relative = 1e-5);
+        // The control draws over the 4 tokens of the text: a 4-token sentence's draws, shifted by one.
+        let text = draws_for_sentence(DEFAULT_SHUFFLE_SEED, 2, 3, 4);
+        let shifted: Vec<(u32, u32)> = text.iter().map(|d| (d.position_v + 1, d.position_u + 1)).collect();
+        assert_eq!(r.draws.iter().map(|d| (d.position_v, d.position_u)).collect::<Vec<_>>(), shifted);
+        // A non-target after the target needs no allowance; nor does a model without a BOS token.
+        let after = RotationOptions { non_target_offset: 1, ..opts };
+        assert_eq!(rotate_sentence(2, &ids, hidden.view(), &after).unwrap().positions.non_target, 2);
+        let no_bos = rotate_sentence(2, &ids, hidden.view(), &RotationOptions::new(T)).unwrap();
+        assert_eq!(no_bos.draws, draws_for_sentence(DEFAULT_SHUFFLE_SEED, 2, 3, 5));
     }
 }

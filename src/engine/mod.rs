@@ -18,7 +18,9 @@ use batcher::{Batcher, Forwarded};
 /// How the target token is named in a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// Must tokenize to exactly one token (" her" → 607).
+    /// A word that is one token in a sentence (" her" → GPT-2's 607 `Ġher`, Llama's `▁her`; "her"
+    /// → GPT-2's sentence-initial `her`, SentencePiece's `▁her` again), or a token's own string
+    /// (`"▁her"`): [`crate::model::Tokenizer::word_id`].
     Text(String),
     Id(u32),
 }
@@ -34,6 +36,8 @@ pub struct RotationJob {
     /// Corpus index of `sentences[0]`: sentences are numbered (shuffle streams, reports, errors)
     /// from here, so a corpus sent in pieces gives exactly the results of one request.
     pub first_index: usize,
+    /// The non-target may be the BOS token a tokenizer puts before the text ([`RotationOptions`]).
+    pub allow_bos_non_target: bool,
 }
 
 /// Budgets for one forward pass.
@@ -103,22 +107,19 @@ impl Engine {
                 "target_token_id",
                 format!("{id} is outside the vocabulary of {} tokens", self.model.info.vocab_size),
             )),
-            Target::Text(text) => {
-                let t = self.model.tokenizer.encode(text)?;
-                match t.ids.as_slice() {
-                    [id] => Ok(*id),
-                    _ => Err(Error::invalid(
-                        "target_text",
-                        format!(
-                            "{text:?} must be exactly one token but tokenizes to {} {:?} (ids {:?}); \
-                             GPT-2 tokens usually carry their leading space, e.g. \" her\"",
-                            t.ids.len(),
-                            t.tokens,
-                            t.ids
-                        ),
-                    )),
-                }
-            }
+            Target::Text(text) => match self.model.tokenizer.word_id(text)? {
+                Ok(id) => Ok(id),
+                Err(t) => Err(Error::invalid(
+                    "target_text",
+                    format!(
+                        "{text:?} must be exactly one token but tokenizes to {} {:?} (ids {:?}); a word inside a \
+                         sentence is named with its leading space, e.g. \" her\"; or give target_token_id",
+                        t.ids.len(),
+                        t.tokens,
+                        t.ids
+                    ),
+                )),
+            },
         }
     }
 
@@ -158,7 +159,14 @@ impl Engine {
             return Err(Error::invalid("sentences", "no sentences given"));
         }
         let target = self.resolve_target(&job.target)?;
-        Ok(RotationOptions { target, non_target_offset: job.non_target_offset, seed: job.seed, unit: job.unit })
+        Ok(RotationOptions {
+            target,
+            non_target_offset: job.non_target_offset,
+            seed: job.seed,
+            unit: job.unit,
+            special_prefix: usize::from(self.model.tokenizer.bos().is_some()),
+            allow_bos_non_target: job.allow_bos_non_target,
+        })
     }
 
     /// [`Engine::prepare`] for the sentences of `range` only; errors name sentences by their corpus
@@ -175,8 +183,7 @@ impl Engine {
         let explain = |e: Error| sentence_error::explain(e, first, texts, &ids, &self.model.tokenizer);
         self.model.check_batch(&ids, first).map_err(|e| explain(e.into()))?;
         for (i, sentence) in ids.iter().enumerate() {
-            analysis::locate(first + i, sentence, opts.target, opts.non_target_offset)
-                .map_err(|e| explain(e.into()))?;
+            analysis::locate_target(first + i, sentence, &opts).map_err(|e| explain(e.into()))?;
         }
         Ok(Prepared { ids, target: opts.target, opts, first })
     }

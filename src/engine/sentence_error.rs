@@ -45,9 +45,12 @@ fn target_not_found(target: u32, ids: &[u32], tokenizer: &Tokenizer) -> String {
         return format!("target token {target} not found");
     };
     let mut message = format!("target token {target} {text:?} not found");
-    let present = spellings(&text).into_iter().find_map(|candidate| match tokenizer.encode(&candidate) {
-        Ok(t) if t.ids.len() == 1 && ids.contains(&t.ids[0]) => Some((candidate, t.ids[0])),
-        _ => None,
+    // Each spelling as a target_text naming it would resolve (SentencePiece: " her" and "her" alike).
+    let present = spellings(text.trim_start_matches('\u{2581}')).into_iter().find_map(|candidate| {
+        match tokenizer.word_id(&candidate) {
+            Ok(Ok(id)) if ids.contains(&id) => Some((candidate, id)),
+            _ => None,
+        }
     });
     if let Some((candidate, id)) = present {
         message.push_str(&format!("; did you mean {candidate:?} ({id})?"));
@@ -91,6 +94,24 @@ mod tests {
         let q = quote(&long);
         assert_eq!(q.chars().count(), QUOTE_CHARS + 3, "{q}");
         assert!(q.ends_with("…\""), "{q}");
+    }
+
+    #[test]
+    fn suggestions_name_the_spelling_that_occurs() {
+        let tok = crate::model::metaspace_fixture();
+        let ids = |text: &str| tok.encode(text).unwrap().ids;
+        let her = tok.word_id(" her").unwrap().unwrap();
+        let sentence = ids("Her dog saw a");
+        let message = target_not_found(her, &sentence, &tok);
+        let capital = tok.word_id("Her").unwrap().unwrap();
+        assert!(message.ends_with(&format!("did you mean \"Her\" ({capital})?")), "{message}");
+        let gpt2 = Tokenizer::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gpt2-tiny-random/tokenizer.json"),
+        )
+        .unwrap();
+        let initial = gpt2.word_id("her").unwrap().unwrap();
+        let message = target_not_found(607, &gpt2.encode("her dog saw").unwrap().ids, &gpt2);
+        assert!(message.ends_with(&format!("did you mean \"her\" ({initial})?")), "{message}");
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub fn rotation_job(
         non_target_offset: req.non_target_offset.unwrap_or(DEFAULT_NON_TARGET_OFFSET),
         seed: req.shuffle_seed.unwrap_or(DEFAULT_SHUFFLE_SEED),
         first_index,
+        allow_bos_non_target: req.allow_bos_non_target,
     })
 }
 
@@ -365,6 +366,11 @@ pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
         dtype: info.dtype.clone(),
         source: info.source.clone(),
         weights_sha256: info.weights_sha256.clone(),
+        family: info.family.clone(),
+        bos_token_id: info.bos_token_id,
+        adds_bos: info.adds_bos,
+        pad_token_id: info.pad_token_id,
+        hidden_states: if info.hidden_states.is_null() { String::new() } else { info.hidden_states.to_string() },
     }
 }
 
