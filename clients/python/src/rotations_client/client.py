@@ -235,8 +235,10 @@ class Client:
         non_target_offset: Optional[int],
         significance: Optional["pb.SignificanceOptions"] = None,
         first_sentence_index: int = 0,
+        allow_bos_non_target: bool = False,
     ) -> "pb.RotationRequest":
         request = pb.RotationRequest(sentences=_sentences(sentences), unit=_unit(unit))
+        request.allow_bos_non_target = bool(allow_bos_non_target)
         request.first_sentence_index = operator.index(first_sentence_index)
         if isinstance(target, str):
             request.target_text = target
@@ -264,14 +266,20 @@ class Client:
         seed: Optional[int] = None,
         non_target_offset: Optional[int] = None,
         timeout: Optional[float] = None,
+        allow_bos_non_target: bool = False,
     ) -> RotationResult:
         """The notebook's ``angles`` (``[layers, sentences, 3]``) with positions and shuffle draws.
 
         ``target`` is a text that tokenizes to one token (``" her"``) or a token id. ``seed`` seeds
         the shuffled control (server default 20250901); ``non_target_offset`` picks the non-target
-        relative to the target (default -1, the token before).
+        relative to the target (default -1, the token before). With a tokenizer that puts a BOS
+        token before every sentence (``model_info().adds_bos``), ``allow_bos_non_target=True``
+        lets a target that is a sentence's first word be compared with the BOS token (refused by
+        default, naming the sentence).
         """
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset)
+        request = self._rotation_request(
+            sentences, target, unit, seed, non_target_offset, allow_bos_non_target=allow_bos_non_target
+        )
         m = self._call("ComputeRotations", self._stub.ComputeRotations, request, timeout)
         return RotationResult.from_pb(m)
 
@@ -331,10 +339,13 @@ class Client:
         correction: Optional[Correction] = None,
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
+        allow_bos_non_target: bool = False,
     ) -> Analysis:
         """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result."""
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options)
+        request = self._rotation_request(
+            sentences, target, unit, seed, non_target_offset, options, allow_bos_non_target=allow_bos_non_target
+        )
         m = self._call("Analyze", self._stub.Analyze, request, timeout)
         return Analysis.from_pb(m)
 
@@ -353,6 +364,7 @@ class Client:
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         first_sentence_index: int = 0,
+        allow_bos_non_target: bool = False,
     ) -> Iterator[RotationChunk]:
         """For large corpora: chunks of sentences in input order as they finish, then a final chunk
         (``last``) with the merged per-layer statistics and their t-tests. :func:`collect_stream`
@@ -362,7 +374,7 @@ class Client:
         """
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
         request = self._rotation_request(
-            sentences, target, unit, seed, non_target_offset, options, first_sentence_index
+            sentences, target, unit, seed, non_target_offset, options, first_sentence_index, allow_bos_non_target
         )
         call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
         return self._chunks(call)

@@ -407,6 +407,7 @@ class Cluster:
         num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         progress: bool = False,
+        allow_bos_non_target: bool = False,
     ) -> Iterator[RotationChunk]:
         """As :meth:`Client.stream_rotations`, over the replicas: chunks in corpus order (their
         ``first_sentence`` and reports carry corpus indices), then a final chunk with the merged
@@ -425,6 +426,7 @@ class Cluster:
             correction=correction,
             num_tests=num_tests,
             timeout=self.timeout if timeout is None else timeout,
+            allow_bos_non_target=allow_bos_non_target,
         )
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
@@ -514,6 +516,7 @@ class Cluster:
         timeout: Optional[float] = None,
         progress: bool = False,
         angles_out: Union[str, Path, None] = None,
+        allow_bos_non_target: bool = False,
     ) -> Analysis:
         """As :meth:`Client.analyze`, over the replicas: equal to one server's ``analyze`` bit for bit.
 
@@ -536,6 +539,7 @@ class Cluster:
             num_tests=num_tests,
             timeout=timeout,
             progress=progress,
+            allow_bos_non_target=allow_bos_non_target,
         )
         if angles_out is None:
             return collect_stream(chunks)
