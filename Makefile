@@ -17,8 +17,9 @@ release: ort
 	cargo build --release --bins
 
 ## The whole analysis on the bundled model: tables, CSV, JSON and the two figures in demo-output/.
+## MODEL_DIR=DIR: another model directory (e.g. models/llama-tiny-random); DEMO_ARGS: more `analyze` options.
 demo: build
-	scripts/demo
+	scripts/demo $(if $(MODEL_DIR),--model-dir "$(MODEL_DIR)") $(DEMO_ARGS)
 
 ## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; the README's
 ## grpcurl commands; then the Python client.

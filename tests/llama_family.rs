@@ -124,3 +124,38 @@ async fn analyze_through_the_real_server_with_the_bos_rule_and_sentencepiece_tar
     assert_eq!(missing.code(), Code::InvalidArgument);
     assert!(missing.message().contains("sentence 1 (\"Hi\")"), "{}", missing.message());
 }
+
+#[test]
+fn the_cli_refuses_a_bos_non_target_by_line_and_allows_it_with_its_flag() {
+    let (_server, address) = serve_model(&llama_model_dir());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sentences.txt");
+    std::fs::write(&file, "I saw her at the market.\n\nher dog barked at the mailman.\n").unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
+            .args(["analyze", "--server", &format!("http://{address}"), "--target", "her", "--overwrite"])
+            .arg("--sentences")
+            .arg(&file)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains(&format!("{}:3: ", file.display())) && err.contains("--allow-bos-non-target"), "{err}");
+    let allowed = run(&["--allow-bos-non-target"]);
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/analysis.json")).unwrap()).unwrap();
+    assert!(json.to_string().contains("\"non_target_position\":0"), "sentence 2's non-target is the BOS token");
+
+    let tokens = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
+        .args(["tokenize", "--server", &format!("http://{address}"), "I saw her."])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&tokens.stdout);
+    assert!(stdout.contains("\"<s>\"") && stdout.contains("▁ is SentencePiece's mark"), "{stdout}");
+}
