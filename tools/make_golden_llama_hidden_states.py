@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from make_golden_hidden_states import padded_batch_checked
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = "models/llama-tiny-random"
@@ -34,16 +35,6 @@ SENTENCES = [
     "They told her.",
     "Hi",
 ]
-
-
-def hidden_states(model, rows: list[list[int]], pad_id: int) -> list[torch.Tensor]:
-    """Run a right-padded batch; return the hidden states, [state][batch, seq, hidden]."""
-    width = max(len(r) for r in rows)
-    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
-    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    with torch.no_grad():
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    return list(out.hidden_states)
 
 
 def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,17 +54,7 @@ def main() -> None:
     bos = manifest["bos_token_id"]
     if any(row[0] != bos for row in ids):
         raise SystemExit(f"the tokenizer did not prepend BOS {bos}: {ids}")
-    batched = hidden_states(model, ids, manifest["pad_token_id"])
-
-    # Padding must not change real tokens: compare each sentence run on its own.
-    alone_vs_batched = 0.0
-    for i, row in enumerate(ids):
-        alone = hidden_states(model, [row], manifest["pad_token_id"])
-        for a, b in zip(alone, batched, strict=True):
-            alone_vs_batched = max(alone_vs_batched, (a[0] - b[i, : len(row)]).abs().max().item())
-    print(f"max |alone - batched| over real tokens: {alone_vs_batched:.3g}")
-    if alone_vs_batched > 1e-4:
-        raise SystemExit("padding changes real-token hidden states; the reference would be wrong")
+    batched = padded_batch_checked(model, ids, manifest["pad_token_id"])
 
     target = tokenizer.convert_tokens_to_ids(TARGET_TOKEN)
     states = [[h[i, : len(row)].numpy() for h in batched] for i, row in enumerate(ids)]
