@@ -72,12 +72,17 @@ def main() -> None:
         "hidden_size": model.config.n_embd,
         # [sentence][state][position][dim], real tokens only
         "hidden_states": [[h[i, : len(row)].tolist() for h in batched] for i, row in enumerate(ids)],
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
     }
-    OUT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    OUT_FILE.write_text(json.dumps(golden) + "\n")
-    print(f"wrote {OUT_FILE.relative_to(REPO_ROOT)}: {len(SENTENCES)} sentences, lengths {[len(r) for r in ids]}")
+    write_golden(OUT_FILE, golden)
+
+
+def write_golden(out: Path, golden: dict) -> None:
+    """Writes a hidden-states golden file (``sentences``, ``input_ids``, …) with the library versions."""
+    golden = {**golden, "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(golden) + "\n")
+    lengths = [len(r) for r in golden["input_ids"]]
+    print(f"wrote {out.relative_to(REPO_ROOT)}: {len(golden['sentences'])} sentences, lengths {lengths}")
 
 
 if __name__ == "__main__":

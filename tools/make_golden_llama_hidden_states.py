@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from make_golden_hidden_states import padded_batch_checked
+from make_golden_hidden_states import padded_batch_checked, write_golden
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = "models/llama-tiny-random"
@@ -80,12 +80,8 @@ def main() -> None:
         "hidden_states": [[s.tolist() for s in per_sentence] for per_sentence in states],
         # Sentences holding the target: target and non-target (target - 1) angles per layer transition.
         "rotations": rotations,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
     }
-    OUT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    OUT_FILE.write_text(json.dumps(golden) + "\n")
-    print(f"wrote {OUT_FILE.relative_to(REPO_ROOT)}: {len(SENTENCES)} sentences, lengths {[len(r) for r in ids]}")
+    write_golden(OUT_FILE, golden)
 
 
 if __name__ == "__main__":
