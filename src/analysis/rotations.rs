@@ -452,7 +452,8 @@ mod tests {
         let ids = [1, 2, 3, T, 5, 6, 7, 8];
         let hidden = toy(13, ids.len());
         for seed in 0..20 {
-            let opts = RotationOptions { seed, ..RotationOptions::new(T) };
+            // Every other seed as for a tokenizer that puts a BOS token (id 1 here) first.
+            let opts = RotationOptions { seed, special_prefix: (seed % 2) as usize, ..RotationOptions::new(T) };
             let read = vectors_read(4, &ids, 12, &opts).unwrap();
             assert!(read.len() <= 4 * 12 + 2 && read.windows(2).all(|w| w[0] < w[1]));
             let full = rotate_sentence(4, &ids, hidden.view(), &opts).unwrap();
