@@ -97,7 +97,7 @@ def fail(msg: str) -> None:
     sys.exit(1)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="Hugging Face model id or local checkpoint folder (families: " + ", ".join(FAMILIES) + ")")
@@ -143,7 +143,7 @@ def parse_args() -> argparse.Namespace:
         choices=["eager", "sdpa"],
         help="attention implementation traced into the graph (default eager: plain MatMul/Softmax)",
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.random_init and not args.preset:
         p.error("--random-init needs --preset")
     if args.model and args.preset:
@@ -534,8 +534,9 @@ def check_outputs(deviation: Deviation, proxy: Deviation | None, dtype: str, bou
             )
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    """Exports as the command line says (argv: sys.argv[1:] by default); exits 1 when verification fails."""
+    args = parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     # A model.json marks a verified export, so drop any stale one first.
