@@ -119,6 +119,11 @@ async fn analyze_through_the_real_server_with_the_bos_rule_and_sentencepiece_tar
     let allowed = client.analyze(request(&all, " her", true)).await.unwrap().into_inner();
     assert_matches_golden(&allowed.rotations.unwrap(), &[0, 1, 2, 3], &g);
 
+    // "Her" is two pieces of this tokenizer (▁H, er): the error says how to pick one.
+    let several = client.analyze(request(&inner, " Her", false)).await.unwrap_err();
+    assert!(several.message().contains("[\"▁H\", \"er\"]"), "{}", several.message());
+    assert!(several.message().contains("target_token_id"), "{}", several.message());
+
     // A sentence without the target is named, whatever the spelling.
     let missing = client.analyze(request(&sentences[3..], " her", false)).await.unwrap_err();
     assert_eq!(missing.code(), Code::InvalidArgument);

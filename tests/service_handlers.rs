@@ -152,7 +152,11 @@ async fn bad_requests_get_invalid_argument_naming_the_sentence() {
 
     let mut req = her_request(ok());
     req.target = Some(Target::TargetText(" herself and".into()));
-    expect_error(&svc, req, Code::InvalidArgument, &["target_text", "exactly one token"]).await;
+    expect_error(&svc, req, Code::InvalidArgument, &["target_text", "exactly one token", "target_token_id"]).await;
+    // "herself" is two GPT-2 tokens, " herself" one: the error names the spelling that is.
+    let mut req = her_request(ok());
+    req.target = Some(Target::TargetText("herself".into()));
+    expect_error(&svc, req, Code::InvalidArgument, &["\" herself\" is one token (5223)"]).await;
 
     let mut req = her_request(ok());
     req.target = Some(Target::TargetTokenId(50257));

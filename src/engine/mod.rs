@@ -112,15 +112,29 @@ impl Engine {
                 Err(t) => Err(Error::invalid(
                     "target_text",
                     format!(
-                        "{text:?} must be exactly one token but tokenizes to {} {:?} (ids {:?}); a word inside a \
-                         sentence is named with its leading space, e.g. \" her\"; or give target_token_id",
+                        "{text:?} must be exactly one token but tokenizes to {} {:?} (ids {:?}){}",
                         t.ids.len(),
                         t.tokens,
-                        t.ids
+                        t.ids,
+                        self.one_token_hint(text)?
                     ),
                 )),
             },
         }
+    }
+
+    /// What to send instead of a target text of several tokens: the word with its leading space where
+    /// that is one token (byte-level BPE: "her" → " her"), else one of its tokens by id.
+    fn one_token_hint(&self, text: &str) -> Result<String, Error> {
+        if !text.starts_with(char::is_whitespace) {
+            let spaced = format!(" {text}");
+            if let Ok(id) = self.model.tokenizer.word_id(&spaced)? {
+                return Ok(format!(
+                    "; inside a sentence the word carries its leading space: {spaced:?} is one token ({id})"
+                ));
+            }
+        }
+        Ok("; for a word of several tokens give one of them as target_token_id (Tokenize lists the ids)".into())
     }
 
     /// Checks a job's options against the model before any work: an offset of 0, or one no
