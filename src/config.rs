@@ -337,7 +337,8 @@ pub struct AnalyzeArgs {
     /// takes --group LABEL=FILE twice instead.
     #[arg(long)]
     pub sentences: Option<PathBuf>,
-    /// Target as text: a word of one or several tokens (note the leading space: " her").
+    /// Target as text: a word of one or several tokens (note the leading space: " her";
+    /// SentencePiece models: " her" and "her" both name `▁her`).
     #[arg(long, allow_hyphen_values = true, conflicts_with = "target_id")]
     pub target: Option<String>,
     /// Target as a token id.
@@ -383,6 +384,10 @@ pub struct AnalyzeArgs {
     /// angles.csv and the per-sentence parts of analysis.json are then left out (README.md).
     #[arg(long, value_name = "FILE.npy")]
     pub angles_out: Option<PathBuf>,
+    /// With a tokenizer that puts a BOS token before every sentence (Llama): a target that is a
+    /// sentence's first word is compared with the BOS token (refused by default).
+    #[arg(long)]
+    pub allow_bos_non_target: bool,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {

@@ -78,6 +78,7 @@ fn analysis_code(e: &AnalysisError) -> Code {
         | AnalysisError::NonTargetOutOfRange { .. }
         | AnalysisError::NonTargetIsTarget { .. }
         | AnalysisError::NonTargetOverlapsTarget { .. }
+        | AnalysisError::NonTargetIsBos { .. }
         | AnalysisError::NotEnoughSentences { .. }
         | AnalysisError::NoLayers
         | AnalysisError::NonFinite { .. }

@@ -88,6 +88,7 @@ async fn selected_rotations_of(
         seed: 7,
         first_index,
         selection,
+        allow_bos_non_target: false,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()

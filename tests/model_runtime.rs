@@ -8,16 +8,7 @@ use rotations::model::{
 };
 
 fn golden_batch() -> (Vec<String>, Vec<Vec<u32>>, serde_json::Value) {
-    let g: serde_json::Value = golden("hidden_states.json");
-    let sentences: Vec<String> =
-        g["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
-    let ids: Vec<Vec<u32>> = g["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
-        .collect();
-    (sentences, ids, g)
+    golden_hidden("hidden_states.json")
 }
 
 #[test]
@@ -34,19 +25,8 @@ fn tokenizer_matches_hugging_face_ids() {
 fn hidden_states_equal_pytorch_on_a_padded_batch() {
     let model = load_bundled();
     let (_, ids, g) = golden_batch();
-    let hidden = model.hidden_states_blocking(ids.clone()).unwrap();
-    let want = g["hidden_states"].as_array().unwrap();
-    let mut max_err = 0f64;
-    for (s, h) in hidden.iter().enumerate() {
-        assert_eq!(h.shape(), &[model.info.num_hidden_states(), ids[s].len(), model.info.hidden_size]);
-        for (k, state) in want[s].as_array().unwrap().iter().enumerate() {
-            for (p, vector) in state.as_array().unwrap().iter().enumerate() {
-                for (d, v) in vector.as_array().unwrap().iter().enumerate() {
-                    max_err = max_err.max((f64::from(h[[k, p, d]]) - v.as_f64().unwrap()).abs());
-                }
-            }
-        }
-    }
+    let hidden = model.hidden_states_blocking(ids).unwrap();
+    let max_err = max_error_vs_golden(&hidden, &g["hidden_states"], model.info.hidden_size);
     assert!(max_err <= 1e-4, "max abs error vs PyTorch {max_err:e}");
 }
 

@@ -180,7 +180,7 @@ async fn bad_requests_name_the_group_and_cost_no_compute() {
         (with(no_request), &["groups[0] (\"possessive\").request", "missing"]),
         (with(empty), &["groups[1] (\"object\")", "no sentences"]),
         (with(one_bad_sentence), &["groups[1] (\"object\")", "sentence 3 (\"Nobody was there.\")", "not found"]),
-        (with(bad_target), &["groups[0] (\"possessive\")", "sentence 0", "\" hers elf\" (tokens", "not found"]),
+        (with(bad_target), &["groups[0] (\"possessive\")", "sentence 0", "target tokens", "not found"]),
         (with(bad_paired), &["groups[1] (\"object\")", "alpha"]),
         (
             GroupComparisonRequest {

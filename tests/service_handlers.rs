@@ -154,6 +154,10 @@ async fn bad_requests_get_invalid_argument_naming_the_sentence() {
     // A word of several tokens is looked for as a whole; here it does not occur.
     req.target = Some(Target::TargetText(" herself and".into()));
     expect_error(&svc, req, Code::InvalidArgument, &["sentence 0", "target tokens", "not found"]).await;
+    // "herself" is two GPT-2 tokens, " herself" one: the error names the spelling that is.
+    let mut req = her_request(ok());
+    req.target = Some(Target::TargetText("herself".into()));
+    expect_error(&svc, req, Code::InvalidArgument, &["\" herself\" is one token (5223)"]).await;
 
     let mut req = her_request(ok());
     req.target = Some(Target::TargetTokenId(50257));

@@ -31,14 +31,29 @@ SENTENCES = [
 ]
 
 
-def hidden_states(model, rows: list[list[int]]) -> list[torch.Tensor]:
+def hidden_states(model, rows: list[list[int]], pad_id: int = PAD_ID) -> list[torch.Tensor]:
     """Run a right-padded batch; return the hidden states, [state][batch, seq, hidden]."""
     width = max(len(r) for r in rows)
-    input_ids = torch.tensor([r + [PAD_ID] * (width - len(r)) for r in rows])
+    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
     attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     with torch.no_grad():
         out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     return list(out.hidden_states)
+
+
+def padded_batch_checked(model, ids: list[list[int]], pad_id: int = PAD_ID) -> list[torch.Tensor]:
+    """The hidden states of the right-padded batch ``ids``, after checking that padding does not change
+    real tokens: each sentence run on its own must give the same vectors."""
+    batched = hidden_states(model, ids, pad_id)
+    alone_vs_batched = 0.0
+    for i, row in enumerate(ids):
+        alone = hidden_states(model, [row], pad_id)
+        for a, b in zip(alone, batched, strict=True):
+            alone_vs_batched = max(alone_vs_batched, (a[0] - b[i, : len(row)]).abs().max().item())
+    print(f"max |alone - batched| over real tokens: {alone_vs_batched:.3g}")
+    if alone_vs_batched > 1e-4:
+        raise SystemExit("padding changes real-token hidden states; the reference would be wrong")
+    return batched
 
 
 def main() -> None:
@@ -47,17 +62,7 @@ def main() -> None:
     model = transformers.GPT2Model.from_pretrained(model_dir / "hf", dtype=torch.float32).eval()
 
     ids = [tokenizer.encode(s) for s in SENTENCES]
-    batched = hidden_states(model, ids)
-
-    # Padding must not change real tokens: compare each sentence run on its own.
-    alone_vs_batched = 0.0
-    for i, row in enumerate(ids):
-        alone = hidden_states(model, [row])
-        for a, b in zip(alone, batched, strict=True):
-            alone_vs_batched = max(alone_vs_batched, (a[0] - b[i, : len(row)]).abs().max().item())
-    print(f"max |alone - batched| over real tokens: {alone_vs_batched:.3g}")
-    if alone_vs_batched > 1e-4:
-        raise SystemExit("padding changes real-token hidden states; the reference would be wrong")
+    batched = padded_batch_checked(model, ids)
 
     golden = {
         "model_dir": MODEL_DIR,
@@ -67,12 +72,17 @@ def main() -> None:
         "hidden_size": model.config.n_embd,
         # [sentence][state][position][dim], real tokens only
         "hidden_states": [[h[i, : len(row)].tolist() for h in batched] for i, row in enumerate(ids)],
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
     }
-    OUT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    OUT_FILE.write_text(json.dumps(golden) + "\n")
-    print(f"wrote {OUT_FILE.relative_to(REPO_ROOT)}: {len(SENTENCES)} sentences, lengths {[len(r) for r in ids]}")
+    write_golden(OUT_FILE, golden)
+
+
+def write_golden(out: Path, golden: dict) -> None:
+    """Writes a hidden-states golden file (``sentences``, ``input_ids``, …) with the library versions."""
+    golden = {**golden, "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(golden) + "\n")
+    lengths = [len(r) for r in golden["input_ids"]]
+    print(f"wrote {out.relative_to(REPO_ROOT)}: {len(golden['sentences'])} sentences, lengths {lengths}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,14 @@ pub enum AnalysisError {
     /// `target position + offset` falls outside the sentence's real tokens.
     #[error("sentence {sentence}: non-target position {position} is outside the sentence's {num_tokens} tokens")]
     NonTargetOutOfRange { sentence: usize, position: i64, num_tokens: usize },
+    /// The non-target falls on the BOS token the tokenizer puts before the text (the target is the
+    /// sentence's first word) and the request did not allow it.
+    #[error(
+        "sentence {sentence}: the non-target (position {position}) is the BOS token the tokenizer puts before \
+         the text, not a word of the sentence; allow it with allow_bos_non_target (CLI --allow-bos-non-target), \
+         or give the target a word before it"
+    )]
+    NonTargetIsBos { sentence: usize, position: usize },
     /// A non-target offset of 0 would compare the target with itself.
     #[error("sentence {sentence}: non-target offset 0 would make the non-target the target itself")]
     NonTargetIsTarget { sentence: usize },
@@ -137,6 +145,7 @@ impl AnalysisError {
             | Self::MatrixEntryOutOfRange { sentence, .. }
             | Self::SpanNotOnTokenBoundary { sentence, .. }
             | Self::NonTargetOutOfRange { sentence, .. }
+            | Self::NonTargetIsBos { sentence, .. }
             | Self::NonTargetIsTarget { sentence }
             | Self::NonTargetOverlapsTarget { sentence }
             | Self::TokenCountMismatch { sentence, .. }

@@ -71,14 +71,14 @@ pub use groups::{
 };
 pub use moments::ExactMoments;
 pub use rotations::{
-    rotate_row, rotate_sentence, rows_vectors_read, vectors_read, RotationOptions, Rotations, SentenceRotations,
-    CONDITIONS,
+    check_rows_bos, locate_target, rotate_row, rotate_sentence, rows_vectors_read, vectors_read, RotationOptions,
+    Rotations, SentenceRotations, CONDITIONS,
 };
 pub use select::{
     find_occurrences, non_target_position, numbered_occurrences, select_rows, span_to_tokens, sub_token_vector,
     NonTargetSelector, Occurrence, RowSelection, SubToken, TargetSelector, TokenRange, TokenizedSentence,
 };
-pub use shuffle::{draws_for_row, draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+pub use shuffle::{draws_after_prefix, draws_for_row, draws_for_sentence, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 pub use stats::{
     adjust_p_values, check_options, fixed_point, merge_layers, paired_stats, t_quantile, test_layers,
     test_layers_from_stats, two_sided_p, Correction, Direction, LayerFlag, LayerTest, PairedStats, SignificanceOptions,

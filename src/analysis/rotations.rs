@@ -5,7 +5,7 @@ use ndarray::{Array2, Array3, ArrayView1, Axis};
 
 use super::angles::{angle_between, AngleUnit};
 use super::select::{sub_token_vector, RowSelection, SubToken, TokenRange};
-use super::shuffle::{draws_for_row, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
+use super::shuffle::{draws_after_prefix, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 use super::stats::{test_layers, SignificanceOptions, SignificanceResult};
 use super::target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
 use super::trajectory::{pairwise_angles, AngleMatrixSum};
@@ -31,6 +31,12 @@ pub struct RotationOptions {
     pub sub_token: SubToken,
     /// Also the target's angles between every pair of hidden states ([`pairwise_angles`]).
     pub all_layers: bool,
+    /// Tokens the tokenizer puts before every text: 1 for a BOS token (Llama), else 0. The shuffled
+    /// control never draws them ([`draws_after_prefix`]); see `allow_bos_non_target`.
+    pub special_prefix: usize,
+    /// Whether the non-target may be the BOS token (for a target that is the sentence's first word
+    /// and offset −1); refused by default ([`AnalysisError::NonTargetIsBos`]).
+    pub allow_bos_non_target: bool,
 }
 
 impl RotationOptions {
@@ -44,6 +50,8 @@ impl RotationOptions {
             unit: AngleUnit::Degrees,
             sub_token: SubToken::Last,
             all_layers: false,
+            special_prefix: 0,
+            allow_bos_non_target: false,
         }
     }
 }
@@ -108,14 +116,49 @@ pub fn rotate_sentence(
         });
     }
     check_hidden(index, &hidden)?;
-    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    let positions = locate_target(index, ids, opts)?;
     rotate_checked(index, &hidden, RowSelection::at(positions.target, positions.non_target), opts)
+}
+
+/// [`locate`] with the options' rule for the BOS token: the non-target may be it only when
+/// `opts.allow_bos_non_target` says so, never silently.
+///
+/// # Errors
+/// Those of [`locate`], and [`AnalysisError::NonTargetIsBos`].
+pub fn locate_target(index: usize, ids: &[u32], opts: &RotationOptions) -> Result<Positions, AnalysisError> {
+    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    check_bos(index, positions.non_target, opts)?;
+    Ok(positions)
+}
+
+/// `rows` of sentence `index` ([`crate::analysis::select_rows`]), refused where a non-target starts on
+/// the BOS token and `opts` does not allow it.
+///
+/// # Errors
+/// [`AnalysisError::NonTargetIsBos`].
+pub fn check_rows_bos(
+    index: usize,
+    rows: Vec<RowSelection>,
+    opts: &RotationOptions,
+) -> Result<Vec<RowSelection>, AnalysisError> {
+    for row in &rows {
+        check_bos(index, row.non_target.start, opts)?;
+    }
+    Ok(rows)
+}
+
+/// The non-target may start on the BOS token only when `opts.allow_bos_non_target` says so.
+fn check_bos(index: usize, non_target_start: usize, opts: &RotationOptions) -> Result<(), AnalysisError> {
+    if non_target_start < opts.special_prefix && !opts.allow_bos_non_target {
+        return Err(AnalysisError::NonTargetIsBos { sentence: index, position: non_target_start });
+    }
+    Ok(())
 }
 
 /// The same angles as [`rotate_sentence`] for a row chosen by the caller (another occurrence, a
 /// span, a word of several tokens: [`crate::analysis::select_rows`]); `opts.target` and
 /// `opts.non_target_offset` are not used. The shuffled draws are the row's
-/// ([`draws_for_row`]: keyed by sentence and occurrence).
+/// ([`draws_after_prefix`]: keyed by sentence and occurrence, never drawing the BOS token).
 ///
 /// # Errors
 /// [`AnalysisError::TooFewHiddenStates`], [`AnalysisError::EmptyHiddenSize`],
@@ -135,6 +178,7 @@ pub fn rotate_row(
     if selection.occurrence == 0 || selection.target.is_empty() || selection.non_target.is_empty() {
         return Err(AnalysisError::InvalidOccurrence);
     }
+    check_bos(index, selection.non_target.start, opts)?;
     rotate_checked(index, &hidden, selection, opts)
 }
 
@@ -160,7 +204,7 @@ fn rotate_checked(
 ) -> Result<SentenceRotations, AnalysisError> {
     let (num_states, num_tokens, _) = hidden.dim();
     let num_layers = num_states - 1;
-    let draws = draws_for_row(opts.seed, index, selection.occurrence, num_layers, num_tokens);
+    let draws = draws_after_prefix(opts.seed, index, selection.occurrence, num_layers, num_tokens, opts.special_prefix);
     let word = |range: TokenRange, l: usize| word_angle(index, hidden, range, opts.sub_token, l);
     let mut angles = Array2::<f64>::zeros((num_layers, CONDITIONS.len()));
     for (l, draw) in (1..=num_layers).zip(&draws) {
@@ -219,7 +263,7 @@ pub fn vectors_read(
     num_layers: usize,
     opts: &RotationOptions,
 ) -> Result<Vec<(u32, u32)>, AnalysisError> {
-    let positions = locate(index, ids, opts.target, opts.non_target_offset)?;
+    let positions = locate_target(index, ids, opts)?;
     let row = RowSelection::at(positions.target, positions.non_target);
     Ok(rows_vectors_read(index, ids.len(), &[row], num_layers, opts))
 }
@@ -237,7 +281,7 @@ pub fn rows_vectors_read(
 ) -> Vec<(u32, u32)> {
     let mut read: Vec<(usize, usize)> = Vec::new();
     for row in rows {
-        let draws = draws_for_row(opts.seed, index, row.occurrence, num_layers, num_tokens);
+        let draws = draws_after_prefix(opts.seed, index, row.occurrence, num_layers, num_tokens, opts.special_prefix);
         for (l, draw) in (1..=num_layers).zip(&draws) {
             read.extend(draw_vectors(draw));
             for range in [row.target, row.non_target] {
@@ -375,6 +419,7 @@ impl Rotations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::shuffle::{draws_for_row, draws_for_sentence};
     use approx::assert_relative_eq;
     use std::f64::consts::PI;
 
@@ -569,7 +614,8 @@ mod tests {
         let ids = [1, 2, 3, T, 5, 6, 7, 8];
         let hidden = toy(13, ids.len());
         for seed in 0..20 {
-            let opts = RotationOptions { seed, ..RotationOptions::new(T) };
+            // Every other seed as for a tokenizer that puts a BOS token (id 1 here) first.
+            let opts = RotationOptions { seed, special_prefix: (seed % 2) as usize, ..RotationOptions::new(T) };
             let read = vectors_read(4, &ids, 12, &opts).unwrap();
             assert!(read.len() <= 4 * 12 + 2 && read.windows(2).all(|w| w[0] < w[1]));
             let full = rotate_sentence(4, &ids, hidden.view(), &opts).unwrap();
@@ -694,5 +740,31 @@ mod tests {
             Rotations::assemble(opts.unit, all),
             Err(AnalysisError::LayerCountMismatch { sentence: 7, expected: 6, found: 2 })
         );
+    }
+
+    #[test]
+    fn the_bos_token_is_never_drawn_and_never_silently_a_non_target() {
+        const BOS: u32 = 1;
+        // The target is the first word: its previous token is the BOS token.
+        let ids = [BOS, T, 5, 6, T];
+        let hidden = toy(4, 5);
+        let opts = RotationOptions { special_prefix: 1, ..RotationOptions::new(T) };
+        let refused = AnalysisError::NonTargetIsBos { sentence: 2, position: 0 };
+        assert_eq!(rotate_sentence(2, &ids, hidden.view(), &opts), Err(refused.clone()));
+        assert_eq!(vectors_read(2, &ids, 3, &opts), Err(refused.clone()));
+        assert!(refused.to_string().contains("allow_bos_non_target"));
+        let allowed = RotationOptions { allow_bos_non_target: true, ..opts };
+        let r = rotate_sentence(2, &ids, hidden.view(), &allowed).unwrap();
+        assert_eq!(r.positions(), Positions { target: 1, non_target: 0 });
+        assert_relative_eq!(r.angles[[0, 1]], expected(0, 0, 1, 0).to_degrees(), max_relative = 1e-5);
+        // The control draws over the 4 tokens of the text: a 4-token sentence's draws, shifted by one.
+        let text = draws_for_sentence(DEFAULT_SHUFFLE_SEED, 2, 3, 4);
+        let shifted: Vec<(u32, u32)> = text.iter().map(|d| (d.position_v + 1, d.position_u + 1)).collect();
+        assert_eq!(r.draws.iter().map(|d| (d.position_v, d.position_u)).collect::<Vec<_>>(), shifted);
+        // A non-target after the target needs no allowance; nor does a model without a BOS token.
+        let after = RotationOptions { non_target_offset: 1, ..opts };
+        assert_eq!(rotate_sentence(2, &ids, hidden.view(), &after).unwrap().positions().non_target, 2);
+        let no_bos = rotate_sentence(2, &ids, hidden.view(), &RotationOptions::new(T)).unwrap();
+        assert_eq!(no_bos.draws, draws_for_sentence(DEFAULT_SHUFFLE_SEED, 2, 3, 5));
     }
 }

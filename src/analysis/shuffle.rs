@@ -93,6 +93,29 @@ pub fn draws_for_row(
         .collect()
 }
 
+/// [`draws_for_row`] over the tokens after the first `skip` (the BOS token a tokenizer puts
+/// before the text, whose vector is no token of the sentence): the draws of a sentence of
+/// `num_tokens − skip` tokens, positions shifted by `skip`. So a sentence's control compares the
+/// same words with or without a BOS token; with `skip == 0` these are exactly
+/// [`draws_for_row`]'s. With no token after the first `skip`, over all tokens.
+pub fn draws_after_prefix(
+    seed: u64,
+    sentence: usize,
+    occurrence: usize,
+    num_layers: usize,
+    num_tokens: usize,
+    skip: usize,
+) -> Vec<ShuffleDraw> {
+    if skip == 0 || num_tokens <= skip {
+        return draws_for_row(seed, sentence, occurrence, num_layers, num_tokens);
+    }
+    let shift = u32::try_from(skip).expect("skip below num_tokens");
+    draws_for_row(seed, sentence, occurrence, num_layers, num_tokens - skip)
+        .into_iter()
+        .map(|d| ShuffleDraw { position_v: d.position_v + shift, position_u: d.position_u + shift, ..d })
+        .collect()
+}
+
 /// ChaCha20 keyed by the seed's little-endian bytes (rest zero), on stream `stream`.
 fn rng_for_stream(seed: u64, stream: u64) -> ChaCha20Rng {
     let mut key = [0u8; 32];
@@ -123,6 +146,24 @@ fn below(rng: &mut ChaCha20Rng, n: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn draws_after_a_bos_token_never_draw_it() {
+        for (layers, tokens) in [(4, 2), (12, 9), (3, 40)] {
+            for sentence in 0..20 {
+                let text = draws_for_sentence(7, sentence, layers, tokens - 1);
+                let after = draws_after_prefix(7, sentence, 1, layers, tokens, 1);
+                for (t, a) in text.iter().zip(&after) {
+                    assert!(a.position_v >= 1 && a.position_u >= 1);
+                    assert_eq!((a.layer_v, a.layer_u), (t.layer_v, t.layer_u));
+                    assert_eq!((a.position_v, a.position_u), (t.position_v + 1, t.position_u + 1));
+                }
+            }
+        }
+        // No prefix: the very draws of draws_for_sentence; nothing after the prefix: over all tokens.
+        assert_eq!(draws_after_prefix(7, 3, 1, 5, 6, 0), draws_for_sentence(7, 3, 5, 6));
+        assert_eq!(draws_after_prefix(7, 3, 1, 5, 1, 1), draws_for_sentence(7, 3, 5, 1));
+    }
 
     #[test]
     fn ranges_and_length() {

@@ -79,6 +79,13 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
     println!("max positions      {}", info.max_positions);
     println!("execution provider {}", info.execution_provider);
     println!("dtype              {}", info.dtype);
+    println!("family             {}", info.family);
+    match info.bos_token_id {
+        Some(bos) if info.adds_bos => println!("BOS token          {bos}, before every sentence (positions count it)"),
+        Some(bos) => println!("BOS token          {bos}, not added"),
+        None => println!("BOS token          none"),
+    }
+    println!("pad token          {}", info.pad_token_id);
     Ok(())
 }
 
@@ -105,6 +112,12 @@ pub fn tokens_table(texts: &[String], tokenized: &[proto::TokenizedText]) -> Str
     if tokenized.iter().flat_map(|t| &t.tokens).any(|t| t.contains('Ġ')) {
         out.push_str(
             "\nĠ is GPT-2's mark for a leading space: token \"Ġher\" is the text \" her\" (pass --target \" her\").\n",
+        );
+    }
+    if tokenized.iter().flat_map(|t| &t.tokens).any(|t| t.starts_with('\u{2581}')) {
+        out.push_str(
+            "\n▁ is SentencePiece's mark for a word's start: token \"▁her\" is the word \"her\", at a sentence's start or \
+             after a space (pass --target \" her\" or --target her).\n",
         );
     }
     out
@@ -160,6 +173,7 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
             num_tests: args.num_tests,
         }),
         first_sentence_index: 0,
+        allow_bos_non_target: args.allow_bos_non_target,
         ..Default::default()
     };
     select_request(&args.select, request)

@@ -23,7 +23,10 @@ use batcher::{Batcher, Forwarded};
 /// How the target token is named in a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// A word: one token (" her" → 607) or several (" Nakamura"), found by its token ids.
+    /// A word: one token (" her" → GPT-2's 607 `Ġher`, Llama's `▁her`; "her" → GPT-2's
+    /// sentence-initial `her`, SentencePiece's `▁her` again) or several (" Nakamura"), found by its
+    /// token ids as the word occurs inside a sentence; or a token's own string (`"▁her"`):
+    /// [`crate::model::Tokenizer::word_id`].
     Text(String),
     Id(u32),
     /// A character span `(start, end)` per sentence of the job.
@@ -58,6 +61,8 @@ pub struct RotationJob {
     pub first_index: usize,
     /// Which occurrence, spans, sub-token, all layers.
     pub selection: Selection,
+    /// The non-target may be the BOS token a tokenizer puts before the text ([`RotationOptions`]).
+    pub allow_bos_non_target: bool,
 }
 
 /// Budgets for one forward pass.
@@ -138,12 +143,17 @@ impl Engine {
                 "target_token_id",
                 format!("{id} is outside the vocabulary of {} tokens", self.model.info.vocab_size),
             )),
+            // As the word occurs inside a sentence (SentencePiece's `▁`, byte-level BPE's `Ġ`), or a
+            // token named by its own string.
             Target::Text(text) => {
-                let t = self.model.tokenizer.encode(text)?;
-                if t.ids.is_empty() {
+                let ids = match self.model.tokenizer.word_id(text)? {
+                    Ok(id) => vec![id],
+                    Err(t) => t.ids,
+                };
+                if ids.is_empty() {
                     return Err(Error::invalid("target_text", format!("{text:?} tokenizes to no tokens")));
                 }
-                Ok(t.ids)
+                Ok(ids)
             }
             Target::Spans(_) => Ok(Vec::new()),
         }
@@ -198,6 +208,8 @@ impl Engine {
             unit: job.unit,
             sub_token: job.selection.sub_token,
             all_layers: job.selection.all_layers,
+            special_prefix: usize::from(self.model.tokenizer.bos().is_some()),
+            allow_bos_non_target: job.allow_bos_non_target,
         })
     }
 
@@ -229,7 +241,9 @@ impl Engine {
                     Some(&(start, end)) => NonTargetSelector::Span(start, end),
                     None => NonTargetSelector::Offset(job.non_target_offset),
                 };
-                analysis::select_rows(sentence, target, non_target).map_err(|e| explain(e.into()))
+                analysis::select_rows(sentence, target, non_target)
+                    .and_then(|rows| analysis::check_rows_bos(first + i, rows, &opts))
+                    .map_err(|e| explain(e.into()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Prepared { ids, rows, target: opts.target, target_tokens, opts, first })

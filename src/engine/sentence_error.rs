@@ -30,10 +30,7 @@ pub fn explain(error: Error, first: usize, sentences: &[String], ids: &[Vec<u32>
         Error::Analysis(AnalysisError::TargetNotFound { target, .. }) => {
             target_not_found(*target, &ids[index - first], tokenizer)
         }
-        Error::Analysis(AnalysisError::TargetTokensNotFound { tokens, .. }) => match tokenizer.decode(tokens) {
-            Ok(text) => format!("target {text:?} (tokens {tokens:?}) not found"),
-            Err(_) => format!("target tokens {tokens:?} not found"),
-        },
+        Error::Analysis(AnalysisError::TargetTokensNotFound { tokens, .. }) => target_word_not_found(tokens, tokenizer),
         Error::Model(ModelError::BadInput { reason, .. }) => reason.clone(),
         other => {
             let message = other.to_string();
@@ -49,12 +46,36 @@ fn target_not_found(target: u32, ids: &[u32], tokenizer: &Tokenizer) -> String {
         return format!("target token {target} not found");
     };
     let mut message = format!("target token {target} {text:?} not found");
-    let present = spellings(&text).into_iter().find_map(|candidate| match tokenizer.encode(&candidate) {
-        Ok(t) if t.ids.len() == 1 && ids.contains(&t.ids[0]) => Some((candidate, t.ids[0])),
-        _ => None,
+    // Each spelling as a target_text naming it would resolve (SentencePiece: " her" and "her" alike).
+    let present = spellings(text.trim_start_matches('\u{2581}')).into_iter().find_map(|candidate| {
+        match tokenizer.word_id(&candidate) {
+            Ok(Ok(id)) if ids.contains(&id) => Some((candidate, id)),
+            _ => None,
+        }
     });
     if let Some((candidate, id)) = present {
         message.push_str(&format!("; did you mean {candidate:?} ({id})?"));
+    }
+    message
+}
+
+/// `target tokens ["her", "self"] (ids [372, 944]) not found; inside a sentence the word carries its
+/// leading space: " herself" is one token (5223)`.
+fn target_word_not_found(ids: &[u32], tokenizer: &Tokenizer) -> String {
+    let pieces: Option<Vec<String>> = ids.iter().map(|&id| tokenizer.id_to_token(id)).collect();
+    let mut message = match &pieces {
+        Some(pieces) => format!("target tokens {pieces:?} (ids {ids:?}) not found"),
+        None => format!("target tokens {ids:?} not found"),
+    };
+    if let Ok(text) = tokenizer.decode(ids) {
+        if !text.starts_with(char::is_whitespace) {
+            let spaced = format!(" {text}");
+            if let Ok(Ok(id)) = tokenizer.word_id(&spaced) {
+                message.push_str(&format!(
+                    "; inside a sentence the word carries its leading space: {spaced:?} is one token ({id})"
+                ));
+            }
+        }
     }
     message
 }
@@ -95,6 +116,24 @@ mod tests {
         let q = quote(&long);
         assert_eq!(q.chars().count(), QUOTE_CHARS + 3, "{q}");
         assert!(q.ends_with("…\""), "{q}");
+    }
+
+    #[test]
+    fn suggestions_name_the_spelling_that_occurs() {
+        let tok = crate::model::metaspace_fixture();
+        let ids = |text: &str| tok.encode(text).unwrap().ids;
+        let her = tok.word_id(" her").unwrap().unwrap();
+        let sentence = ids("Her dog saw a");
+        let message = target_not_found(her, &sentence, &tok);
+        let capital = tok.word_id("Her").unwrap().unwrap();
+        assert!(message.ends_with(&format!("did you mean \"Her\" ({capital})?")), "{message}");
+        let gpt2 = Tokenizer::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/gpt2-tiny-random/tokenizer.json"),
+        )
+        .unwrap();
+        let initial = gpt2.word_id("her").unwrap().unwrap();
+        let message = target_not_found(607, &gpt2.encode("her dog saw").unwrap().ids, &gpt2);
+        assert!(message.ends_with(&format!("did you mean \"her\" ({initial})?")), "{message}");
     }
 
     #[test]

@@ -11,7 +11,16 @@ pub const GATHER_INPUT: &str = "gather_index";
 /// Its output, after the hidden states: `[n, hidden_size]` float32, the vectors `gather_index` names.
 pub const GATHER_OUTPUT: &str = "gathered_hidden_states";
 
-/// The model directory's description, written by the export tool.
+/// The graph input of rotary-position (and some learned-position) exports: `[batch, seq]` int64,
+/// `0..len` along each right-padded row.
+pub const POSITION_IDS_INPUT: &str = "position_ids";
+
+/// The family of exports that predate `family` in model.json: GPT-2.
+pub const DEFAULT_FAMILY: &str = "gpt2";
+
+/// The model directory's description, written by the export tool. Fields added for other families
+/// (`family`, `bos_token_id`, `adds_bos`, `pad_token_source`, `hidden_states`) default to GPT-2's
+/// behaviour, so model directories exported before them keep working.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub format_version: u32,
@@ -38,6 +47,25 @@ pub struct Manifest {
     /// The weights fingerprint ([`super::fingerprint::weights_sha256`]), recorded at export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_sha256: Option<String>,
+    /// Hugging Face's `model_type`: gpt2, gpt_neo, gpt_neox, opt, llama, mistral, qwen2, qwen3, gemma.
+    #[serde(default = "default_family")]
+    pub family: String,
+    /// The tokenizer's beginning-of-sequence token, if it has one.
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    /// The tokenizer's post-processor puts `bos_token_id` before every text (Llama, Mistral, Gemma, OPT).
+    #[serde(default)]
+    pub adds_bos: bool,
+    /// Where `pad_token_id` came from when the model has no pad token of its own (e.g. "eos_token").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_source: Option<String>,
+    /// Which hidden states are before or after the final norm, as the export tool records it.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub hidden_states: serde_json::Value,
+}
+
+fn default_family() -> String {
+    DEFAULT_FAMILY.to_string()
 }
 
 /// The files of a model directory.
@@ -95,9 +123,11 @@ impl Manifest {
             return Err("num_layers, hidden_size, vocab_size and max_positions must be positive".into());
         }
         let gathers = self.gathers();
-        if self.inputs[..self.inputs.len() - usize::from(gathers)] != ["input_ids", "attention_mask"] {
+        let fed = &self.inputs[..self.inputs.len() - usize::from(gathers)];
+        if fed != ["input_ids", "attention_mask"] && fed != ["input_ids", "attention_mask", POSITION_IDS_INPUT] {
             return Err(format!(
-                "inputs must be [\"input_ids\", \"attention_mask\"] (then optionally \"{GATHER_INPUT}\"), found {:?}",
+                "inputs must be [\"input_ids\", \"attention_mask\"] (then optionally \"{POSITION_IDS_INPUT}\", then \
+                 optionally \"{GATHER_INPUT}\"), found {:?}",
                 self.inputs
             ));
         }
@@ -118,7 +148,13 @@ impl Manifest {
         if self.pad_token_id as usize >= self.vocab_size {
             return Err(format!("pad_token_id {} is outside the vocabulary", self.pad_token_id));
         }
-        Ok(())
+        match self.bos_token_id {
+            Some(bos) if bos as usize >= self.vocab_size => {
+                Err(format!("bos_token_id {bos} is outside the vocabulary"))
+            }
+            None if self.adds_bos => Err("adds_bos is true but bos_token_id is not set".into()),
+            _ => Ok(()),
+        }
     }
 
     /// Number of hidden states the graph returns (embeddings + one per block).
@@ -129,6 +165,16 @@ impl Manifest {
     /// The graph can also return just the vectors named by [`GATHER_INPUT`] (`--gather-outputs`).
     pub fn gathers(&self) -> bool {
         self.inputs.last().is_some_and(|i| i == GATHER_INPUT)
+    }
+
+    /// The graph takes [`POSITION_IDS_INPUT`] (rotary models: positions are not derived from the mask).
+    pub fn feeds_position_ids(&self) -> bool {
+        self.inputs.iter().any(|i| i == POSITION_IDS_INPUT)
+    }
+
+    /// The BOS token the tokenizer puts before every text, if model.json says it does.
+    pub fn added_bos(&self) -> Option<u32> {
+        self.bos_token_id.filter(|_| self.adds_bos)
     }
 
     /// The names of the hidden-state outputs, without [`GATHER_OUTPUT`].
@@ -177,6 +223,39 @@ mod tests {
         .unwrap();
         assert!(new.gathers());
         assert_eq!(new.hidden_state_outputs(), old.hidden_state_outputs());
+    }
+
+    #[test]
+    fn family_fields_default_to_gpt2_behaviour() {
+        let old = parse(OLD).unwrap();
+        assert_eq!(old.family, DEFAULT_FAMILY);
+        assert_eq!((old.added_bos(), old.feeds_position_ids()), (None, false));
+        let llama = parse(&edited(|v| {
+            v["family"] = "llama".into();
+            v["bos_token_id"] = 1.into();
+            v["adds_bos"] = true.into();
+            v["pad_token_source"] = "eos_token".into();
+            v["hidden_states"] = serde_json::json!({"last": "after the final norm"});
+            v["inputs"] = serde_json::json!(["input_ids", "attention_mask", POSITION_IDS_INPUT, GATHER_INPUT]);
+            v["outputs"].as_array_mut().unwrap().push(GATHER_OUTPUT.into());
+        }))
+        .unwrap();
+        assert_eq!((llama.family.as_str(), llama.added_bos()), ("llama", Some(1)));
+        assert!(llama.feeds_position_ids() && llama.gathers());
+        // A BOS token the tokenizer does not add is recorded but not added.
+        let qwen = parse(&edited(|v| v["bos_token_id"] = 3.into())).unwrap();
+        assert_eq!(qwen.added_bos(), None);
+    }
+
+    #[test]
+    fn bos_and_position_inputs_are_checked() {
+        let no_bos = edited(|v| v["adds_bos"] = true.into());
+        assert!(parse(&no_bos).unwrap_err().contains("bos_token_id is not set"));
+        let outside = edited(|v| v["bos_token_id"] = 10.into());
+        assert!(parse(&outside).unwrap_err().contains("bos_token_id 10"));
+        let wrong_place =
+            edited(|v| v["inputs"] = serde_json::json!([POSITION_IDS_INPUT, "input_ids", "attention_mask"]));
+        assert!(parse(&wrong_place).unwrap_err().contains(POSITION_IDS_INPUT));
     }
 
     #[test]

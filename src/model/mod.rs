@@ -17,6 +17,8 @@ use ndarray::{Array2, Array3, ArrayView1, Axis};
 pub use error::ModelError;
 pub use manifest::{Manifest, ModelFiles};
 pub use onnx::{GatherOutputs, GraphOptimization, OnnxBackend, OrtTuning, PassCost};
+#[cfg(test)]
+pub(crate) use tokenizer::metaspace_fixture;
 pub use tokenizer::{Tokenized, Tokenizer};
 pub use worker::ModelWorker;
 
@@ -146,6 +148,14 @@ pub struct ModelInfo {
     pub source: String,
     /// SHA-256 of the weight files (model.json's, else computed at load; empty for fake backends).
     pub weights_sha256: String,
+    /// Hugging Face's `model_type` (model.json's `family`; "gpt2" for older exports).
+    pub family: String,
+    /// The tokenizer's BOS token, if it has one.
+    pub bos_token_id: Option<u32>,
+    /// Every sentence starts with the BOS token: token positions count it.
+    pub adds_bos: bool,
+    /// model.json's record of which hidden states are before or after the final norm (null if absent).
+    pub hidden_states: serde_json::Value,
 }
 
 impl ModelInfo {
@@ -168,7 +178,7 @@ impl Model {
     pub fn load(dir: &std::path::Path, opts: &RuntimeOptions) -> Result<Self, ModelError> {
         let files = ModelFiles::locate(dir)?;
         let mut manifest = Manifest::read(&files.manifest)?;
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)?.with_special_tokens(&manifest)?;
         if tokenizer.vocab_size() != manifest.vocab_size {
             return Err(ModelError::TokenizerMismatch {
                 tokenizer: tokenizer.vocab_size(),
@@ -186,6 +196,7 @@ impl Model {
 
     /// A model over any backend (tests use a fake one).
     pub fn with_backend<B: Backend>(manifest: &Manifest, tokenizer: Tokenizer, backend: B) -> Result<Self, ModelError> {
+        let tokenizer = tokenizer.with_special_tokens(manifest)?;
         let (worker, provider, gathers) = ModelWorker::spawn(move || Ok(backend))?;
         Ok(Self::from_parts(manifest, (provider, gathers), tokenizer, worker))
     }
@@ -208,6 +219,10 @@ impl Model {
             dtype: m.dtype.clone(),
             source: m.source.clone(),
             weights_sha256: m.weights_sha256.clone().unwrap_or_default(),
+            family: m.family.clone(),
+            bos_token_id: m.bos_token_id,
+            adds_bos: tokenizer.bos().is_some(),
+            hidden_states: m.hidden_states.clone(),
         };
         Self { info: Arc::new(info), tokenizer: Arc::new(tokenizer), worker }
     }

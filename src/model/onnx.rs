@@ -8,7 +8,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session, SessionOutputs};
 use ort::value::Tensor;
 
-use super::manifest::{GATHER_INPUT, GATHER_OUTPUT};
+use super::manifest::{GATHER_INPUT, GATHER_OUTPUT, POSITION_IDS_INPUT};
 use super::{
     Backend, GatheredVectors, Hidden, Manifest, ModelError, ModelFiles, RuntimeOptions, SentenceHidden, VectorIndex,
 };
@@ -52,6 +52,8 @@ pub struct OnnxBackend {
     /// Return only the wanted vectors ([`GatherOutputs`]).
     gather: bool,
     pad_token_id: i64,
+    /// The graph takes [`POSITION_IDS_INPUT`] (rotary models).
+    position_ids: bool,
     provider: &'static str,
     /// See [`OrtTuning::pass_cost_tokens`]; `None`: one pass per batch.
     pass_cost_tokens: Option<usize>,
@@ -104,6 +106,7 @@ impl OnnxBackend {
             gather_graph,
             gather,
             pad_token_id: i64::from(manifest.pad_token_id),
+            position_ids: manifest.feeds_position_ids(),
             provider,
             pass_cost_tokens: tuning.pass_cost_tokens.0,
         })
@@ -266,7 +269,7 @@ impl OnnxBackend {
     fn run_padded(&mut self, batch: &[&[u32]], wanted: Option<&[&[VectorIndex]]>) -> Result<Vec<Hidden>, ModelError> {
         let rows = batch.len();
         let width = batch.iter().map(|s| s.len()).max().unwrap_or(0);
-        // Right padding: real tokens keep positions 0..len, as GPT-2's learned positions expect.
+        // Right padding: real tokens keep positions 0..len, as learned and rotary positions expect.
         let mut ids = Array2::<i64>::from_elem((rows, width), self.pad_token_id);
         let mut mask = Array2::<i64>::zeros((rows, width));
         for (r, sentence) in batch.iter().enumerate() {
@@ -279,6 +282,11 @@ impl OnnxBackend {
             "input_ids" => Tensor::from_array(ids)?,
             "attention_mask" => Tensor::from_array(mask)?,
         ];
+        if self.position_ids {
+            // Right padding: each row's real tokens at 0..len, as the unpadded sentence; padding after.
+            let positions = Array2::<i64>::from_shape_fn((rows, width), |(_, c)| c as i64);
+            inputs.push((POSITION_IDS_INPUT.into(), Tensor::from_array(positions)?.into()));
+        }
         let wanted = wanted.filter(|_| self.gather);
         let selected = if self.gather_graph {
             // A gathering graph needs its index even when every state is asked for (then empty).

@@ -126,6 +126,7 @@ pub fn rotation_job(
         seed: req.shuffle_seed.unwrap_or(DEFAULT_SHUFFLE_SEED),
         first_index,
         selection: selection(req)?,
+        allow_bos_non_target: req.allow_bos_non_target,
     })
 }
 
@@ -633,6 +634,11 @@ pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
         dtype: info.dtype.clone(),
         source: info.source.clone(),
         weights_sha256: info.weights_sha256.clone(),
+        family: info.family.clone(),
+        bos_token_id: info.bos_token_id,
+        adds_bos: info.adds_bos,
+        pad_token_id: info.pad_token_id,
+        hidden_states: if info.hidden_states.is_null() { String::new() } else { info.hidden_states.to_string() },
     }
 }
 

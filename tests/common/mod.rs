@@ -22,6 +22,11 @@ pub fn bundled_model_dir() -> PathBuf {
     repo().join("models/gpt2-tiny-random")
 }
 
+/// The bundled Llama-like model: rotary positions, RMSNorm, a tokenizer that prepends BOS.
+pub fn llama_model_dir() -> PathBuf {
+    repo().join("models/llama-tiny-random")
+}
+
 pub fn runtime_options() -> RuntimeOptions {
     RuntimeOptions {
         library: ort_library(),
@@ -33,6 +38,46 @@ pub fn runtime_options() -> RuntimeOptions {
 
 pub fn load_bundled() -> Model {
     Model::load(&bundled_model_dir(), &runtime_options()).expect("bundled model loads")
+}
+
+/// A model directory on the CPU with one thread.
+pub fn load_model(dir: &std::path::Path) -> Model {
+    Model::load(dir, &runtime_options()).unwrap_or_else(|e| panic!("{} loads: {e}", dir.display()))
+}
+
+/// A golden file of PyTorch hidden states (tools/make_golden_*hidden_states.py): its sentences,
+/// their token ids as Hugging Face's tokenizer gives them, and the whole file.
+pub fn golden_hidden(name: &str) -> (Vec<String>, Vec<Vec<u32>>, serde_json::Value) {
+    let g: serde_json::Value = golden(name);
+    let sentences: Vec<String> =
+        g["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let ids: Vec<Vec<u32>> = g["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect())
+        .collect();
+    (sentences, ids, g)
+}
+
+/// Largest |ours − PyTorch's| over every component of every hidden state of every sentence, after
+/// checking each sentence's shape; `want` is a golden file's `hidden_states` [sentence][state][position][dim].
+pub fn max_error_vs_golden(hidden: &[SentenceHidden], want: &serde_json::Value, hidden_size: usize) -> f64 {
+    let want = want.as_array().unwrap();
+    assert_eq!(hidden.len(), want.len());
+    let mut max_err = 0f64;
+    for (h, sentence) in hidden.iter().zip(want) {
+        let states = sentence.as_array().unwrap();
+        assert_eq!(h.shape(), &[states.len(), states[0].as_array().unwrap().len(), hidden_size]);
+        for (k, state) in states.iter().enumerate() {
+            for (p, vector) in state.as_array().unwrap().iter().enumerate() {
+                for (d, v) in vector.as_array().unwrap().iter().enumerate() {
+                    max_err = max_err.max((f64::from(h[[k, p, d]]) - v.as_f64().unwrap()).abs());
+                }
+            }
+        }
+    }
+    max_err
 }
 
 /// A golden reference file of tests/golden (made by the scripts in tools/), parsed.
@@ -87,17 +132,27 @@ impl Drop for ServerProcess {
 
 /// The bundled model on a free loopback port, once SERVING; returns the server and its host:port.
 pub fn serve_bundled() -> (ServerProcess, String) {
-    serve_bundled_on("127.0.0.1")
+    serve_model(&bundled_model_dir())
 }
 
 /// [`serve_bundled`] on a loopback address of its own (127.0.0.x), as a pod would have.
 pub fn serve_bundled_on(host: &str) -> (ServerProcess, String) {
+    serve_model_on(&bundled_model_dir(), host)
+}
+
+/// A model directory on a free loopback port, once SERVING; returns the server and its host:port.
+pub fn serve_model(dir: &std::path::Path) -> (ServerProcess, String) {
+    serve_model_on(dir, "127.0.0.1")
+}
+
+/// [`serve_model`] on loopback address `host`.
+pub fn serve_model_on(dir: &std::path::Path, host: &str) -> (ServerProcess, String) {
     let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
     let bin = env!("CARGO_BIN_EXE_rotations");
     let child = std::process::Command::new(bin)
         .args(["serve", "--host", host, "--port", &port.to_string(), "--threads", "1"])
         .arg("--model-dir")
-        .arg(bundled_model_dir())
+        .arg(dir)
         .arg("--ort-library")
         .arg(ort_library())
         .stdout(std::process::Stdio::null())

@@ -81,16 +81,20 @@ def _healthy(binary: Path, url: str, client_args: Sequence[str] = ()) -> bool:
 
 @contextmanager
 def run_server(
-    tmp_path_factory: pytest.TempPathFactory, serve_args: Sequence[str] = (), client_args: Sequence[str] = ()
+    tmp_path_factory: pytest.TempPathFactory,
+    serve_args: Sequence[str] = (),
+    client_args: Sequence[str] = (),
+    model_dir: Path = MODEL_DIR,
 ) -> Iterator[Server]:
-    """``rotations serve`` on a free port with extra ``serve_args``, SERVING by ``rotations health``
-    (given ``client_args``: TLS material for a TLS server); stopped with SIGTERM afterwards."""
+    """``rotations serve`` of ``model_dir`` on a free port with extra ``serve_args``, SERVING by
+    ``rotations health`` (given ``client_args``: TLS material for a TLS server); stopped with SIGTERM
+    afterwards."""
     binary = _binary()
     log = tmp_path_factory.mktemp("server") / "server.log"
     port = _free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [str(binary), "serve", "--port", str(port), "--host", "127.0.0.1", "--model-dir", str(MODEL_DIR)]
+            [str(binary), "serve", "--port", str(port), "--host", "127.0.0.1", "--model-dir", str(model_dir)]
             + list(serve_args),
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -76,6 +76,14 @@ class ModelInfo:
     source: str
     #: SHA-256 of the weight files: replicas serving the same weights report the same value.
     weights_sha256: str = ""
+    #: Hugging Face's ``model_type`` ("gpt2", "llama", ...).
+    family: str = ""
+    #: The tokenizer's BOS token, if any; ``adds_bos``: every sentence starts with it (positions count it).
+    bos_token_id: Optional[int] = None
+    adds_bos: bool = False
+    pad_token_id: int = 0
+    #: Which hidden states are before or after the final norm, as the export recorded it (JSON text).
+    hidden_states: str = ""
 
     @classmethod
     def from_pb(cls, m: "pb.ModelInfo") -> ModelInfo:
@@ -90,6 +98,11 @@ class ModelInfo:
             dtype=m.dtype,
             source=m.source,
             weights_sha256=m.weights_sha256,
+            family=m.family,
+            bos_token_id=m.bos_token_id if m.HasField("bos_token_id") else None,
+            adds_bos=m.adds_bos,
+            pad_token_id=m.pad_token_id,
+            hidden_states=m.hidden_states,
         )
 
 

@@ -354,8 +354,10 @@ class Client:
         significance: Optional["pb.SignificanceOptions"] = None,
         first_sentence_index: int = 0,
         selection: Optional[Dict[str, Any]] = None,
+        allow_bos_non_target: bool = False,
     ) -> "pb.RotationRequest":
         request = pb.RotationRequest(sentences=_sentences(sentences), unit=_unit(unit))
+        request.allow_bos_non_target = bool(allow_bos_non_target)
         request.first_sentence_index = operator.index(first_sentence_index)
         _select(request, **(selection or {}))
         if target is None:
@@ -395,12 +397,16 @@ class Client:
         sub_token: SubToken = "last",
         all_layers: bool = False,
         row_matrices: bool = False,
+        allow_bos_non_target: bool = False,
     ) -> RotationResult:
         """The notebook's ``angles`` (``[layers, rows, 3]``) with positions and shuffle draws.
 
         ``target`` is a word as text (``" her"``; one token or several) or a token id. ``seed`` seeds
         the shuffled control (server default 20250901); ``non_target_offset`` picks the non-target
-        relative to the target (default -1, the token before).
+        relative to the target (default -1, the token before). With a tokenizer that puts a BOS
+        token before every sentence (``model_info().adds_bos``), ``allow_bos_non_target=True``
+        lets a target that is a sentence's first word be compared with the BOS token (refused by
+        default, naming the sentence).
 
         Which token (see the README's "Which token"): ``occurrence`` "first" (default), "last",
         "all" (each occurrence one row; ``sentences[k].occurrence`` says which) or n (the n-th);
@@ -412,7 +418,9 @@ class Client:
         its cumulative angle, exact sums), ``row_matrices`` every row's matrix too.
         """
         selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, selection=selection)
+        request = self._rotation_request(
+            sentences, target, unit, seed, non_target_offset, selection=selection, allow_bos_non_target=allow_bos_non_target
+        )
         m = self._call("ComputeRotations", self._stub.ComputeRotations, request, timeout)
         return RotationResult.from_pb(m)
 
@@ -527,12 +535,22 @@ class Client:
         sub_token: SubToken = "last",
         all_layers: bool = False,
         row_matrices: bool = False,
+        allow_bos_non_target: bool = False,
     ) -> Analysis:
         """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result (the
         selection keywords as in :meth:`rotations`)."""
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
         selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
-        request = self._rotation_request(sentences, target, unit, seed, non_target_offset, options, selection=selection)
+        request = self._rotation_request(
+            sentences,
+            target,
+            unit,
+            seed,
+            non_target_offset,
+            options,
+            selection=selection,
+            allow_bos_non_target=allow_bos_non_target,
+        )
         m = self._call("Analyze", self._stub.Analyze, request, timeout)
         return Analysis.from_pb(m)
 
@@ -557,6 +575,7 @@ class Client:
         sub_token: SubToken = "last",
         all_layers: bool = False,
         row_matrices: bool = False,
+        allow_bos_non_target: bool = False,
     ) -> Iterator[RotationChunk]:
         """For large corpora: chunks of sentences in input order as they finish, then a final chunk
         (``last``) with the merged per-layer statistics and their t-tests. :func:`collect_stream`
@@ -569,7 +588,15 @@ class Client:
         options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
         selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
         request = self._rotation_request(
-            sentences, target, unit, seed, non_target_offset, options, first_sentence_index, selection
+            sentences,
+            target,
+            unit,
+            seed,
+            non_target_offset,
+            options,
+            first_sentence_index,
+            selection,
+            allow_bos_non_target=allow_bos_non_target,
         )
         call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
         return self._chunks(call)

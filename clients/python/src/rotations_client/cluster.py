@@ -459,6 +459,7 @@ class Cluster:
         sub_token: SubToken = "last",
         all_layers: bool = False,
         row_matrices: bool = False,
+        allow_bos_non_target: bool = False,
     ) -> Iterator[RotationChunk]:
         """As :meth:`Client.stream_rotations`, over the replicas: chunks in corpus order (their
         ``first_sentence`` and reports carry corpus indices), then a final chunk with the merged
@@ -483,6 +484,7 @@ class Cluster:
             sub_token=sub_token,
             all_layers=all_layers,
             row_matrices=row_matrices,
+            allow_bos_non_target=allow_bos_non_target,
         )
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
@@ -592,6 +594,7 @@ class Cluster:
         sub_token: SubToken = "last",
         all_layers: bool = False,
         row_matrices: bool = False,
+        allow_bos_non_target: bool = False,
     ) -> Analysis:
         """As :meth:`Client.analyze`, over the replicas: equal to one server's ``analyze`` bit for bit.
 
@@ -620,6 +623,7 @@ class Cluster:
             sub_token=sub_token,
             all_layers=all_layers,
             row_matrices=row_matrices,
+            allow_bos_non_target=allow_bos_non_target,
         )
         if angles_out is None:
             return collect_stream(chunks)

@@ -1,0 +1,88 @@
+"""Every family's tiny random-init preset exports and verifies (tools/export_model.py), and the export is
+then checked again here, independently of the tool's own record: the saved PyTorch checkpoint (hf/),
+loaded fresh by transformers, against ONNX Runtime on other sentences, fed as the service feeds them.
+
+Needs torch and transformers (the tools venv: make export-test); skipped where they are missing, so
+make tools-test (numpy only) collects this file too.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+ort = pytest.importorskip("onnxruntime")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import export_model  # noqa: E402
+from families import FAMILIES  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+from verification import BOUNDS, compare  # noqa: E402
+
+# Not the export's own sentences; lengths from 2 tokens to ~20, right-padded.
+SENTENCES = [
+    "Nobody told her.",
+    "The committee reviewed her proposal twice before the vote on Thursday evening, then adjourned.",
+    "Why?",
+    "Her brother waited for her outside the station.",
+]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    return tmp_path_factory.mktemp("exports")
+
+
+def feeds_for(meta: dict, tok: Tokenizer, sentences):
+    """Right padding with model.json's pad id; position_ids 0..seq-1 per row where the graph takes them."""
+    rows = [tok.encode(s).ids for s in sentences]
+    width = max(map(len, rows))
+    feeds = {
+        "input_ids": np.array([r + [meta["pad_token_id"]] * (width - len(r)) for r in rows], dtype=np.int64),
+        "attention_mask": np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=np.int64),
+    }
+    if "position_ids" in meta["inputs"]:
+        feeds["position_ids"] = np.tile(np.arange(width, dtype=np.int64), (len(rows), 1))
+    return feeds, [len(r) for r in rows]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_tiny_export_verifies_and_matches_transformers(family, exports):
+    out = exports / family
+    export_model.main(["--random-init", "--preset", f"{family}-tiny", "--out", str(out)])
+    meta = json.loads((out / "model.json").read_text())
+    fam = FAMILIES[family]
+    assert meta["family"] == family
+    assert meta["verification"]["max_angle_deg"] <= BOUNDS["float32"]["angle_deg"]
+    assert meta["inputs"] == ["input_ids", "attention_mask"] + ["position_ids"] * fam.rotary
+    assert meta["adds_bos"] == fam.bos_prepended
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    feeds, lengths = feeds_for(meta, tok, SENTENCES)
+    if meta["adds_bos"]:
+        assert (feeds["input_ids"][:, 0] == meta["bos_token_id"]).all()
+    model = transformers.AutoModel.from_pretrained(out / "hf", attn_implementation="eager").eval()
+    with torch.no_grad():
+        reference = model(
+            input_ids=torch.from_numpy(feeds["input_ids"]),
+            attention_mask=torch.from_numpy(feeds["attention_mask"]),
+            output_hidden_states=True,
+            use_cache=False,
+        ).hidden_states
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(meta["outputs"], feeds)
+    assert len(got) == meta["num_layers"] + 1
+    deviation = compare([h.numpy() for h in reference], got, lengths)
+    assert deviation.within(BOUNDS["float32"]), deviation.describe()
+
+    if "position_ids" in feeds:
+        # Pads' positions never reach a real token: a runtime may give them 0 or keep counting.
+        zeroed = {**feeds, "position_ids": feeds["position_ids"] * feeds["attention_mask"]}
+        again = session.run(meta["outputs"], zeroed)
+        for state, other in zip(got, again, strict=True):
+            for row, n in enumerate(lengths):
+                np.testing.assert_array_equal(state[row, :n], other[row, :n])
