@@ -513,14 +513,24 @@ def load(args, out: Path):
             f"{source}: {family}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
             f"{cfg.num_attention_heads} heads, {n_params / 1e6:.1f}M params"
         )
-    if args.random_init or args.save_checkpoint:
-        with step(f"saving checkpoint to {out / 'hf'}"):
-            model.save_pretrained(out / "hf")
     with step("writing tokenizer.json"):
-        tok = Tokenizer.from_file(str(write_tokenizer(args, out, family, cfg.bos_token_id)))
+        tokenizer_file = write_tokenizer(args, out, family, cfg.bos_token_id)
+        tok = Tokenizer.from_file(str(tokenizer_file))
         ids = token_ids(cfg, tok)
         log(f"BOS {ids['bos_token_id']} (prepended: {ids['adds_bos']}), pad {ids['pad'][0]} ({ids['pad'][1]})")
+    if args.random_init or args.save_checkpoint:
+        with step(f"saving checkpoint to {out / 'hf'}"):
+            save_checkpoint(model, tokenizer_file, ids, out / "hf")
     return model, family, source, tok, ids
+
+
+def save_checkpoint(model, tokenizer_file: Path, ids: dict, dest: Path) -> None:
+    """The PyTorch model and its tokenizer, so `--model <out>/hf` exports it again, offline."""
+    model.save_pretrained(dest)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    named = {"bos_token": ids["bos_token_id"], "eos_token": ids["eos_token_id"], "pad_token": ids["pad"][0]}
+    tok.add_special_tokens({k: tok.convert_ids_to_tokens(v) for k, v in named.items() if v is not None})
+    tok.save_pretrained(dest)
 
 
 def check_outputs(deviation: Deviation, proxy: Deviation | None, dtype: str, bound: dict) -> None:
