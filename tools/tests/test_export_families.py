@@ -110,3 +110,13 @@ def test_a_checkpoint_folder_exports_the_same_model(family, exports):
         assert a[key] == b[key], key
     # The same tokenizer (the file's layout may differ: transformers writes it indented).
     assert json.loads((first / "tokenizer.json").read_text()) == json.loads((again / "tokenizer.json").read_text())
+
+
+def test_gather_outputs_with_position_ids(exports):
+    """--gather-outputs on a rotary family: position_ids then gather_index; the export checks the gathered
+    vectors against slicing the full outputs, bit for bit."""
+    out = exports / "llama-gather"
+    export_model.main(["--random-init", "--preset", "llama-tiny", "--gather-outputs", "--out", str(out)])
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["inputs"] == ["input_ids", "attention_mask", "position_ids", "gather_index"]
+    assert meta["outputs"][-1] == "gathered_hidden_states"
