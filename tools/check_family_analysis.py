@@ -20,6 +20,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer
 
+transformers.utils.logging.disable_progress_bar()
 CONDITIONS = ("target", "non_target")  # the first two conditions, in analysis.json's order
 WORD_MARKERS = "▁Ġ "  # SentencePiece's and byte-level BPE's word-start markers
 

@@ -175,21 +175,32 @@ class HiddenStates(torch.nn.Module):
         return tuple(h.float() for h in out.hidden_states)
 
 
+def gathered(states, gather_index):
+    """(*states, the vectors gather_index [n, 3] picks): row n is hidden_state_{state}[batch row, position]."""
+    stacked = torch.stack(states)  # [states, batch, seq, hidden]
+    num_states, batch, seq, hidden = stacked.shape
+    flat = (gather_index[:, 1] * batch + gather_index[:, 0]) * seq + gather_index[:, 2]
+    return (*states, stacked.reshape(num_states * batch * seq, hidden).index_select(0, flat))
+
+
 class GatheredHiddenStates(HiddenStates):
-    """forward(input_ids, attention_mask, position_ids, gather_index) -> (*every hidden state, the gathered vectors).
+    """forward(input_ids, attention_mask, gather_index) -> (*every hidden state, the gathered vectors).
 
     gather_index [n, 3] holds (batch row, hidden state, token position); output n is
     hidden_state_{state}[row, position]. The full outputs stay in the graph, so one model serves
-    both ways: a runtime asks ONNX Runtime for the outputs it wants. position_ids is None (no graph
-    input) for families without rotary positions.
+    both ways: a runtime asks ONNX Runtime for the outputs it wants.
     """
 
+    def forward(self, input_ids, attention_mask, gather_index):
+        return gathered(super().forward(input_ids, attention_mask), gather_index)
+
+
+class GatheredPositionedHiddenStates(HiddenStates):
+    """GatheredHiddenStates for rotary families: forward(input_ids, attention_mask, position_ids, gather_index).
+    (A separate class, not a None argument: a None input shifts the exporter's names for the dynamic axes.)"""
+
     def forward(self, input_ids, attention_mask, position_ids, gather_index):
-        states = super().forward(input_ids, attention_mask, position_ids)
-        stacked = torch.stack(states)  # [states, batch, seq, hidden]
-        num_states, batch, seq, hidden = stacked.shape
-        flat = (gather_index[:, 1] * batch + gather_index[:, 0]) * seq + gather_index[:, 2]
-        return (*states, stacked.reshape(num_states * batch * seq, hidden).index_select(0, flat))
+        return gathered(super().forward(input_ids, attention_mask, position_ids), gather_index)
 
 
 def load_model(args):
@@ -412,18 +423,17 @@ def check_hidden_state_semantics(model, family: str, feeds: dict, states) -> Non
 
 
 def export_onnx(wrapper: HiddenStates, onnx_path: Path, names: tuple[list, list], example: dict, external_data: str, max_positions: int):
-    """Exports wrapper (HiddenStates, or GatheredHiddenStates when the inputs include GATHER_INPUT) traced on example's feeds."""
+    """Exports wrapper (HiddenStates, or a Gathered* one when the inputs include GATHER_INPUT) traced on example's feeds."""
     input_names, output_names = names
     batch = torch.export.Dim("batch", min=1)
     seq = torch.export.Dim("seq", min=1, max=max_positions)
     axes = {0: batch, 1: seq}
-    # Arguments in forward's order; an absent position_ids is None, which is no graph input.
+    # Arguments in forward's order: the graph's inputs.
     args = [torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"])]
     dynamic_shapes = {"input_ids": axes, "attention_mask": axes}
-    has_positions = POSITION_INPUT in input_names
-    if has_positions or GATHER_INPUT in input_names:
-        args.append(torch.from_numpy(example[POSITION_INPUT]) if has_positions else None)
-        dynamic_shapes[POSITION_INPUT] = axes if has_positions else None
+    if POSITION_INPUT in input_names:
+        args.append(torch.from_numpy(example[POSITION_INPUT]))
+        dynamic_shapes[POSITION_INPUT] = axes
     if GATHER_INPUT in input_names:
         args.append(torch.tensor(TRACE_GATHER_INDEX))
         dynamic_shapes[GATHER_INPUT] = {0: torch.export.Dim("gathered", min=0)}
@@ -513,14 +523,24 @@ def load(args, out: Path):
             f"{source}: {family}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
             f"{cfg.num_attention_heads} heads, {n_params / 1e6:.1f}M params"
         )
-    if args.random_init or args.save_checkpoint:
-        with step(f"saving checkpoint to {out / 'hf'}"):
-            model.save_pretrained(out / "hf")
     with step("writing tokenizer.json"):
-        tok = Tokenizer.from_file(str(write_tokenizer(args, out, family, cfg.bos_token_id)))
+        tokenizer_file = write_tokenizer(args, out, family, cfg.bos_token_id)
+        tok = Tokenizer.from_file(str(tokenizer_file))
         ids = token_ids(cfg, tok)
         log(f"BOS {ids['bos_token_id']} (prepended: {ids['adds_bos']}), pad {ids['pad'][0]} ({ids['pad'][1]})")
+    if args.random_init or args.save_checkpoint:
+        with step(f"saving checkpoint to {out / 'hf'}"):
+            save_checkpoint(model, tokenizer_file, ids, out / "hf")
     return model, family, source, tok, ids
+
+
+def save_checkpoint(model, tokenizer_file: Path, ids: dict, dest: Path) -> None:
+    """The PyTorch model and its tokenizer, so `--model <out>/hf` exports it again, offline."""
+    model.save_pretrained(dest)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file))
+    named = {"bos_token": ids["bos_token_id"], "eos_token": ids["eos_token_id"], "pad_token": ids["pad"][0]}
+    tok.add_special_tokens({k: tok.convert_ids_to_tokens(v) for k, v in named.items() if v is not None})
+    tok.save_pretrained(dest)
 
 
 def check_outputs(deviation: Deviation, proxy: Deviation | None, dtype: str, bound: dict) -> None:
@@ -568,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
 
     onnx_path = out / "model.onnx"
     if args.gather_outputs:
-        wrapper = GatheredHiddenStates(model).eval()
+        wrapper = (GatheredPositionedHiddenStates if rotary else GatheredHiddenStates)(model).eval()
     example, _ = encode_batch(tok, TRACE_SENTENCES, cfg.vocab_size, ids["pad"][0], rotary)
     export_onnx(wrapper, onnx_path, (input_names, output_names), example, args.external_data, cfg.max_position_embeddings)
     del wrapper, model

@@ -51,95 +51,57 @@ class Family:
 
 
 # Tiny shapes: a few layers, hidden 32, 4 heads (grouped-query attention with 2 key/value heads where the
-# family has it), so every family exports and verifies in seconds.
+# family has it), so every family exports and verifies in seconds. Attention windows (GPT-Neo's local
+# layers, Mistral's sliding window) are 8 tokens, shorter than the verification's longest sentence.
+LEARNED_POSITIONS = "the input of the first block: token + learned position embeddings"
+# Llama-like: pre-norm blocks in .layers, RMSNorm .norm last, rotary positions, grouped-query attention.
+LLAMA_LIKE_TINY = {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64}
+
+
+def _llama_like(model_type: str, tokenizer: str, **tiny) -> Family:
+    metaspace = tokenizer == "metaspace"  # SentencePiece families prepend BOS; Qwen's byte-level BPE does not
+    first = EMBEDDINGS + (" scaled by sqrt(hidden_size)" if model_type == "gemma" else "")
+    return Family(model_type, "layers", "norm", True, tokenizer, metaspace, first=first, tiny={**LLAMA_LIKE_TINY, **tiny})
+
+
 FAMILIES = {
     f.model_type: f
     for f in [
-        Family(
-            "gpt2",
-            "h",
-            "ln_f",
-            rotary=False,
-            tokenizer="byte-level",
-            bos_prepended=False,
-            first="the input of the first block: token + learned position embeddings",
-            tiny={"n_layer": 6, "n_embd": 32, "n_head": 4},
-        ),
+        Family("gpt2", "h", "ln_f", False, "byte-level", False, first=LEARNED_POSITIONS, tiny={"n_layer": 6, "n_embd": 32, "n_head": 4}),
         Family(
             "gpt_neo",
             "h",
             "ln_f",
-            rotary=False,
-            tokenizer="byte-level",
-            bos_prepended=False,
-            first="the input of the first block: token + learned position embeddings",
+            False,
+            "byte-level",
+            False,
+            first=LEARNED_POSITIONS,
             tiny={"num_layers": 4, "hidden_size": 32, "num_heads": 4, "attention_types": [[["global", "local"], 2]], "window_size": 8},
         ),
         Family(
             "gpt_neox",
             "layers",
             "final_layer_norm",
-            rotary=True,
-            tokenizer="byte-level",
-            bos_prepended=False,
+            True,
+            "byte-level",
+            False,
             tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "rotary_pct": 0.25},
         ),
         Family(
             "opt",
             "decoder.layers",
             "decoder.final_layer_norm",
-            rotary=False,
-            tokenizer="byte-level",
-            bos_prepended=True,  # OPT's tokenizer prepends </s> as BOS
-            first="the input of the first block: token + learned position embeddings (positions from the attention mask)",
+            False,
+            "byte-level",
+            True,  # OPT's tokenizer prepends </s> as BOS
+            first=LEARNED_POSITIONS + " (positions from the attention mask)",
             tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "ffn_dim": 64, "word_embed_proj_dim": 32},
         ),
-        Family(
-            "llama",
-            "layers",
-            "norm",
-            rotary=True,
-            tokenizer="metaspace",
-            bos_prepended=True,
-            tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64},
-        ),
-        Family(
-            "mistral",
-            "layers",
-            "norm",
-            rotary=True,
-            tokenizer="metaspace",
-            bos_prepended=True,
-            tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "sliding_window": 4096},
-        ),
-        Family(
-            "qwen2",
-            "layers",
-            "norm",
-            rotary=True,
-            tokenizer="byte-level",
-            bos_prepended=False,
-            tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64},
-        ),
-        Family(
-            "qwen3",
-            "layers",
-            "norm",
-            rotary=True,
-            tokenizer="byte-level",
-            bos_prepended=False,
-            tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "head_dim": 8},
-        ),
-        Family(
-            "gemma",
-            "layers",
-            "norm",
-            rotary=True,
-            tokenizer="metaspace",
-            bos_prepended=True,
-            first="the input of the first block: token embeddings scaled by sqrt(hidden_size)",
-            tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "head_dim": 8},
-        ),
+        _llama_like("llama", "metaspace"),
+        _llama_like("mistral", "metaspace", sliding_window=8),
+        _llama_like("qwen2", "byte-level"),
+        _llama_like("qwen3", "byte-level", head_dim=8),
+        _llama_like("gemma", "metaspace", head_dim=8),
     ]
 }
 

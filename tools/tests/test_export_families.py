@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+# torch.onnx warns that the inputs share their dynamic axes' names, which they do on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:# The axis name")
 transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 
@@ -50,10 +52,16 @@ def feeds_for(meta: dict, tok: Tokenizer, sentences):
     return feeds, [len(r) for r in rows]
 
 
+def export_tiny(family: str, exports: Path) -> Path:
+    out = exports / family
+    if not (out / "model.json").exists():
+        export_model.main(["--random-init", "--preset", f"{family}-tiny", "--out", str(out)])
+    return out
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_tiny_export_verifies_and_matches_transformers(family, exports):
-    out = exports / family
-    export_model.main(["--random-init", "--preset", f"{family}-tiny", "--out", str(out)])
+    out = export_tiny(family, exports)
     meta = json.loads((out / "model.json").read_text())
     fam = FAMILIES[family]
     assert meta["family"] == family
@@ -86,3 +94,29 @@ def test_tiny_export_verifies_and_matches_transformers(family, exports):
         for state, other in zip(got, again, strict=True):
             for row, n in enumerate(lengths):
                 np.testing.assert_array_equal(state[row, :n], other[row, :n])
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_a_checkpoint_folder_exports_the_same_model(family, exports):
+    """--model <folder> (the path real checkpoints take, offline): the random-init export's hf/ (weights,
+    config, tokenizer) exports to the same graph, tokenizer and family fields; llama and opt are the
+    families whose tokenizers prepend BOS, so their post-processors survive transformers' round trip."""
+    first = export_tiny(family, exports)
+    again = exports / f"{family}-from-folder"
+    export_model.main(["--model", str(first / "hf"), "--out", str(again)])
+    a, b = (json.loads((d / "model.json").read_text()) for d in (first, again))
+    assert b["source"] == str(first / "hf")
+    for key in ["weights_sha256", "inputs", "family", "bos_token_id", "adds_bos", "pad_token_id", "eos_token_id", "hidden_states"]:
+        assert a[key] == b[key], key
+    # The same tokenizer (the file's layout may differ: transformers writes it indented).
+    assert json.loads((first / "tokenizer.json").read_text()) == json.loads((again / "tokenizer.json").read_text())
+
+
+def test_gather_outputs_with_position_ids(exports):
+    """--gather-outputs on a rotary family: position_ids then gather_index; the export checks the gathered
+    vectors against slicing the full outputs, bit for bit."""
+    out = exports / "llama-gather"
+    export_model.main(["--random-init", "--preset", "llama-tiny", "--gather-outputs", "--out", str(out)])
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["inputs"] == ["input_ids", "attention_mask", "position_ids", "gather_index"]
+    assert meta["outputs"][-1] == "gathered_hidden_states"
