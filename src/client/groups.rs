@@ -21,6 +21,7 @@ pub const FILES: [&str; 4] = ["group_angles.csv", "group_tests.csv", "groups.jso
 
 pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.analysis.sentences.is_none(), "compare takes --group LABEL=FILE twice, not --sentences");
+    anyhow::ensure!(args.analysis.angles_out.is_none(), "compare writes no angle file: leave out --angles-out");
     anyhow::ensure!(
         args.groups.len() == 2,
         "give exactly two groups (--group LABEL=FILE twice), got {}",
@@ -97,7 +98,7 @@ async fn compute(
 ) -> anyhow::Result<proto::GroupComparison> {
     let options = group_options(args.condition, &requests[0]);
     let analysis_args = &args.analysis;
-    let sharded = analysis_args.client.server.len() > 1 || analysis_args.client.primary().starts_with("dns:///");
+    let sharded = super::over_replicas(&analysis_args.client);
     let small = requests.iter().all(|r| r.sentences.len() <= analysis_args.stream_above);
     if !sharded && small {
         let groups = labels

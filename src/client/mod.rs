@@ -234,7 +234,12 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
 /// Several servers, a `dns:///` name, or `--angles-out`: the file read lazily, in chunks over the
 /// replicas (one server is a cluster of one).
 fn sharded(args: &AnalyzeArgs) -> bool {
-    args.client.server.len() > 1 || args.client.primary().starts_with("dns:///") || args.angles_out.is_some()
+    over_replicas(&args.client) || args.angles_out.is_some()
+}
+
+/// Several servers, or a `dns:///` name whose every address is a replica.
+fn over_replicas(client: &ClientArgs) -> bool {
+    client.server.len() > 1 || client.primary().starts_with("dns:///")
 }
 
 async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
