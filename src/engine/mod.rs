@@ -79,13 +79,20 @@ impl Default for BatchLimits {
     }
 }
 
+/// A job's rotation options and its target's token ids, resolved once (a stream prepares its
+/// corpus a chunk at a time with the same ones).
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub opts: RotationOptions,
+    /// The target word's token ids (empty for spans).
+    pub target_tokens: Vec<u32>,
+}
+
 /// Consecutive sentences of a job, tokenized and known to be computable.
 pub struct Prepared {
     pub ids: Vec<Vec<u32>>,
     /// Each sentence's rows: one, or one per occurrence of the target.
     pub rows: Vec<Vec<RowSelection>>,
-    /// The target's token id (0 for a word of several tokens or spans: see `target_tokens`).
-    pub target: u32,
     /// The target word's token ids (empty for spans).
     pub target_tokens: Vec<u32>,
     pub opts: RotationOptions,
@@ -188,20 +195,21 @@ impl Engine {
     /// Tokenizes every sentence and checks it (length, vocabulary, target, non-target) before any
     /// forward pass, so a bad sentence costs no compute and is named by its index.
     pub fn prepare(&self, job: &RotationJob) -> Result<Prepared, Error> {
-        let opts = self.rotation_options(job)?;
-        self.prepare_range(job, opts, 0..job.sentences.len())
+        let resolved = self.resolve(job)?;
+        self.prepare_range(job, &resolved, 0..job.sentences.len())
     }
 
-    /// The job's options with its target resolved to a token id.
-    pub fn rotation_options(&self, job: &RotationJob) -> Result<RotationOptions, Error> {
+    /// The job's options with its target resolved to token ids, once for the whole job.
+    pub fn resolve(&self, job: &RotationJob) -> Result<Resolved, Error> {
         if job.sentences.is_empty() {
             return Err(Error::invalid("sentences", "no sentences given"));
         }
-        let target = match self.resolve_target(&job.target)?[..] {
+        let target_tokens = self.resolve_target(&job.target)?;
+        let target = match target_tokens[..] {
             [id] => id,
             _ => 0,
         };
-        Ok(RotationOptions {
+        let opts = RotationOptions {
             target,
             non_target_offset: job.non_target_offset,
             seed: job.seed,
@@ -210,7 +218,8 @@ impl Engine {
             all_layers: job.selection.all_layers,
             special_prefix: usize::from(self.model.tokenizer.bos().is_some()),
             allow_bos_non_target: job.allow_bos_non_target,
-        })
+        };
+        Ok(Resolved { opts, target_tokens })
     }
 
     /// [`Engine::prepare`] for the sentences of `range` only; errors name sentences by their corpus
@@ -218,16 +227,16 @@ impl Engine {
     pub fn prepare_range(
         &self,
         job: &RotationJob,
-        opts: RotationOptions,
+        resolved: &Resolved,
         range: Range<usize>,
     ) -> Result<Prepared, Error> {
+        let (opts, target_tokens) = (resolved.opts, resolved.target_tokens.clone());
         let first = job.first_index + range.start;
         let texts = &job.sentences[range.clone()];
         let tokenized = self.tokenize(texts)?;
         let ids: Vec<Vec<u32>> = tokenized.iter().map(|t| t.ids.clone()).collect();
         let explain = |e: Error| sentence_error::explain(e, first, texts, &ids, &self.model.tokenizer);
         self.model.check_batch(&ids, first).map_err(|e| explain(e.into()))?;
-        let target_tokens = self.resolve_target(&job.target)?;
         let rows = (range.clone().zip(&tokenized))
             .enumerate()
             .map(|(i, (in_job, t))| {
@@ -246,7 +255,7 @@ impl Engine {
                     .map_err(|e| explain(e.into()))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Prepared { ids, rows, target: opts.target, target_tokens, opts, first })
+        Ok(Prepared { ids, rows, target_tokens, opts, first })
     }
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).

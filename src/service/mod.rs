@@ -392,7 +392,7 @@ impl RotationService for RotationServiceImpl {
             convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
             let significance = self.significance_options(&engine, req.significance.as_ref())?;
             engine.check_job(&job)?;
-            let rotation = engine.rotation_options(&job)?;
+            let rotation = engine.resolve(&job)?;
             let slot = self.admission.request()?;
             let context = stream::StreamContext { engine, admission: self.admission.clone(), rotation, significance };
             Ok(Response::new(stream::start(context, job, slot)))

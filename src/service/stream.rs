@@ -14,9 +14,9 @@ use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
 use crate::analysis::{
     condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
-    ExactMoments, PairedStats, RotationOptions, Rotations, SignificanceOptions,
+    ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
-use crate::engine::{blocking, Engine, Pending, Prepared, RotationJob};
+use crate::engine::{blocking, Engine, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::telemetry::StageTimings;
@@ -30,7 +30,7 @@ const CHUNKS_IN_FLIGHT: usize = 2;
 pub struct StreamContext {
     pub engine: Engine,
     pub admission: Admission,
-    pub rotation: RotationOptions,
+    pub rotation: Resolved,
     pub significance: SignificanceOptions,
 }
 
@@ -51,8 +51,8 @@ async fn prepare_chunk(
     job: &Arc<RotationJob>,
     range: std::ops::Range<usize>,
 ) -> Result<Prepared, Error> {
-    let (engine, job, opts) = (context.engine.clone(), job.clone(), context.rotation);
-    blocking(move || engine.prepare_range(&job, opts, range)).await
+    let (engine, job, resolved) = (context.engine.clone(), job.clone(), context.rotation.clone());
+    blocking(move || engine.prepare_range(&job, &resolved, range)).await
 }
 
 async fn produce(
@@ -129,9 +129,7 @@ async fn produce(
 /// The final chunk: merged statistics and their t-tests (or why there are none).
 fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats], done: usize) -> proto::RotationChunk {
     let total = job.sentences.len();
-    // Resolved when the stream started: it cannot fail now.
-    let (target_token_id, target_token_ids) =
-        convert::target_ids(&context.engine.resolve_target(&job.target).unwrap_or_default());
+    let (target_token_id, target_token_ids) = convert::target_ids(&context.rotation.target_tokens);
     let opts = &context.significance;
     let mut last = proto::RotationChunk {
         first_sentence: (job.first_index + total) as u32,
