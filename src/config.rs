@@ -9,12 +9,14 @@ use crate::model::{ExecutionProvider, GatherOutputs, GraphOptimization, OrtTunin
 use crate::security::Secret;
 use crate::service::admission::{DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_TOKENS};
 use crate::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALUES, DEFAULT_MAX_TEXT_BYTES};
+use crate::telemetry::OtlpConfig;
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
 pub const DEFAULT_PORT: u16 = 50051;
 const ORT_TUNING: &str = "ONNX Runtime tuning (defaults: the measured best, BENCHMARKS.md)";
 const SECURITY: &str = "Security (README.md, section Security)";
+const TRACING: &str = "Tracing (OpenTelemetry)";
 
 #[derive(Debug, Parser)]
 #[command(name = "rotations", version, about = "How far GPT-2's hidden state of a token rotates from layer to layer")]
@@ -166,11 +168,23 @@ pub struct ServeConfig {
     /// Write the bound gRPC port to this file once listening (with --port 0: for scripts and tests).
     #[arg(long, env = "ROTATIONS_PORT_FILE")]
     pub port_file: Option<PathBuf>,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector (e.g. http://otel-collector:4317);
+    /// off when unset. OTEL_RESOURCE_ATTRIBUTES and OTEL_BSP_* are honoured.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", help_heading = TRACING)]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "rotations", help_heading = TRACING)]
+    pub otlp_service_name: String,
 }
 
 impl ServeConfig {
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// Where to export traces, if anywhere.
+    pub fn otlp(&self) -> Option<OtlpConfig> {
+        otlp(self.otlp_endpoint.as_deref(), &self.otlp_service_name)
     }
 
     /// How the model thread starts ONNX Runtime.
@@ -219,6 +233,10 @@ pub struct ClientArgs {
     pub server: Vec<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// Export this command's OpenTelemetry spans over OTLP/gRPC to this collector; every request
+    /// then carries its trace context (`traceparent`), so the servers' spans join the trace.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", help_heading = TRACING)]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ClientArgs {
@@ -226,6 +244,19 @@ impl ClientArgs {
     pub fn primary(&self) -> &str {
         self.server.first().map_or("http://127.0.0.1:50051", String::as_str)
     }
+
+    /// Where to export the command's spans, if anywhere (`service.name`: OTEL_SERVICE_NAME, else
+    /// rotations-cli).
+    pub fn otlp(&self) -> Option<OtlpConfig> {
+        let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "rotations-cli".into());
+        otlp(self.otlp_endpoint.as_deref(), &name)
+    }
+}
+
+/// An empty endpoint (a variable set to "") turns tracing off like an absent one.
+fn otlp(endpoint: Option<&str>, service_name: &str) -> Option<OtlpConfig> {
+    let endpoint = endpoint.filter(|e| !e.trim().is_empty())?;
+    Some(OtlpConfig { endpoint: endpoint.to_string(), service_name: service_name.to_string() })
 }
 
 /// How a client authenticates: API key and TLS material (every client command takes these).

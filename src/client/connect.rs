@@ -74,7 +74,8 @@ impl std::fmt::Display for Address {
     }
 }
 
-/// Adds `authorization: Bearer <key>` to every request. Its Debug output never shows the key.
+/// Adds `authorization: Bearer <key>` to every request, and the current span's W3C trace context
+/// (`traceparent`) where spans are exported. Its Debug output never shows the key.
 #[derive(Clone, Default)]
 pub struct BearerAuth(Option<MetadataValue<Ascii>>);
 
@@ -100,6 +101,7 @@ impl Interceptor for BearerAuth {
         if let Some(value) = &self.0 {
             request.metadata_mut().insert("authorization", value.clone());
         }
+        crate::telemetry::inject(request.metadata_mut());
         Ok(request)
     }
 }

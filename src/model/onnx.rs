@@ -269,6 +269,14 @@ impl OnnxBackend {
     fn run_padded(&mut self, batch: &[&[u32]], wanted: Option<&[&[VectorIndex]]>) -> Result<Vec<Hidden>, ModelError> {
         let rows = batch.len();
         let width = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        // Inside the batcher's `forward_pass` span: how the pass was split, and each part's padding.
+        let _span = tracing::info_span!(
+            "onnx_run",
+            rows = rows as i64,
+            width = width as i64,
+            padded_tokens = (rows * width) as i64
+        )
+        .entered();
         // Right padding: real tokens keep positions 0..len, as learned and rotary positions expect.
         let mut ids = Array2::<i64>::from_elem((rows, width), self.pad_token_id);
         let mut mask = Array2::<i64>::zeros((rows, width));

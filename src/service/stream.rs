@@ -3,12 +3,14 @@
 //! and each holds room in the queued-token budget, so the server's memory is bounded by the chunk
 //! size, not by the corpus. A slow reader slows the producer (bounded channel); a client that goes
 //! away stops it within one chunk, and the request's slot is held until the work has stopped.
+//! Each chunk is a span of the call's trace, from its tokenization until it has been sent.
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::{info_span, Instrument, Span};
 
 use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
@@ -36,12 +38,15 @@ pub struct StreamContext {
 
 pub fn start(context: StreamContext, job: RotationJob, slot: Slot) -> ChunkStream {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    tokio::spawn(async move {
-        let _slot = slot; // the request's slot lasts until its work has stopped
-        if let Err(e) = produce(&context, Arc::new(job), &tx).await {
-            let _ = tx.send(Err(e.into())).await;
+    tokio::spawn(
+        async move {
+            let _slot = slot; // the request's slot lasts until its work has stopped
+            if let Err(e) = produce(&context, Arc::new(job), &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
         }
-    });
+        .in_current_span(),
+    );
     ReceiverStream::new(rx)
 }
 
@@ -55,6 +60,17 @@ async fn prepare_chunk(
     blocking(move || engine.prepare_range(&job, &resolved, range)).await
 }
 
+/// The span of the chunk of `range`, the `number`-th of the stream.
+fn chunk_span(number: usize, first: usize, range: &std::ops::Range<usize>) -> Span {
+    info_span!(
+        "chunk",
+        chunk.number = number as i64,
+        first_sentence = (first + range.start) as i64,
+        sentences = range.len() as i64,
+        tokens = tracing::field::Empty
+    )
+}
+
 async fn produce(
     context: &StreamContext,
     job: Arc<RotationJob>,
@@ -66,59 +82,68 @@ async fn produce(
     let mut stats: Vec<PairedStats> = Vec::new();
     let mut per_condition: Vec<Vec<ExactMoments>> = Vec::new();
     let mut matrices = AngleMatrixSum::default();
-    let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
-    let mut ready: Option<Prepared> = None; // prepared, waiting for room in the token budget
-    let mut next = 0;
-    let mut done = 0;
+    let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens, Span)> = VecDeque::new();
+    let mut ready: Option<(Prepared, Span)> = None; // prepared, waiting for room in the token budget
+    let (mut next, mut done, mut chunks, mut all_tokens) = (0, 0, 0, 0);
     let mut timings = StageTimings::default();
     loop {
         while inflight.len() < CHUNKS_IN_FLIGHT && (ready.is_some() || next < total) {
-            let prepared = match ready.take() {
-                Some(p) => p,
+            let (prepared, span) = match ready.take() {
+                Some(ready) => ready,
                 None => {
                     let end = (next + chunk).min(total);
-                    let p = prepare_chunk(context, &job, next..end).await?;
-                    next = end;
-                    p
+                    let span = chunk_span(chunks, job.first_index, &(next..end));
+                    let p = prepare_chunk(context, &job, next..end).instrument(span.clone()).await?;
+                    (next, chunks) = (end, chunks + 1);
+                    (p, span)
                 }
             };
             let tokens = prepared.num_tokens();
+            span.record("tokens", tokens as i64);
             // The first chunk in flight waits for room; a second one never waits on the first.
             let queued = if inflight.is_empty() {
                 tokio::select! {
-                    queued = context.admission.tokens_waiting(tokens) => queued,
+                    queued = context.admission.tokens_waiting(tokens)
+                        .instrument(info_span!(parent: &span, "admission", tokens = tokens as i64)) => queued,
                     _ = tx.closed() => return Ok(()),
                 }
-            } else if let Ok(queued) = context.admission.tokens(tokens) {
+            } else if let Ok(queued) = info_span!(parent: &span, "admission", tokens = tokens as i64)
+                .in_scope(|| context.admission.tokens(tokens))
+            {
                 queued
             } else {
-                ready = Some(prepared);
+                ready = Some((prepared, span));
                 break;
             };
-            let pending = engine.submit(&prepared, 0..prepared.len());
-            inflight.push_back((prepared, pending, queued));
+            all_tokens += tokens;
+            let pending = span.in_scope(|| engine.submit(&prepared, 0..prepared.len()));
+            inflight.push_back((prepared, pending, queued, span));
         }
-        let Some((prepared, pending, _queued)) = inflight.pop_front() else { break };
-        let sentences = tokio::select! {
-            sentences = engine.finish(&prepared, pending, &mut timings) => sentences?,
+        let Some((prepared, pending, _queued, span)) = inflight.pop_front() else { break };
+        let finished = tokio::select! {
+            finished = engine.finish(&prepared, pending, &mut timings).instrument(span.clone()) => finished?,
             // The client has gone: dropping `inflight` cancels its queued sentences.
             _ = tx.closed() => return Ok(()),
         };
-        let part = Rotations::assemble(job.unit, sentences)?;
-        let layer_stats =
-            paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
-        merge_layers(&mut stats, &layer_stats);
-        merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
-        if let Some(sums) = &part.layer_matrices {
-            matrices.merge(sums)?;
-        }
+        let message = finished.span.in_scope(|| -> Result<_, Error> {
+            let part = Rotations::assemble(job.unit, finished.rows)?;
+            let (a, b) = (context.significance.condition_a, context.significance.condition_b);
+            merge_layers(&mut stats, &paired_stats(part.angles.view(), a, b)?);
+            merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
+            if let Some(sums) = &part.layer_matrices {
+                matrices.merge(sums)?;
+            }
+            Ok(convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices))
+        })?;
         done += prepared.len();
-        let mut message = convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices);
+        let mut message = message;
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
-        if tx.send(Ok(message)).await.is_err() {
+        if tx.send(Ok(message)).instrument(span).await.is_err() {
             return Ok(()); // the client has gone
         }
     }
+    Span::current().record("tokens", all_tokens as i64);
+    Span::current().record("chunks", chunks as i64);
     let mut last = last_chunk(context, &job, &stats, done);
     last.condition_statistics = convert::condition_statistics(&per_condition);
     last.all_layers = convert::all_layers(&matrices, None);
