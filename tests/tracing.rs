@@ -367,3 +367,86 @@ async fn a_hung_or_dead_collector_costs_requests_nothing_and_lost_spans_are_coun
     }
     assert!(until_dropped(metrics_port, "export_failed").await > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_its_trace_context_and_exports_its_span() {
+    let (receiver, endpoint) = Receiver::start(false).await;
+    let (_server, address) = serve_exporting("127.0.0.1", &exporting(&endpoint, "one"), &[]);
+    let (bin, server, collector) = (env!("CARGO_BIN_EXE_rotations"), address.clone(), endpoint.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin).args(["info", "--server", &server, "--otlp-endpoint", &collector]).output()
+    });
+    let out = out.await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spans = receiver
+        .wait_for("the CLI's span and the server's GetModelInfo", |spans| {
+            let cli = spans.iter().find(|s| s.span.name == "rotations info");
+            cli.is_some_and(|cli| {
+                spans.iter().any(|s| {
+                    s.span.name == "rotations.v1.RotationService/GetModelInfo" && s.span.trace_id == cli.span.trace_id
+                })
+            })
+        })
+        .await;
+    let cli = spans.iter().find(|s| s.span.name == "rotations info").unwrap();
+    assert_eq!(cli.service(), "rotations-cli");
+    let call = spans.iter().find(|s| s.span.name == "rotations.v1.RotationService/GetModelInfo").unwrap();
+    assert_eq!(call.span.parent_span_id, cli.span.span_id, "the server's span is the CLI span's child");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_callers_trace_id() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, port_file) = (dir.path().join("server.log"), dir.path().join("port"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
+        .args(["serve", "--port", "0", "--threads", "1", "--log-format", "json"])
+        .arg("--model-dir")
+        .arg(bundled_model_dir())
+        .arg("--ort-library")
+        .arg(ort_library())
+        .arg("--port-file")
+        .arg(&port_file)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _server = ServerProcess(child);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let address = loop {
+        if let Ok(port) = std::fs::read_to_string(&port_file) {
+            break format!("127.0.0.1:{}", port.trim());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the server never wrote its port");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A refused request (no sentences) is logged; it carries the caller's W3C trace context.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(request());
+    request.metadata_mut().insert("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap());
+    let status = loop {
+        let mut client = rotations::client::connect_to(&address, &ConnectArgs::default()).await.unwrap();
+        let mut again = tonic::Request::new(request.get_ref().clone());
+        *again.metadata_mut() = request.metadata().clone();
+        match client.analyze(again).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(tokio::time::Instant::now() < deadline, "the server never became ready");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other.unwrap_err(),
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains("request failed") && l.contains("Analyze")) {
+            break line.to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no log line for the refused request:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let spans = json["spans"].as_array().expect("the line lists its spans");
+    assert!(spans.iter().any(|s| s["trace_id"] == trace_id), "{line}");
+}

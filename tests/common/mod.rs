@@ -121,7 +121,7 @@ pub fn slow_model(delay: Duration) -> (Model, Arc<AtomicUsize>) {
 }
 
 /// A `rotations serve` process, killed when dropped.
-pub struct ServerProcess(std::process::Child);
+pub struct ServerProcess(pub std::process::Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
