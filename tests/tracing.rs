@@ -72,6 +72,20 @@ impl Receiver {
         (receiver, endpoint)
     }
 
+    /// Waits until no span has arrived for a second (several export periods): what the processes
+    /// still had queued has come in.
+    async fn settle(&self) -> Vec<Received> {
+        let mut seen = self.spans.lock().unwrap().len();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.spans.lock().unwrap().len();
+            if now == seen {
+                return self.spans();
+            }
+            seen = now;
+        }
+    }
+
     fn spans(&self) -> Vec<Received> {
         self.spans.lock().unwrap().clone()
     }
@@ -213,7 +227,7 @@ async fn a_sharded_run_is_one_trace_through_every_replica_to_each_pass() {
 
     let live = &addresses[..3];
     let host = |address: &String| address.split(':').next().unwrap().to_string();
-    let spans = receiver
+    receiver
         .wait_for("every live replica's passes in the client's trace", |spans| {
             live.iter().all(|a| {
                 spans.iter().any(|s| {
@@ -224,6 +238,7 @@ async fn a_sharded_run_is_one_trace_through_every_replica_to_each_pass() {
             })
         })
         .await;
+    let spans = receiver.settle().await;
     drop(replicas);
     let traced: Vec<&Received> = spans.iter().filter(|s| s.span.trace_id == trace_id).collect();
 
@@ -268,7 +283,7 @@ async fn a_sharded_run_is_one_trace_through_every_replica_to_each_pass() {
         for call in &calls {
             assert_eq!((call.service(), text(&call.resource, "replica")), ("rotations".into(), Some(replica.clone())));
             assert!(chunk_ids.contains(&call.span.parent_span_id), "a call's parent is a client chunk span");
-            assert_eq!(call.int("rpc.grpc.status_code"), Some(0));
+            assert_eq!(call.int("rpc.grpc.status_code"), Some(0), "{:?}", call.span.attributes);
         }
         let below: Vec<&Received> = calls.iter().flat_map(|c| descendants(&traced, &c.span.span_id)).collect();
         let names: HashSet<&str> = below.iter().map(|s| s.span.name.as_str()).collect();

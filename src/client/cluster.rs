@@ -346,6 +346,9 @@ async fn compute_chunk(
         let mut parts = Vec::new();
         while let Some(message) = stream.message().await? {
             if message.last {
+                // Read the call to its end (the status): dropped earlier, the server would see the
+                // call cancelled (in its metrics and its span) instead of ended OK.
+                while stream.message().await?.is_some() {}
                 return Ok(ChunkResult { parts, last: message });
             }
             parts.push(message);

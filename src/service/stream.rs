@@ -18,7 +18,7 @@ use crate::analysis::{
     condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
     ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
-use crate::engine::{blocking, Engine, Pending, Prepared, Resolved, RotationJob};
+use crate::engine::{blocking, Engine, Finished, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::telemetry::StageTimings;
@@ -71,6 +71,36 @@ fn chunk_span(number: usize, first: usize, range: &std::ops::Range<usize>) -> Sp
     )
 }
 
+/// What the stream has merged so far (exact sums: chunk order does not matter).
+#[derive(Default)]
+struct Merged {
+    stats: Vec<PairedStats>,
+    per_condition: Vec<Vec<ExactMoments>>,
+    matrices: AngleMatrixSum,
+}
+
+impl Merged {
+    /// A computed chunk's rows assembled (in its analysis span) and merged; its message.
+    fn add(
+        &mut self,
+        context: &StreamContext,
+        job: &RotationJob,
+        first: usize,
+        finished: Finished,
+    ) -> Result<proto::RotationChunk, Error> {
+        finished.span.in_scope(|| {
+            let part = Rotations::assemble(job.unit, finished.rows)?;
+            let (a, b) = (context.significance.condition_a, context.significance.condition_b);
+            merge_layers(&mut self.stats, &paired_stats(part.angles.view(), a, b)?);
+            merge_conditions(&mut self.per_condition, &condition_moments(part.angles.view())?);
+            if let Some(sums) = &part.layer_matrices {
+                self.matrices.merge(sums)?;
+            }
+            Ok(convert::chunk(&part, first, job.seed, job.selection.row_matrices))
+        })
+    }
+}
+
 async fn produce(
     context: &StreamContext,
     job: Arc<RotationJob>,
@@ -79,9 +109,7 @@ async fn produce(
     let engine = &context.engine;
     let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
-    let mut stats: Vec<PairedStats> = Vec::new();
-    let mut per_condition: Vec<Vec<ExactMoments>> = Vec::new();
-    let mut matrices = AngleMatrixSum::default();
+    let mut merged = Merged::default();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens, Span)> = VecDeque::new();
     let mut ready: Option<(Prepared, Span)> = None; // prepared, waiting for room in the token budget
     let (mut next, mut done, mut chunks, mut all_tokens) = (0, 0, 0, 0);
@@ -100,16 +128,14 @@ async fn produce(
             };
             let tokens = prepared.num_tokens();
             span.record("tokens", tokens as i64);
+            let admission = info_span!(parent: &span, "admission", tokens = tokens as i64);
             // The first chunk in flight waits for room; a second one never waits on the first.
             let queued = if inflight.is_empty() {
                 tokio::select! {
-                    queued = context.admission.tokens_waiting(tokens)
-                        .instrument(info_span!(parent: &span, "admission", tokens = tokens as i64)) => queued,
+                    queued = context.admission.tokens_waiting(tokens).instrument(admission) => queued,
                     _ = tx.closed() => return Ok(()),
                 }
-            } else if let Ok(queued) = info_span!(parent: &span, "admission", tokens = tokens as i64)
-                .in_scope(|| context.admission.tokens(tokens))
-            {
+            } else if let Ok(queued) = admission.in_scope(|| context.admission.tokens(tokens)) {
                 queued
             } else {
                 ready = Some((prepared, span));
@@ -125,18 +151,8 @@ async fn produce(
             // The client has gone: dropping `inflight` cancels its queued sentences.
             _ = tx.closed() => return Ok(()),
         };
-        let message = finished.span.in_scope(|| -> Result<_, Error> {
-            let part = Rotations::assemble(job.unit, finished.rows)?;
-            let (a, b) = (context.significance.condition_a, context.significance.condition_b);
-            merge_layers(&mut stats, &paired_stats(part.angles.view(), a, b)?);
-            merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
-            if let Some(sums) = &part.layer_matrices {
-                matrices.merge(sums)?;
-            }
-            Ok(convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices))
-        })?;
+        let mut message = merged.add(context, &job, prepared.first, finished)?;
         done += prepared.len();
-        let mut message = message;
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
         if tx.send(Ok(message)).instrument(span).await.is_err() {
             return Ok(()); // the client has gone
@@ -144,9 +160,9 @@ async fn produce(
     }
     Span::current().record("tokens", all_tokens as i64);
     Span::current().record("chunks", chunks as i64);
-    let mut last = last_chunk(context, &job, &stats, done);
-    last.condition_statistics = convert::condition_statistics(&per_condition);
-    last.all_layers = convert::all_layers(&matrices, None);
+    let mut last = last_chunk(context, &job, &merged.stats, done);
+    last.condition_statistics = convert::condition_statistics(&merged.per_condition);
+    last.all_layers = convert::all_layers(&merged.matrices, None);
     let _ = tx.send(Ok(last)).await;
     Ok(())
 }
