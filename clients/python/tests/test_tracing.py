@@ -117,6 +117,7 @@ def test_a_cluster_run_is_one_trace_with_a_span_per_chunk_and_replica(receiver, 
         assert resource["service.name"] == "rotations"
         assert int.from_bytes(call.trace_id, "big") == trace_id
         assert int.from_bytes(call.parent_span_id, "big") in chunk_ids
+        assert _attributes(call)["rpc.grpc.status_code"] == 0  # each call read to its end
     addresses = {_attributes(call)["server.address"] for _, call in calls}
     assert addresses == set(hosts)
     passes = [s for _, s in servicer.spans if s.name == "forward_pass" and int.from_bytes(s.trace_id, "big") == trace_id]

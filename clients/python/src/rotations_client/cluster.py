@@ -235,8 +235,12 @@ class _Run:
         r = self.request
         options = r.options.for_rows(chunk.first, len(chunk.sentences))
         request = options.rotation_request(chunk.sentences, r.target, first_sentence_index=chunk.first)
-        for part in client.stream_request(request, r.timeout):
+        stream = iter(client.stream_request(request, r.timeout))
+        for part in stream:
             if part.last:
+                # Read the call to its status: left early, the server would see it cancelled.
+                for _ in stream:
+                    pass
                 return _Result(parts, part.statistics, part)
             parts.append(part)
         raise RotationsError(grpc.StatusCode.UNAVAILABLE, "the stream ended without its final chunk", "StreamRotations")
