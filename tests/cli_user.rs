@@ -60,7 +60,7 @@ fn a_bad_sentence_is_named_by_its_line_in_the_file() {
     ));
     let message =
         r#"sentence 0 ("I saw her at the market."): target token 372 "her" not found; did you mean " her" (607)?"#;
-    assert!(err.contains(&format!("{}:1: ", file.display())) && err.contains(message), "{err}");
+    assert!(err.contains(&format!("{}:1 (sentence 0): ", file.display())) && err.contains(message), "{err}");
 
     let err = stderr(&rotations(
         &["analyze", "--server", &url, "--target", " her", "--overwrite"],
