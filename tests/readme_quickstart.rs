@@ -144,6 +144,9 @@ fn the_quick_start_runs_as_written_after_make_install() {
                 // The bundled model was found where make install put it, not in a checkout.
                 let log = std::fs::read_to_string(&log).unwrap();
                 assert!(log.contains("share/rotations/models/gpt2-tiny-random"), "{log}");
+                // ModelInfo says what its hidden states are (GPT-2's, for a model.json that predates the field).
+                let info = run_line(prefix, home, &on_port("rotations info ", port));
+                assert!(info.contains("last state         after the final norm"), "{info}");
             }
             other => {
                 run_line(prefix, home, &on_port(other, port));
@@ -158,4 +161,47 @@ fn the_quick_start_runs_as_written_after_make_install() {
     let every = json(home.join("my-analysis-all/analysis.json"));
     assert_eq!(every["sentences"].as_array().map(Vec::len), Some(4), "--occurrence all: 4 rows");
     assert!(home.join("my-analysis-all/all_layers.csv").is_file());
+}
+
+/// The shell lines of a docs page that a reader runs against a local server (`localhost:50051` or
+/// `127.0.0.1:50051`), and the `printf` lines that make their input files.
+fn page_lines(page: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join(page)).unwrap().replace("\\\n", " ");
+    let (mut lines, mut in_sh) = (Vec::new(), false);
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+        } else if in_sh
+            && (line.contains("localhost:50051") || line.contains("127.0.0.1:50051") || line.starts_with("printf "))
+        {
+            lines.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    lines
+}
+
+#[test]
+fn the_analyses_pages_commands_run_as_written() {
+    let lines = page_lines("docs/src/analyses.md");
+    for expected in ["--occurrence all", "--marked", "rotations compare"] {
+        assert!(lines.iter().any(|l| l.contains(expected)), "docs/src/analyses.md lacks `{expected}`: {lines:?}");
+    }
+    let (_server, address) = common::serve_bundled();
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("examples"), home.path().join("examples")).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_rotations")).parent().unwrap().to_path_buf();
+    for line in &lines {
+        let line = line.replace("localhost:50051", &address).replace("127.0.0.1:50051", &address);
+        let mut shell = Command::new("bash");
+        shell.args(["-c", &line]).current_dir(home.path());
+        shell.env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()));
+        let out = shell.output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "`{line}` failed:\n{said}");
+    }
+    // --occurrence all on examples/her_twice.txt: more rows than sentences.
+    let rows = json(home.path().join("her-all-layers/analysis.json"))["sentences"].as_array().unwrap().len();
+    let sentences = std::fs::read_to_string(repo().join("examples/her_twice.txt")).unwrap().lines().count();
+    assert_eq!(rows, 2 * sentences, "every sentence of examples/her_twice.txt holds \" her\" twice");
+    assert!(home.path().join("groups-output/groups.svg").is_file());
 }
