@@ -163,3 +163,18 @@ fn stale_sentences_stay_out() {
     let twice = read(file).lines().filter(|l| l.matches(" her").count() >= 2).count();
     assert!(twice >= 2, "{file}: sentences with \" her\" twice: {twice}");
 }
+
+#[test]
+fn the_readmes_links_lead_to_files_and_its_map_names_every_page() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let targets: Vec<&str> = readme.split("](").skip(1).filter_map(|rest| rest.split(')').next()).collect();
+    for target in &targets {
+        let path = target.split('#').next().unwrap();
+        assert!(repo().join(path).exists(), "README.md links to {target}, which is not there");
+    }
+    // The map of the documentation: every page of the book (docs/mkdocs.yml's nav) is in it.
+    let config = std::fs::read_to_string(repo().join("docs/mkdocs.yml")).unwrap();
+    for page in config.lines().filter_map(|l| l.trim().strip_prefix("- ")?.split(": ").nth(1)) {
+        assert!(targets.contains(&format!("docs/src/{page}").as_str()), "README.md's map lacks docs/src/{page}");
+    }
+}
