@@ -148,7 +148,11 @@ fn the_quick_start_runs_as_written_after_make_install() {
                 let info = run_line(prefix, home, &on_port("rotations info ", port));
                 assert!(info.contains("last state         after the final norm"), "{info}");
             }
+            // The Python client's venv: what `make python-test` installs, and whose Python
+            // clients/python/tests/test_readme.py runs the quick start's snippet in.
+            "python3 -m venv .venv && .venv/bin/pip install ./clients/python" | ".venv/bin/python" => {}
             other => {
+                assert!(!other.contains(".venv"), "no check for the quick start's `{other}`: add one");
                 run_line(prefix, home, &on_port(other, port));
             }
         }
