@@ -66,7 +66,7 @@ fn a_bad_sentence_is_named_by_its_line_in_the_file() {
         &["analyze", "--server", &url, "--target", " her", "--overwrite"],
         &[("--sentences", &file), ("--out", &out)],
     ));
-    let expected = format!(r#"{}:6: "#, file.display());
+    let expected = format!(r#"{}:6 (sentence 2): "#, file.display());
     assert!(err.contains(&expected) && err.contains(r#"sentence 2 ("We thanked him for the help.")"#), "{err}");
     assert!(!out.exists(), "a failed analysis leaves no empty output folder behind");
 }
