@@ -14,7 +14,7 @@ use crate::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALU
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
 pub const DEFAULT_PORT: u16 = 50051;
 const ORT_TUNING: &str = "ONNX Runtime tuning (defaults: the measured best, BENCHMARKS.md)";
-const SECURITY: &str = "Security (README.md, section Security)";
+const SECURITY: &str = "Security (docs/src/security.md)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -404,7 +404,7 @@ pub struct AnalyzeArgs {
     pub resolve_interval: f64,
     /// Write the angles to this .npy file as they arrive instead of holding them ([sentences,
     /// layers, 3] float32; the draws to FILE.draws.npy), as the Python Cluster's angles_out.
-    /// angles.csv and the per-sentence parts of analysis.json are then left out (README.md).
+    /// angles.csv and the per-sentence parts of analysis.json are then left out (docs/src/deployment.md).
     #[arg(long, value_name = "FILE.npy")]
     pub angles_out: Option<PathBuf>,
     /// With a tokenizer that puts a BOS token before every sentence (Llama): a target that is a
