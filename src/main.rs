@@ -26,10 +26,32 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// How long the runtime may wait, once the command is over, for blocking threads still busy (a
+/// server that gave up on one at the end of its grace period must not wait for it).
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Serve(config) => {
             init_logging(config.log_format);
             match tokio::net::TcpListener::bind(config.listen_addr()).await {
@@ -42,12 +64,5 @@ async fn main() -> std::process::ExitCode {
         Command::Info(args) => client::info(args).await,
         Command::Tokenize(args) => client::tokenize(args).await,
         Command::Health(args) => client::health(args).await,
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }

@@ -202,6 +202,15 @@ pub async fn serve(
         Err(_) => tracing::info!("closed connections with nothing in flight"),
     }
     server.abort();
+    // A blocking task cannot be stopped from outside: past the grace period the process exits
+    // without it (the caller must not wait for the runtime's blocking threads), and says so.
+    let blocking = crate::engine::blocking_tasks_running();
+    if blocking > 0 {
+        tracing::error!(blocking_tasks = blocking, "grace period over; exiting with blocking tasks unfinished");
+        anyhow::bail!(
+            "the shutdown grace period ended with {blocking} blocking task(s) still running; exited without them"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }
