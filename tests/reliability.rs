@@ -2,6 +2,7 @@
 //! fills the memory. Each test reproduces a finding (it failed before the fix) with short timeouts.
 mod common;
 
+use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,22 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_limited(extra, None)
+    }
+
+    /// [`Server::start`] with at most `nofile` file descriptors (the shell's `ulimit -n`).
+    pub fn start_limited(extra: &[&str], nofile: Option<usize>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rotations"))
+        let mut command = match nofile {
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_rotations")]);
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rotations")),
+        };
+        let child = command
             .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--threads", "1"])
             .arg("--model-dir")
             .arg(bundled_model_dir())
@@ -59,6 +73,15 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "server did not become SERVING:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the log shows `needle` (e.g. SERVING, when no plaintext client can ask).
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -187,4 +210,217 @@ async fn shutdown_ends_within_its_grace_even_with_a_blocking_task_running() {
     let log = server.log();
     assert!(log.contains("blocking task(s) still running"), "{log}");
     eprintln!("exited {:?} after SIGTERM", started.elapsed());
+}
+
+/// A raw HTTP/2 connection whose streams' receive window is `window` (0: the server can send no
+/// data on them), and the task that drives it (answering pings, as a hostile client would).
+async fn raw_h2(
+    port: u16,
+    window: u32,
+) -> (h2::client::SendRequest<bytes::Bytes>, h2::client::Connection<tokio::net::TcpStream>) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    h2::client::Builder::new().initial_window_size(window).handshake(tcp).await.unwrap()
+}
+
+/// Starts a gRPC call of `method` with one request message on a raw HTTP/2 connection.
+fn raw_call(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    message: &impl prost::Message,
+) -> h2::client::ResponseFuture {
+    let request = http::Request::post(format!("http://127.0.0.1/rotations.v1.RotationService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    body.send_data(frame.into(), true).unwrap();
+    response
+}
+
+fn stream_request(sentences: usize) -> proto::RotationRequest {
+    proto::RotationRequest {
+        sentences: (0..sentences).map(|i| format!("On day {i} they thanked her.")).collect(),
+        target: Some(proto::rotation_request::Target::TargetText(" her".into())),
+        ..Default::default()
+    }
+}
+
+/// Finding 2: StreamRotations on a connection that never reads (receive window 0, pings answered)
+/// held their request slots for ever, so every other call got RESOURCE_EXHAUSTED. Now a stream
+/// that cannot send for --stream-send-timeout-seconds is cancelled: its slot is freed and its
+/// connection closed.
+#[tokio::test]
+async fn streams_that_never_read_are_cancelled_and_free_their_slots() {
+    let server = Server::start(&[
+        "--stream-send-timeout-seconds",
+        "1",
+        "--max-concurrent-requests",
+        "3",
+        "--max-batch-sentences",
+        "16",
+    ]);
+    let mut client = RotationServiceClient::new(server.serving().await);
+    let (mut raw, connection) = raw_h2(server.port, 0).await;
+    let connection = tokio::spawn(connection);
+    let _responses: Vec<_> = (0..3).map(|_| raw_call(&mut raw, "StreamRotations", &stream_request(200))).collect();
+    let tokenize = || proto::TokenizeRequest { texts: vec!["I saw her.".into()] };
+    // The three streams take every slot while they compute and wait ...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    loop {
+        match client.tokenize(tokenize()).await {
+            Ok(_) if refused > 0 => break,
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+        // ... until their send timeout frees them (before the fix: never).
+        assert!(Instant::now() < deadline, "the slots were never freed (refused {refused} times):\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(closed.is_ok(), "the stalled connection is still open");
+    assert!(server.log().contains("StreamRotations cancelled"), "{}", server.log());
+}
+
+/// Finding 2: one connection could open as many calls as there are slots. The server now
+/// advertises --max-streams-per-connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): clients queue
+/// the rest, and h2 refuses streams beyond it.
+#[tokio::test]
+async fn one_connection_gets_at_most_its_share_of_concurrent_calls() {
+    let server = Server::start(&["--max-streams-per-connection", "2"]);
+    let _ = server.serving().await;
+    let (_raw, mut connection) = raw_h2(server.port, 0).await;
+    let settled = tokio::time::timeout(
+        Duration::from_secs(10),
+        std::future::poll_fn(|cx| {
+            let _ = std::pin::Pin::new(&mut connection).poll(cx);
+            match connection.max_concurrent_send_streams() {
+                2 => std::task::Poll::Ready(()),
+                _ => std::task::Poll::Pending,
+            }
+        }),
+    )
+    .await;
+    assert!(settled.is_ok(), "the server advertised {} streams", connection.max_concurrent_send_streams());
+}
+
+/// A self-signed certificate for localhost in `dir` (server.pem, server.key); returns its DER.
+fn self_signed(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("server.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), certified.signing_key.serialize_pem()).unwrap();
+    certified.cert.der().clone()
+}
+
+/// Whether the server closes `socket` within `within` (EOF or reset), rather than holding it.
+async fn closed_by_server(socket: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let closed = async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's own handshake messages
+            }
+        }
+    };
+    tokio::time::timeout(within, closed).await.is_ok()
+}
+
+/// Finding 3: the handshake deadline counted raw TCP bytes, so a ClientHello switched it off and a
+/// socket that stopped there stayed open for ever (fds 15 → 315 for 300 of them). Now the deadline
+/// covers the TLS handshake, and the HTTP/2 preface after a completed one.
+#[tokio::test]
+async fn stalled_tls_handshakes_and_missing_prefaces_are_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let der = self_signed(dir.path());
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let server = Server::start(&[
+        "--handshake-timeout-seconds",
+        "1",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    server.wait_log("SERVING");
+    // The start of a ClientHello (a record of 512 bytes announced, 64 sent), then silence.
+    let mut hello = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let mut partial = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    partial.resize(64, 0x2a);
+    hello.write_all(&partial).await.unwrap();
+    // A complete TLS handshake (HTTP/2 by ALPN), then no preface.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut silent = connector.connect(name, tcp).await.expect("the TLS handshake completes");
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    assert!(closed_by_server(&mut hello, Duration::from_secs(10)).await, "the stalled ClientHello is still open");
+    let closed = async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    assert!(tokio::time::timeout(Duration::from_secs(10), closed).await.is_ok(), "no preface, still open");
+}
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Finding 3: at the file-descriptor limit the accept loop spun at 100% CPU and real clients timed
+/// out. Now it backs off on EMFILE, and serves again once descriptors are free.
+#[tokio::test]
+async fn the_accept_loop_backs_off_at_the_descriptor_limit() {
+    // How many descriptors a serving server holds, then a server with only a few more.
+    let open = {
+        let server = Server::start(&[]);
+        let _channel = server.serving().await;
+        std::fs::read_dir(format!("/proc/{}/fd", server.child.id())).unwrap().count()
+    };
+    let server = Server::start_limited(&[], Some(open + 4));
+    let channel = server.serving().await;
+    let pid = server.child.id();
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        flood.push(tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    // Spinning is ~200 ticks (a whole core for 2 s); backing off is a few.
+    assert!(used < 60, "the server used {used} ticks of CPU in 2 s at its descriptor limit");
+    assert!(server.log().contains("backing off"), "{}", server.log());
+    drop(flood);
+    drop(channel);
+    let mut client = RotationServiceClient::new(server.serving().await);
+    client.get_model_info(proto::GetModelInfoRequest {}).await.expect("served again");
 }

@@ -8,7 +8,7 @@ mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -37,7 +37,12 @@ pub struct RotationServiceImpl {
     input: InputLimits,
     admission: Admission,
     shutting_down: Arc<AtomicBool>,
+    /// `--stream-send-timeout-seconds`.
+    stream_send_timeout: Duration,
 }
+
+/// Default of `--stream-send-timeout-seconds`.
+pub const DEFAULT_STREAM_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl RotationServiceImpl {
     /// At most `max_concurrent` requests at once; the other limits at their defaults.
@@ -48,6 +53,7 @@ impl RotationServiceImpl {
             input: InputLimits::default(),
             admission: Admission::new(max_concurrent, admission::DEFAULT_MAX_QUEUED_TOKENS),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            stream_send_timeout: DEFAULT_STREAM_SEND_TIMEOUT,
         }
     }
 
@@ -60,9 +66,10 @@ impl RotationServiceImpl {
             max_tensor_values: config.max_tensor_values,
             max_message_bytes: config.max_message_bytes,
         };
-        Self::new(limits, config.max_concurrent_requests)
+        let service = Self::new(limits, config.max_concurrent_requests)
             .with_max_queued_tokens(config.max_queued_tokens)
-            .with_input_limits(input)
+            .with_input_limits(input);
+        Self { stream_send_timeout: Duration::from_secs(config.stream_send_timeout_seconds.max(1)), ..service }
     }
 
     /// Admits requests while their tokens fit in `max_queued_tokens`.
@@ -386,6 +393,7 @@ impl RotationService for RotationServiceImpl {
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<Self::StreamRotationsStream>, Status> {
         async {
+            let peer = req.extensions().get::<connection::PeerConnection>().cloned();
             let req = req.into_inner();
             let engine = self.engine()?.clone();
             let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
@@ -394,7 +402,14 @@ impl RotationService for RotationServiceImpl {
             engine.check_job(&job)?;
             let rotation = engine.resolve(&job)?;
             let slot = self.admission.request()?;
-            let context = stream::StreamContext { engine, admission: self.admission.clone(), rotation, significance };
+            let context = stream::StreamContext {
+                engine,
+                admission: self.admission.clone(),
+                rotation,
+                significance,
+                send_timeout: self.stream_send_timeout,
+                peer,
+            };
             Ok(Response::new(stream::start(context, job, slot)))
         }
         .await

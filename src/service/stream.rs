@@ -5,12 +5,14 @@
 //! away stops it within one chunk, and the request's slot is held until the work has stopped.
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::admission::{Admission, QueuedTokens, Slot};
+use super::connection::PeerConnection;
 use super::convert;
 use crate::analysis::{
     condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
@@ -32,14 +34,51 @@ pub struct StreamContext {
     pub admission: Admission,
     pub rotation: Resolved,
     pub significance: SignificanceOptions,
+    /// How long a message may wait for the client to make room for it (`--stream-send-timeout-seconds`).
+    pub send_timeout: Duration,
+    /// The connection the stream came on: closed when the stream stalls.
+    pub peer: Option<PeerConnection>,
 }
+
+/// What became of a message handed to the client.
+enum Sent {
+    Delivered,
+    /// The client has gone.
+    Gone,
+    /// The client did not make room for it within the send timeout: the stream is cancelled.
+    Stalled,
+}
+
+/// Hands `message` to the response, waiting at most the send timeout for room. A client that
+/// does not read (its HTTP/2 window stays shut) would otherwise hold the request's slot and its
+/// queued tokens for ever; after the timeout its connection is closed, which ends the stream (hyper
+/// cannot reset one stream from the server side while its data waits for window).
+async fn send(context: &StreamContext, tx: &Sender, message: Result<proto::RotationChunk, Status>) -> Sent {
+    match tokio::time::timeout(context.send_timeout, tx.send(message)).await {
+        Ok(Ok(())) => Sent::Delivered,
+        Ok(Err(_)) => Sent::Gone,
+        Err(_) => {
+            tracing::warn!(
+                timeout_seconds = context.send_timeout.as_secs_f64(),
+                peer = ?context.peer.as_ref().and_then(|p| p.tcp.remote_addr()),
+                "StreamRotations cancelled: the client read nothing within the send timeout; closing its connection"
+            );
+            if let Some(peer) = &context.peer {
+                peer.close();
+            }
+            Sent::Stalled
+        }
+    }
+}
+
+type Sender = mpsc::Sender<Result<proto::RotationChunk, Status>>;
 
 pub fn start(context: StreamContext, job: RotationJob, slot: Slot) -> ChunkStream {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     tokio::spawn(async move {
         let _slot = slot; // the request's slot lasts until its work has stopped
         if let Err(e) = produce(&context, Arc::new(job), &tx).await {
-            let _ = tx.send(Err(e.into())).await;
+            send(&context, &tx, Err(e.into())).await;
         }
     });
     ReceiverStream::new(rx)
@@ -55,11 +94,7 @@ async fn prepare_chunk(
     blocking(move || engine.prepare_range(&job, &resolved, range)).await
 }
 
-async fn produce(
-    context: &StreamContext,
-    job: Arc<RotationJob>,
-    tx: &mpsc::Sender<Result<proto::RotationChunk, Status>>,
-) -> Result<(), Error> {
+async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) -> Result<(), Error> {
     let engine = &context.engine;
     let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
@@ -115,14 +150,14 @@ async fn produce(
         done += prepared.len();
         let mut message = convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
-        if tx.send(Ok(message)).await.is_err() {
-            return Ok(()); // the client has gone
+        if !matches!(send(context, tx, Ok(message)).await, Sent::Delivered) {
+            return Ok(()); // the client has gone, or was too slow: stop the work
         }
     }
     let mut last = last_chunk(context, &job, &stats, done);
     last.condition_statistics = convert::condition_statistics(&per_condition);
     last.all_layers = convert::all_layers(&matrices, None);
-    let _ = tx.send(Ok(last)).await;
+    send(context, tx, Ok(last)).await;
     Ok(())
 }
 
