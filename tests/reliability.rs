@@ -424,3 +424,92 @@ async fn the_accept_loop_backs_off_at_the_descriptor_limit() {
     let mut client = RotationServiceClient::new(server.serving().await);
     client.get_model_info(proto::GetModelInfoRequest {}).await.expect("served again");
 }
+
+fn her(sentences: usize) -> proto::RotationRequest {
+    stream_request(sentences)
+}
+
+/// The status says "do not retry" (gRPC retry pushback, gRFC A6).
+fn forbids_retry(status: &tonic::Status) -> bool {
+    status.metadata().get("grpc-retry-pushback-ms").is_some_and(|v| v.to_str().unwrap().parse::<i64>().unwrap() < 0)
+}
+
+/// Finding 4: CompareGroups checked each group's answer against the message limit, not their sum,
+/// and the check was a lower bound: an answer too large to send was computed, then failed with a
+/// code clients retry. Now the bound is conservative and summed, checked before any forward pass,
+/// and "result too large" carries a retry pushback that tells clients not to retry.
+#[tokio::test]
+async fn an_answer_too_large_is_refused_before_the_work_and_not_retried() {
+    let groups = |n| proto::GroupComparisonRequest {
+        groups: vec![
+            proto::Group { label: "a".into(), request: Some(her(n)) },
+            proto::Group { label: "b".into(), request: Some(her(n)) },
+        ],
+        options: None,
+    };
+    // The exact size of the answer, from a server with room for it.
+    let size = {
+        let server = Server::start(&[]);
+        let mut client = RotationServiceClient::new(server.serving().await);
+        prost::Message::encoded_len(&client.compare_groups(groups(300)).await.unwrap().into_inner())
+    };
+    let limit = (size - 1).to_string();
+    let server = Server::start(&["--max-message-bytes", &limit]);
+    let mut client = RotationServiceClient::new(server.serving().await);
+    let status = client.compare_groups(groups(300)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("result too large"), "{status:?}");
+    assert!(forbids_retry(&status), "{status:?}");
+    // Refused before any forward pass: no batch ran.
+    assert!(!server.log().contains("batch"), "{}", server.log());
+}
+
+/// Finding 4: Tokenize was not counted against the token budget (one 65 MB request: 26 s of CPU,
+/// +1.3 GB). Now its texts take room in --max-queued-tokens (a token covers at least a byte), and
+/// what can never fit is refused up front.
+#[tokio::test]
+async fn tokenize_is_counted_against_the_token_budget() {
+    let server = Server::start(&["--max-queued-tokens", "1000"]);
+    let mut client = RotationServiceClient::new(server.serving().await);
+    let small = proto::TokenizeRequest { texts: vec!["I saw her.".into()] };
+    assert_eq!(client.tokenize(small).await.unwrap().into_inner().texts.len(), 1);
+    let large = proto::TokenizeRequest { texts: vec!["She saw her. ".repeat(400)] };
+    let status = client.tokenize(large).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("texts") && status.message().contains("max_queued_tokens"), "{status:?}");
+}
+
+/// Finding 4: target_text had no size limit and was echoed into logs and the grpc-message header
+/// (an 8 MB target: a 29 MB log line, RESOURCE_EXHAUSTED). Now it is limited, and what quotes user
+/// input is capped.
+#[tokio::test]
+async fn a_huge_target_is_refused_and_never_echoed_whole() {
+    let server = Server::start(&[]);
+    let mut client = RotationServiceClient::new(server.serving().await);
+    let mut req = her(2);
+    req.target = Some(proto::rotation_request::Target::TargetText(" her".repeat(2_000_000)));
+    let status = client.analyze(req).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("target_text:") && status.message().len() < 4096,
+        "{}",
+        status.message().len()
+    );
+    // A sentence quoted in an error is capped too (here: the target is not in it).
+    let mut req = her(1);
+    req.sentences = vec!["word ".repeat(10_000)];
+    let status = client.analyze(req).await.unwrap_err();
+    assert!(status.message().len() < 4096, "{} bytes", status.message().len());
+    assert!(server.log().len() < 64 * 1024, "the log holds {} bytes", server.log().len());
+}
+
+/// Finding 4: the default --max-tensor-values (2^24) could not be reached: its tensor alone
+/// filled the default message. The default now fits, with the rest of the request.
+#[test]
+fn the_default_tensor_limit_can_be_reached() {
+    use rotations::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALUES};
+    let values = DEFAULT_MAX_TENSOR_VALUES;
+    let tensor = proto::Tensor { shape: vec![1, values as u32, 1], values: vec![1.0; values] };
+    let req = SignificanceRequest { angles: Some(tensor), options: Some(Default::default()), ..Default::default() };
+    assert!(prost::Message::encoded_len(&req) <= DEFAULT_MAX_MESSAGE_BYTES);
+}

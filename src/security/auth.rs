@@ -159,7 +159,8 @@ where
             if !request.uri().path().starts_with(OPEN_PATH_PREFIX) {
                 let header = request.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
                 if let Err(status) = keys.check(header) {
-                    tracing::info!(path = request.uri().path(), message = status.message(), "request refused");
+                    let path = crate::error::cap(request.uri().path(), 256);
+                    tracing::info!(path = %path, message = status.message(), "request refused");
                     return Box::pin(std::future::ready(Ok(status.into_http())));
                 }
             }

@@ -127,8 +127,10 @@ impl RotationServiceImpl {
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
         convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
         engine.check_job(&job)?;
-        let layers = engine.model.info.num_layers;
-        convert::check_result_size(layers, job.sentences.len(), self.input.max_message_bytes)?;
+        // Every sentence gives at least one row: refused here, before tokenizing, if even that cannot fit.
+        let rows = job.sentences.len();
+        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job.selection);
+        convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         Ok(job)
     }
 
@@ -140,8 +142,9 @@ impl RotationServiceImpl {
         prepared: &Prepared,
         timings: &mut StageTimings,
     ) -> Result<(Rotations, proto::RotationResult), Error> {
-        let (layers, row_matrices) = (engine.model.info.num_layers, job.selection.row_matrices);
-        convert::check_rows_size(layers, prepared.num_rows(), row_matrices, self.input.max_message_bytes)?;
+        let (rows, row_matrices) = (prepared.num_rows(), job.selection.row_matrices);
+        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job.selection);
+        convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         let _queued = self.admission.tokens(prepared.num_tokens())?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
         let name = &engine.model.info.name;
@@ -197,6 +200,12 @@ impl RotationServiceImpl {
         let labelled =
             |(i, prepared): (usize, Result<Prepared, Error>)| prepared.map_err(|e| group_status(i, groups[i].0, e));
         let prepared: Vec<Prepared> = prepared.into_iter().enumerate().map(labelled).collect::<Result<_, _>>()?;
+        // The answer holds both groups: their sum must fit, before either is computed.
+        let layers = engine.model.info.num_layers;
+        let bounds =
+            jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(layers, p.num_rows(), &job.selection));
+        let rows = prepared.iter().map(Prepared::num_rows).sum();
+        convert::check_result_bound(bounds.sum(), rows, self.input.max_message_bytes)?;
         let mut analyses = Vec::new();
         for (i, ((job, opts), prepared)) in jobs.iter().zip(&prepared).enumerate() {
             let label = groups[i].0;
@@ -295,12 +304,25 @@ impl RotationService for RotationServiceImpl {
             let texts = req.into_inner().texts;
             convert::check_count("texts", texts.len(), self.limits.max_sentences, "max_sentences")?;
             convert::check_texts("texts", &texts, self.input.max_text_bytes)?;
+            // Counted in the queued-token budget before any work, at a bound: a token covers at least
+            // one byte of its text, besides a BOS and a SentencePiece prefix.
+            let bound = texts.iter().map(|t| t.len() + 2).sum();
+            let queued = self.admission.tokens_of("texts", bound)?;
             let slot = self.admission.request()?;
             let texts = blocking(move || {
-                let _slot = slot;
-                Ok(engine.tokenize(&texts)?.into_iter().map(convert::tokenized).collect())
+                let _held = (slot, queued);
+                Ok(engine.tokenize(&texts)?.into_iter().map(convert::tokenized).collect::<Vec<_>>())
             })
             .await?;
+            let size = texts.iter().map(|t| prost::Message::encoded_len(t) + 6).sum::<usize>();
+            if size > self.input.max_message_bytes {
+                return Err(Error::ResultTooLarge(format!(
+                    "the tokens take {size} bytes, over the message limit of {} bytes (max_message_bytes); \
+                     send fewer texts",
+                    self.input.max_message_bytes
+                ))
+                .into());
+            }
             Ok(Response::new(proto::TokenizeResponse { texts }))
         }
         .await

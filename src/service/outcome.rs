@@ -141,8 +141,10 @@ impl CallRecord {
         let Some(rpc) = self.rpc else { return };
         self.open.fetch_sub(1, Ordering::SeqCst);
         telemetry::request(rpc, status.code(), self.started.elapsed());
-        if status.code() != Code::Ok {
-            tracing::info!(rpc, code = ?status.code(), message = status.message(), "request failed");
+        // A refused key is logged once, by the auth layer that refused it.
+        if !matches!(status.code(), Code::Ok | Code::Unauthenticated) {
+            let message = crate::error::cap(status.message(), crate::error::MAX_MESSAGE_CHARS);
+            tracing::info!(rpc, code = ?status.code(), message = %message, "request failed");
         }
     }
 }
