@@ -513,3 +513,89 @@ fn the_default_tensor_limit_can_be_reached() {
     let req = SignificanceRequest { angles: Some(tensor), options: Some(Default::default()), ..Default::default() };
     assert!(prost::Message::encoded_len(&req) <= DEFAULT_MAX_MESSAGE_BYTES);
 }
+
+/// Finding 7: CompareGroups took group A in degrees and B in radians and reported a "significant"
+/// difference; labels "a" and "a " passed as different. Both are refused now.
+#[tokio::test]
+async fn compare_groups_refuses_mixed_units_and_labels_that_differ_by_spaces() {
+    let server = Server::start(&[]);
+    let mut client = RotationServiceClient::new(server.serving().await);
+    let group = |label: &str, unit: proto::AngleUnit| {
+        let mut request = her(3);
+        request.unit = unit as i32;
+        proto::Group { label: label.into(), request: Some(request) }
+    };
+    let compare = |a, b| proto::GroupComparisonRequest { groups: vec![a, b], options: None };
+    let mixed = compare(group("a", proto::AngleUnit::Degrees), group("b", proto::AngleUnit::Radians));
+    let status = client.compare_groups(mixed).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("groups[1].request.unit"), "{}", status.message());
+    let spaced = compare(group("a", proto::AngleUnit::Degrees), group("a ", proto::AngleUnit::Degrees));
+    let status = client.compare_groups(spaced).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("groups[1].label"), "{}", status.message());
+}
+
+fn sighup(server: &Server) {
+    assert!(Command::new("kill").args(["-HUP", &server.child.id().to_string()]).status().unwrap().success());
+}
+
+fn with_key(key: &str, req: proto::TokenizeRequest) -> tonic::Request<proto::TokenizeRequest> {
+    let mut request = tonic::Request::new(req);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+/// Finding 7: SIGHUP ended a server without a keys file (no drain); with --api-key and
+/// --api-keys-file, SIGHUP applied an empty file and locked out every file key (the file alone kept
+/// its keys). Now SIGHUP without a file is ignored and logged, and an empty file is refused either
+/// way. Start-up warns about a keys file readable by everyone; a refused call logs one line.
+#[tokio::test]
+async fn sighup_and_api_keys_follow_one_rule() {
+    let plain = Server::start(&[]);
+    let _ = plain.serving().await;
+    sighup(&plain);
+    plain.wait_log("SIGHUP ignored");
+    let mut client = RotationServiceClient::new(plain.serving().await);
+    client.get_model_info(proto::GetModelInfoRequest {}).await.expect("still serving after SIGHUP");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "file-key\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let keyed = Server::start(&["--api-key", "flag-key", "--api-keys-file", file.to_str().unwrap()]);
+    let mut client = RotationServiceClient::new(keyed.serving().await);
+    assert!(keyed.log().contains("readable by every user"), "{}", keyed.log());
+    let texts = || proto::TokenizeRequest { texts: vec!["I saw her.".into()] };
+    client.tokenize(with_key("file-key", texts())).await.expect("the file's key works");
+    std::fs::write(&file, "# emptied by mistake\n").unwrap();
+    sighup(&keyed);
+    keyed.wait_log("NOT reloaded");
+    client.tokenize(with_key("file-key", texts())).await.expect("the file's key still works");
+    client.tokenize(with_key("flag-key", texts())).await.expect("the flag's key works");
+
+    let refused = client.tokenize(with_key("wrong", texts())).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = keyed.log();
+    let lines = log.lines().filter(|l| l.contains("wrong API key")).count();
+    assert_eq!(lines, 1, "a refused call logs one line:\n{log}");
+}
+
+/// Finding 7: nothing warned about an expired TLS certificate until clients failed.
+#[tokio::test]
+async fn start_up_warns_about_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("old.pem"), dir.path().join("old.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let server = Server::start(&["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()]);
+    server.wait_log("SERVING");
+    assert!(server.log().contains("the TLS certificate has EXPIRED"), "{}", server.log());
+}

@@ -33,8 +33,12 @@ impl ServerSecurity {
         };
         let keys = ApiKeys::new(config.api_key.clone(), config.api_keys_file.clone())?;
         #[cfg(unix)]
-        if let Some(keys) = keys.as_ref().filter(|k| k.file().is_some()) {
-            auth::reload_on_sighup(keys.clone())?;
+        auth::reload_on_sighup(keys.clone().filter(|k| k.file().is_some()))?;
+        if let Some(file) = &config.api_keys_file {
+            warn_if_readable_by_others(file);
+        }
+        if let Some(cert) = &config.tls_cert {
+            warn_if_expiring(cert, std::time::SystemTime::now());
         }
         tracing::info!(
             tls = tls.is_some(),
@@ -49,6 +53,35 @@ impl ServerSecurity {
     /// every call, refused ones included). TLS is not the builder's: see [`ServerSecurity::tls`].
     pub fn server_builder<L>(&self, outer: L) -> Server<Stack<AuthLayer, Stack<L, Identity>>> {
         Server::builder().layer(outer).layer(self.auth.clone())
+    }
+}
+
+/// A keys file that every user of the machine can read gives its keys away: said at start-up.
+fn warn_if_readable_by_others(file: &Path) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(file) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(file = %file.display(), "the API keys file is readable by every user: chmod o-r it");
+        }
+    }
+}
+
+/// Days before a certificate's end from which start-up warns about it.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+/// Warns at start-up about a TLS certificate (the first of the chain) that has expired or expires
+/// within [`CERTIFICATE_WARNING_DAYS`]: clients refuse it from then on.
+fn warn_if_expiring(cert: &Path, now: std::time::SystemTime) {
+    let Ok(chain) = pem::certificate_ders(cert, "TLS certificate") else { return };
+    let Some(Ok((_, parsed))) = chain.first().map(|der| x509_parser::parse_x509_certificate(der)) else { return };
+    let not_after = parsed.validity().not_after.timestamp();
+    let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let days = (not_after - now).div_euclid(86_400);
+    if not_after <= now {
+        tracing::warn!(file = %cert.display(), "the TLS certificate has EXPIRED: clients will refuse it");
+    } else if days < CERTIFICATE_WARNING_DAYS {
+        tracing::warn!(file = %cert.display(), days_left = days, "the TLS certificate expires soon");
     }
 }
 

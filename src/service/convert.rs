@@ -625,10 +625,11 @@ pub fn groups(groups: &[proto::Group]) -> Result<[(&str, &proto::RotationRequest
     };
     checked(0, a)?;
     checked(1, b)?;
-    if a.label == b.label {
+    // "a" and "a " would read as one label in every table: compared without surrounding spaces.
+    if a.label.trim() == b.label.trim() {
         return Err(Error::invalid(
             "groups[1].label",
-            format!("{:?} is also the label of groups[0]; labels must differ", b.label),
+            format!("{:?} is also the label of groups[0] ({:?}); labels must differ", b.label, a.label),
         ));
     }
     fn request(g: &proto::Group) -> &proto::RotationRequest {

@@ -189,6 +189,16 @@ impl RotationServiceImpl {
             let checked = checked.and_then(|opts| Ok((self.checked_job(engine, request)?, opts)));
             jobs.push(checked.map_err(|e| group_status(i, label, e))?);
         }
+        // Welch's test compares the two groups' angles: they must be in one unit.
+        if jobs[0].0.unit != jobs[1].0.unit {
+            let (a, b) = (convert::unit_to_proto(jobs[0].0.unit), convert::unit_to_proto(jobs[1].0.unit));
+            let reason = format!(
+                "is {} but groups[0] is {}: the groups' angles are compared, in one unit",
+                b.as_str_name(),
+                a.as_str_name()
+            );
+            return Err(Error::invalid("groups[1].request.unit", reason).into());
+        }
         let slot = self.admission.request()?;
         let mut timings = StageTimings::default();
         let started = Instant::now();
