@@ -121,9 +121,18 @@ pub struct ServeConfig {
     /// Seconds to wait for the answer to a keepalive ping.
     #[arg(long, env = "ROTATIONS_KEEPALIVE_TIMEOUT_SECONDS", default_value_t = 20)]
     pub keepalive_timeout_seconds: u64,
-    /// Seconds a new connection has to start HTTP/2 (send its connection preface) before it is closed.
+    /// Seconds a new connection has to finish its TLS handshake (with TLS) and start HTTP/2 (send
+    /// its connection preface) before it is closed.
     #[arg(long, env = "ROTATIONS_HANDSHAKE_TIMEOUT_SECONDS", default_value_t = 10)]
     pub handshake_timeout_seconds: u64,
+    /// Seconds a StreamRotations may wait to send its next message (a client that does not read)
+    /// before it is cancelled, its slot freed and its connection closed.
+    #[arg(long, env = "ROTATIONS_STREAM_SEND_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub stream_send_timeout_seconds: u64,
+    /// Most calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; clients
+    /// queue the rest), so that one peer cannot take every request slot.
+    #[arg(long, env = "ROTATIONS_MAX_STREAMS_PER_CONNECTION", default_value_t = 64)]
+    pub max_streams_per_connection: u32,
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, env = "ROTATIONS_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,

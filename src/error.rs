@@ -25,6 +25,11 @@ pub enum Error {
     #[error("{0}")]
     Overloaded(String),
 
+    /// The answer cannot fit in one message (`--max-message-bytes`): retrying the same request
+    /// cannot help, so the status tells clients not to (see [`NO_RETRY`]).
+    #[error("result too large: {0}")]
+    ResultTooLarge(String),
+
     #[error("the model is not loaded yet")]
     NotReady,
 
@@ -57,11 +62,36 @@ impl From<Error> for Status {
                 | ModelError::RuntimeLibrary { .. }
                 | ModelError::ProviderUnavailable { .. } => Code::Internal,
             },
-            Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::Overloaded(_) | Error::ResultTooLarge(_) => Code::ResourceExhausted,
             Error::NotReady | Error::ShuttingDown => Code::Unavailable,
         };
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, cap(&e.to_string(), MAX_MESSAGE_CHARS).into_owned());
+        if matches!(e, Error::ResultTooLarge(_)) {
+            status.metadata_mut().insert(NO_RETRY.0, tonic::metadata::MetadataValue::from_static(NO_RETRY.1));
+        }
+        status
     }
+}
+
+/// gRPC's retry pushback (gRFC A6): a negative `grpc-retry-pushback-ms` tells a client not to
+/// retry. Sent with RESOURCE_EXHAUSTED when the request itself is too large to answer, so that
+/// clients tell it from a busy server (which they retry).
+pub const NO_RETRY: (&str, &str) = ("grpc-retry-pushback-ms", "-1");
+
+/// Longest status message or logged user text, in bytes: a request's own text (a target, a
+/// sentence, a path) is quoted in errors and logs, and must not make them megabytes long.
+pub const MAX_MESSAGE_CHARS: usize = 2048;
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how long it was.
+pub fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
 }
 
 /// What the client sent (INVALID_ARGUMENT) or a fault in the model's output or in our own code

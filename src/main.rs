@@ -40,8 +40,11 @@ fn tidy(path: &std::path::Path) -> std::path::PathBuf {
 /// Longest the exit waits for the last spans to reach a collector.
 const TRACE_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// How long the runtime may wait, once the command is over, for blocking threads still busy (a
+/// server that gave up on one at the end of its grace period must not wait for it).
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(200);
+
+fn main() -> std::process::ExitCode {
     let mut command = Cli::command();
     // Only `--version` loads ONNX Runtime to name it: every other command leaves that to `serve`.
     if std::env::args_os().skip(1).any(|a| a == "--version") {
@@ -49,30 +52,15 @@ async fn main() -> std::process::ExitCode {
         command = command.long_version(&*Box::leak(long_version().into_boxed_str()));
     }
     let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    // The server logs; the CLI's commands print their own output and only export spans.
-    let installed = match &cli.command {
-        Command::Serve(config) => telemetry::install(Some(config.log_format), config.otlp().as_ref()),
-        Command::Analyze(args) => telemetry::install(None, args.client.otlp().as_ref()),
-        Command::Compare(args) => telemetry::install(None, args.analysis.client.otlp().as_ref()),
-        Command::Info(args) | Command::Health(args) => telemetry::install(None, args.otlp().as_ref()),
-        Command::Tokenize(args) => telemetry::install(None, args.client.otlp().as_ref()),
-    };
-    let result = match installed {
-        Ok(export) => {
-            // A client command's span: the root of its trace, which every request joins (a server's
-            // calls each start or join their own).
-            let span = match &cli.command {
-                Command::Serve(_) => tracing::Span::none(),
-                command => tracing::info_span!("command", otel.name = format!("rotations {}", name(command))),
-            };
-            let result = run(cli.command).instrument(span).await;
-            if let Some(export) = export {
-                let _ = tokio::task::spawn_blocking(move || export.shutdown(TRACE_FLUSH)).await;
-            }
-            result
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
         }
-        Err(e) => Err(e),
     };
+    let result = runtime.block_on(traced(cli.command));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -80,6 +68,29 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The command with logging and span export installed; the last spans flushed (bounded) at its end.
+async fn traced(command: Command) -> anyhow::Result<()> {
+    // The server logs; the CLI's commands print their own output and only export spans.
+    let export = match &command {
+        Command::Serve(config) => telemetry::install(Some(config.log_format), config.otlp().as_ref()),
+        Command::Analyze(args) => telemetry::install(None, args.client.otlp().as_ref()),
+        Command::Compare(args) => telemetry::install(None, args.analysis.client.otlp().as_ref()),
+        Command::Info(args) | Command::Health(args) => telemetry::install(None, args.otlp().as_ref()),
+        Command::Tokenize(args) => telemetry::install(None, args.client.otlp().as_ref()),
+    }?;
+    // A client command's span: the root of its trace, which every request joins (a server's
+    // calls each start or join their own).
+    let span = match &command {
+        Command::Serve(_) => tracing::Span::none(),
+        command => tracing::info_span!("command", otel.name = format!("rotations {}", name(command))),
+    };
+    let result = run(command).instrument(span).await;
+    if let Some(export) = export {
+        let _ = tokio::task::spawn_blocking(move || export.shutdown(TRACE_FLUSH)).await;
+    }
+    result
 }
 
 fn name(command: &Command) -> &'static str {

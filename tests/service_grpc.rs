@@ -195,8 +195,9 @@ async fn stalled_and_half_open_connections_are_closed() {
         tokio::join!(until_closed(silent, Duration::from_secs(10)), until_closed(half_open, Duration::from_secs(10)));
     assert!(silent.is_some(), "a connection that never sent the HTTP/2 preface is still open after 10 s");
     assert!(half_open.is_some(), "a connection that answers no keepalive ping is still open after 10 s");
-    // A client that answers keeps its connection.
+    // A client that answers keeps its connection (once the model is loaded: slow on a busy machine).
     tokio::time::sleep(Duration::from_secs(3)).await;
+    server.wait_serving().await;
     server.client().get_model_info(proto::GetModelInfoRequest {}).await.unwrap();
     server.stop().await;
 }

@@ -105,6 +105,16 @@ def make_cases():
     L, S = 4, 30
     x = angle_like(rng, L, S, np.array([0.5, 1.0, -0.3, 2.0]), 3.0, np.full(L, 60.0))
     cases.append(("shuffled_vs_target", x, 2, 0))
+
+    # 6. A tiny but real variance: d = 1 or 1 + 2^-30 (exact: dyadic angles), |t| ~ 1e9. An
+    #    ordinary test, not "zero variance" (the service once flagged any |t| above ~1.7e7).
+    L, S = 1, 54
+    x = np.empty((L, S, 3))
+    x[0, :, 1] = rng.integers(0, 400, size=S) / 8.0
+    x[0, :, 0] = x[0, :, 1] + 1.0 + (np.arange(S) % 2) * 2.0**-30
+    x[0, :, 2] = 60.0
+    assert len(set(x[0, :, 0] - x[0, :, 1])) == 2
+    cases.append(("tiny_variance", x, 0, 1))
     return cases
 
 
@@ -237,6 +247,25 @@ def tied_p_values():
     return out
 
 
+# Degrees of freedom from a pair of sentences to corpora far larger than any yet (the service's
+# quantile once never returned for df >= ~1.45e7), fractional ones as Welch's test gives them.
+STUDENT_T_DF = [1.0, 1.5, 2.0, 3.0, 4.7, 10.0, 30.0, 100.0, 1e3, 9999.0, 1e4, 3e4, 1e5, 1e6, 1.45e7,
+                2e7 - 1, 1e9, 1e12]
+STUDENT_T_AT = [0.01, 0.5, 1.0, 1.959963984540054, 3.0, 5.0, 10.0, 20.0, 37.0]
+STUDENT_T_Q = [0.6, 0.975, 0.995, 0.9999995]
+
+
+def student_t():
+    """scipy's upper tail `t.sf(t, df)` and quantile `t.ppf(q, df)` over STUDENT_T_DF."""
+    return {
+        "df": STUDENT_T_DF,
+        "t": STUDENT_T_AT,
+        "q": STUDENT_T_Q,
+        "sf": [[float(stats.t.sf(t, df)) for t in STUDENT_T_AT] for df in STUDENT_T_DF],
+        "ppf": [[float(stats.t.ppf(q, df)) for q in STUDENT_T_Q] for df in STUDENT_T_DF],
+    }
+
+
 def build():
     return {
         "generator": "tools/make_stats_golden.py",
@@ -249,6 +278,7 @@ def build():
         "cases": [analyse(*c) for c in make_cases()],
         "degenerate_cases": [degenerate_case()],
         "tied_p_values": tied_p_values(),
+        "student_t": student_t(),
     }
 
 

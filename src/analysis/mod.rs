@@ -59,6 +59,7 @@ pub mod rotations;
 pub mod select;
 pub mod shuffle;
 pub mod stats;
+pub mod student_t;
 pub mod target;
 pub mod trajectory;
 pub mod vectors;

@@ -11,10 +11,9 @@
 //! reproduced with [`SignificanceOptions::num_tests`]` = Some(49)`.
 
 use ndarray::ArrayView3;
-use statrs::distribution::{Continuous, ContinuousCDF, StudentsT};
 
 pub use super::moments::{fixed_point, ExactMoments, EXACT_SCALE_BITS, MAX_ABS_DIFFERENCE};
-use super::AnalysisError;
+use super::{student_t, AnalysisError};
 
 /// Confidence level of [`LayerTest::ci_low`]/[`LayerTest::ci_high`]: always 95%, independent
 /// of the significance level `alpha` (which is about the corrected family of tests).
@@ -66,7 +65,7 @@ pub enum LayerFlag {
     /// An ordinary test.
     #[default]
     None,
-    /// The paired differences are constant (zero variance to f64 working precision): `sd = 0`,
+    /// The paired differences are constant (their exact variance is 0): `sd = 0`,
     /// `t = ±inf` and `p = 0` when their mean is not 0, `t = p = NaN` when it is (scipy's values).
     ZeroVariance,
 }
@@ -281,31 +280,15 @@ pub fn adjust_p_values(p: &[f64], correction: Correction, num_tests: usize) -> V
 
 /// The two-sided p-value of a t statistic with `df` degrees of freedom:
 /// `2·P(T > |t|)`, computed from the upper tail so that tiny p-values keep full relative
-/// precision (never as `1 − cdf`).
+/// precision (never as `1 − cdf`); accurate and bounded for any df ([`super::student_t`]).
 pub fn two_sided_p(t: f64, df: f64) -> f64 {
-    let dist = StudentsT::new(0.0, 1.0, df).expect("df > 0");
-    (2.0 * dist.sf(t.abs())).min(1.0)
+    (2.0 * student_t::sf(t.abs(), df)).min(1.0)
 }
 
 /// The quantile `q` of Student's t with `df` degrees of freedom, for `q` in `(0.5, 1)`:
-/// statrs' inverse CDF polished by Newton steps on the upper tail (statrs' inverse alone can
-/// be off by ~1e-5 relative for large `df`, e.g. 6e-5 at `df = 10⁶`; polished, it agrees
-/// with `scipy.stats.t.ppf` to ~1e-10 or better).
+/// [`student_t::quantile`] (bounded for any df; agrees with `scipy.stats.t.ppf` to ~10⁻¹¹).
 pub fn t_quantile(q: f64, df: f64) -> f64 {
-    let dist = StudentsT::new(0.0, 1.0, df).expect("df > 0");
-    let tail = 1.0 - q;
-    let mut x = dist.inverse_cdf(q);
-    for _ in 0..8 {
-        let step = (dist.sf(x) - tail) / dist.pdf(x);
-        if !step.is_finite() {
-            break;
-        }
-        x += step;
-        if step.abs() <= 1e-15 * x.abs() {
-            break;
-        }
-    }
-    x
+    student_t::quantile(q, df)
 }
 
 /// A layer's test before correction.
@@ -322,16 +305,14 @@ struct RawTest {
 
 /// The t statistic, p-value and CI half width from a layer's mean and variance.
 ///
-/// A variance below `16·n·ε·mean_sq` (`mean_sq`: the mean of the squared differences) is
-/// indistinguishable from the rounding error of the sums: the differences are constant, and the
-/// layer gets scipy's answer for exactly constant differences (`sd = 0`, `t = mean / 0`: ±inf
-/// with p = 0, or NaN with p = NaN when the mean is 0) and [`LayerFlag::ZeroVariance`], rather
-/// than an arbitrary huge t made of rounding noise.
+/// The variance comes from exact integer sums, so it is 0 exactly when the differences are
+/// constant: only then is the layer flagged [`LayerFlag::ZeroVariance`], with scipy's answer for
+/// constant differences (`sd = 0`, `t = mean / 0`: ±inf with p = 0, or NaN with p = NaN when the
+/// mean is 0). A tiny but real variance is an ordinary test, however large its t.
 fn raw_test(layer: usize, n: u64, mean: f64, variance: f64) -> RawTest {
     let nf = n as f64;
     let df = nf - 1.0;
-    let mean_sq = mean * mean + variance * df / nf;
-    if variance <= 16.0 * nf * f64::EPSILON * mean_sq {
+    if variance == 0.0 {
         let t = mean / 0.0;
         let p = if t.is_nan() { f64::NAN } else { 0.0 };
         return RawTest { layer, n, t, p, mean, sd: 0.0, ci_half_width: 0.0, flag: LayerFlag::ZeroVariance };
@@ -690,17 +671,19 @@ mod tests {
         assert_eq!(test_layers_from_stats(&[small], &d).unwrap_err(), AnalysisError::NotEnoughSentences { n: 1 });
     }
 
-    /// Constant differences (all zero, exact and inexact constants) flag their layer, with t and p
-    /// as scipy gives them for exactly constant differences; the other layers are untouched.
+    /// Constant differences (all zero, or another constant: every difference the same f64) flag
+    /// their layer, with t and p as scipy gives them; the other layers are untouched.
     #[test]
     fn constant_differences_flag_their_layer_only() {
         let angles = fake_angles(3, 5, 3);
         let d = SignificanceOptions { correction: Correction::Holm, ..Default::default() };
         let reference = test_layers(angles.view(), &d).unwrap();
-        for c in [0.0, 0.1, -1.0 / 3.0, 1e6 + 0.7] {
+        for c in [0.0, 0.125, -0.75, 1e6 + 0.5] {
             let mut flat = angles.clone();
             for s in 0..5 {
-                flat[[1, s, 1]] = flat[[1, s, 0]] - c;
+                // Dyadic angles: `a − b` is exactly `c` for every sentence.
+                flat[[1, s, 1]] = 5.0 + s as f64 * 0.25;
+                flat[[1, s, 0]] = flat[[1, s, 1]] + c;
             }
             let stats = paired_stats(flat.view(), 0, 1).unwrap();
             for r in [test_layers(flat.view(), &d).unwrap(), test_layers_from_stats(&stats, &d).unwrap()] {
@@ -732,6 +715,20 @@ mod tests {
             let r = test_layers(angles.view(), &SignificanceOptions::default()).unwrap();
             assert_eq!((r.layers[0].flag, r.layers[0].t), (LayerFlag::ZeroVariance, f64::INFINITY), "n={n}");
         }
+    }
+
+    /// A tiny but real variance is an ordinary test, however large its t (the old rule flagged any
+    /// |t| above ~1.7e7 as "zero variance"): d = 1, 1 + e, 1, 1 + e with e = 2^-30 has mean
+    /// 1 + e/2, sd e/√3 and t = (1 + e/2)·2√3/e ≈ 3.7e9.
+    #[test]
+    fn only_an_exactly_zero_variance_is_flagged() {
+        let e = 2f64.powi(-30);
+        let stats = PairedStats::from_differences(&[1.0, 1.0 + e, 1.0, 1.0 + e]).unwrap();
+        let l = test_layers_from_stats(&[stats], &SignificanceOptions::default()).unwrap().layers[0];
+        assert_eq!(l.flag, LayerFlag::None);
+        assert_relative_eq!(l.sd_difference, e / 3f64.sqrt(), max_relative = 1e-12);
+        assert_relative_eq!(l.t, (1.0 + e / 2.0) * 2.0 * 3f64.sqrt() / e, max_relative = 1e-12);
+        assert!(l.significant && l.p > 0.0 && l.p < 1e-25, "p {}", l.p);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The one retry policy of our clients (the Python client mirrors it in `retry.py`): a call
 //! refused with RESOURCE_EXHAUSTED (the server's queue is full) or UNAVAILABLE (starting, shutting
-//! down, unreachable) is retried with bounded exponential backoff and full jitter, as gRPC's
+//! down, unreachable) is retried, unless the server's retry pushback says not to (an answer too
+//! large to send), with bounded exponential backoff and full jitter, as gRPC's
 //! service-config retry policy does: before retry `k` (1-based) wait a uniform random time in
 //! `[0, min(max_backoff, initial_backoff · multiplier^(k−1))]`; at most `max_attempts` calls.
 use std::future::Future;
@@ -14,6 +15,18 @@ pub const RETRYABLE_CODES: [Code; 2] = [Code::Unavailable, Code::ResourceExhaust
 
 pub fn is_retryable(code: Code) -> bool {
     RETRYABLE_CODES.contains(&code)
+}
+
+/// Whether the server asked not to retry: gRPC's retry pushback (gRFC A6), a negative
+/// `grpc-retry-pushback-ms` (sent with RESOURCE_EXHAUSTED for an answer too large to send).
+pub fn pushback_forbids(status: &Status) -> bool {
+    let pushback = status.metadata().get("grpc-retry-pushback-ms").and_then(|v| v.to_str().ok());
+    pushback.is_some_and(|ms| ms.trim().parse::<i64>().map_or(true, |ms| ms < 0))
+}
+
+/// A retryable code, and no pushback that forbids it.
+pub fn should_retry(status: &Status) -> bool {
+    is_retryable(status.code()) && !pushback_forbids(status)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,7 +74,7 @@ impl RetryPolicy {
         let mut attempt = 1;
         loop {
             match call().await {
-                Err(status) if is_retryable(status.code()) && attempt < self.max_attempts => {
+                Err(status) if should_retry(&status) && attempt < self.max_attempts => {
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -124,6 +137,16 @@ mod tests {
             Err::<(), _>(Status::resource_exhausted("busy"))
         };
         assert_eq!(policy.run(busy).await.unwrap_err().code(), Code::ResourceExhausted);
-        assert_eq!(calls.load(Ordering::SeqCst), policy.max_attempts);
+        assert_eq!(calls.swap(0, Ordering::SeqCst), policy.max_attempts);
+
+        // An answer too large to send: RESOURCE_EXHAUSTED with a negative pushback, not retried.
+        let too_large = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let mut status = Status::resource_exhausted("result too large: ...");
+            status.metadata_mut().insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
+            Err::<(), _>(status)
+        };
+        assert_eq!(policy.run(too_large).await.unwrap_err().code(), Code::ResourceExhausted);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -343,13 +343,41 @@ impl Engine {
     }
 }
 
+/// Blocking tasks started by [`blocking`] that have not finished (shutdown reports those it
+/// leaves behind).
+static BLOCKING_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many tasks started by [`blocking`] are still running.
+pub fn blocking_tasks_running() -> usize {
+    BLOCKING_RUNNING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts a blocking task from its start until it returns or panics.
+struct BlockingTask;
+
+impl BlockingTask {
+    fn start() -> Self {
+        BLOCKING_RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BlockingTask
+    }
+}
+
+impl Drop for BlockingTask {
+    fn drop(&mut self) {
+        BLOCKING_RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Runs CPU-bound work (tokenizing, converting large messages) on a blocking thread, so the async
 /// workers stay free to serve other requests. Whatever `work` owns (a request's slot) is held
 /// until it has finished, even if the caller has gone.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    let task = BlockingTask::start();
     // The caller's span goes along, so the work's own spans join the request's trace.
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(work))
-        .await
-        .map_err(|e| ModelError::Runtime(format!("a blocking task failed: {e}")))?
+    let run = move || {
+        let _task = task;
+        span.in_scope(work)
+    };
+    tokio::task::spawn_blocking(run).await.map_err(|e| ModelError::Runtime(format!("a blocking task failed: {e}")))?
 }

@@ -58,17 +58,16 @@ impl ApiKeys {
     }
 
     /// Re-reads the keys file; on error the keys in use stay. Returns how many keys are accepted.
+    ///
+    /// One rule with or without `--api-key`: a keys file that holds no key is refused (at start,
+    /// and on SIGHUP, where the keys in use stay), since applying it would lock out every key it held.
     pub fn reload(&self) -> anyhow::Result<usize> {
         let mut keys: Vec<Secret> = self.flag.iter().cloned().collect();
         if let Some(path) = &self.file {
-            keys.extend(read_keys_file(path)?);
+            let from_file = read_keys_file(path)?;
+            anyhow::ensure!(!from_file.is_empty(), "{} holds no API key", path.display());
+            keys.extend(from_file);
         }
-        // An empty list would lock every client out: refuse it rather than apply it.
-        anyhow::ensure!(
-            !keys.is_empty(),
-            "{} holds no API key",
-            self.file.as_deref().unwrap_or(Path::new("")).display()
-        );
         let count = keys.len();
         *self.accepted.write().unwrap_or_else(|e| e.into_inner()) = keys;
         Ok(count)
@@ -101,11 +100,20 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
 }
 
-/// Re-reads the keys file on every SIGHUP, for the life of the process.
+/// Re-reads the keys file on every SIGHUP, for the life of the process. Without a keys file a
+/// SIGHUP is logged and ignored (its default action would end the server without a drain).
 #[cfg(unix)]
-pub fn reload_on_sighup(keys: ApiKeys) -> anyhow::Result<()> {
+pub fn reload_on_sighup(keys: Option<ApiKeys>) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler that reloads the API keys")?;
+    let Some(keys) = keys else {
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::warn!("SIGHUP ignored: there is no --api-keys-file to reload");
+            }
+        });
+        return Ok(());
+    };
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             let file = keys.file().map(|f| f.display().to_string()).unwrap_or_default();
@@ -159,7 +167,8 @@ where
             if !request.uri().path().starts_with(OPEN_PATH_PREFIX) {
                 let header = request.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
                 if let Err(status) = keys.check(header) {
-                    tracing::info!(path = request.uri().path(), message = status.message(), "request refused");
+                    let path = crate::error::cap(request.uri().path(), 256);
+                    tracing::info!(path = %path, message = status.message(), "request refused");
                     return Box::pin(std::future::ready(Ok(status.into_http())));
                 }
             }

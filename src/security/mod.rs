@@ -4,9 +4,12 @@ pub mod auth;
 pub mod pem;
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use tonic::transport::{Server, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
 use tower::layer::util::{Identity, Stack};
 
 use crate::config::ServeConfig;
@@ -14,8 +17,8 @@ use auth::{ApiKeys, AuthLayer};
 
 /// The server's TLS and API-key settings, read and checked at start-up.
 pub struct ServerSecurity {
-    /// The TLS settings, and the files they came from (for an error only rustls can find).
-    tls: Option<(ServerTlsConfig, String)>,
+    /// The TLS handshake of every connection (done by the accept loop, under its deadline).
+    pub tls: Option<TlsAcceptor>,
     auth: AuthLayer,
 }
 
@@ -24,20 +27,18 @@ impl ServerSecurity {
     /// error naming it. With a keys file, SIGHUP reloads it from now on.
     pub fn from_config(config: &ServeConfig) -> anyhow::Result<Self> {
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => {
-                let mut tls = ServerTlsConfig::new().identity(pem::identity(cert, key, "TLS")?);
-                if let Some(ca) = &config.tls_client_ca {
-                    tls = tls.client_ca_root(pem::certificates(ca, "client CA certificate")?);
-                }
-                Some((tls, format!("the TLS certificate {} and key {}", cert.display(), key.display())))
-            }
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, config.tls_client_ca.as_deref())?),
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         let keys = ApiKeys::new(config.api_key.clone(), config.api_keys_file.clone())?;
         #[cfg(unix)]
-        if let Some(keys) = keys.as_ref().filter(|k| k.file().is_some()) {
-            auth::reload_on_sighup(keys.clone())?;
+        auth::reload_on_sighup(keys.clone().filter(|k| k.file().is_some()))?;
+        if let Some(file) = &config.api_keys_file {
+            warn_if_readable_by_others(file);
+        }
+        if let Some(cert) = &config.tls_cert {
+            warn_if_expiring(cert, std::time::SystemTime::now());
         }
         tracing::info!(
             tls = tls.is_some(),
@@ -48,17 +49,67 @@ impl ServerSecurity {
         Ok(ServerSecurity { tls, auth: AuthLayer(keys) })
     }
 
-    /// A server builder with TLS (when configured) and the API-key check on every request, inside
-    /// `outer` (a layer that sees every call, refused ones included).
-    pub fn server_builder<L>(self, outer: L) -> anyhow::Result<Server<Stack<AuthLayer, Stack<L, Identity>>>> {
-        let mut builder = Server::builder();
-        if let Some((tls, files)) = self.tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|e| anyhow::anyhow!("{files} do not go together: {}", root_cause(&e)))?;
-        }
-        Ok(builder.layer(outer).layer(self.auth))
+    /// A server builder with the API-key check on every request, inside `outer` (a layer that sees
+    /// every call, refused ones included). TLS is not the builder's: see [`ServerSecurity::tls`].
+    pub fn server_builder<L>(&self, outer: L) -> Server<Stack<AuthLayer, Stack<L, Identity>>> {
+        Server::builder().layer(outer).layer(self.auth.clone())
     }
+}
+
+/// A keys file that every user of the machine can read gives its keys away: said at start-up.
+fn warn_if_readable_by_others(file: &Path) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(file) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(file = %file.display(), "the API keys file is readable by every user: chmod o-r it");
+        }
+    }
+}
+
+/// Days before a certificate's end from which start-up warns about it.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
+/// Warns at start-up about a TLS certificate (the first of the chain) that has expired or expires
+/// within [`CERTIFICATE_WARNING_DAYS`]: clients refuse it from then on.
+fn warn_if_expiring(cert: &Path, now: std::time::SystemTime) {
+    let Ok(chain) = pem::certificate_ders(cert, "TLS certificate") else { return };
+    let Some(Ok((_, parsed))) = chain.first().map(|der| x509_parser::parse_x509_certificate(der)) else { return };
+    let not_after = parsed.validity().not_after.timestamp();
+    let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let days = (not_after - now).div_euclid(86_400);
+    if not_after <= now {
+        tracing::warn!(file = %cert.display(), "the TLS certificate has EXPIRED: clients will refuse it");
+    } else if days < CERTIFICATE_WARNING_DAYS {
+        tracing::warn!(file = %cert.display(), days_left = days, "the TLS certificate expires soon");
+    }
+}
+
+/// The server's TLS: its certificate chain and key, and with a client CA, mutual TLS; HTTP/2 by ALPN.
+fn tls_acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for root in pem::certificate_ders(ca, "client CA certificate")? {
+                roots.add(root).map_err(|e| anyhow::anyhow!("the client CA certificate {}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| anyhow::anyhow!("the client CA certificate {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let chain = pem::certificate_ders(cert, "TLS certificate")?;
+    let files = format!("the TLS certificate {} and key {}", cert.display(), key.display());
+    let mut config = builder
+        .with_single_cert(chain, pem::private_key_der(key, "TLS key")?)
+        .map_err(|e| anyhow::anyhow!("{files} do not go together: {}", root_cause(&e)))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The innermost error's message: the layers above it often only repeat it ("tcp connect error: …").

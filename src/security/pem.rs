@@ -29,3 +29,17 @@ pub fn identity(cert: &Path, key: &Path, what: &str) -> anyhow::Result<Identity>
         .map_err(|e| anyhow::anyhow!("the {what} key {} holds no usable PEM private key: {e}", key.display()))?;
     Ok(Identity::from_pem(cert_pem, key_pem))
 }
+
+/// The certificates of a PEM file, parsed (at least one).
+pub fn certificate_ders(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = certificates(path, what)?.into_inner();
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the {what} {} is not valid PEM: {e}", path.display()))
+}
+
+/// A private key (PKCS#8, PKCS#1 or SEC1 PEM), parsed.
+pub fn private_key_der(path: &Path, what: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_slice(&read(path, what)?)
+        .map_err(|e| anyhow::anyhow!("the {what} {} holds no usable PEM private key: {e}", path.display()))
+}

@@ -56,7 +56,12 @@ impl Admission {
     /// Room for `tokens` queued tokens, refused at once when the budget cannot hold them now
     /// (RESOURCE_EXHAUSTED), or ever (INVALID_ARGUMENT: retrying cannot help).
     pub fn tokens(&self, tokens: usize) -> Result<QueuedTokens, Error> {
-        let n = self.fits(tokens)?;
+        self.tokens_of("sentences", tokens)
+    }
+
+    /// [`Admission::tokens`] for the request field `field` (named when the tokens can never fit).
+    pub fn tokens_of(&self, field: &str, tokens: usize) -> Result<QueuedTokens, Error> {
+        let n = self.fits(field, tokens)?;
         self.tokens.clone().try_acquire_many_owned(n).map_err(|_| {
             Error::Overloaded(format!(
                 "server busy: {tokens} more tokens do not fit in max_queued_tokens ({}), of which {} are queued; \
@@ -74,10 +79,10 @@ impl Admission {
         self.tokens.clone().acquire_many_owned(n).await.expect("the token budget is never closed")
     }
 
-    fn fits(&self, tokens: usize) -> Result<u32, Error> {
+    fn fits(&self, field: &str, tokens: usize) -> Result<u32, Error> {
         if tokens > self.max_tokens {
             return Err(Error::invalid(
-                "sentences",
+                field,
                 format!(
                     "{tokens} tokens exceed max_queued_tokens ({}) on their own; split the input or use StreamRotations",
                     self.max_tokens

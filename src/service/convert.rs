@@ -31,12 +31,16 @@ pub struct InputLimits {
     pub max_message_bytes: usize,
 }
 
+/// Longest `target_text`: a word (or a few tokens), quoted in errors and logs.
+pub const MAX_TARGET_TEXT_BYTES: usize = 1024;
+
 /// Default of `--max-text-bytes`: far above any sentence of GPT-2's 1024 positions.
 pub const DEFAULT_MAX_TEXT_BYTES: usize = 64 * 1024;
 /// Default of `--max-message-bytes`.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// Default of `--max-tensor-values`: what a 64 MiB message can hold.
-pub const DEFAULT_MAX_TENSOR_VALUES: usize = 1 << 24;
+/// Default of `--max-tensor-values`: what a default message can hold (4 bytes a packed f32 value),
+/// less 64 KiB for the rest of the request.
+pub const DEFAULT_MAX_TENSOR_VALUES: usize = (DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024) / 4;
 
 impl Default for InputLimits {
     fn default() -> Self {
@@ -48,21 +52,28 @@ impl Default for InputLimits {
     }
 }
 
-/// Refuses, before any work, a rotation result that cannot fit in a message: per layer and
-/// sentence it holds at least 3 packed f32 angles (12 bytes) and a shuffle draw (6 bytes).
-pub fn check_result_size(num_layers: usize, num_sentences: usize, max_bytes: usize) -> Result<(), Error> {
-    check_rows_size(num_layers, num_sentences, false, max_bytes)
+/// An upper bound of the encoded size of one rotation result (a RotationResult in an Analysis, with
+/// its tests and statistics) of `num_rows` rows: per row and layer 3 packed f32 angles (12 bytes)
+/// and a ShuffleDraw (at most 4 varints of 6 bytes and 2 of framing), per row a SentenceReport (at
+/// most 9·6 + 2 bytes) and, with `row_matrices`, its `[L+1, L+1]` f32 matrix; per layer at most 600
+/// bytes (its means, a LayerTest, three conditions' LayerStatistics, a GroupLayerTest); with
+/// `all_layers` the mean matrix and its exact sums (20 bytes an entry, and framing); 4 KiB of names
+/// and framing. Conservative, so that a result that passes always fits.
+pub fn result_bound(num_layers: usize, num_rows: usize, selection: &Selection) -> u128 {
+    let (layers, states) = (num_layers as u128, num_layers as u128 + 1);
+    let matrix = if selection.row_matrices { 4 * states * states + 8 } else { 0 };
+    let per_row = 38 * layers + 56 + matrix;
+    let all_layers = if selection.all_layers { 24 * states * states + 64 } else { 0 };
+    per_row * num_rows as u128 + 600 * layers + all_layers + 4096
 }
 
-/// [`check_result_size`] for `num_rows` rows (every occurrence), each with its `[L+1, L+1]` f32
-/// matrix when `row_matrices`: checked again once the rows are known, before the forward pass.
-pub fn check_rows_size(num_layers: usize, num_rows: usize, row_matrices: bool, max_bytes: usize) -> Result<(), Error> {
-    let matrix = if row_matrices { 4 * (num_layers as u128 + 1).pow(2) } else { 0 };
-    let at_least = (18u128 * num_layers as u128 + matrix) * num_rows as u128;
-    if at_least > max_bytes as u128 {
-        return Err(Error::Overloaded(format!(
-            "the result for {num_rows} rows would take at least {at_least} bytes, over the message limit of \
-             {max_bytes} bytes (max_message_bytes); send fewer sentences or use StreamRotations"
+/// Refuses, before any work, an answer whose bound ([`result_bound`], summed over a request's
+/// parts) exceeds the message limit: [`Error::ResultTooLarge`], which clients do not retry.
+pub fn check_result_bound(bound: u128, rows: usize, max_bytes: usize) -> Result<(), Error> {
+    if bound > max_bytes as u128 {
+        return Err(Error::ResultTooLarge(format!(
+            "the answer for {rows} rows may take up to {bound} bytes, over the message limit of {max_bytes} \
+             bytes (max_message_bytes); send fewer sentences or use StreamRotations"
         )));
     }
     Ok(())
@@ -104,6 +115,10 @@ pub fn rotation_job(
     let target = match &req.target {
         Some(_) if !req.target_spans.is_empty() => {
             return Err(Error::invalid("target_spans", "give target_spans or target_text/target_token_id, not both"));
+        }
+        Some(proto::rotation_request::Target::TargetText(t)) if t.len() > MAX_TARGET_TEXT_BYTES => {
+            let reason = format!("{} bytes exceed the limit of {MAX_TARGET_TEXT_BYTES} for a target word", t.len());
+            return Err(Error::invalid("target_text", reason));
         }
         Some(proto::rotation_request::Target::TargetText(t)) if !t.is_empty() => Target::Text(t.clone()),
         Some(proto::rotation_request::Target::TargetText(_)) => {
@@ -610,10 +625,11 @@ pub fn groups(groups: &[proto::Group]) -> Result<[(&str, &proto::RotationRequest
     };
     checked(0, a)?;
     checked(1, b)?;
-    if a.label == b.label {
+    // "a" and "a " would read as one label in every table: compared without surrounding spaces.
+    if a.label.trim() == b.label.trim() {
         return Err(Error::invalid(
             "groups[1].label",
-            format!("{:?} is also the label of groups[0]; labels must differ", b.label),
+            format!("{:?} is also the label of groups[0] ({:?}); labels must differ", b.label, a.label),
         ));
     }
     fn request(g: &proto::Group) -> &proto::RotationRequest {

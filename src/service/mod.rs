@@ -8,7 +8,7 @@ mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 use tracing::{info_span, Span};
@@ -37,7 +37,12 @@ pub struct RotationServiceImpl {
     input: InputLimits,
     admission: Admission,
     shutting_down: Arc<AtomicBool>,
+    /// `--stream-send-timeout-seconds`.
+    stream_send_timeout: Duration,
 }
+
+/// Default of `--stream-send-timeout-seconds`.
+pub const DEFAULT_STREAM_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl RotationServiceImpl {
     /// At most `max_concurrent` requests at once; the other limits at their defaults.
@@ -48,6 +53,7 @@ impl RotationServiceImpl {
             input: InputLimits::default(),
             admission: Admission::new(max_concurrent, admission::DEFAULT_MAX_QUEUED_TOKENS),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            stream_send_timeout: DEFAULT_STREAM_SEND_TIMEOUT,
         }
     }
 
@@ -60,9 +66,10 @@ impl RotationServiceImpl {
             max_tensor_values: config.max_tensor_values,
             max_message_bytes: config.max_message_bytes,
         };
-        Self::new(limits, config.max_concurrent_requests)
+        let service = Self::new(limits, config.max_concurrent_requests)
             .with_max_queued_tokens(config.max_queued_tokens)
-            .with_input_limits(input)
+            .with_input_limits(input);
+        Self { stream_send_timeout: Duration::from_secs(config.stream_send_timeout_seconds.max(1)), ..service }
     }
 
     /// Admits requests while their tokens fit in `max_queued_tokens`.
@@ -120,8 +127,10 @@ impl RotationServiceImpl {
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
         convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
         engine.check_job(&job)?;
-        let layers = engine.model.info.num_layers;
-        convert::check_result_size(layers, job.sentences.len(), self.input.max_message_bytes)?;
+        // Every sentence gives at least one row: refused here, before tokenizing, if even that cannot fit.
+        let rows = job.sentences.len();
+        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job.selection);
+        convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         Ok(job)
     }
 
@@ -133,8 +142,9 @@ impl RotationServiceImpl {
         prepared: &Prepared,
         timings: &mut StageTimings,
     ) -> Result<(Rotations, proto::RotationResult), Error> {
-        let (layers, row_matrices) = (engine.model.info.num_layers, job.selection.row_matrices);
-        convert::check_rows_size(layers, prepared.num_rows(), row_matrices, self.input.max_message_bytes)?;
+        let (rows, row_matrices) = (prepared.num_rows(), job.selection.row_matrices);
+        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job.selection);
+        convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         let tokens = prepared.num_tokens();
         let _queued = info_span!("admission", tokens = tokens as i64).in_scope(|| self.admission.tokens(tokens))?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
@@ -181,6 +191,16 @@ impl RotationServiceImpl {
             let checked = checked.and_then(|opts| Ok((self.checked_job(engine, request)?, opts)));
             jobs.push(checked.map_err(|e| group_status(i, label, e))?);
         }
+        // Welch's test compares the two groups' angles: they must be in one unit.
+        if jobs[0].0.unit != jobs[1].0.unit {
+            let (a, b) = (convert::unit_to_proto(jobs[0].0.unit), convert::unit_to_proto(jobs[1].0.unit));
+            let reason = format!(
+                "is {} but groups[0] is {}: the groups' angles are compared, in one unit",
+                b.as_str_name(),
+                a.as_str_name()
+            );
+            return Err(Error::invalid("groups[1].request.unit", reason).into());
+        }
         let slot = self.admission.request()?;
         let mut timings = StageTimings::default();
         let started = Instant::now();
@@ -192,6 +212,12 @@ impl RotationServiceImpl {
         let labelled =
             |(i, prepared): (usize, Result<Prepared, Error>)| prepared.map_err(|e| group_status(i, groups[i].0, e));
         let prepared: Vec<Prepared> = prepared.into_iter().enumerate().map(labelled).collect::<Result<_, _>>()?;
+        // The answer holds both groups: their sum must fit, before either is computed.
+        let layers = engine.model.info.num_layers;
+        let bounds =
+            jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(layers, p.num_rows(), &job.selection));
+        let rows = prepared.iter().map(Prepared::num_rows).sum();
+        convert::check_result_bound(bounds.sum(), rows, self.input.max_message_bytes)?;
         let mut analyses = Vec::new();
         for (i, ((job, opts), prepared)) in jobs.iter().zip(&prepared).enumerate() {
             let label = groups[i].0;
@@ -289,12 +315,25 @@ impl RotationService for RotationServiceImpl {
             let texts = req.into_inner().texts;
             convert::check_count("texts", texts.len(), self.limits.max_sentences, "max_sentences")?;
             convert::check_texts("texts", &texts, self.input.max_text_bytes)?;
+            // Counted in the queued-token budget before any work, at a bound: a token covers at least
+            // one byte of its text, besides a BOS and a SentencePiece prefix.
+            let bound = texts.iter().map(|t| t.len() + 2).sum();
+            let queued = self.admission.tokens_of("texts", bound)?;
             let slot = self.admission.request()?;
             let texts = blocking(move || {
-                let _slot = slot;
-                Ok(engine.tokenize(&texts)?.into_iter().map(convert::tokenized).collect())
+                let _held = (slot, queued);
+                Ok(engine.tokenize(&texts)?.into_iter().map(convert::tokenized).collect::<Vec<_>>())
             })
             .await?;
+            let size = texts.iter().map(|t| prost::Message::encoded_len(t) + 6).sum::<usize>();
+            if size > self.input.max_message_bytes {
+                return Err(Error::ResultTooLarge(format!(
+                    "the tokens take {size} bytes, over the message limit of {} bytes (max_message_bytes); \
+                     send fewer texts",
+                    self.input.max_message_bytes
+                ))
+                .into());
+            }
             Ok(Response::new(proto::TokenizeResponse { texts }))
         }
         .await
@@ -386,6 +425,7 @@ impl RotationService for RotationServiceImpl {
     ) -> Result<Response<Self::StreamRotationsStream>, Status> {
         Span::current().record("sentences", req.get_ref().sentences.len() as i64);
         async {
+            let peer = req.extensions().get::<connection::PeerConnection>().cloned();
             let req = req.into_inner();
             let engine = self.engine()?.clone();
             let job = convert::rotation_job(&req, self.limits.max_stream_sentences, "max_stream_sentences")?;
@@ -394,7 +434,14 @@ impl RotationService for RotationServiceImpl {
             engine.check_job(&job)?;
             let rotation = engine.resolve(&job)?;
             let slot = self.admission.request()?;
-            let context = stream::StreamContext { engine, admission: self.admission.clone(), rotation, significance };
+            let context = stream::StreamContext {
+                engine,
+                admission: self.admission.clone(),
+                rotation,
+                significance,
+                send_timeout: self.stream_send_timeout,
+                peer,
+            };
             Ok(Response::new(stream::start(context, job, slot)))
         }
         .await

@@ -198,12 +198,14 @@ impl CallRecord {
         telemetry::request(rpc, status.code(), self.started.elapsed());
         let span = std::mem::replace(&mut self.span, tracing::Span::none());
         span.record("rpc.grpc.status_code", status.code() as i32);
+        let message = crate::error::cap(status.message(), crate::error::MAX_MESSAGE_CHARS);
         if server_error(status.code()) {
             span.record("otel.status_code", "ERROR");
-            span.record("otel.status_message", status.message());
+            span.record("otel.status_message", &*message);
         }
-        if status.code() != Code::Ok {
-            span.in_scope(|| tracing::info!(rpc, code = ?status.code(), message = status.message(), "request failed"));
+        // A refused key is logged once, by the auth layer that refused it.
+        if !matches!(status.code(), Code::Ok | Code::Unauthenticated) {
+            span.in_scope(|| tracing::info!(rpc, code = ?status.code(), message = %message, "request failed"));
         }
     }
 }

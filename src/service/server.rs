@@ -6,13 +6,12 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use super::connection::HandshakeDeadline;
+use super::connection;
 use super::outcome::OutcomeLayer;
 use super::RotationServiceImpl;
 use crate::config::ServeConfig;
@@ -89,15 +88,6 @@ async fn spawn_health_port(
 /// they are dropped: an idle client need not hold the process for the whole grace period.
 const IDLE_CONNECTION_CLOSE: Duration = Duration::from_secs(1);
 
-/// Accepted connections, each with the handshake deadline.
-fn incoming(
-    listener: TcpListener,
-    config: &ServeConfig,
-) -> impl tokio_stream::Stream<Item = std::io::Result<HandshakeDeadline>> {
-    let timeout = Duration::from_secs(config.handshake_timeout_seconds.max(1));
-    TcpListenerStream::new(listener).map(move |accepted| accepted.map(|io| HandshakeDeadline::new(io, timeout)))
-}
-
 /// Serves on `listener` until `shutdown` resolves. Errors if the model cannot be loaded.
 pub async fn serve(
     config: ServeConfig,
@@ -134,17 +124,19 @@ pub async fn serve(
     }
     tracing::info!(%addr, service = SERVICE_NAME, "listening (NOT_SERVING until the model is ready)");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handshake = Duration::from_secs(config.handshake_timeout_seconds.max(1));
     let outcome = OutcomeLayer::default();
     let mut server = tokio::spawn(
         security
-            .server_builder(outcome.clone())?
+            .server_builder(outcome.clone())
+            .max_concurrent_streams(config.max_streams_per_connection)
             .http2_keepalive_interval(Some(Duration::from_secs(config.keepalive_interval_seconds.max(1))))
             .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_seconds.max(1))))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(grpc)
-            .serve_with_incoming_shutdown(incoming(listener, &config), async {
+            .serve_with_incoming_shutdown(connection::incoming(listener, security.tls.clone(), handshake), async {
                 let _ = stop_rx.await;
             }),
     );
@@ -203,6 +195,15 @@ pub async fn serve(
         Err(_) => tracing::info!("closed connections with nothing in flight"),
     }
     server.abort();
+    // A blocking task cannot be stopped from outside: past the grace period the process exits
+    // without it (the caller must not wait for the runtime's blocking threads), and says so.
+    let blocking = crate::engine::blocking_tasks_running();
+    if blocking > 0 {
+        tracing::error!(blocking_tasks = blocking, "grace period over; exiting with blocking tasks unfinished");
+        anyhow::bail!(
+            "the shutdown grace period ended with {blocking} blocking task(s) still running; exited without them"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }

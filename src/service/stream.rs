@@ -6,6 +6,7 @@
 //! Each chunk is a span of the call's trace, from its tokenization until it has been sent.
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,6 +14,7 @@ use tonic::Status;
 use tracing::{info_span, Instrument, Span};
 
 use super::admission::{Admission, QueuedTokens, Slot};
+use super::connection::PeerConnection;
 use super::convert;
 use crate::analysis::{
     condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
@@ -34,7 +36,44 @@ pub struct StreamContext {
     pub admission: Admission,
     pub rotation: Resolved,
     pub significance: SignificanceOptions,
+    /// How long a message may wait for the client to make room for it (`--stream-send-timeout-seconds`).
+    pub send_timeout: Duration,
+    /// The connection the stream came on: closed when the stream stalls.
+    pub peer: Option<PeerConnection>,
 }
+
+/// What became of a message handed to the client.
+enum Sent {
+    Delivered,
+    /// The client has gone.
+    Gone,
+    /// The client did not make room for it within the send timeout: the stream is cancelled.
+    Stalled,
+}
+
+/// Hands `message` to the response, waiting at most the send timeout for room. A client that
+/// does not read (its HTTP/2 window stays shut) would otherwise hold the request's slot and its
+/// queued tokens for ever; after the timeout its connection is closed, which ends the stream (hyper
+/// cannot reset one stream from the server side while its data waits for window).
+async fn send(context: &StreamContext, tx: &Sender, message: Result<proto::RotationChunk, Status>) -> Sent {
+    match tokio::time::timeout(context.send_timeout, tx.send(message)).await {
+        Ok(Ok(())) => Sent::Delivered,
+        Ok(Err(_)) => Sent::Gone,
+        Err(_) => {
+            tracing::warn!(
+                timeout_seconds = context.send_timeout.as_secs_f64(),
+                peer = ?context.peer.as_ref().and_then(|p| p.tcp.remote_addr()),
+                "StreamRotations cancelled: the client read nothing within the send timeout; closing its connection"
+            );
+            if let Some(peer) = &context.peer {
+                peer.close();
+            }
+            Sent::Stalled
+        }
+    }
+}
+
+type Sender = mpsc::Sender<Result<proto::RotationChunk, Status>>;
 
 pub fn start(context: StreamContext, job: RotationJob, slot: Slot) -> ChunkStream {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -42,7 +81,7 @@ pub fn start(context: StreamContext, job: RotationJob, slot: Slot) -> ChunkStrea
         async move {
             let _slot = slot; // the request's slot lasts until its work has stopped
             if let Err(e) = produce(&context, Arc::new(job), &tx).await {
-                let _ = tx.send(Err(e.into())).await;
+                send(&context, &tx, Err(e.into())).await;
             }
         }
         .in_current_span(),
@@ -101,11 +140,7 @@ impl Merged {
     }
 }
 
-async fn produce(
-    context: &StreamContext,
-    job: Arc<RotationJob>,
-    tx: &mpsc::Sender<Result<proto::RotationChunk, Status>>,
-) -> Result<(), Error> {
+async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) -> Result<(), Error> {
     let engine = &context.engine;
     let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
@@ -154,8 +189,8 @@ async fn produce(
         let mut message = merged.add(context, &job, prepared.first, finished)?;
         done += prepared.len();
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
-        if tx.send(Ok(message)).instrument(span).await.is_err() {
-            return Ok(()); // the client has gone
+        if !matches!(send(context, tx, Ok(message)).instrument(span).await, Sent::Delivered) {
+            return Ok(()); // the client has gone, or was too slow: stop the work
         }
     }
     Span::current().record("tokens", all_tokens as i64);
@@ -163,7 +198,7 @@ async fn produce(
     let mut last = last_chunk(context, &job, &merged.stats, done);
     last.condition_statistics = convert::condition_statistics(&merged.per_condition);
     last.all_layers = convert::all_layers(&merged.matrices, None);
-    let _ = tx.send(Ok(last)).await;
+    send(context, tx, Ok(last)).await;
     Ok(())
 }
 

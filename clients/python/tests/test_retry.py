@@ -108,3 +108,45 @@ def test_other_codes_are_not_retried() -> None:
         assert servicer.calls.count("GetModelInfo") == 1
     finally:
         server.stop(None)
+
+
+class TooLarge(Refusing):
+    """Refuses as the server refuses an answer too large to send: RESOURCE_EXHAUSTED with a
+    negative retry pushback (gRFC A6)."""
+
+    def GetModelInfo(self, request: "pb.GetModelInfoRequest", context: grpc.ServicerContext) -> "pb.ModelInfo":
+        context.set_trailing_metadata((("grpc-retry-pushback-ms", "-1"),))
+        return super().GetModelInfo(request, context)
+
+
+class FakeError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, trailers: "tuple[tuple[str, str], ...]") -> None:
+        self._code, self._trailers = code, trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def trailing_metadata(self) -> "tuple[tuple[str, str], ...]":
+        return self._trailers
+
+
+def test_a_negative_retry_pushback_is_not_retried() -> None:
+    servicer = TooLarge(5, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    server, address = serve(servicer)
+    try:
+        with Client(address, timeout=10) as client:
+            with pytest.raises(RotationsError) as error:
+                client.model_info()
+            assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert servicer.calls.count("GetModelInfo") == 1
+    finally:
+        server.stop(None)
+    calls: List[int] = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise FakeError(grpc.StatusCode.RESOURCE_EXHAUSTED, (("grpc-retry-pushback-ms", "-1"),))
+
+    with pytest.raises(grpc.RpcError):
+        RetryPolicy().call(refused, sleep=lambda _: None)
+    assert len(calls) == 1

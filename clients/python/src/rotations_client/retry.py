@@ -1,6 +1,8 @@
 """The retry policy, mirroring the Rust CLI's (``src/client/retry.rs``): a call refused with
 ``RESOURCE_EXHAUSTED`` (the server's queue is full) or ``UNAVAILABLE`` (starting, shutting down,
-unreachable) is retried with bounded exponential backoff and full jitter.
+unreachable) is retried with bounded exponential backoff and full jitter, unless the server's retry
+pushback forbids it (a negative ``grpc-retry-pushback-ms``, gRFC A6: an answer too large to send,
+which gRPC's own retries honour too).
 
 :class:`Client` hands the policy to gRPC as the channel's service-config ``retryPolicy``, so gRPC
 itself retries, with the same rule: before retry ``k`` (1-based) it waits a uniform random time in
@@ -30,6 +32,18 @@ SERVICE = "rotations.v1.RotationService"
 
 def is_retryable(code: grpc.StatusCode) -> bool:
     return code in RETRYABLE_CODES
+
+
+def pushback_forbids(error: grpc.RpcError) -> bool:
+    """Whether the server asked not to retry: a negative (or unreadable) ``grpc-retry-pushback-ms``."""
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key == "grpc-retry-pushback-ms":
+            try:
+                return int(value) < 0
+            except (TypeError, ValueError):
+                return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,6 @@ class RetryPolicy:
             except grpc.RpcError as error:
                 code = error.code() if hasattr(error, "code") else None
                 delay = next(delays, None)
-                if code is None or not is_retryable(code) or delay is None:
+                if code is None or not is_retryable(code) or pushback_forbids(error) or delay is None:
                     raise
                 sleep(delay)
