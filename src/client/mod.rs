@@ -12,6 +12,7 @@ pub mod plots;
 pub mod report;
 pub mod retry;
 pub mod sentences;
+pub mod validate;
 
 use anyhow::Context;
 use tonic_health::pb::health_check_response::ServingStatus;
