@@ -101,7 +101,8 @@ def _validate_last(expected: Expected, end: int, rows: int, last: RotationChunk)
     where = "the final message"
     _ensure(last.last, f"{where} is not marked last")
     _ensure(last.model_name == expected.model_name, f"model {last.model_name!r}, not {expected.model_name!r}")
-    _ensure(last.weights_sha256 == expected.weights_sha256, f"weights {last.weights_sha256!r}, not {expected.weights_sha256!r}")
+    weights = last.weights_sha256
+    _ensure(weights == expected.weights_sha256, f"weights {weights!r}, not {expected.weights_sha256!r}")
     _ensure((last.unit, last.shuffle_seed) == (expected.unit, expected.seed), f"{where}: another unit or seed")
     _ensure(last.first_sentence == end, f"{where} ends at sentence {last.first_sentence}, not {end}")
     _validate_layers("statistics", expected, last.statistics, rows, -expected.max_angle)
@@ -131,7 +132,8 @@ def _validate_layers(field: str, expected: Expected, layers: Sequence[LayerStati
         slack = 1e-9 * rows * high * _SCALE
         in_range = low * rows * _SCALE - slack <= s.sum_exact <= high * rows * _SCALE + slack
         _ensure(in_range, f"{field}[{i}]: a sum beyond {rows} values in range")
-        _ensure(0 <= s.sum_sq_exact <= rows * (high * _SCALE) ** 2 * (1 + 1e-9), f"{field}[{i}]: a sum of squares out of range")
+        squares_in_range = 0 <= s.sum_sq_exact <= rows * (high * _SCALE) ** 2 * (1 + 1e-9)
+        _ensure(squares_in_range, f"{field}[{i}]: a sum of squares out of range")
         _ensure(s.n * s.sum_sq_exact >= s.sum_exact**2, f"{field}[{i}]: sums that imply a negative variance")
 
 

@@ -5,8 +5,9 @@ flight each), computes it with ``StreamRotations`` at its corpus offset (``first
 the shuffled draws are keyed by corpus index) and returns its angles and its exact per-layer
 statistics. A chunk whose replica fails (UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, or the
 deadline: a default one derived from the chunk's size) goes to another; every answer is validated
-(``_validate.py``) before it is merged, and a replica whose answer is invalid is left out. Chunks are delivered in corpus order and their integer sums merged; the t-tests are asked
-of a replica from the merged sums (``TestSignificance`` on statistics), so one implementation, the
+(``_validate.py``) before it is merged, and a replica whose answer is invalid is left out. Chunks
+are delivered in corpus order and their integer sums merged; the t-tests are asked of a replica
+from the merged sums (``TestSignificance`` on statistics), so one implementation, the
 server's, computes them. Integer addition is associative, hence the result depends neither on the
 number of replicas, nor on which ran what, nor on failures.
 """
@@ -372,14 +373,19 @@ class Cluster:
     every ``resolve_interval`` seconds during a run so that new replicas join (and replicas no
     longer listed finish their chunks and take no more). ``chunk_size``
     sentences go to a replica at a time, ``in_flight`` chunks per replica at once. ``timeout`` is
-    each chunk's deadline (a chunk past it goes to another replica). ``options``,
+    each chunk's deadline (a chunk past it goes to another replica; default :func:`chunk_deadline`,
+    60 s and 2 s per sentence). ``options``,
     ``credentials``, ``api_key`` and the TLS material (``root_certificates``, ``certificate_chain``,
     ``private_key``) are passed to each replica's channel as :class:`Client` takes them;
     ``tls_server_name`` too, for a ``dns:///`` name whose replicas are reached by IP while their
     certificate names the Service.
 
     Every replica must serve the same model (name, layers and weights fingerprint): checked when
-    the cluster is made and when a replica joins. ``stats`` counts chunks and failures per replica.
+    a run starts and when a replica joins; one that serves another is left out with a warning.
+    Every answer is checked before it is merged (layer count and ranges, ``n`` against the rows,
+    rows contiguous to the chunk's end, model and weights); a replica whose answer is invalid is
+    left out of the run and its chunk goes to another. ``stats`` counts chunks and failures per
+    replica, and lists the replicas dropped.
     """
 
     def __init__(
