@@ -220,3 +220,127 @@ pub fn validate_significance(merged: &[PairedStats], answer: &proto::Significanc
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::convert::{condition_statistics, layer_statistics};
+
+    const LAYERS: usize = 2;
+
+    fn expected() -> Expected {
+        let model = proto::ModelInfo {
+            model_name: "m".into(),
+            weights_sha256: "w".into(),
+            num_layers: LAYERS as u32,
+            num_hidden_states: LAYERS as u32 + 1,
+            ..Default::default()
+        };
+        Expected::new(&model, &proto::RotationRequest::default())
+    }
+
+    /// A chunk whose rows are `(sentence, occurrence)`, every angle 10° (target) and 4° (the rest).
+    fn chunk(rows: &[(u32, u32)], end: u32) -> (Vec<proto::RotationChunk>, proto::RotationChunk) {
+        let e = expected();
+        let k = rows.len();
+        let sentences = rows
+            .iter()
+            .map(|&(index, occurrence)| proto::SentenceReport {
+                index,
+                occurrence,
+                num_tokens: 5,
+                ..Default::default()
+            })
+            .collect();
+        let values = (0..LAYERS * k).flat_map(|_| [10.0, 4.0, 4.0]).collect();
+        let part = proto::RotationChunk {
+            first_sentence: rows[0].0,
+            angles: Some(proto::Tensor { shape: vec![LAYERS as u32, k as u32, 3], values }),
+            sentences,
+            shuffle_draws: vec![proto::ShuffleDraw::default(); LAYERS * k],
+            unit: e.unit,
+            shuffle_seed: e.seed,
+            ..Default::default()
+        };
+        let moments = |v: f64| vec![ExactMoments::from_values(&vec![v; k]).unwrap(); LAYERS];
+        let last = proto::RotationChunk {
+            first_sentence: end,
+            last: true,
+            model_name: e.model_name.clone(),
+            weights_sha256: e.weights_sha256.clone(),
+            unit: e.unit,
+            shuffle_seed: e.seed,
+            statistics: layer_statistics(&moments(6.0)),
+            condition_statistics: condition_statistics(&[moments(10.0), moments(4.0), moments(4.0)]),
+            ..Default::default()
+        };
+        (vec![part], last)
+    }
+
+    fn check(rows: &[(u32, u32)], first: usize, sentences: usize) -> anyhow::Result<u64> {
+        let (parts, last) = chunk(rows, (first + sentences) as u32);
+        validate_chunk(&expected(), first, sentences, &parts, &last)
+    }
+
+    #[test]
+    fn rows_are_every_sentence_in_order_occurrences_included() {
+        assert_eq!(check(&[(7, 1), (8, 1), (9, 1)], 7, 3).unwrap(), 3);
+        assert_eq!(check(&[(7, 1), (7, 2), (8, 1), (9, 3)], 7, 3).unwrap(), 4, "every occurrence a row");
+        for (rows, why) in [
+            (&[(7, 1), (9, 1), (9, 2)][..], "row 1 is sentence 9 (occurrence 1) after sentence 7"),
+            (&[(8, 1), (9, 1), (9, 2)][..], "row 0 is sentence 8 (occurrence 1) after the chunk's start 7"),
+            (&[(7, 1), (7, 1), (8, 1)][..], "row 1 is sentence 7 (occurrence 1) after sentence 7"),
+        ] {
+            let err = format!("{:#}", check(rows, 7, 3).unwrap_err());
+            assert!(err.contains(why), "{rows:?}: {err}");
+        }
+        let err = format!("{:#}", check(&[(7, 1), (8, 1)], 7, 3).unwrap_err());
+        assert!(err.contains("rows stop before sentence 9, the chunk ends before 10"), "{err}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        let e = expected();
+        let (mut parts, mut last) = chunk(&[(0, 1), (1, 1)], 2);
+        parts[0].angles.as_mut().unwrap().values[4] = 181.0;
+        let err = format!("{:#}", validate_chunk(&e, 0, 2, &parts, &last).unwrap_err());
+        assert!(err.contains("an angle outside [0, 180]"), "{err}");
+        let (parts, _) = chunk(&[(0, 1), (1, 1)], 2);
+        // Two differences of 200°: sums no two angles in [0, 180] can give.
+        let wide = vec![ExactMoments::from_values(&[200.0, 200.0]).unwrap(); LAYERS];
+        last.statistics = layer_statistics(&wide);
+        let err = format!("{:#}", validate_chunk(&e, 0, 2, &parts, &last).unwrap_err());
+        assert!(err.contains("statistics[0]: a sum beyond 2 values in range"), "{err}");
+        // The rounded sum does not match the exact one.
+        let (parts, mut last) = chunk(&[(0, 1), (1, 1)], 2);
+        last.statistics[1].sum = 1.0;
+        let err = format!("{:#}", validate_chunk(&e, 0, 2, &parts, &last).unwrap_err());
+        assert!(err.contains("statistics[1]: sum or sum_sq is not its exact sum rounded"), "{err}");
+    }
+
+    #[test]
+    fn t_tests_must_be_of_the_merged_statistics() {
+        let merged = vec![ExactMoments::from_values(&[1.0, 2.0, 4.0]).unwrap(); LAYERS];
+        let layer = |l: u32, df: f64, mean: f64| proto::LayerTest {
+            layer: l,
+            df,
+            mean_difference: mean,
+            p: 0.1,
+            p_adjusted: 0.2,
+            ..Default::default()
+        };
+        let mean = merged[0].mean();
+        let good =
+            proto::SignificanceResult { layers: vec![layer(1, 2.0, mean), layer(2, 2.0, mean)], ..Default::default() };
+        validate_significance(&merged, &good).unwrap();
+        for (bad, why) in [
+            (vec![layer(1, 2.0, mean)], "1 layers tested, 2 sent"),
+            (vec![layer(1, 2.0, mean), layer(2, 5.0, mean)], "layer 2: df 5 for n = 3"),
+            (vec![layer(1, 2.0, mean + 1e-12), layer(2, 2.0, mean)], "layer 1: another mean"),
+        ] {
+            let answer = proto::SignificanceResult { layers: bad, ..Default::default() };
+            let err = validate_significance(&merged, &answer).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+}
