@@ -77,7 +77,9 @@ async fn replicas_that_appear_in_the_lookup_join_a_run_and_change_nothing() {
     let replicas = Replicas { resolve, interval: Duration::from_millis(20) };
     let file = cluster::CorpusFile { path: &corpus, marked: false };
     let outcome =
-        cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, 3, None).await.unwrap();
+        cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, cluster::Chunking::of(3), None)
+            .await
+            .unwrap();
 
     assert!(lookups.load(Ordering::SeqCst) > 2, "looked up again during the run");
     let served: Vec<(String, usize)> = outcome.replicas.iter().map(|(a, n, _)| (a.clone(), *n)).collect();
@@ -193,7 +195,8 @@ fn a_bad_sentence_deep_in_a_lazily_read_file_is_named_by_its_line() {
 async fn sharded(addresses: &[String], corpus: &Path, chunk: usize) -> anyhow::Result<cluster::Outcome> {
     let replicas = Replicas::from_servers(addresses, Duration::from_secs(60));
     let file = cluster::CorpusFile { path: corpus, marked: false };
-    cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, chunk, None).await
+    cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, cluster::Chunking::of(chunk), None)
+        .await
 }
 
 /// The sharded run gave one server's Analyze, bit for bit.
@@ -301,9 +304,28 @@ async fn a_frozen_replica_does_not_hang_the_run() {
     let file = cluster::CorpusFile { path: &corpus, marked: false };
     // The defaults (no deadline given): the keepalive finds the frozen replica in about 20 s.
     let how = ConnectArgs::default();
-    let run = cluster::analyze(replicas, &how, request(Vec::new()), file, 3, None);
+    let run = cluster::analyze(replicas, &how, request(Vec::new()), file, cluster::Chunking::of(3), None);
     let outcome = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the run ends").unwrap();
     assert!(lookups.load(Ordering::SeqCst) > 1, "b was stopped during the run");
     assert_same(&outcome, &reference);
     assert!(served_by(&outcome, &b).1 >= 1, "b's chunks in flight failed over: {:?}", outcome.replicas);
+}
+
+#[test]
+fn chunk_timeout_bounds_each_chunk_and_the_error_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 12);
+    let (_server, address) = serve_bundled_on("127.0.0.2");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
+        .args(["analyze", "--server", &format!("dns:///{address}"), "--target", " her", "--chunk-size", "4"])
+        .args(["--chunk-timeout", "0.001", "--sentences"])
+        .arg(&corpus)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("every replica failed or left; 0 of"), "{stderr}");
+    assert!(stderr.contains("no answer within the chunk's 1ms"), "{stderr}");
 }

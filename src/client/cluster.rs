@@ -152,8 +152,23 @@ struct Run {
     path: PathBuf,
     /// `--marked` sentences: unmarked per chunk.
     marked: bool,
-    chunk_size: usize,
+    chunking: Chunking,
     bar: indicatif::ProgressBar,
+}
+
+/// How a corpus is cut: sentences per chunk, and each chunk's deadline (`None`: [`chunk_deadline`]
+/// of its size).
+#[derive(Clone, Copy, Debug)]
+pub struct Chunking {
+    pub size: usize,
+    pub deadline: Option<Duration>,
+}
+
+impl Chunking {
+    /// Chunks of `size` sentences with the default deadline.
+    pub fn of(size: usize) -> Self {
+        Self { size, deadline: None }
+    }
 }
 
 /// The sentences file of a sharded run, and whether its sentences carry `--marked` marks.
@@ -189,8 +204,8 @@ impl Run {
         }
         if !s.exhausted {
             let numbered: Vec<(usize, String)> =
-                s.source.by_ref().take(self.chunk_size).collect::<anyhow::Result<_>>()?;
-            s.exhausted = numbered.len() < self.chunk_size;
+                s.source.by_ref().take(self.chunking.size).collect::<anyhow::Result<_>>()?;
+            s.exhausted = numbered.len() < self.chunking.size;
             if !numbered.is_empty() {
                 let (lines, sentences): (Vec<_>, Vec<_>) = numbered.into_iter().unzip();
                 let chunk = Chunk { number: s.cut, first: s.read, sentences, lines };
@@ -281,7 +296,8 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
             }
             Next::Stop => break false,
         };
-        let answer = compute_chunk(&mut client, &run.request, &chunk, run.marked).await;
+        let deadline = run.chunking.deadline.unwrap_or_else(|| chunk_deadline(chunk.sentences.len()));
+        let answer = compute_chunk(&mut client, &run.request, &chunk, run.marked, deadline).await;
         let checked = answer.map(|result| {
             let valid = validate_chunk(&run.expected, chunk.first, chunk.sentences.len(), &result.parts, &result.last)
                 .and_then(|rows| run.agrees(&result.last).map(|()| rows));
@@ -347,6 +363,7 @@ async fn compute_chunk(
     request: &proto::RotationRequest,
     chunk: &Chunk,
     marked: bool,
+    deadline: Duration,
 ) -> Result<ChunkResult, tonic::Status> {
     let piece = proto::RotationRequest {
         sentences: chunk.sentences.clone(),
@@ -365,7 +382,6 @@ async fn compute_chunk(
         }
         Err(tonic::Status::unavailable("the stream ended without its final chunk"))
     };
-    let deadline = chunk_deadline(chunk.sentences.len());
     tokio::time::timeout(deadline, collect)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(format!("no answer within the chunk's {deadline:?}"))))
@@ -407,6 +423,9 @@ async fn connect_first(
         .context("no replica answers")?;
     let (mut replicas, mut joined) = (BTreeMap::new(), Vec::new());
     for (address, client, info) in answered {
+        if replicas.contains_key(&address) {
+            continue; // listed twice
+        }
         if model_key(&info) != model_key(&model) {
             eprintln!(
                 "warning: leaving out {address}: it serves {:?}, the other replicas {:?}",
@@ -492,14 +511,14 @@ fn start_workers(run: &Arc<Run>, tasks: &mut tokio::task::JoinSet<anyhow::Result
 }
 
 /// The corpus in `sentences` (read lazily) over the replicas, reassembled into what one `Analyze`
-/// returns; `request` gives everything but the sentences. `chunk_size` sentences go to a replica
+/// returns; `request` gives everything but the sentences. `chunking.size` sentences go to a replica
 /// at a time. With `angles_out`, angles and draws go to that `.npy` file instead of memory.
 pub async fn analyze(
     replicas: Replicas,
     how: &ConnectArgs,
     request: proto::RotationRequest,
     corpus: CorpusFile<'_>,
-    chunk_size: usize,
+    chunking: Chunking,
     angles_out: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
     let sentences = corpus.path;
@@ -537,7 +556,7 @@ pub async fn analyze(
         expected,
         path: sentences.to_path_buf(),
         marked: corpus.marked,
-        chunk_size,
+        chunking,
         bar: super::progress_bar(total as u64)?,
     });
     let outcome = drive(&replicas, how, &model, &run).await;
