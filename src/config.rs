@@ -437,6 +437,10 @@ pub struct AnalyzeArgs {
     /// With several servers: sentences per chunk sent to a replica.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub chunk_size: u32,
+    /// With several servers: seconds a replica has for one chunk before the chunk goes to another
+    /// (default: 60 and 2 per sentence of the chunk; a frozen replica is found sooner by keepalive pings).
+    #[arg(long, env = "ROTATIONS_CHUNK_TIMEOUT", value_name = "SECONDS", value_parser = positive_seconds)]
+    pub chunk_timeout: Option<f64>,
     /// With a dns:///name:port server: seconds between lookups of the name during a run, so that
     /// new replicas join and vanished ones stop taking chunks.
     #[arg(long, env = "ROTATIONS_RESOLVE_INTERVAL", default_value_t = 30.0, value_name = "SECONDS",
@@ -571,5 +575,9 @@ mod tests {
         assert_eq!((args.resolve_interval, args.client.connect.tls_server_name.as_deref()), (0.5, Some("svc")));
         let err = analyze(&["--resolve-interval", "0"]).unwrap_err().to_string();
         assert!(err.contains("--resolve-interval") && err.contains("not a positive number of seconds"), "{err}");
+        assert_eq!(args.chunk_timeout, None, "the default deadline is derived from each chunk's size");
+        assert_eq!(analyze(&["--chunk-timeout", "90"]).unwrap().chunk_timeout, Some(90.0));
+        let err = analyze(&["--chunk-timeout", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--chunk-timeout") && err.contains("not a positive number of seconds"), "{err}");
     }
 }

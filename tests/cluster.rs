@@ -3,6 +3,7 @@
 //! server's Analyze, bit for bit; `--angles-out` writes the same angles to a .npy file and the same
 //! table, statistics and figures as the in-memory run.
 mod common;
+mod tamper;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,7 +77,9 @@ async fn replicas_that_appear_in_the_lookup_join_a_run_and_change_nothing() {
     let replicas = Replicas { resolve, interval: Duration::from_millis(20) };
     let file = cluster::CorpusFile { path: &corpus, marked: false };
     let outcome =
-        cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, 3, None).await.unwrap();
+        cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, cluster::Chunking::of(3), None)
+            .await
+            .unwrap();
 
     assert!(lookups.load(Ordering::SeqCst) > 2, "looked up again during the run");
     let served: Vec<(String, usize)> = outcome.replicas.iter().map(|(a, n, _)| (a.clone(), *n)).collect();
@@ -186,4 +189,143 @@ fn a_bad_sentence_deep_in_a_lazily_read_file_is_named_by_its_line() {
     let expected = format!("{}:50 (sentence 46): server answered InvalidArgument: sentence ", corpus.display());
     assert!(stderr.contains(&expected) && stderr.contains("No target in this one."), "{stderr}");
     assert!(!dir.path().join("out").exists(), "the empty output folder is taken away again");
+}
+
+/// The sharded analysis of `corpus` over `addresses` (looked up once a minute), in chunks of `chunk`.
+async fn sharded(addresses: &[String], corpus: &Path, chunk: usize) -> anyhow::Result<cluster::Outcome> {
+    let replicas = Replicas::from_servers(addresses, Duration::from_secs(60));
+    let file = cluster::CorpusFile { path: corpus, marked: false };
+    cluster::analyze(replicas, &ConnectArgs::default(), request(Vec::new()), file, cluster::Chunking::of(chunk), None)
+        .await
+}
+
+/// The sharded run gave one server's Analyze, bit for bit.
+fn assert_same(outcome: &cluster::Outcome, reference: &proto::Analysis) {
+    let (got, want) = (outcome.analysis.rotations.as_ref().unwrap(), reference.rotations.as_ref().unwrap());
+    assert_eq!(bits(&got.angles), bits(&want.angles), "angles bit for bit");
+    assert_eq!(got.shuffle_draws, want.shuffle_draws);
+    assert_eq!(got.sentences, want.sentences);
+    assert_eq!(outcome.analysis.significance, reference.significance, "t, p and every other field");
+    assert_eq!(outcome.analysis.condition_statistics, reference.condition_statistics);
+}
+
+/// (chunks served, failures) of the replica at `address`.
+fn served_by(outcome: &cluster::Outcome, address: &str) -> (usize, usize) {
+    outcome.replicas.iter().find(|(a, _, _)| a == address).map(|(_, n, f)| (*n, *f)).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_answers_are_wrong_is_left_out_and_never_merged() {
+    use tamper::Tamper::*;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 30);
+    let (_honest, honest) = serve_bundled_on("127.0.0.2");
+    let (_behind, behind) = serve_bundled_on("127.0.0.3");
+    let reference = one_server(&honest, &corpus).await;
+    let cases = [
+        (TruncateLayers, "statistics: 3 layers, the model has 6"),
+        (DoubleN, "statistics[0]: n = 6, but 3 rows came"),
+        (DropLastRows, "rows stop before sentence"),
+        (OtherModel, "model \"another-model\", not \"gpt2-tiny-random\""),
+    ];
+    for (how, why) in cases {
+        let liar = tamper::start("127.0.0.6", &behind, how).await;
+        // With an honest replica beside it: the run completes, its result exact.
+        let outcome = sharded(&[liar.clone(), honest.clone()], &corpus, 3).await.unwrap();
+        assert_same(&outcome, &reference);
+        let (served, failures) = served_by(&outcome, &liar);
+        assert!(served == 0 && failures >= 1, "{how:?}: the liar served {served} chunks, failed {failures}");
+        // Alone: a clear error that says what was wrong.
+        let err = format!("{:#}", sharded(&[liar], &corpus, 3).await.err().expect("a liar alone fails the run"));
+        assert!(err.contains("every replica failed or left; 0 of") && err.contains(why), "{how:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_chunk_failing_internal_or_unknown_goes_to_another_replica() {
+    use tamper::Tamper::FailEnd;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 30);
+    let (_a, a) = serve_bundled_on("127.0.0.2");
+    let (_b, b) = serve_bundled_on("127.0.0.3");
+    let reference = one_server(&a, &corpus).await;
+    // Whichever replica takes the last chunk first fails it: one always (INTERNAL), one once (UNKNOWN).
+    let always =
+        tamper::start("127.0.0.6", &a, FailEnd { end: 30, code: tonic::Code::Internal, times: usize::MAX }).await;
+    let once = tamper::start("127.0.0.7", &b, FailEnd { end: 30, code: tonic::Code::Unknown, times: 1 }).await;
+    let outcome = sharded(&[always.clone(), once.clone()], &corpus, 3).await.unwrap();
+    assert_same(&outcome, &reference);
+    let failures: usize = outcome.replicas.iter().map(|(_, _, f)| f).sum();
+    assert!(failures >= 1, "the last chunk failed at least once: {:?}", outcome.replicas);
+    assert_eq!(served_by(&outcome, &always).0 + served_by(&outcome, &once).0, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_other_weights_is_left_out_not_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 30);
+    // The bundled model with another weights fingerprint recorded (as a retrained export would have).
+    let other = dir.path().join("other-weights");
+    std::fs::create_dir(&other).unwrap();
+    for file in ["model.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(bundled_model_dir().join(file), other.join(file)).unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundled_model_dir().join("model.json")).unwrap()).unwrap();
+    manifest["weights_sha256"] = "0".repeat(64).into();
+    std::fs::write(other.join("model.json"), manifest.to_string()).unwrap();
+    let (_odd, odd) = serve_model_on(&other, "127.0.0.4");
+    let (_a, a) = serve_bundled_on("127.0.0.2");
+    let (_b, b) = serve_bundled_on("127.0.0.3");
+    let reference = one_server(&a, &corpus).await;
+    // Listed first, yet the model the others serve is the run's.
+    let outcome = sharded(&[odd.clone(), a, b], &corpus, 3).await.unwrap();
+    assert_same(&outcome, &reference);
+    assert!(outcome.replicas.iter().all(|(address, _, _)| *address != odd), "{:?}", outcome.replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_replica_does_not_hang_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 300);
+    let (_a, a) = serve_bundled_on("127.0.0.2");
+    let (frozen, b) = serve_bundled_on("127.0.0.3");
+    let reference = one_server(&a, &corpus).await;
+    // The second lookup, mid-run, stops replica b (SIGSTOP: its connections stay open, silent).
+    let (lookups, pid, listed) = (Arc::new(AtomicUsize::new(0)), frozen.pid(), vec![a.clone(), b.clone()]);
+    let counter = lookups.clone();
+    let resolve: cluster::Resolve = Arc::new(move || {
+        if counter.fetch_add(1, Ordering::SeqCst) == 1 {
+            std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap();
+        }
+        Ok(listed.clone())
+    });
+    let replicas = Replicas { resolve, interval: Duration::from_millis(100) };
+    let file = cluster::CorpusFile { path: &corpus, marked: false };
+    // The defaults (no deadline given): the keepalive finds the frozen replica in about 20 s.
+    let how = ConnectArgs::default();
+    let run = cluster::analyze(replicas, &how, request(Vec::new()), file, cluster::Chunking::of(3), None);
+    let outcome = tokio::time::timeout(Duration::from_secs(180), run).await.expect("the run ends").unwrap();
+    assert!(lookups.load(Ordering::SeqCst) > 1, "b was stopped during the run");
+    assert_same(&outcome, &reference);
+    assert!(served_by(&outcome, &b).1 >= 1, "b's chunks in flight failed over: {:?}", outcome.replicas);
+}
+
+#[test]
+fn chunk_timeout_bounds_each_chunk_and_the_error_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 12);
+    let (_server, address) = serve_bundled_on("127.0.0.2");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotations"))
+        .args(["analyze", "--server", &format!("dns:///{address}"), "--target", " her", "--chunk-size", "4"])
+        .args(["--chunk-timeout", "0.001", "--sentences"])
+        .arg(&corpus)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("every replica failed or left; 0 of"), "{stderr}");
+    assert!(stderr.contains("no answer within the chunk's 1ms"), "{stderr}");
 }

@@ -216,7 +216,7 @@ async fn a_sharded_run_is_one_trace_through_every_replica_to_each_pass() {
         &how,
         request(),
         cluster::CorpusFile { path: &path, marked: false },
-        3,
+        cluster::Chunking::of(3),
         None,
     );
     let outcome = run.instrument(root).await.unwrap();

@@ -15,8 +15,9 @@ use tracing::Instrument;
 
 use super::angles_file::AnglesFile;
 use super::connect::AuthChannel;
-use super::retry::{is_retryable, RetryPolicy};
+use super::retry::{should_retry, RetryPolicy};
 use super::sentences::{locate, SentenceLines};
+use super::validate::{validate_chunk, validate_significance, Expected};
 use super::{connect_to, status_error};
 use crate::analysis::{merge_conditions, merge_layers, AngleMatrixSum, ExactMoments, PairedStats};
 use crate::config::ConnectArgs;
@@ -29,8 +30,11 @@ use crate::service::convert::{
 
 /// Chunks each replica computes at once.
 const IN_FLIGHT: usize = 2;
-/// One chunk's deadline; past it the chunk goes to another replica.
-const CHUNK_DEADLINE: Duration = Duration::from_secs(600);
+/// A chunk's deadline is this plus [`CHUNK_DEADLINE_PER_SENTENCE`] for each of its sentences; past
+/// it the chunk goes to another replica. Generous: a frozen replica is found sooner by the
+/// connection's keepalive pings (connect.rs); this bounds one that answers pings but not the call.
+const CHUNK_DEADLINE_BASE: Duration = Duration::from_secs(60);
+const CHUNK_DEADLINE_PER_SENTENCE: Duration = Duration::from_secs(2);
 /// How long a worker waits when others hold the last chunks (one may yet fail and come back).
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
@@ -109,7 +113,7 @@ struct Replica {
     workers: usize,
     /// In the latest lookup; one that is not takes no more chunks.
     listed: bool,
-    /// Failed `max_attempts` times in a row: not used again in this run.
+    /// Failed `max_attempts` times in a row, or sent an invalid answer: not used again in this run.
     dropped: bool,
     client: Option<Rpc>,
 }
@@ -124,6 +128,8 @@ struct State {
     resend: VecDeque<Chunk>,
     replicas: BTreeMap<String, Replica>,
     joined: Vec<String>,
+    /// The latest failure, for the error when no replica is left.
+    last_failure: Option<String>,
 }
 
 /// What has come back: the merged statistics, and the angles kept in memory or written to the file.
@@ -133,6 +139,9 @@ struct Collected {
     conditions: Vec<Vec<ExactMoments>>,
     /// With `all_layers`: the exact sums of the layer-angle matrices.
     matrices: AngleMatrixSum,
+    /// Rows (sentences, or occurrences) and sentences received.
+    rows: u64,
+    sentences: usize,
     last: Option<proto::RotationChunk>,
     kept: BTreeMap<usize, (Vec<proto::RotationChunk>, Vec<String>)>,
     file: Option<AnglesFile>,
@@ -142,11 +151,28 @@ struct Run {
     state: Mutex<State>,
     collected: Mutex<Collected>,
     request: proto::RotationRequest,
+    /// What every answer must agree with.
+    expected: Expected,
     path: PathBuf,
     /// `--marked` sentences: unmarked per chunk.
     marked: bool,
-    chunk_size: usize,
+    chunking: Chunking,
     bar: indicatif::ProgressBar,
+}
+
+/// How a corpus is cut: sentences per chunk, and each chunk's deadline (`None`: [`chunk_deadline`]
+/// of its size).
+#[derive(Clone, Copy, Debug)]
+pub struct Chunking {
+    pub size: usize,
+    pub deadline: Option<Duration>,
+}
+
+impl Chunking {
+    /// Chunks of `size` sentences with the default deadline.
+    pub fn of(size: usize) -> Self {
+        Self { size, deadline: None }
+    }
 }
 
 /// The sentences file of a sharded run, and whether its sentences carry `--marked` marks.
@@ -174,7 +200,7 @@ impl Run {
     /// The next chunk for `address`: a failed one first, else the next lines of the file.
     fn next_chunk(&self, address: &str) -> anyhow::Result<Next> {
         let mut s = lock(&self.state);
-        if !s.replicas.get(address).is_some_and(|r| r.listed) {
+        if !s.replicas.get(address).is_some_and(|r| r.listed && !r.dropped) {
             return Ok(Next::Stop);
         }
         if let Some(chunk) = s.resend.pop_front() {
@@ -182,8 +208,8 @@ impl Run {
         }
         if !s.exhausted {
             let numbered: Vec<(usize, String)> =
-                s.source.by_ref().take(self.chunk_size).collect::<anyhow::Result<_>>()?;
-            s.exhausted = numbered.len() < self.chunk_size;
+                s.source.by_ref().take(self.chunking.size).collect::<anyhow::Result<_>>()?;
+            s.exhausted = numbered.len() < self.chunking.size;
             if !numbered.is_empty() {
                 let (lines, sentences): (Vec<_>, Vec<_>) = numbered.into_iter().unzip();
                 let chunk = Chunk { number: s.cut, failures: 0, first: s.read, sentences, lines };
@@ -195,22 +221,36 @@ impl Run {
         Ok(if s.computed == s.cut { Next::Stop } else { Next::Wait })
     }
 
-    fn computed(&self, address: &str, chunk: Chunk, result: ChunkResult) -> anyhow::Result<()> {
+    fn computed(&self, address: &str, chunk: Chunk, result: ChunkResult, rows: u64) -> anyhow::Result<()> {
         self.bar.inc(chunk.sentences.len() as u64);
-        lock(&self.collected).add(chunk, result)?;
+        lock(&self.collected).add(chunk, result, rows)?;
         let mut s = lock(&self.state);
         s.computed += 1;
         s.replicas.get_mut(address).expect("known").served += 1;
         Ok(())
     }
 
-    fn failed(&self, address: &str, mut chunk: Chunk) {
+    /// `chunk` goes back for another replica; `drop` takes `address` out of the run at once.
+    fn failed(&self, address: &str, mut chunk: Chunk, why: String, drop: bool) {
         chunk.failures += 1;
         let mut s = lock(&self.state);
+        let end = chunk.first + chunk.sentences.len();
+        s.last_failure = Some(format!("{address}, sentences {}..{end}: {why}", chunk.first));
         s.resend.push_front(chunk);
-        s.replicas.get_mut(address).expect("known").failures += 1;
+        let replica = s.replicas.get_mut(address).expect("known");
+        replica.failures += 1;
+        replica.dropped |= drop;
         let failures: usize = s.replicas.values().map(|r| r.failures).sum();
         self.bar.set_message(format!("{failures} failures, chunks re-sent"));
+    }
+
+    /// What the request's own chunks cannot check: the target's token ids, the same in every chunk.
+    fn agrees(&self, last: &proto::RotationChunk) -> anyhow::Result<()> {
+        let collected = lock(&self.collected);
+        let Some(before) = &collected.last else { return Ok(()) };
+        let ids = |c: &proto::RotationChunk| (c.target_token_id, c.target_token_ids.clone());
+        anyhow::ensure!(ids(before) == ids(last), "target token ids {:?}, other chunks {:?}", ids(last), ids(before));
+        Ok(())
     }
 
     fn left(&self, address: &str, dropped: bool) {
@@ -222,7 +262,10 @@ impl Run {
 }
 
 impl Collected {
-    fn add(&mut self, chunk: Chunk, result: ChunkResult) -> anyhow::Result<()> {
+    /// Merges a validated chunk of `rows` rows.
+    fn add(&mut self, chunk: Chunk, result: ChunkResult, rows: u64) -> anyhow::Result<()> {
+        self.rows += rows;
+        self.sentences += chunk.sentences.len();
         let stats = paired_stats_from_proto(&result.last.statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Integer sums: the order in which chunks arrive does not matter.
         merge_layers(&mut self.merged, &stats);
@@ -258,15 +301,28 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
             }
             Next::Stop => break false,
         };
+        let deadline = run.chunking.deadline.unwrap_or_else(|| chunk_deadline(chunk.sentences.len()));
         let span = chunk_span(&address, &chunk);
-        match compute_chunk(&mut client, &run.request, &chunk, run.marked).instrument(span.clone()).await {
-            Ok(result) => {
+        let answer = compute_chunk(&mut client, &run.request, &chunk, run.marked, deadline).instrument(span.clone()).await;
+        let checked = answer.map(|result| {
+            let valid = validate_chunk(&run.expected, chunk.first, chunk.sentences.len(), &result.parts, &result.last)
+                .and_then(|rows| run.agrees(&result.last).map(|()| rows));
+            (result, valid)
+        });
+        match checked {
+            Ok((result, Ok(rows))) => {
                 failures_in_a_row = 0;
-                run.computed(&address, chunk, result)?;
+                run.computed(&address, chunk, result, rows)?;
+            }
+            Ok((_, Err(invalid))) => {
+                // Not a passing fault: nothing this replica sends can be trusted any more.
+                eprintln!("warning: leaving out {address}: its answer is invalid: {invalid:#}");
+                run.failed(&address, chunk, format!("an invalid answer: {invalid:#}"), true);
+                break true;
             }
             Err(status) if failover(&status) => {
                 failed_span(&span, &status, true);
-                run.failed(&address, chunk);
+                run.failed(&address, chunk, status_error(status).to_string(), false);
                 failures_in_a_row += 1;
                 if failures_in_a_row >= policy.max_attempts {
                     break true;
@@ -311,12 +367,20 @@ fn failed_span(span: &tracing::Span, status: &tonic::Status, failover: bool) {
     span.record("failover", failover);
 }
 
-/// Worth sending to another replica: the retry policy's codes, a deadline that ran out, or the
-/// connection breaking mid-response (a replica killed): tonic reports that as UNKNOWN carrying the
-/// transport's error, while a status the server sent carries none.
+/// Worth sending to another replica: the retry policy's codes (unless the server's pushback forbids
+/// a retry: an answer too large), and every code that says this replica failed (a deadline that ran
+/// out, an internal error, the connection breaking mid-response, which tonic reports as UNKNOWN).
+/// The codes that say the request itself is wrong (INVALID_ARGUMENT, FAILED_PRECONDITION,
+/// OUT_OF_RANGE, UNAUTHENTICATED, ...) end the run: every replica would answer them alike.
 fn failover(status: &tonic::Status) -> bool {
-    let broken_connection = status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some();
-    is_retryable(status.code()) || status.code() == tonic::Code::DeadlineExceeded || broken_connection
+    use tonic::Code::*;
+    should_retry(status)
+        || matches!(status.code(), DeadlineExceeded | Internal | Unknown | Aborted | DataLoss | Cancelled)
+}
+
+/// A chunk's deadline: [`CHUNK_DEADLINE_BASE`] and [`CHUNK_DEADLINE_PER_SENTENCE`] per sentence.
+pub fn chunk_deadline(sentences: usize) -> Duration {
+    CHUNK_DEADLINE_BASE + CHUNK_DEADLINE_PER_SENTENCE * u32::try_from(sentences).unwrap_or(u32::MAX)
 }
 
 /// `--marked` sentences: their marks become the piece's character spans (errors name the sentence
@@ -334,6 +398,7 @@ async fn compute_chunk(
     request: &proto::RotationRequest,
     chunk: &Chunk,
     marked: bool,
+    deadline: Duration,
 ) -> Result<ChunkResult, tonic::Status> {
     let piece = proto::RotationRequest {
         sentences: chunk.sentences.clone(),
@@ -355,9 +420,9 @@ async fn compute_chunk(
         }
         Err(tonic::Status::unavailable("the stream ended without its final chunk"))
     };
-    tokio::time::timeout(CHUNK_DEADLINE, collect)
+    tokio::time::timeout(deadline, collect)
         .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk deadline")))
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(format!("no answer within the chunk's {deadline:?}"))))
 }
 
 /// (name, layers, weights): what every replica must serve alike.
@@ -373,34 +438,45 @@ async fn reach(address: &str, how: &ConnectArgs) -> anyhow::Result<(Rpc, proto::
 }
 
 /// The replicas at the start: every address that answers (one that does not is left out with a
-/// warning), all serving the same model. Returns that model.
+/// warning). The model most of them serve is the run's (the first listed among equals); one that
+/// serves another is left out with a warning. Returns that model.
 async fn connect_first(
     addresses: Vec<String>,
     how: &ConnectArgs,
 ) -> anyhow::Result<(BTreeMap<String, Replica>, Vec<String>, proto::ModelInfo)> {
-    let (mut replicas, mut joined) = (BTreeMap::new(), Vec::new());
-    let mut first: Option<(String, proto::ModelInfo)> = None;
+    let mut answered = Vec::new();
     for address in addresses {
-        let (client, info) = match reach(&address, how).await {
-            Ok(answered) => answered,
-            Err(e) => {
-                eprintln!("warning: leaving out {address}: {e:#}");
-                continue;
-            }
-        };
-        match &first {
-            Some((at, model)) => anyhow::ensure!(
-                model_key(model) == model_key(&info),
-                "{address} serves {:?} but {at} serves {:?}: every replica must serve the same model",
+        match reach(&address, how).await {
+            Ok((client, info)) => answered.push((address, client, info)),
+            Err(e) => eprintln!("warning: leaving out {address}: {e:#}"),
+        }
+    }
+    let serving = |key: &(String, u32, String)| answered.iter().filter(|(_, _, i)| model_key(i) == *key).count();
+    let model = answered
+        .iter()
+        .map(|(_, _, info)| info)
+        .rev() // max_by_key keeps the last of equals: the first listed, reversed
+        .max_by_key(|info| serving(&model_key(info)))
+        .cloned()
+        .context("no replica answers")?;
+    let (mut replicas, mut joined) = (BTreeMap::new(), Vec::new());
+    for (address, client, info) in answered {
+        if replicas.contains_key(&address) {
+            continue; // listed twice
+        }
+        if model_key(&info) != model_key(&model) {
+            eprintln!(
+                "warning: leaving out {address}: it serves {:?}, the other replicas {:?}",
                 model_key(&info),
-                model_key(model)
-            ),
-            None => first = Some((address.clone(), info)),
+                model_key(&model)
+            );
+            // Known, so that the next lookups do not ask it again.
+            replicas.insert(address, Replica { listed: true, dropped: true, ..Default::default() });
+            continue;
         }
         replicas.insert(address.clone(), Replica { listed: true, client: Some(client), ..Default::default() });
         joined.push(address);
     }
-    let (_, model) = first.context("no replica answers")?;
     Ok((replicas, joined, model))
 }
 
@@ -434,11 +510,15 @@ async fn refresh(
     };
     for address in unknown {
         match reach(&address, how).await {
-            Ok((_, info)) if model_key(&info) != model_key(model) => eprintln!(
-                "warning: not using {address}: it serves {:?}, the other replicas {:?}",
-                model_key(&info),
-                model_key(model)
-            ),
+            Ok((_, info)) if model_key(&info) != model_key(model) => {
+                eprintln!(
+                    "warning: not using {address}: it serves {:?}, the other replicas {:?}",
+                    model_key(&info),
+                    model_key(model)
+                );
+                let left_out = Replica { listed: true, dropped: true, ..Default::default() };
+                lock(&run.state).replicas.insert(address, left_out);
+            }
             Ok((client, _)) => {
                 let replica = Replica { listed: true, client: Some(client), ..Default::default() };
                 let mut s = lock(&run.state);
@@ -469,14 +549,14 @@ fn start_workers(run: &Arc<Run>, tasks: &mut tokio::task::JoinSet<anyhow::Result
 }
 
 /// The corpus in `sentences` (read lazily) over the replicas, reassembled into what one `Analyze`
-/// returns; `request` gives everything but the sentences. `chunk_size` sentences go to a replica
+/// returns; `request` gives everything but the sentences. `chunking.size` sentences go to a replica
 /// at a time. With `angles_out`, angles and draws go to that `.npy` file instead of memory.
 pub async fn analyze(
     replicas: Replicas,
     how: &ConnectArgs,
     request: proto::RotationRequest,
     corpus: CorpusFile<'_>,
-    chunk_size: usize,
+    chunking: Chunking,
     angles_out: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
     let sentences = corpus.path;
@@ -486,6 +566,7 @@ pub async fn analyze(
     let listed = tokio::task::spawn_blocking(move || resolve()).await??;
     let (known, joined, model) = connect_first(listed, how).await?;
     let file = angles_out.map(|path| AnglesFile::create(path, total, model.num_layers as usize)).transpose()?;
+    let expected = Expected::new(&model, &request);
     let state = State {
         source: SentenceLines::open(sentences)?,
         exhausted: false,
@@ -495,6 +576,7 @@ pub async fn analyze(
         resend: VecDeque::new(),
         replicas: known,
         joined,
+        last_failure: None,
     };
     let run = Arc::new(Run {
         state: Mutex::new(state),
@@ -502,14 +584,17 @@ pub async fn analyze(
             merged: Vec::new(),
             conditions: Vec::new(),
             matrices: AngleMatrixSum::default(),
+            rows: 0,
+            sentences: 0,
             last: None,
             kept: BTreeMap::new(),
             file,
         }),
         request,
+        expected,
         path: sentences.to_path_buf(),
         marked: corpus.marked,
-        chunk_size,
+        chunking,
         bar: super::progress_bar(total as u64)?,
     });
     let outcome = drive(&replicas, how, &model, &run).await;
@@ -527,7 +612,8 @@ async fn drive(replicas: &Replicas, how: &ConnectArgs, model: &proto::ModelInfo,
     while !run.done() {
         if tasks.is_empty() && refresh(replicas, how, model, run, &mut tasks).await == 0 {
             let s = lock(&run.state);
-            anyhow::bail!("every replica failed or left; {} of {} chunks were computed", s.computed, s.cut);
+            let last = s.last_failure.as_deref().map_or(String::new(), |f| format!("; the last failure: {f}"));
+            anyhow::bail!("every replica failed or left; {} of {} chunks were computed{last}", s.computed, s.cut);
         }
         tokio::select! {
             ended = tasks.join_next() => {
@@ -549,6 +635,59 @@ async fn drive(replicas: &Replicas, how: &ConnectArgs, model: &proto::ModelInfo,
     Ok(())
 }
 
+impl Collected {
+    /// The merge covers the corpus: every sentence once, and every layer's and condition's `n`
+    /// the rows received.
+    fn validate(&self, total: usize, expected: &Expected) -> anyhow::Result<()> {
+        anyhow::ensure!(self.sentences == total, "{} sentences computed of {total}", self.sentences);
+        let ns = self.merged.iter().chain(self.conditions.iter().flatten()).map(ExactMoments::n);
+        anyhow::ensure!(
+            ns.clone().all(|n| n == self.rows),
+            "merged n {:?} for {} rows",
+            ns.collect::<Vec<_>>(),
+            self.rows
+        );
+        let layers = expected.num_layers;
+        anyhow::ensure!(self.merged.len() == layers, "{} layers merged, the model has {layers}", self.merged.len());
+        anyhow::ensure!(
+            !expected.all_layers || self.matrices.n() == self.rows,
+            "matrix sums of {} rows",
+            self.matrices.n()
+        );
+        Ok(())
+    }
+}
+
+/// The t-tests of the merged statistics, from the first replica whose answer is valid.
+async fn ask_significance(
+    state: &State,
+    merged: &[PairedStats],
+    options: Option<proto::SignificanceOptions>,
+) -> anyhow::Result<proto::SignificanceResult> {
+    let ask = proto::SignificanceRequest { statistics: layer_statistics(merged), options, ..Default::default() };
+    let usable = state.joined.iter().filter(|a| !state.replicas[*a].dropped);
+    let mut failure = anyhow::anyhow!("no replica left to ask for the t-tests");
+    for address in usable {
+        let Some(mut client) = state.replicas[address].client.clone() else { continue };
+        let answer = match client.test_significance(ask.clone()).await {
+            Ok(answer) => answer.into_inner(),
+            Err(status) if failover(&status) => {
+                failure = status_error(status);
+                continue;
+            }
+            Err(status) => return Err(status_error(status)),
+        };
+        match validate_significance(merged, &answer) {
+            Ok(()) => return Ok(answer),
+            Err(invalid) => {
+                eprintln!("warning: leaving out {address}: its t-tests are invalid: {invalid:#}");
+                failure = invalid.context(format!("{address} answered TestSignificance"));
+            }
+        }
+    }
+    Err(failure)
+}
+
 fn report_replicas(run: &Run) {
     let s = lock(&run.state);
     for address in &s.joined {
@@ -563,20 +702,8 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     let run = Arc::into_inner(run).context("workers still hold the run")?;
     let state = run.state.into_inner().expect("not poisoned");
     let collected = run.collected.into_inner().expect("not poisoned");
-    let ask = proto::SignificanceRequest {
-        statistics: layer_statistics(&collected.merged),
-        options: run.request.significance,
-        ..Default::default()
-    };
-    let clients = state.joined.iter().filter_map(|a| state.replicas[a].client.clone());
-    let mut answer = Err(anyhow::anyhow!("no replica answered TestSignificance"));
-    for mut client in clients {
-        answer = client.test_significance(ask.clone()).await.map_err(status_error);
-        if answer.is_ok() {
-            break;
-        }
-    }
-    let significance = answer?.into_inner();
+    collected.validate(total, &run.expected).context("merging the replicas' answers")?;
+    let significance = ask_significance(&state, &collected.merged, run.request.significance).await?;
     let mut last = collected.last.context("no chunk computed")?;
     last.condition_statistics = condition_statistics(&collected.conditions);
     last.all_layers = all_layers(&collected.matrices, None);

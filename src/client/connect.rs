@@ -23,6 +23,12 @@ pub type AuthChannel = InterceptedService<Channel, BearerAuth>;
 
 /// How long the first exchange with the server may take before the address is called unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 keepalive: a ping after this long without a frame from the server, while a call is open…
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// …and the connection closed (its calls failing UNAVAILABLE) if the ping is not answered within
+/// this: a frozen server (stopped, its host gone) is found in seconds, not at the call's deadline,
+/// while a busy one still answers pings from its I/O threads.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server address as given, resolved to a URI and whether it speaks TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +138,10 @@ fn client_tls(options: &ConnectArgs) -> anyhow::Result<ClientTlsConfig> {
 pub async fn connect(address: &str, options: &ConnectArgs) -> anyhow::Result<AuthChannel> {
     let tls_material = options.ca_cert.is_some() || options.client_cert.is_some();
     let address = Address::parse(address, tls_material)?;
-    let mut endpoint = Endpoint::from(address.uri.clone()).connect_timeout(PROBE_TIMEOUT);
+    let mut endpoint = Endpoint::from(address.uri.clone())
+        .connect_timeout(PROBE_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     if address.tls {
         endpoint = endpoint.tls_config(client_tls(options)?).map_err(|e| {
             let files = [&options.ca_cert, &options.client_cert].into_iter().flatten();

@@ -148,9 +148,8 @@ async fn group_analysis(
     request.sentences.clear(); // the replicas' chunks are cut from the file
     let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
     let replicas = cluster::Replicas::from_servers(&args.client.server, interval);
-    let chunk_size = args.chunk_size as usize;
     let corpus = cluster::CorpusFile { path, marked: args.select.marked };
-    Ok(cluster::analyze(replicas, &args.client.connect, request, corpus, chunk_size, None).await?.analysis)
+    Ok(cluster::analyze(replicas, &args.client.connect, request, corpus, super::chunking(args), None).await?.analysis)
 }
 
 /// TestSignificance on the first server (or replica) that answers.

@@ -12,6 +12,7 @@ pub mod plots;
 pub mod report;
 pub mod retry;
 pub mod sentences;
+pub mod validate;
 
 use anyhow::Context;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -243,6 +244,12 @@ fn sharded(args: &AnalyzeArgs) -> bool {
     over_replicas(&args.client) || args.angles_out.is_some()
 }
 
+/// `--chunk-size` and `--chunk-timeout`.
+fn chunking(args: &AnalyzeArgs) -> cluster::Chunking {
+    let deadline = args.chunk_timeout.map(std::time::Duration::from_secs_f64);
+    cluster::Chunking { size: args.chunk_size as usize, deadline }
+}
+
 /// Several servers, or a `dns:///` name whose every address is a replica.
 fn over_replicas(client: &ClientArgs) -> bool {
     client.server.len() > 1 || client.primary().starts_with("dns:///")
@@ -259,10 +266,10 @@ async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
     let created = output::prepare(&args.out, args.overwrite)?;
     let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
     let replicas = cluster::Replicas::from_servers(&args.client.server, interval);
-    let (how, chunk_size) = (&args.client.connect, args.chunk_size as usize);
+    let (how, chunking) = (&args.client.connect, chunking(&args));
     let outcome = {
         let corpus = cluster::CorpusFile { path, marked: args.select.marked };
-        cluster::analyze(replicas, how, request, corpus, chunk_size, args.angles_out.as_deref()).await
+        cluster::analyze(replicas, how, request, corpus, chunking, args.angles_out.as_deref()).await
     };
     let outcome = outcome.inspect_err(|_| forget_output(created, &args.out))?;
     let report = match outcome.angles_file {

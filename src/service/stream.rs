@@ -215,6 +215,7 @@ fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats],
         statistics: convert::layer_statistics(stats),
         last: true,
         model_name: context.engine.model.info.name.clone(),
+        weights_sha256: context.engine.model.info.weights_sha256.clone(),
         target_token_id,
         target_token_ids,
         ..Default::default()

@@ -123,6 +123,13 @@ pub fn slow_model(delay: Duration) -> (Model, Arc<AtomicUsize>) {
 /// A `rotations serve` process, killed when dropped.
 pub struct ServerProcess(pub std::process::Child);
 
+impl ServerProcess {
+    /// The process id (e.g. to stop the server with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();

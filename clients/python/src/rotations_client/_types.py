@@ -640,6 +640,8 @@ class RotationChunk:
     #: chunk the merged sums and mean.
     all_layers: Optional[AllLayers] = None
     target_token_ids: Tuple[int, ...] = ()
+    #: In the final chunk: the weights fingerprint of the replica that computed it (as ModelInfo's).
+    weights_sha256: str = ""
 
     @classmethod
     def from_pb(cls, m: "pb.RotationChunk") -> RotationChunk:
@@ -665,4 +667,5 @@ class RotationChunk:
             condition_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.condition_statistics),
             all_layers=AllLayers.from_pb(m.all_layers) if m.HasField("all_layers") else None,
             target_token_ids=tuple(m.target_token_ids),
+            weights_sha256=m.weights_sha256,
         )

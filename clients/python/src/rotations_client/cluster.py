@@ -3,9 +3,11 @@
 The corpus is cut into fixed chunks by corpus index; each replica pulls the next chunk (a few in
 flight each), computes it with ``StreamRotations`` at its corpus offset (``first_sentence_index``:
 the shuffled draws are keyed by corpus index) and returns its angles and its exact per-layer
-statistics. A chunk whose replica fails (UNAVAILABLE, RESOURCE_EXHAUSTED, or the deadline) goes to
-another. Chunks are delivered in corpus order and their integer sums merged; the t-tests are asked
-of a replica from the merged sums (``TestSignificance`` on statistics), so one implementation, the
+statistics. A chunk whose replica fails (UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN, or the
+deadline: a default one derived from the chunk's size) goes to another; every answer is validated
+(``_validate.py``) before it is merged, and a replica whose answer is invalid is left out. Chunks
+are delivered in corpus order and their integer sums merged; the t-tests are asked of a replica
+from the merged sums (``TestSignificance`` on statistics), so one implementation, the
 server's, computes them. Integer addition is associative, hence the result depends neither on the
 number of replicas, nor on which ran what, nor on failures.
 """
@@ -37,6 +39,7 @@ from ._types import (
     Progress,
     RotationChunk,
     RotationResult,
+    SignificanceResult,
     merge_conditions,
 )
 from . import _tracing
@@ -44,6 +47,7 @@ from ._options import Condition, Groups, Options, Target, condition_index, label
 from .client import Client, collect_stream
 from .connect import Pem
 from .errors import RotationsError
+from ._validate import Expected, InvalidAnswer, validate_chunk, validate_merged, validate_significance
 from .retry import RetryPolicy, is_retryable
 
 T = TypeVar("T")
@@ -52,9 +56,38 @@ T = TypeVar("T")
 DEFAULT_CHUNK_SIZE = 256
 
 
+#: Codes that say a replica failed, not the request: its chunk goes to another replica. The codes
+#: that say the request is wrong (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE,
+#: UNAUTHENTICATED, ...) end the run: every replica would answer them alike.
+_REPLICA_FAULTS = (
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.CANCELLED,
+)
+
+#: A chunk's default deadline: this many seconds, and CHUNK_DEADLINE_PER_SENTENCE for each of its
+#: sentences (as the Rust CLI's). Generous: a frozen replica is found sooner by the channel's
+#: keepalive pings (connect.py); this bounds one that answers pings but not the call.
+CHUNK_DEADLINE_BASE = 60.0
+CHUNK_DEADLINE_PER_SENTENCE = 2.0
+
+
+def chunk_deadline(sentences: int) -> float:
+    """The default deadline in seconds of a chunk of ``sentences`` sentences."""
+    return CHUNK_DEADLINE_BASE + CHUNK_DEADLINE_PER_SENTENCE * sentences
+
+
 def _failover(code: grpc.StatusCode) -> bool:
-    """Worth sending to another replica: the retry policy's codes, and a deadline that ran out."""
-    return is_retryable(code) or code == grpc.StatusCode.DEADLINE_EXCEEDED
+    """Worth sending to another replica: the retry policy's codes, and every replica fault."""
+    return is_retryable(code) or code in _REPLICA_FAULTS
+
+
+def _model_key(info: ModelInfo) -> Tuple[str, int, str]:
+    """What every replica must serve alike."""
+    return (info.model_name, info.num_layers, info.weights_sha256)
 
 
 def resolve(addresses: Union[str, Sequence[str]]) -> List[str]:
@@ -107,16 +140,24 @@ class _Result:
     parts: List[RotationChunk]
     statistics: Tuple[LayerStatistics, ...]
     last: RotationChunk
+    #: Rows (sentences, or occurrences with occurrence="all"), validated against the statistics.
+    rows: int
+    sentences: int
 
 
 class _Run:
     """One corpus over the replicas: workers pull chunks, the caller's thread reads results in order."""
 
-    def __init__(self, cluster: Cluster, sentences: Iterable[str], request: _Request) -> None:
+    def __init__(self, cluster: Cluster, sentences: Iterable[str], request: _Request, expected: Expected) -> None:
         if isinstance(sentences, (str, bytes)):
             raise TypeError("sentences must be an iterable of strings, not one string")
         self.cluster = cluster
         self.request = request
+        self.expected = expected
+        #: The target's token ids, from the first valid chunk: every other chunk's must agree.
+        self.target_ids: Optional[Tuple[int, Tuple[int, ...]]] = None
+        #: The latest failure, for the error when no replica is left.
+        self.last_failure = ""
         self.source = iter(sentences)
         self.exhausted = False
         self.read = 0  # sentences taken from the source
@@ -144,15 +185,21 @@ class _Run:
             threading.Thread(target=self._work, args=(address,), daemon=True).start()
 
     def _next_chunk(self, address: str) -> Optional[_Chunk]:
-        """The next chunk to compute (a failed one first); None when there is nothing left, or when
-        ``address`` is no longer listed (it takes no more chunks). Holds the lock."""
+        """The next chunk to compute (a failed one first); None when every chunk is computed, or when
+        ``address`` is no longer listed or was dropped (it takes no more chunks). While chunks are
+        in flight elsewhere it waits: one may fail and come back. Holds the lock."""
         while True:
             if self.stopped or self.error is not None or address in self.cluster._unlisted:
+                return None
+            if address in self.cluster.stats.dropped_replicas:
                 return None
             if self.resend:
                 return self.resend.popleft()
             if self.exhausted:
-                return None
+                if self.delivered + len(self.results) == self.taken:
+                    return None
+                self.cond.wait(0.5)
+                continue
             if self.window < self.cluster.max_window:
                 sentences = list(itertools.islice(self.source, self.cluster.chunk_size))
                 for i, s in enumerate(sentences):
@@ -190,6 +237,9 @@ class _Run:
                     return
                 try:
                     result = self._compute(client, chunk)
+                except InvalidAnswer as e:  # nothing this replica sends can be trusted any more
+                    self._invalid(address, chunk, e)
+                    return
                 except RotationsError as e:
                     if not self._failed(address, chunk, e):
                         return
@@ -231,24 +281,54 @@ class _Run:
                 raise
 
     def _stream_chunk(self, client: Client, chunk: _Chunk) -> _Result:
+        """The chunk's answer, validated (``InvalidAnswer`` otherwise)."""
         parts: List[RotationChunk] = []
         r = self.request
         options = r.options.for_rows(chunk.first, len(chunk.sentences))
         request = options.rotation_request(chunk.sentences, r.target, first_sentence_index=chunk.first)
-        stream = iter(client.stream_request(request, r.timeout))
-        for part in stream:
-            if part.last:
-                # Read the call to its status: left early, the server would see it cancelled.
-                for _ in stream:
-                    pass
-                return _Result(parts, part.statistics, part)
-            parts.append(part)
+        timeout = chunk_deadline(len(chunk.sentences)) if r.timeout is None else r.timeout
+        try:
+            stream = iter(client.stream_request(request, timeout))
+            for part in stream:
+                if part.last:
+                    # Read the call to its status: left early, the server would see it cancelled.
+                    for _ in stream:
+                        pass
+                    rows = validate_chunk(self.expected, chunk.first, len(chunk.sentences), parts, part)
+                    self._agrees(part)
+                    return _Result(parts, part.statistics, part, rows, len(chunk.sentences))
+                parts.append(part)
+        except InvalidAnswer:
+            raise
+        except ValueError as e:  # a message that does not even decode (a tensor of the wrong size)
+            raise InvalidAnswer(str(e)) from e
         raise RotationsError(grpc.StatusCode.UNAVAILABLE, "the stream ended without its final chunk", "StreamRotations")
+
+    def _agrees(self, last: RotationChunk) -> None:
+        """What a chunk cannot check alone: the target's token ids, the same in every chunk."""
+        ids = (last.target_token_id, last.target_token_ids)
+        with self.cond:
+            if self.target_ids is None:
+                self.target_ids = ids
+        if ids != self.target_ids:
+            raise InvalidAnswer(f"target token ids {ids}, other chunks {self.target_ids}")
+
+    def _invalid(self, address: str, chunk: _Chunk, error: InvalidAnswer) -> None:
+        """An invalid answer: ``address`` is left out of the run, its chunk goes to another replica."""
+        print(f"rotations Cluster: leaving out {address}: its answer is invalid: {error}", file=sys.stderr)
+        with self.cond:
+            self.cluster.stats.failures[address] += 1
+            self.cluster.stats.dropped_replicas.append(address)
+            self.last_failure = f"{address}, sentences {chunk.first}..{chunk.first + len(chunk.sentences)}: {error}"
+            self.cluster.stats.resent += 1
+            self.resend.appendleft(chunk)
+            self.cond.notify_all()
 
     def _failed(self, address: str, chunk: _Chunk, error: RotationsError) -> bool:
         """Records a failure; True when the chunk was handed back for another replica."""
         with self.cond:
             self.cluster.stats.failures[address] += 1
+            self.last_failure = f"{address}, sentences {chunk.first}..{chunk.first + len(chunk.sentences)}: {error}"
             chunk.attempts += 1
             limit = self.cluster.retry.max_attempts * max(1, len(self.live))
             if not _failover(error.code) or chunk.attempts >= limit:
@@ -291,9 +371,10 @@ class _Run:
                 return _FINISHED
             if not any(self.live.values()):
                 dropped = ", ".join(self.cluster.stats.dropped_replicas) or "none"
+                last = f"; the last failure: {self.last_failure}" if self.last_failure else ""
                 raise RotationsError(
                     grpc.StatusCode.UNAVAILABLE,
-                    f"no replica left to compute chunk {self.delivered} (dropped: {dropped})",
+                    f"no replica left to compute chunk {self.delivered} (dropped: {dropped}){last}",
                     "StreamRotations",
                 )
             left = until - time.monotonic()
@@ -318,14 +399,19 @@ class Cluster:
     every ``resolve_interval`` seconds during a run so that new replicas join (and replicas no
     longer listed finish their chunks and take no more). ``chunk_size``
     sentences go to a replica at a time, ``in_flight`` chunks per replica at once. ``timeout`` is
-    each chunk's deadline (a chunk past it goes to another replica). ``options``,
+    each chunk's deadline (a chunk past it goes to another replica; default :func:`chunk_deadline`,
+    60 s and 2 s per sentence). ``options``,
     ``credentials``, ``api_key`` and the TLS material (``root_certificates``, ``certificate_chain``,
     ``private_key``) are passed to each replica's channel as :class:`Client` takes them;
     ``tls_server_name`` too, for a ``dns:///`` name whose replicas are reached by IP while their
     certificate names the Service.
 
     Every replica must serve the same model (name, layers and weights fingerprint): checked when
-    the cluster is made and when a replica joins. ``stats`` counts chunks and failures per replica.
+    a run starts and when a replica joins; one that serves another is left out with a warning.
+    Every answer is checked before it is merged (layer count and ranges, ``n`` against the rows,
+    rows contiguous to the chunk's end, model and weights); a replica whose answer is invalid is
+    left out of the run and its chunk goes to another. ``stats`` counts chunks and failures per
+    replica, and lists the replicas dropped.
     """
 
     def __init__(
@@ -367,6 +453,8 @@ class Cluster:
         self._clients: Dict[str, Client] = {}
         #: Replicas the latest lookup no longer lists: they finish their chunks and take no more.
         self._unlisted: frozenset = frozenset()
+        #: Replicas left out for serving another model (never asked again).
+        self._other_model: set = set()
         self._info: Optional[ModelInfo] = None
         self._lock = threading.Lock()
         self.stats = ClusterStats()
@@ -392,6 +480,8 @@ class Cluster:
         joined = []
         for address in listed:
             with self._lock:
+                if address in self._other_model:
+                    continue
                 if address in self._clients:
                     joined.append(address)
                     continue
@@ -399,9 +489,15 @@ class Cluster:
             if self._info is not None:
                 try:
                     self._check_same_model(address, client.model_info(timeout=self.timeout or 30))
-                except (RotationsError, ValueError) as e:
+                except RotationsError as e:
+                    print(f"rotations Cluster: not using {address} for now: {e}", file=sys.stderr)
+                    client.close()
+                    continue
+                except ValueError as e:
                     print(f"rotations Cluster: not using {address}: {e}", file=sys.stderr)
                     client.close()
+                    with self._lock:
+                        self._other_model.add(address)
                     continue
             with self._lock:
                 self._clients[address] = client
@@ -439,26 +535,33 @@ class Cluster:
         return f"Cluster({self.replicas!r})"
 
     def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
-        """The model every replica serves; ``ValueError`` if two replicas serve different ones.
-        A replica that does not answer (e.g. a pod not ready yet) is left out until it rejoins."""
-        first: Optional[ModelInfo] = None
+        """The model the replicas serve: the one most of them serve (the first listed among
+        equals). A replica that serves another (name, layers or weights fingerprint) is left out
+        with a warning; one that does not answer (e.g. a pod not ready yet) until it rejoins."""
+        answers: Dict[str, ModelInfo] = {}
         for address in self.replicas:
             try:
-                info = self._client(address).model_info(timeout=timeout)
+                answers[address] = self._client(address).model_info(timeout=timeout)
             except RotationsError as e:
                 if not _failover(e.code):
                     raise
                 print(f"rotations Cluster: leaving out {address} for now: {e}", file=sys.stderr)
                 with self._lock:
                     self._clients.pop(address).close()
-                continue
-            if first is None:
-                first, self._info = info, info
-            else:
-                self._check_same_model(address, info)
-        if first is None:
+        if not answers:
             raise RotationsError(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.addresses!r} answers", "GetModelInfo")
-        return first
+        keys = [_model_key(info) for info in answers.values()]
+        chosen = max(keys, key=keys.count)  # max keeps the first of equals
+        self._info = next(info for info in answers.values() if _model_key(info) == chosen)
+        for address, info in answers.items():
+            try:
+                self._check_same_model(address, info)
+            except ValueError as e:
+                print(f"rotations Cluster: leaving out {address}: {e}", file=sys.stderr)
+                with self._lock:
+                    self._clients.pop(address).close()
+                    self._other_model.add(address)
+        return self._info
 
     def stream_rotations(
         self,
@@ -475,33 +578,36 @@ class Cluster:
         ``timeout`` is each chunk's deadline (default the cluster's). ``progress`` shows a progress
         bar on stderr (tqdm if installed) with the failures so far. ``options`` are :class:`Options`."""
         opts = Options.parse("stream_rotations", options)
-        self.model_info(timeout=self.timeout or 30)
+        info = self.model_info(timeout=self.timeout or 30)
         request = _Request(target, opts, self.timeout if timeout is None else timeout)
+        expected = Expected.of(info, opts.unit, opts.seed, opts.all_layers)
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
             sentences = (line.rstrip("\r\n") for line in sentences)
-        return self._stream(sentences, request, total, progress)
+        return self._stream(sentences, request, expected, total, progress)
 
     def _stream(
-        self, sentences: Iterable[str], request: _Request, total: Optional[int], progress: bool
+        self, sentences: Iterable[str], request: _Request, expected: Expected, total: Optional[int], progress: bool
     ) -> Iterator[RotationChunk]:
-        run = _Run(self, sentences, request)
+        run = _Run(self, sentences, request, expected)
         for address in self.replicas:
             run.start(address)
         bar = _progress_bar(total) if progress else None
         merged: Optional[List[LayerStatistics]] = None
         conditions: Tuple[ConditionStatistics, ...] = ()
         matrices = AngleMatrixSums(0, 0)
-        done = 0
+        done = rows = computed = 0
         last: Optional[RotationChunk] = None
         try:
             for result in run.results_in_order():
+                rows, computed = rows + result.rows, computed + result.sentences
                 for part in result.parts:
                     # Sentences so far (rows are occurrences with occurrence="all").
                     done = part.sentences[-1].index + 1 if part.sentences else done
                     yield dataclasses.replace(part, progress=Progress(done, total or 0))
                 if result.last.all_layers is not None:
                     matrices = matrices.merge(result.last.all_layers.sums)
+                # Validated: each chunk has one statistic per layer, so these merges lose nothing.
                 if merged is None:
                     merged = list(result.statistics)
                 else:
@@ -515,6 +621,10 @@ class Cluster:
                 bar.close()
         if last is None or merged is None:
             raise ValueError("no sentences given")
+        try:
+            validate_merged(expected, merged, conditions, rows, computed, run.read)
+        except InvalidAnswer as e:
+            raise RotationsError(grpc.StatusCode.DATA_LOSS, f"merging the replicas' answers: {e}", "StreamRotations") from e
         if matrices.n:
             last = dataclasses.replace(last, all_layers=AllLayers.from_sums(matrices))
         yield dataclasses.replace(self._final_chunk(last, merged, done, request), condition_statistics=conditions)
@@ -539,25 +649,34 @@ class Cluster:
         )
 
     def _significance(self, merged: List[LayerStatistics], request: _Request) -> Any:
-        """The t-tests from the merged sums, by the first replica that answers."""
+        """The t-tests from the merged sums, by the first replica whose answer is valid."""
         o = request.options
-        return self._ask_replicas(
-            lambda client: client.significance_from_statistics(
-                merged, alpha=o.alpha, correction=o.correction, num_tests=o.num_tests, timeout=request.timeout
+
+        def ask(client: Client) -> SignificanceResult:
+            answer = client.significance_from_statistics(
+                merged, alpha=o.alpha, correction=o.correction, num_tests=o.num_tests, timeout=request.timeout or 60
             )
-        )
+            validate_significance(merged, answer)
+            return answer
+
+        return self._ask_replicas(ask)
 
     def _ask_replicas(self, call: Callable[[Client], T]) -> T:
-        """``call`` on the first replica that answers (one that is unavailable is skipped)."""
+        """``call`` on the first replica that answers validly (one that is unavailable, fails or
+        answers invalidly is skipped); never a replica dropped from a run."""
         failure: Optional[RotationsError] = None
-        for address in self.replicas:
+        for address in [a for a in self.replicas if a not in self.stats.dropped_replicas]:
             try:
                 return call(self._client(address))
             except RotationsError as e:
                 if not _failover(e.code):
                     raise
                 failure = e
-        assert failure is not None
+            except InvalidAnswer as e:
+                print(f"rotations Cluster: {address} answered invalidly: {e}", file=sys.stderr)
+                failure = RotationsError(grpc.StatusCode.DATA_LOSS, f"{address} answered invalidly: {e}")
+        if failure is None:
+            failure = RotationsError(grpc.StatusCode.UNAVAILABLE, f"no replica of {self.addresses!r} left to ask")
         raise failure
 
     def analyze(

@@ -15,7 +15,7 @@ import collections
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -167,6 +167,19 @@ def explain(address: Address, code: grpc.StatusCode, details: str) -> Optional[s
     return None
 
 
+#: HTTP/2 keepalive, as the Rust CLI's (src/client/connect.rs): a ping after 10 s without a frame
+#: from the server, and the connection closed (its calls failing UNAVAILABLE) when the ping is not
+#: answered within 10 s, so a frozen server (stopped, its host gone) is found in seconds, not at
+#: the call's deadline; a busy server still answers pings. Pings are sent only while a call is
+#: open, however long it waits for data (grpc's default stops after two pings without data).
+KEEPALIVE_OPTIONS: Tuple[Tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
 def open_channel(
     address: str,
     *,
@@ -191,6 +204,7 @@ def open_channel(
         raise ValueError("give credentials= or root_certificates=/certificate_chain=/private_key=, not both")
     tls_material = credentials is not None or root_certificates is not None or certificate_chain is not None
     where = parse_address(address, tls_material)
+    options = [*KEEPALIVE_OPTIONS, *options]  # the caller's options after ours: theirs win
     if tls_server_name is not None:
         if not where.secure:
             raise ValueError(f"tls_server_name= checks a TLS certificate, but {where} is plaintext")
