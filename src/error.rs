@@ -25,6 +25,10 @@ pub enum Error {
     #[error("{0}")]
     Overloaded(String),
 
+    /// The request needs something the served model lacks (e.g. sub-layer states in its graph).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     #[error("the model is not loaded yet")]
     NotReady,
 
@@ -58,6 +62,7 @@ impl From<Error> for Status {
                 | ModelError::ProviderUnavailable { .. } => Code::Internal,
             },
             Error::Overloaded(_) => Code::ResourceExhausted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::NotReady | Error::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, e.to_string())
@@ -103,6 +108,7 @@ fn analysis_code(e: &AnalysisError) -> Code {
         | AnalysisError::DuplicateSentence { .. }
         | AnalysisError::LayerCountMismatch { .. }
         | AnalysisError::NonFiniteStats { .. }
+        | AnalysisError::StateCountMismatch { .. }
         | AnalysisError::MissingHiddenVector { .. } => Code::Internal,
     }
 }

@@ -59,6 +59,7 @@ pub mod rotations;
 pub mod select;
 pub mod shuffle;
 pub mod stats;
+pub mod sublayers;
 pub mod target;
 pub mod trajectory;
 pub mod vectors;
@@ -83,6 +84,9 @@ pub use stats::{
     adjust_p_values, check_options, fixed_point, merge_layers, paired_stats, t_quantile, test_layers,
     test_layers_from_stats, two_sided_p, Correction, Direction, LayerFlag, LayerTest, PairedStats, SignificanceOptions,
     SignificanceResult, CI_LEVEL, EXACT_SCALE_BITS, MAX_ABS_DIFFERENCE,
+};
+pub use sublayers::{
+    step_angles, step_stats, step_tensor, step_test_options, FirstStates, StateLayout, STEPS, STEP_CONDITIONS,
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
 pub use trajectory::{cumulative_angles, pairwise_angles, AngleMatrixSum};

@@ -395,6 +395,9 @@ fn assemble_stream(
         significance: Some(significance),
         significance_error: String::new(),
         condition_statistics: last.condition_statistics.clone(),
+        step_significance: last.step_significance.clone(),
+        step_significance_error: last.step_significance_error.clone(),
+        step_statistics: last.step_statistics.clone(),
     })
 }
 
@@ -426,6 +429,9 @@ fn on_disk_analysis(
         significance: Some(significance),
         significance_error: String::new(),
         condition_statistics: last.condition_statistics.clone(),
+        step_significance: last.step_significance.clone(),
+        step_significance_error: last.step_significance_error.clone(),
+        step_statistics: last.step_statistics.clone(),
     }
 }
 
@@ -444,5 +450,7 @@ fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) 
         target_token_id: last.target_token_id,
         all_layers: last.all_layers.clone(),
         target_token_ids: last.target_token_ids.clone(),
+        // The CLI does not assemble streamed step angles; their tests are in the Analysis.
+        sublayers: None,
     }
 }

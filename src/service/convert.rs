@@ -1,10 +1,11 @@
 //! Wire messages ↔ domain types, at the edge: the core never sees unchecked input.
-use ndarray::{Array3, ArrayView2, ArrayView3};
+use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::analysis::{
-    cumulative_angles, AngleMatrixSum, AngleUnit, Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest,
-    GroupResult, LayerFlag, LayerTest, Occurrence, PairedStats, Rotations, SignificanceOptions, SignificanceResult,
-    SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    cumulative_angles, step_test_options, test_layers_from_stats, AngleMatrixSum, AngleUnit, Correction, Direction,
+    ExactMoments, GroupFlag, GroupLayerTest, GroupResult, LayerFlag, LayerTest, Occurrence, PairedStats, Rotations,
+    SignificanceOptions, SignificanceResult, SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    STEPS, STEP_CONDITIONS,
 };
 use crate::engine::{RotationJob, Selection, Target};
 use crate::error::Error;
@@ -127,7 +128,17 @@ pub fn rotation_job(
         first_index,
         selection: selection(req)?,
         allow_bos_non_target: req.allow_bos_non_target,
+        steps: steps(req.steps)?,
     })
+}
+
+/// RotationRequest.steps: whether the step angles are asked for.
+fn steps(raw: i32) -> Result<bool, Error> {
+    match proto::Steps::try_from(raw) {
+        Ok(proto::Steps::Unspecified | proto::Steps::Layers) => Ok(false),
+        Ok(proto::Steps::Sublayers) => Ok(true),
+        Err(_) => Err(Error::invalid("steps", format!("unknown Steps value {raw}"))),
+    }
 }
 
 /// Occurrence, non-target spans, sub-token and all-layers options of a request.
@@ -352,6 +363,7 @@ pub fn chunk(part: &Rotations, first: usize, seed: u64, row_matrices: bool) -> p
         shuffle_seed: seed,
         all_layers: row_matrices
             .then(|| proto::AllLayers { row_matrices: row_matrix_tensor(part), ..Default::default() }),
+        sublayers: sublayer_rotations(part),
         ..Default::default()
     }
 }
@@ -427,7 +439,29 @@ pub fn rotation_result(
         target_token_id,
         all_layers: r.layer_matrices.as_ref().and_then(|sums| all_layers(sums, rows)),
         target_token_ids,
+        sublayers: sublayer_rotations(r),
     }
+}
+
+/// The rows' step angles on the wire: `[L, 2, rows, 2]` is the `[2L, rows, 2]` step tensor with its
+/// first axis read as (layer, step), the same values in the same order.
+pub fn sublayer_rotations(r: &Rotations) -> Option<proto::SublayerRotations> {
+    let steps = r.steps.as_ref()?;
+    let (layer_steps, rows, conditions) = steps.dim();
+    let (layers, per_layer) = (layer_steps / STEPS.len(), STEPS.len() as u32);
+    let means = steps.mean_axis(Axis(1));
+    Some(proto::SublayerRotations {
+        angles: Some(proto::Tensor {
+            shape: vec![layers as u32, per_layer, rows as u32, conditions as u32],
+            values: steps.iter().map(|&v| v as f32).collect(),
+        }),
+        steps: STEPS.iter().map(|s| s.to_string()).collect(),
+        conditions: STEP_CONDITIONS.iter().map(|c| c.to_string()).collect(),
+        layer_means: means.map(|m| proto::Tensor {
+            shape: vec![layers as u32, per_layer, conditions as u32],
+            values: m.iter().map(|&v| v as f32).collect(),
+        }),
+    })
 }
 
 pub fn significance_result(r: &SignificanceResult, opts: &SignificanceOptions) -> proto::SignificanceResult {
@@ -469,6 +503,19 @@ fn layer_test(t: &LayerTest) -> proto::LayerTest {
             LayerFlag::None => proto::LayerFlag::None,
             LayerFlag::ZeroVariance => proto::LayerFlag::ZeroVariance,
         } as i32,
+    }
+}
+
+/// The step tests ([`step_test_options`]) from merged step statistics, or why there are none: the
+/// same call for Analyze and a stream's final chunk, so both give the same tests bit for bit.
+pub fn step_significance(
+    stats: &[PairedStats],
+    opts: &SignificanceOptions,
+) -> (Option<proto::SignificanceResult>, String) {
+    let opts = step_test_options(opts);
+    match test_layers_from_stats(stats, &opts) {
+        Ok(result) => (Some(significance_result(&result, &opts)), String::new()),
+        Err(e) => (None, e.to_string()),
     }
 }
 
@@ -639,6 +686,8 @@ pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
         adds_bos: info.adds_bos,
         pad_token_id: info.pad_token_id,
         hidden_states: if info.hidden_states.is_null() { String::new() } else { info.hidden_states.to_string() },
+        sublayers: !info.sublayers.is_null(),
+        sublayer_states: if info.sublayers.is_null() { String::new() } else { info.sublayers.to_string() },
     }
 }
 

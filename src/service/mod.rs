@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::analysis::{
-    check_group_options, check_options, condition_moments, test_layers, test_layers_from_stats, welch_layers,
-    ExactMoments, Rotations, SignificanceOptions, CONDITIONS,
+    check_group_options, check_options, condition_moments, step_stats, test_layers, test_layers_from_stats,
+    welch_layers, ExactMoments, Rotations, SignificanceOptions, CONDITIONS,
 };
 use crate::config::ServeConfig;
 use crate::engine::{blocking, Engine, Prepared, RotationJob};
@@ -120,7 +120,8 @@ impl RotationServiceImpl {
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
         convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
         engine.check_job(&job)?;
-        let layers = engine.model.info.num_layers;
+        // The step angles take about as many bytes again as the layer angles.
+        let layers = engine.model.info.num_layers * if job.steps { 2 } else { 1 };
         convert::check_result_size(layers, job.sentences.len(), self.input.max_message_bytes)?;
         Ok(job)
     }
@@ -133,7 +134,8 @@ impl RotationServiceImpl {
         prepared: &Prepared,
         timings: &mut StageTimings,
     ) -> Result<(Rotations, proto::RotationResult), Error> {
-        let (layers, row_matrices) = (engine.model.info.num_layers, job.selection.row_matrices);
+        let layers = engine.model.info.num_layers * if job.steps { 2 } else { 1 };
+        let row_matrices = job.selection.row_matrices;
         convert::check_rows_size(layers, prepared.num_rows(), row_matrices, self.input.max_message_bytes)?;
         let _queued = self.admission.tokens(prepared.num_tokens())?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
@@ -222,6 +224,11 @@ fn analysis_of(
     match test_layers(rotations.angles.view(), opts) {
         Ok(significance) => body.significance = Some(convert::significance_result(&significance, opts)),
         Err(e) => body.significance_error = e.to_string(),
+    }
+    if let Some(steps) = &rotations.steps {
+        let stats = step_stats(steps.view())?;
+        body.step_statistics = convert::layer_statistics(&stats);
+        (body.step_significance, body.step_significance_error) = convert::step_significance(&stats, opts);
     }
     Ok((body, moments))
 }

@@ -13,8 +13,8 @@ use tonic::Status;
 use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
 use crate::analysis::{
-    condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
-    ExactMoments, PairedStats, Rotations, SignificanceOptions,
+    condition_moments, merge_conditions, merge_layers, paired_stats, step_stats, test_layers_from_stats,
+    AngleMatrixSum, ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
 use crate::engine::{blocking, Engine, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
@@ -64,6 +64,7 @@ async fn produce(
     let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
     let mut stats: Vec<PairedStats> = Vec::new();
+    let mut steps: Vec<PairedStats> = Vec::new();
     let mut per_condition: Vec<Vec<ExactMoments>> = Vec::new();
     let mut matrices = AngleMatrixSum::default();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
@@ -109,6 +110,9 @@ async fn produce(
             paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
         merge_layers(&mut stats, &layer_stats);
         merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
+        if let Some(part_steps) = &part.steps {
+            merge_layers(&mut steps, &step_stats(part_steps.view())?);
+        }
         if let Some(sums) = &part.layer_matrices {
             matrices.merge(sums)?;
         }
@@ -122,6 +126,11 @@ async fn produce(
     let mut last = last_chunk(context, &job, &stats, done);
     last.condition_statistics = convert::condition_statistics(&per_condition);
     last.all_layers = convert::all_layers(&matrices, None);
+    if job.steps {
+        last.step_statistics = convert::layer_statistics(&steps);
+        (last.step_significance, last.step_significance_error) =
+            convert::step_significance(&steps, &context.significance);
+    }
     let _ = tx.send(Ok(last)).await;
     Ok(())
 }
