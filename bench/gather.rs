@@ -58,6 +58,7 @@ async fn main() {
         selection: Default::default(),
         allow_bos_non_target: false,
         steps: false,
+        norms: false,
     };
     let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
     let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());

@@ -33,6 +33,7 @@ fn request(sentences: &[String], first: u64, steps: Steps) -> RotationRequest {
         target: Some(Target::TargetText(" her".into())),
         first_sentence_index: first,
         steps: steps as i32,
+        norms: true,
         ..Default::default()
     }
 }
@@ -90,6 +91,33 @@ async fn attention_and_mlp_step_angles_and_tests_equal_pytorch_hooks_and_scipy()
         assert!((test.p_adjusted - bonferroni).abs() <= 1e-4 * bonferroni.max(1e-12));
     }
     assert_eq!(analysis.step_statistics.len(), 8);
+
+    // Norms at every state (4 + 1 hidden, 4 mids, the last block's output) and the growth ratios.
+    let norms = rotations.norms.unwrap();
+    let (values, growth) = (norms.norms.unwrap(), norms.growth.unwrap());
+    assert_eq!((values.shape.clone(), growth.shape.clone()), (vec![10, rows as u32, 2], vec![4, rows as u32, 2]));
+    let mut worst = 0f64;
+    for (r, row) in g["rows"].as_array().unwrap().iter().enumerate() {
+        let want = |k: usize, c: usize| row["norms"][k][c].as_f64().unwrap();
+        for k in 0..10 {
+            for c in 0..2 {
+                worst = worst.max((f64::from(values.values[(k * rows + r) * 2 + c]) / want(k, c) - 1.0).abs());
+            }
+        }
+        for l in 0..4 {
+            for c in 0..2 {
+                let ratio = want(l + 1, c) / want(l, c);
+                worst = worst.max((f64::from(growth.values[(l * rows + r) * 2 + c]) / ratio - 1.0).abs());
+            }
+        }
+    }
+    eprintln!("largest relative norm difference from PyTorch: {worst:e}");
+    assert!(worst <= 1e-5, "largest relative norm difference from PyTorch {worst:e}");
+    let mean_norms = norms.mean_norms.unwrap();
+    assert_eq!(mean_norms.shape, [10, 2]);
+    let want: f64 =
+        g["rows"].as_array().unwrap().iter().map(|r| r["norms"][9][1].as_f64().unwrap()).sum::<f64>() / rows as f64;
+    assert!((f64::from(mean_norms.values[19]) / want - 1.0).abs() <= 1e-5);
 }
 
 #[tokio::test]
@@ -111,6 +139,10 @@ async fn streams_pieces_and_groups_equal_one_analyze_bit_for_bit() {
         if chunk.last {
             assert_eq!(chunk.step_statistics, whole.step_statistics);
             assert_eq!(chunk.step_significance, whole.step_significance);
+            let (streamed, analyzed) = (chunk.norms.unwrap(), whole.rotations.as_ref().unwrap().norms.clone().unwrap());
+            assert_eq!(streamed.norm_statistics, analyzed.norm_statistics);
+            assert_eq!(streamed.growth_statistics, analyzed.growth_statistics);
+            assert_eq!((streamed.mean_norms, streamed.mean_growth), (analyzed.mean_norms, analyzed.mean_growth));
             break;
         }
         let part = chunk.sublayers.unwrap().angles.unwrap();
@@ -127,15 +159,21 @@ async fn streams_pieces_and_groups_equal_one_analyze_bit_for_bit() {
     }
     assert_eq!(seen, n);
 
-    // Pieces (as the CLI's shards send them): merged exact statistics give the same tests.
+    // Pieces (as the CLI's shards send them): merged exact statistics give the same tests and norms.
     let mut merged = vec![rotations::analysis::PairedStats::default(); 8];
+    let mut norm_sums: Vec<Vec<rotations::analysis::ExactMoments>> = Vec::new();
     for (start, end) in [(0, 1), (1, 4), (4, n)] {
         let piece = request(&sentences[start..end], start as u64, Steps::Sublayers);
         let part = svc.analyze(Request::new(piece)).await.unwrap().into_inner();
         for (m, s) in merged.iter_mut().zip(convert::paired_stats_from_proto(&part.step_statistics).unwrap()) {
             m.merge(&s);
         }
+        let piece_norms = part.rotations.unwrap().norms.unwrap().norm_statistics;
+        let piece_norms = convert::condition_moments_from_proto(&piece_norms).unwrap();
+        rotations::analysis::merge_conditions(&mut norm_sums, &piece_norms);
     }
+    let whole_norms = whole.rotations.as_ref().unwrap().norms.clone().unwrap();
+    assert_eq!(convert::condition_statistics(&norm_sums), whole_norms.norm_statistics);
     assert_eq!(convert::layer_statistics(&merged), whole.step_statistics);
     let req = proto::SignificanceRequest { statistics: convert::layer_statistics(&merged), ..Default::default() };
     let tests = svc.test_significance(Request::new(req)).await.unwrap().into_inner();

@@ -8,7 +8,8 @@ on its own, with forward hooks on other modules than the export's (it reads the 
 post_attention_layernorm): each block's mid state is the block's output minus its MLP's output, and the
 last block's output is what the block returns (before the final norm). Angles are numpy float64
 (2·atan2(|â − b̂|, |â + b̂|)) at the first ``▁her`` and the token before it: per layer, the attention
-step (hidden state l-1 -> mid l) and the MLP step (mid l -> block l's output). Also each step's paired
+step (hidden state l-1 -> mid l) and the MLP step (mid l -> block l's output); the norms (float64) of
+both vectors at every state (hidden states, mids, last block's output). Also each step's paired
 t-test (scipy.stats.ttest_rel, target - non-target) with Bonferroni over all 2L steps.
 
     /work/main/.venv-tools/bin/python tools/make_golden_sublayers.py
@@ -78,7 +79,9 @@ def main() -> None:
             for l in range(n)
         ]
         layers = [[angle_deg(hidden[l][p], hidden[l + 1][p]) for p in (t, t - 1)] for l in range(n)]
-        rows.append({"target": t, "non_target": t - 1, "steps_deg": steps, "layers_deg": layers})
+        every = hidden + mids + [final]  # the service's state order
+        norms = [[float(np.linalg.norm(state[p].astype(np.float64))) for p in (t, t - 1)] for state in every]
+        rows.append({"target": t, "non_target": t - 1, "steps_deg": steps, "layers_deg": layers, "norms": norms})
     steps = np.array([r["steps_deg"] for r in rows])  # [rows, L, 2, 2]
     flat = steps.reshape(len(rows), -1, 2)  # [rows, 2L, 2]: step 2(l-1) + s
     tests = []

@@ -55,6 +55,7 @@ pub mod angles;
 mod error;
 pub mod groups;
 pub mod moments;
+pub mod norms;
 pub mod rotations;
 pub mod select;
 pub mod shuffle;
@@ -71,6 +72,7 @@ pub use groups::{
     GroupResult,
 };
 pub use moments::ExactMoments;
+pub use norms::{growth, norm_tensors, row_norms};
 pub use rotations::{
     check_rows_bos, locate_target, rotate_row, rotate_sentence, rows_vectors_read, vectors_read, RotationOptions,
     Rotations, SentenceRotations, CONDITIONS,

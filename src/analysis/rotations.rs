@@ -4,6 +4,7 @@
 use ndarray::{Array2, Array3, ArrayView1, Axis};
 
 use super::angles::{angle_between, AngleUnit};
+use super::norms::{norm_tensors, norm_vectors_read, row_norms};
 use super::select::{sub_token_vector, RowSelection, SubToken, TokenRange};
 use super::shuffle::{draws_after_prefix, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 use super::stats::{test_layers, SignificanceOptions, SignificanceResult};
@@ -43,6 +44,8 @@ pub struct RotationOptions {
     pub states: Option<StateLayout>,
     /// Also the angles across each layer's attention and MLP steps ([`step_angles`]; needs `states`).
     pub steps: bool,
+    /// Also the norms of the target's and non-target's vectors at every state ([`row_norms`]).
+    pub norms: bool,
 }
 
 impl RotationOptions {
@@ -60,6 +63,7 @@ impl RotationOptions {
             allow_bos_non_target: false,
             states: None,
             steps: false,
+            norms: false,
         }
     }
 }
@@ -87,6 +91,9 @@ pub struct SentenceRotations {
     /// `[num_layers, 2, 2]` with [`RotationOptions::steps`]: the target's and non-target's angles
     /// across each layer's attention and MLP steps, in the options' unit ([`step_angles`]).
     pub steps: Option<Array3<f64>>,
+    /// `[num_states, 2]` with [`RotationOptions::norms`]: the target's and non-target's vector norms at
+    /// every state the pass returned (hidden states, then sub-layer states).
+    pub norms: Option<Array2<f64>>,
 }
 
 impl SentenceRotations {
@@ -219,7 +226,11 @@ fn rotate_checked(
             let found = hidden.dim().0;
             return Err(AnalysisError::StateCountMismatch { sentence: index, expected: 2 * found, found });
         }
-        return rotate_layers(index, hidden, selection, opts);
+        let mut rotations = rotate_layers(index, hidden, selection, opts)?;
+        if opts.norms {
+            rotations.norms = Some(row_norms(index, hidden, hidden.dim().0, selection, opts.sub_token)?);
+        }
+        return Ok(rotations);
     };
     layout.check(index, hidden.dim().0)?;
     let mut rotations =
@@ -227,6 +238,9 @@ fn rotate_checked(
     if opts.steps {
         let radians = step_angles(index, hidden, layout, selection, opts.sub_token)?;
         rotations.steps = Some(radians.mapv(|a| opts.unit.from_radians(a)));
+    }
+    if opts.norms {
+        rotations.norms = Some(row_norms(index, hidden, layout.num_states(), selection, opts.sub_token)?);
     }
     Ok(rotations)
 }
@@ -263,6 +277,7 @@ fn rotate_layers(
         draws,
         layer_matrix,
         steps: None,
+        norms: None,
     })
 }
 
@@ -351,6 +366,10 @@ pub fn rows_vectors_read(
     if let Some(layout) = opts.states.filter(|_| opts.steps) {
         read.extend(step_vectors_read(layout, rows, opts.sub_token));
     }
+    if opts.norms {
+        let states = opts.states.map_or(num_layers + 1, |layout| layout.num_states());
+        read.extend(norm_vectors_read(states, rows, opts.sub_token));
+    }
     let mut read: Vec<(u32, u32)> = read.into_iter().map(|(s, p)| (s as u32, p as u32)).collect();
     read.sort_unstable();
     read.dedup();
@@ -413,6 +432,9 @@ pub struct Rotations {
     /// With [`RotationOptions::steps`]: `[2 · num_layers, num_rows, 2]`, the rows' step angles,
     /// layer and step on one axis (`2 (l − 1) + step`; [`step_tensor`]).
     pub steps: Option<Array3<f64>>,
+    /// With [`RotationOptions::norms`]: `[num_states, num_rows, 2]` the rows' norms and
+    /// `[num_layers, num_rows, 2]` their growth ratios ([`norm_tensors`]).
+    pub norms: Option<super::norms::NormTensors>,
 }
 
 impl Rotations {
@@ -448,7 +470,8 @@ impl Rotations {
             angles.index_axis_mut(Axis(1), j).assign(&s.angles);
         }
         let steps = step_tensor(&sentences)?;
-        Ok(Rotations { unit, angles, sentences, layer_matrices, steps })
+        let norms = norm_tensors(&sentences, num_layers)?;
+        Ok(Rotations { unit, angles, sentences, layer_matrices, steps, norms })
     }
 
     /// Number of layer transitions.

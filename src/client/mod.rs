@@ -452,5 +452,6 @@ fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) 
         target_token_ids: last.target_token_ids.clone(),
         // The CLI does not assemble streamed step angles; their tests are in the Analysis.
         sublayers: None,
+        norms: last.norms.clone(),
     }
 }

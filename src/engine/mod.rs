@@ -65,6 +65,8 @@ pub struct RotationJob {
     pub allow_bos_non_target: bool,
     /// Also the angles across each layer's attention and MLP steps (a model with sub-layer states).
     pub steps: bool,
+    /// Also the norms of the target's and non-target's vectors at every state, and their growth.
+    pub norms: bool,
 }
 
 /// Budgets for one forward pass.
@@ -229,6 +231,7 @@ impl Engine {
             allow_bos_non_target: job.allow_bos_non_target,
             states: Some(self.model.info.state_layout()).filter(|layout| layout.sublayers),
             steps: job.steps,
+            norms: job.norms,
         };
         Ok(Resolved { opts, target_tokens })
     }

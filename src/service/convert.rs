@@ -2,10 +2,10 @@
 use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::analysis::{
-    cumulative_angles, step_test_options, test_layers_from_stats, AngleMatrixSum, AngleUnit, Correction, Direction,
-    ExactMoments, GroupFlag, GroupLayerTest, GroupResult, LayerFlag, LayerTest, Occurrence, PairedStats, Rotations,
-    SignificanceOptions, SignificanceResult, SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
-    STEPS, STEP_CONDITIONS,
+    condition_moments, cumulative_angles, step_test_options, test_layers_from_stats, AngleMatrixSum, AngleUnit,
+    Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult, LayerFlag, LayerTest, Occurrence,
+    PairedStats, Rotations, SignificanceOptions, SignificanceResult, SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET,
+    DEFAULT_SHUFFLE_SEED, STEPS, STEP_CONDITIONS,
 };
 use crate::engine::{RotationJob, Selection, Target};
 use crate::error::Error;
@@ -129,6 +129,7 @@ pub fn rotation_job(
         selection: selection(req)?,
         allow_bos_non_target: req.allow_bos_non_target,
         steps: steps(req.steps)?,
+        norms: req.norms,
     })
 }
 
@@ -364,6 +365,11 @@ pub fn chunk(part: &Rotations, first: usize, seed: u64, row_matrices: bool) -> p
         all_layers: row_matrices
             .then(|| proto::AllLayers { row_matrices: row_matrix_tensor(part), ..Default::default() }),
         sublayers: sublayer_rotations(part),
+        norms: part.norms.as_ref().map(|(norms, growth)| proto::Norms {
+            norms: Some(tensor3(norms.view())),
+            growth: Some(tensor3(growth.view())),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -424,10 +430,10 @@ pub fn rotation_result(
     target: &[u32],
     model_name: &str,
     row_matrices: bool,
-) -> proto::RotationResult {
+) -> Result<proto::RotationResult, Error> {
     let (target_token_id, target_token_ids) = target_ids(target);
     let rows = if row_matrices { row_matrix_tensor(r) } else { None };
-    proto::RotationResult {
+    Ok(proto::RotationResult {
         angles: Some(tensor3(r.angles.view())),
         conditions: CONDITIONS.iter().map(|c| c.to_string()).collect(),
         unit: unit_to_proto(r.unit) as i32,
@@ -440,6 +446,39 @@ pub fn rotation_result(
         all_layers: r.layer_matrices.as_ref().and_then(|sums| all_layers(sums, rows)),
         target_token_ids,
         sublayers: sublayer_rotations(r),
+        norms: norms(r)?,
+    })
+}
+
+/// The rows' norms and growth ratios with their exact sums and means (`None` without norms).
+///
+/// # Errors
+/// A norm past the exact sums' range (2^31).
+pub fn norms(r: &Rotations) -> Result<Option<proto::Norms>, Error> {
+    let Some((norms, growth)) = &r.norms else { return Ok(None) };
+    let (per_state, per_layer) = (condition_moments(norms.view())?, condition_moments(growth.view())?);
+    Ok(Some(proto::Norms {
+        norms: Some(tensor3(norms.view())),
+        growth: Some(tensor3(growth.view())),
+        ..norm_summary(&per_state, &per_layer)
+    }))
+}
+
+/// Means and exact sums of merged norm moments: the same for Analyze and a stream's final chunk.
+pub fn norm_summary(per_state: &[Vec<ExactMoments>], per_layer: &[Vec<ExactMoments>]) -> proto::Norms {
+    let means = |m: &[Vec<ExactMoments>]| {
+        let rows = m.first().map_or(0, Vec::len);
+        proto::Tensor {
+            shape: vec![rows as u32, m.len() as u32],
+            values: (0..rows).flat_map(|k| m.iter().map(move |c| c[k].mean() as f32)).collect(),
+        }
+    };
+    proto::Norms {
+        mean_norms: Some(means(per_state)),
+        mean_growth: Some(means(per_layer)),
+        norm_statistics: condition_statistics(per_state),
+        growth_statistics: condition_statistics(per_layer),
+        ..Default::default()
     }
 }
 

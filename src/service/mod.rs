@@ -140,7 +140,7 @@ impl RotationServiceImpl {
         let _queued = self.admission.tokens(prepared.num_tokens())?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
         let name = &engine.model.info.name;
-        let wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices);
+        let wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices)?;
         Ok((rotations, wire))
     }
 

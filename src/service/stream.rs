@@ -65,6 +65,7 @@ async fn produce(
     let chunk = engine.limits.max_sentences.max(1);
     let mut stats: Vec<PairedStats> = Vec::new();
     let mut steps: Vec<PairedStats> = Vec::new();
+    let (mut norms, mut growth): (Vec<Vec<ExactMoments>>, Vec<Vec<ExactMoments>>) = (Vec::new(), Vec::new());
     let mut per_condition: Vec<Vec<ExactMoments>> = Vec::new();
     let mut matrices = AngleMatrixSum::default();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
@@ -110,6 +111,10 @@ async fn produce(
             paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
         merge_layers(&mut stats, &layer_stats);
         merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
+        if let Some((part_norms, part_growth)) = &part.norms {
+            merge_conditions(&mut norms, &condition_moments(part_norms.view())?);
+            merge_conditions(&mut growth, &condition_moments(part_growth.view())?);
+        }
         if let Some(part_steps) = &part.steps {
             merge_layers(&mut steps, &step_stats(part_steps.view())?);
         }
@@ -126,6 +131,9 @@ async fn produce(
     let mut last = last_chunk(context, &job, &stats, done);
     last.condition_statistics = convert::condition_statistics(&per_condition);
     last.all_layers = convert::all_layers(&matrices, None);
+    if job.norms {
+        last.norms = Some(convert::norm_summary(&norms, &growth));
+    }
     if job.steps {
         last.step_statistics = convert::layer_statistics(&steps);
         (last.step_significance, last.step_significance_error) =
