@@ -46,10 +46,7 @@ pub type NormTensors = (Array3<f64>, Array3<f64>);
 ///
 /// # Errors
 /// [`AnalysisError::LayerCountMismatch`] when rows disagree.
-pub fn norm_tensors(
-    rows: &[SentenceRotations],
-    num_layers: usize,
-) -> Result<Option<NormTensors>, AnalysisError> {
+pub fn norm_tensors(rows: &[SentenceRotations], num_layers: usize) -> Result<Option<NormTensors>, AnalysisError> {
     let Some(first) = rows.first().and_then(|r| r.norms.as_ref()) else { return Ok(None) };
     let num_states = first.nrows();
     let mut norms = Array3::zeros((num_states, rows.len(), 2));

@@ -6,6 +6,7 @@ pub mod connect;
 mod group_plot;
 pub mod groups;
 pub mod heatmap;
+pub mod inside;
 pub mod marks;
 pub mod output;
 pub mod plots;
@@ -196,6 +197,11 @@ fn select_request(select: &SelectArgs, mut request: proto::RotationRequest) -> a
     } as i32;
     request.all_layers = select.all_layers;
     request.row_matrices = select.row_matrices;
+    request.steps = match select.steps {
+        crate::config::StepsArg::Layers => proto::Steps::Layers,
+        crate::config::StepsArg::Sublayers => proto::Steps::Sublayers,
+    } as i32;
+    request.norms = select.norms;
     if select.marked {
         let marked = marks::unmark(&request.sentences, 0)?;
         apply_marks(&mut request, marked);
