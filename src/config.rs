@@ -14,10 +14,14 @@ use crate::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALU
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
 pub const DEFAULT_PORT: u16 = 50051;
 const ORT_TUNING: &str = "ONNX Runtime tuning (defaults: the measured best, BENCHMARKS.md)";
-const SECURITY: &str = "Security (README.md, section Security)";
+const SECURITY: &str = "Security (docs/src/security.md)";
 
 #[derive(Debug, Parser)]
-#[command(name = "rotations", version, about = "How far GPT-2's hidden state of a token rotates from layer to layer")]
+#[command(
+    name = "rotations",
+    version,
+    about = "How far a token's hidden-state vector rotates from one transformer layer to the next"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API.
     Serve(ServeConfig),
-    /// Run the notebook's analysis on a server; write tables, JSON and the two figures.
+    /// Run the notebook's analysis on a server; write tables, CSV, JSON and the figures.
     Analyze(AnalyzeArgs),
     /// Compare two labelled groups of sentences (Welch's t-test per layer); write tables, JSON and a figure.
     Compare(CompareArgs),
@@ -49,7 +53,9 @@ pub enum LogFormat {
 /// Everything the server needs, in one place.
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
-    /// Model directory written by tools/export_model.py (model.onnx, tokenizer.json, model.json).
+    /// Model directory written by tools/export_model.py (model.onnx, tokenizer.json, model.json); the
+    /// default is looked up in the working directory, then where `make install` puts it
+    /// (share/rotations/ beside the binary's bin/).
     #[arg(long, env = "ROTATIONS_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
     pub model_dir: PathBuf,
     /// Address to listen on: loopback only by default; 0.0.0.0 (all interfaces) opens the port to the
@@ -65,7 +71,8 @@ pub struct ServeConfig {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, env = "ROTATIONS_THREADS", default_value_t = 0)]
     pub threads: usize,
-    /// Path of libonnxruntime.so [default: .ort/lib/ of the checkout, or next to the binary].
+    /// Path of libonnxruntime.so [default: .ort/lib/ of the working directory, else beside the binary
+    /// or in its ../lib (where `make install` puts it)].
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_library: Option<PathBuf>,
     /// Log format.
@@ -194,10 +201,26 @@ impl ServeConfig {
     pub fn ort_library(&self) -> PathBuf {
         resolve_ort_library(self.ort_library.clone())
     }
+
+    /// The model directory: as given, except that the default, when the working directory has no
+    /// `models/gpt2-tiny-random`, is the copy `make install` put under the binary's `../share/rotations`.
+    pub fn resolved_model_dir(&self) -> PathBuf {
+        if self.model_dir != std::path::Path::new(DEFAULT_MODEL_DIR) || self.model_dir.is_dir() {
+            return self.model_dir.clone();
+        }
+        installed_dir(&self.model_dir).filter(|d| d.is_dir()).unwrap_or_else(|| self.model_dir.clone())
+    }
+}
+
+/// Where `make install` puts a data folder: `<prefix>/share/rotations/<relative>` for a binary in `<prefix>/bin`.
+fn installed_dir(relative: &std::path::Path) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("share/rotations").join(relative))
 }
 
 /// Finds libonnxruntime.so: an explicit path wins; else `.ort/lib/` under the working directory (where
-/// `scripts/fetch-ort` puts it), then beside the binary, then `../lib` of the binary (the container layout).
+/// `scripts/fetch-ort` puts it), then beside the binary, then `../lib` of the binary (the container's
+/// and `make install`'s layout).
 pub fn resolve_ort_library(explicit: Option<PathBuf>) -> PathBuf {
     if let Some(p) = explicit {
         return p;
@@ -398,7 +421,7 @@ pub struct AnalyzeArgs {
     pub resolve_interval: f64,
     /// Write the angles to this .npy file as they arrive instead of holding them ([sentences,
     /// layers, 3] float32; the draws to FILE.draws.npy), as the Python Cluster's angles_out.
-    /// angles.csv and the per-sentence parts of analysis.json are then left out (README.md).
+    /// angles.csv and the per-sentence parts of analysis.json are then left out (docs/src/deployment.md).
     #[arg(long, value_name = "FILE.npy")]
     pub angles_out: Option<PathBuf>,
     /// With a tokenizer that puts a BOS token before every sentence (Llama): a target that is a

@@ -1,5 +1,6 @@
-use clap::Parser;
-use rotations::config::{Cli, Command, LogFormat};
+use clap::{CommandFactory, FromArgMatches};
+use rotations::config::{resolve_ort_library, Cli, Command, LogFormat};
+use rotations::model::onnx::{runtime_version, COMPILED_PROVIDERS};
 use rotations::{client, service};
 
 fn init_logging(format: LogFormat) {
@@ -26,9 +27,36 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// What `rotations --version` prints after the name: this binary's version, the ONNX Runtime it finds
+/// (as `serve` looks it up, ORT_DYLIB_PATH first) and the execution providers compiled in.
+fn long_version() -> String {
+    let library = resolve_ort_library(std::env::var_os("ORT_DYLIB_PATH").map(Into::into));
+    let runtime = match runtime_version(&library) {
+        Ok(version) => format!("ONNX Runtime {version} ({})", tidy(&library).display()),
+        Err(e) => format!("ONNX Runtime: not loaded: {e}"),
+    };
+    let providers = COMPILED_PROVIDERS.join(", ");
+    format!("{}\n{runtime}\nexecution providers compiled in: {providers}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `bin/../lib/x.so` as `lib/x.so`: the folder resolved, the file's own name kept.
+fn tidy(path: &std::path::Path) -> std::path::PathBuf {
+    let folder = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+    match (folder, path.file_name()) {
+        (Some(folder), Some(name)) => folder.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // Only `--version` loads ONNX Runtime to name it: every other command leaves that to `serve`.
+    if std::env::args_os().skip(1).any(|a| a == "--version") {
+        // clap keeps 'static text; this runs once, just before the process prints it and exits.
+        command = command.long_version(&*Box::leak(long_version().into_boxed_str()));
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Serve(config) => {
             init_logging(config.log_format);

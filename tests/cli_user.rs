@@ -60,13 +60,13 @@ fn a_bad_sentence_is_named_by_its_line_in_the_file() {
     ));
     let message =
         r#"sentence 0 ("I saw her at the market."): target token 372 "her" not found; did you mean " her" (607)?"#;
-    assert!(err.contains(&format!("{}:1: ", file.display())) && err.contains(message), "{err}");
+    assert!(err.contains(&format!("{}:1 (sentence 0): ", file.display())) && err.contains(message), "{err}");
 
     let err = stderr(&rotations(
         &["analyze", "--server", &url, "--target", " her", "--overwrite"],
         &[("--sentences", &file), ("--out", &out)],
     ));
-    let expected = format!(r#"{}:6: "#, file.display());
+    let expected = format!(r#"{}:6 (sentence 2): "#, file.display());
     assert!(err.contains(&expected) && err.contains(r#"sentence 2 ("We thanked him for the help.")"#), "{err}");
     assert!(!out.exists(), "a failed analysis leaves no empty output folder behind");
 }

@@ -50,6 +50,11 @@ impl Address {
             ),
             None => (text, tls_material),
         };
+        // A bare port ("50051") would parse as a host without one: say what is really missing.
+        anyhow::ensure!(
+            rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()),
+            "{text:?} has no host: give host:port, e.g. localhost:{rest}"
+        );
         let authority: http::uri::Authority = rest.parse().map_err(|_| {
             anyhow::anyhow!("{text:?} is not an address: give host:port, http://host:port or https://host:port")
         })?;
@@ -220,6 +225,8 @@ mod tests {
         assert_eq!(parsed("[::1]:50051", false), ("http://[::1]:50051".into(), false));
         for (text, expected) in [
             ("localhost", "has no port"),
+            ("50051", "has no host: give host:port, e.g. localhost:50051"),
+            ("http://50051", "has no host"),
             ("grpc://localhost:50051", "unsupported scheme grpc://"),
             ("localhost:50051/v1", "is not an address"),
             ("user@localhost:50051", "is not an address"),

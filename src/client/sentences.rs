@@ -27,11 +27,13 @@ impl SentenceFile {
     }
 }
 
-/// Prefixes `path:line:` to an error that names a sentence ("sentence N (…): …") whose line
-/// `line_of(N)` knows; other errors pass unchanged.
+/// Prefixes `path:line (sentence N):` to an error that names a sentence ("sentence N (…): …") whose
+/// line `line_of(N)` knows; other errors pass unchanged. Both numbers are shown, each named: the
+/// line counts from 1 with blank lines, the server's sentence index from 0 without them.
 pub fn locate(path: &Path, line_of: impl Fn(usize) -> Option<usize>, error: anyhow::Error) -> anyhow::Error {
-    match sentence_index(&format!("{error:#}")).and_then(line_of) {
-        Some(line) => error.context(format!("{}:{line}", path.display())),
+    let index = sentence_index(&format!("{error:#}"));
+    match index.and_then(|i| Some((i, line_of(i)?))) {
+        Some((index, line)) => error.context(format!("{}:{line} (sentence {index})", path.display())),
         None => error,
     }
 }

@@ -115,3 +115,14 @@ def test_sublayer_outputs_and_record():
     assert seq["states"] == ["resid_mid", "final_block_output"] and "post_attention_layernorm" in seq["resid_mid"]
     assert "x + attn" in families.sublayers_record("gpt_neox", parallel_residual=True)["resid_mid"]
     assert families.sublayers_record("gpt2", parallel_residual=False)["resid_mid"].endswith("ln_2")
+
+
+def test_every_preset_the_docs_name_exists():
+    """The family table of docs/src/families.md names a tiny preset per family: each must be one."""
+    import re
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "src" / "families.md").read_text(encoding="utf-8")
+    named = re.findall(r"^\| [^|]+ \| `([a-z0-9_.-]+-tiny)` \|", page, flags=re.M)
+    assert len(named) == len(FAMILIES), named
+    assert {PRESETS[name].family for name in named} == set(FAMILIES)
+    assert PRESETS["pythia-tiny"] == PRESETS["gpt_neox-tiny"]
