@@ -91,7 +91,8 @@ mod tests {
             assert!((n[[s, 1]] - 2.0 * (s + 1) as f64).abs() < 1e-6);
         }
         let g = growth(&n, 3);
-        assert!((g[[2, 0]] - 4.0 / 3.0).abs() < 1e-9 && (g[[0, 1]] - 2.0).abs() < 1e-9);
+        // f32 vectors: the ratios hold to ~1e-7.
+        assert!((g[[2, 0]] - 4.0 / 3.0).abs() < 1e-6 && (g[[0, 1]] - 2.0).abs() < 1e-6);
         let read = norm_vectors_read(4, &[RowSelection::at(2, 1)], SubToken::Last);
         assert_eq!(read.len(), 8);
     }
