@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from rotations_client import Client, RotationsError, collect_stream
+from rotations_client import Client, Cluster, RotationsError
 
 from .conftest import REPO, run_server
 
@@ -60,3 +60,8 @@ def test_a_model_without_sublayer_states_is_a_failed_precondition(tmp_path_facto
     assert "--sublayers" in refused.value.message
     with pytest.raises(ValueError, match="steps"):
         Client("127.0.0.1:1").analyze(["x"], " her", steps="attention")
+
+
+def test_the_cluster_refuses_what_it_does_not_merge_yet() -> None:
+    with pytest.raises(ValueError, match="Cluster does not merge"):
+        list(Cluster(["127.0.0.1:1"]).stream_rotations(["I saw her."], " her", steps="sublayers"))
