@@ -343,6 +343,23 @@ pub struct SelectArgs {
     /// With --all-layers: also every row's matrix (in analysis.json).
     #[arg(long, requires = "all_layers")]
     pub row_matrices: bool,
+    /// sublayers: also each layer's attention step and MLP step (a model exported with
+    /// --sublayers): steps.csv and the figure steps.svg.
+    #[arg(long, value_enum, default_value_t = StepsArg::Layers)]
+    pub steps: StepsArg,
+    /// Also the norm of the target's and non-target's vector at every state, and each layer's
+    /// growth ratio (norms.csv).
+    #[arg(long)]
+    pub norms: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum StepsArg {
+    /// Whole layers (hidden state l-1 -> l).
+    #[default]
+    Layers,
+    /// Whole layers, and the attention and MLP steps inside each.
+    Sublayers,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -29,6 +29,9 @@ pub enum Error {
     /// cannot help, so the status tells clients not to (see [`NO_RETRY`]).
     #[error("result too large: {0}")]
     ResultTooLarge(String),
+    /// The request needs something the served model lacks (e.g. sub-layer states in its graph).
+    #[error("{0}")]
+    FailedPrecondition(String),
 
     #[error("the model is not loaded yet")]
     NotReady,
@@ -63,6 +66,7 @@ impl From<Error> for Status {
                 | ModelError::ProviderUnavailable { .. } => Code::Internal,
             },
             Error::Overloaded(_) | Error::ResultTooLarge(_) => Code::ResourceExhausted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::NotReady | Error::ShuttingDown => Code::Unavailable,
         };
         let mut status = Status::new(code, cap(&e.to_string(), MAX_MESSAGE_CHARS).into_owned());
@@ -133,6 +137,7 @@ fn analysis_code(e: &AnalysisError) -> Code {
         | AnalysisError::DuplicateSentence { .. }
         | AnalysisError::LayerCountMismatch { .. }
         | AnalysisError::NonFiniteStats { .. }
+        | AnalysisError::StateCountMismatch { .. }
         | AnalysisError::MissingHiddenVector { .. } => Code::Internal,
     }
 }

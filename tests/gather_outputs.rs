@@ -89,6 +89,8 @@ async fn selected_rotations_of(
         first_index,
         selection,
         allow_bos_non_target: false,
+        steps: false,
+        norms: false,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()

@@ -7,7 +7,9 @@ qwen3, gemma (tools/families.py). The model directory written here is what the r
     model.onnx        inputs input_ids, attention_mask [batch, seq] int64 (dynamic axes), and
                       position_ids [batch, seq] int64 for rotary families (0..len-1 per row);
                       outputs hidden_state_0 .. hidden_state_N [batch, seq, hidden] float32,
-                      equal to Hugging Face's output_hidden_states=True (last one after the final norm)
+                      equal to Hugging Face's output_hidden_states=True (last one after the final norm);
+                      with --sublayers then resid_mid_1 .. resid_mid_N (each block's state between its
+                      attention and MLP steps) and final_block_output (before the final norm)
     model.onnx.data   the weights (always, unless --external-data auto: then only past protobuf's
                       2 GB limit); ONNX Runtime memory-maps them, so the server holds one copy
     tokenizer.json    the model's tokenizer, Hugging Face tokenizers format
@@ -48,6 +50,7 @@ import torch
 import transformers
 from families import FAMILIES, GATHER_INPUT, POSITION_INPUT, PRESETS, REPO_ROOT
 from families import bos_handling, choose_pad, graph_inputs, manifest, random_init_config, random_init_tokenizer
+from families import sublayer_outputs, sublayers_record
 from tokenizers import Tokenizer, processors
 from verification import BOUNDS, Deviation, compare, gather_index_for
 
@@ -134,6 +137,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"as {GATHER_OUTPUT} [n, hidden]: a GPU server copies only what the analysis reads",
     )
     p.add_argument(
+        "--sublayers",
+        action="store_true",
+        help="also output each block's mid state (resid_mid_1 ..= resid_mid_L: after attention, before the MLP; "
+        "x + attn for parallel-residual GPT-NeoX) and final_block_output (the last block's output before the final "
+        "norm); verified like the hidden states",
+    )
+    p.add_argument(
         "--optimize",
         action="store_true",
         help="apply onnxruntime.transformers' gpt2 optimizer (gpt2 family only), kept only if verification still passes",
@@ -165,13 +175,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class HiddenStates(torch.nn.Module):
-    """forward(input_ids, attention_mask[, position_ids]) -> tuple of every hidden state, as float32."""
+    """forward(input_ids, attention_mask[, position_ids]) -> tuple of every hidden state, as float32; with
+    sublayers (a SublayerHooks), then resid_mid_1 ..= resid_mid_L and final_block_output."""
 
-    def __init__(self, model):
+    def __init__(self, model, sublayers: SublayerHooks | None = None):
         super().__init__()
         self.model = model
+        self.sublayers = sublayers
 
     def forward(self, input_ids, attention_mask, position_ids=None):
+        if self.sublayers is not None:
+            self.sublayers.seen.clear()
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -180,8 +194,61 @@ class HiddenStates(torch.nn.Module):
             use_cache=False,
             return_dict=True,
         )
+        states = tuple(out.hidden_states)
+        if self.sublayers is not None:
+            # OPT's blocks norm the flattened [batch * seq, hidden] stream: every state gets [batch, seq, hidden].
+            states += tuple(s.reshape(states[0].shape) for s in self.sublayers.states())
         # Reduced-precision models still return float32 so the service reads one output type.
-        return tuple(h.float() for h in out.hidden_states)
+        return tuple(h.float() for h in states)
+
+
+def first_tensor(value):
+    return value[0] if isinstance(value, tuple) else value
+
+
+class SublayerHooks:
+    """Forward hooks that capture, during one forward pass, each block's mid state and the last block's
+    output before the final norm (tools/families.py says which modules). The hooks are traced into the
+    exported graph like any other Python the forward runs; states() gives them in output order."""
+
+    def __init__(self, model, family: str):
+        fam = FAMILIES[family]
+        self.blocks = operator.attrgetter(fam.blocks)(model)
+        self.parallel = parallel_residual(model.config, family)
+        self.seen: dict = {}
+        for i, block in enumerate(self.blocks):
+            if self.parallel:
+                block.register_forward_pre_hook(self._saver(("input", i)), with_kwargs=True)
+                getattr(block, fam.attention).register_forward_hook(lambda _m, _a, out, i=i: self.seen.__setitem__(("attn", i), first_tensor(out)))
+            else:
+                getattr(block, fam.mid_norm).register_forward_pre_hook(self._saver(("mid", i)), with_kwargs=True)
+        operator.attrgetter(fam.final_norm)(model).register_forward_pre_hook(self._saver("final"), with_kwargs=True)
+
+    def _saver(self, key):
+        def hook(_module, args, kwargs):
+            self.seen[key] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def states(self) -> tuple:
+        if self.parallel:  # eval mode: the attention output's dropout is the identity
+            mids = tuple(self.seen[("input", i)] + self.seen[("attn", i)] for i in range(len(self.blocks)))
+        else:
+            mids = tuple(self.seen[("mid", i)] for i in range(len(self.blocks)))
+        return mids + (self.seen["final"],)
+
+
+def parallel_residual(cfg, family: str) -> bool:
+    """Whether a block adds attention and MLP to the same input (GPT-NeoX's use_parallel_residual)."""
+    return family == "gpt_neox" and bool(getattr(cfg, "use_parallel_residual", False))
+
+
+def check_sublayers_supported(cfg, family: str) -> None:
+    # OPT-350m normalises after each residual add (do_layer_norm_before false): its final_layer_norm
+    # then reads the MLP's output, not the residual stream, so the table's mid state would be wrong.
+    if family == "opt" and not getattr(cfg, "do_layer_norm_before", True):
+        fail("--sublayers: this OPT model normalises after the residual add (do_layer_norm_before false); "
+             "only pre-norm blocks have a resid_mid")
 
 
 def gathered(states, gather_index):
@@ -292,7 +359,8 @@ def encode_batch(tok: Tokenizer, sentences, vocab_size: int, pad_id: int, rotary
 
 
 def check_gathered(session, feeds: dict, full_states, num_states: int, lengths) -> None:
-    """The gathered output must equal slicing the full outputs, bit for bit; an empty index must run."""
+    """The gathered output must equal slicing the full outputs, bit for bit; an empty index must run.
+    State k of gather_index is the k-th state output (hidden states, then the sub-layer ones)."""
     index = gather_index_for(lengths, num_states)
     (gathered,) = session.run([GATHER_OUTPUT], {**feeds, GATHER_INPUT: index})
     expected = np.stack([full_states[k][r, p] for r, k, p in index])
@@ -303,7 +371,7 @@ def check_gathered(session, feeds: dict, full_states, num_states: int, lengths) 
         raise ValueError(f"an empty {GATHER_INPUT} gave {empty.shape[0]} vectors")
 
 
-def verify_onnx(path: Path, batches, input_names: list, num_states: int) -> Deviation:
+def verify_onnx(path: Path, batches, input_names: list, state_names: list) -> Deviation:
     """Runs each (feeds, lengths, reference) batch in ONNX Runtime (CPU) and compares every hidden vector
     with the reference; with a gather input, also checks the gathered output against the full ones."""
     opts = ort.SessionOptions()
@@ -314,7 +382,7 @@ def verify_onnx(path: Path, batches, input_names: list, num_states: int) -> Devi
     gather = GATHER_INPUT in input_names
     if inputs != input_names:
         raise ValueError(f"unexpected ONNX inputs {inputs}, expected {input_names}")
-    state_names = [f"hidden_state_{i}" for i in range(num_states)]
+    num_states = len(state_names)
     expected = state_names + [GATHER_OUTPUT] * gather
     if outputs != expected:
         raise ValueError(f"unexpected ONNX outputs {outputs}, expected {expected}")
@@ -347,7 +415,7 @@ def add_zero_gemm_biases(model: onnx.ModelProto) -> None:
             node.input.append(bias.name)
 
 
-def optimize(onnx_path: Path, cfg, use_gpu: bool, batches, names: tuple[list, int], bound: dict):
+def optimize(onnx_path: Path, cfg, use_gpu: bool, batches, names: tuple[list, list], bound: dict):
     """Try ORT's gpt2 fusions; keep the result only if it still verifies. Returns (optimized, Deviation).
 
     The fusions work on the graph only: weights in model.onnx.data are neither loaded nor
@@ -426,7 +494,7 @@ def check_hidden_state_semantics(model, family: str, feeds: dict, states) -> Non
     for hook in hooks:
         hook.remove()
     expected = [seen["first"]] + [seen[i] for i in range(len(blocks) - 1)] + [seen["norm"]]
-    for k, (state, want) in enumerate(zip(states, expected, strict=True)):
+    for k, (state, want) in enumerate(zip(states[: len(expected)], expected, strict=True)):
         if not np.array_equal(state, want.float().numpy()):
             fail(f"hidden state {k} of this {family} model is not what tools/families.py describes ({fam.first}; {fam.last})")
 
@@ -479,7 +547,7 @@ def compare_torch(wrapper: HiddenStates, batches) -> Deviation:
     return result
 
 
-def verify_export(onnx_path: Path, batches, names: tuple[list, int], dtype: str, proxy: Deviation | None):
+def verify_export(onnx_path: Path, batches, names: tuple[list, list], dtype: str, proxy: Deviation | None):
     """ONNX Runtime (CPU) against float32 PyTorch; returns (Deviation, what was checked).
 
     A reduced-precision graph that ONNX Runtime's CPU provider cannot run (it lacks float16 or bfloat16
@@ -501,7 +569,7 @@ def verify_export(onnx_path: Path, batches, names: tuple[list, int], dtype: str,
 
 def verification_record(deviation: Deviation, checked: str, bound: dict, proxy: Deviation | None) -> dict:
     record = {
-        "criterion": "every hidden state, every real token of a right-padded batch: the angle between the "
+        "criterion": "every hidden state (and sub-layer state), every real token of a right-padded batch: the angle between the "
         "checked vector and float32 PyTorch's <= angle_bound_deg, and |norm error| / norm <= rel_norm_bound",
         "checked": checked,
         "reference": "pytorch-float32-cpu",
@@ -577,15 +645,19 @@ def main(argv: list[str] | None = None) -> None:
 
     # References first, so the PyTorch weights can be freed before ONNX Runtime loads its
     # own copy (GPT-2 XL is ~6 GB per copy).
-    wrapper = HiddenStates(model).eval()
+    if args.sublayers:
+        check_sublayers_supported(cfg, family)
+    hooks = SublayerHooks(model, family) if args.sublayers else None
+    wrapper = HiddenStates(model, hooks).eval()
     with step("verify", "computing PyTorch float32 reference hidden states"):
         batches = reference_batches(wrapper, tok, cfg.vocab_size, ids["pad"][0], rotary)
         check_hidden_state_semantics(model, family, *batches[0][::2])
-    num_states = len(batches[0][2])
-    if num_states != cfg.num_hidden_layers + 1:
-        fail(f"model returned {num_states} hidden states, expected {cfg.num_hidden_layers + 1}")
+    state_names = [f"hidden_state_{i}" for i in range(cfg.num_hidden_layers + 1)]
+    state_names += sublayer_outputs(cfg.num_hidden_layers) if args.sublayers else []
+    if len(batches[0][2]) != len(state_names):
+        fail(f"model returned {len(batches[0][2])} states, expected {len(state_names)}")
     input_names = graph_inputs(family, args.gather_outputs)
-    output_names = [f"hidden_state_{i}" for i in range(num_states)] + [GATHER_OUTPUT] * args.gather_outputs
+    output_names = state_names + [GATHER_OUTPUT] * args.gather_outputs
 
     # Reduced precision is checked against the float32 reference too, with its own bound.
     dtype, bound, proxy = args.dtype, BOUNDS[args.dtype], None
@@ -597,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
 
     onnx_path = out / "model.onnx"
     if args.gather_outputs:
-        wrapper = (GatheredPositionedHiddenStates if rotary else GatheredHiddenStates)(model).eval()
+        wrapper = (GatheredPositionedHiddenStates if rotary else GatheredHiddenStates)(model, hooks).eval()
     example, _ = encode_batch(tok, TRACE_SENTENCES, cfg.vocab_size, ids["pad"][0], rotary)
     export_onnx(wrapper, onnx_path, (input_names, output_names), example, args.external_data, cfg.max_position_embeddings)
     del wrapper, model
@@ -605,12 +677,12 @@ def main(argv: list[str] | None = None) -> None:
     opset = next(o.version for o in onnx.load(onnx_path, load_external_data=False).opset_import if o.domain == "")
     log(f"ONNX opset {opset}, external data file: {(out / 'model.onnx.data').exists()}")
 
-    deviation, checked = verify_export(onnx_path, batches, (input_names, num_states), dtype, proxy)
+    deviation, checked = verify_export(onnx_path, batches, (input_names, state_names), dtype, proxy)
     check_outputs(deviation, proxy, dtype, bound)
     optimized = False
     if args.optimize and checked == "onnxruntime-cpu":
         use_gpu = dtype != "float32"
-        optimized, opt_deviation = optimize(onnx_path, cfg, use_gpu, batches, (input_names, num_states), bound)
+        optimized, opt_deviation = optimize(onnx_path, cfg, use_gpu, batches, (input_names, state_names), bound)
         if optimized:
             deviation = opt_deviation
 
@@ -638,6 +710,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         verification=verification_record(deviation, checked, bound, proxy),
         optimized=optimized,
+        **({"sublayers": sublayers_record(family, hooks.parallel)} if hooks else {}),
         # Replicas compare it (GetModelInfo.weights_sha256); recorded here so a server need not hash
         # the weights at every start. The same bytes as src/model/fingerprint.rs hashes.
         weights_sha256=weights_sha256(out),

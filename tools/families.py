@@ -37,6 +37,10 @@ class Family:
     (0..len-1 per row under right padding), so positions are what the runtime says, not inferred.
     tokenizer: the random-init presets' tokenizer (byte-level: GPT-2's; metaspace: the trained one).
     bos_prepended: the random-init tokenizer prepends BOS, as the family's real tokenizers do.
+    mid_norm: the module in a block whose input is resid_mid (--sublayers): the residual stream after
+    attention's residual add, before the MLP step (the block's second norm in sequential pre-norm blocks).
+    attention: the module in a block whose output[0] is the attention output (added to the block's input
+    to form the mid state of parallel-residual blocks, GPT-NeoX's use_parallel_residual).
     """
 
     model_type: str
@@ -48,6 +52,8 @@ class Family:
     first: str = EMBEDDINGS
     last: str = AFTER_FINAL_NORM
     tiny: dict = field(default_factory=dict)
+    mid_norm: str = "post_attention_layernorm"
+    attention: str = "self_attn"
 
 
 # Tiny shapes: a few layers, hidden 32, 4 heads (grouped-query attention with 2 key/value heads where the
@@ -67,7 +73,9 @@ def _llama_like(model_type: str, tokenizer: str, **tiny) -> Family:
 FAMILIES = {
     f.model_type: f
     for f in [
-        Family("gpt2", "h", "ln_f", False, "byte-level", False, first=LEARNED_POSITIONS, tiny={"n_layer": 6, "n_embd": 32, "n_head": 4}),
+        Family(
+            "gpt2", "h", "ln_f", False, "byte-level", False, first=LEARNED_POSITIONS, tiny={"n_layer": 6, "n_embd": 32, "n_head": 4}, mid_norm="ln_2", attention="attn"
+        ),
         Family(
             "gpt_neo",
             "h",
@@ -77,6 +85,8 @@ FAMILIES = {
             False,
             first=LEARNED_POSITIONS,
             tiny={"num_layers": 4, "hidden_size": 32, "num_heads": 4, "attention_types": [[["global", "local"], 2]], "window_size": 8},
+            mid_norm="ln_2",
+            attention="attn",
         ),
         Family(
             "gpt_neox",
@@ -86,6 +96,7 @@ FAMILIES = {
             "byte-level",
             False,
             tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "rotary_pct": 0.25},
+            attention="attention",
         ),
         Family(
             "opt",
@@ -96,6 +107,7 @@ FAMILIES = {
             True,  # OPT's tokenizer prepends </s> as BOS
             first=LEARNED_POSITIONS + " (positions from the attention mask)",
             tiny={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 4, "ffn_dim": 64, "word_embed_proj_dim": 32},
+            mid_norm="final_layer_norm",  # the block's final_layer_norm: its MLP norm, not the model's
         ),
         _llama_like("llama", "metaspace"),
         _llama_like("mistral", "metaspace", sliding_window=8),
@@ -225,10 +237,40 @@ def bos_handling(with_specials: list[int], without_specials: list[int], config_b
     )
 
 
+# --sublayers: the states the graph emits after hidden_state_0 ..= hidden_state_L, in this order.
+RESID_MID = "resid_mid"  # resid_mid_1 ..= resid_mid_L: block l's mid state
+FINAL_BLOCK_OUTPUT = "final_block_output"  # the last block's output, before the final norm
+SEQUENTIAL_MID = "the residual stream after attention's residual add: the input of each block's {norm}"
+PARALLEL_MID = (
+    "the block's input plus its attention output (x + attn): parallel-residual blocks add attention and MLP "
+    "to the same input, so there is no resid_mid in the model; the attention step is x -> x + attn and the "
+    "MLP step x + attn -> x + attn + mlp (the block's output)"
+)
+
+
+def sublayer_outputs(num_layers: int) -> list[str]:
+    """The graph's outputs after the hidden states with --sublayers: resid_mid_1 ..= resid_mid_L, final_block_output."""
+    return [f"{RESID_MID}_{layer}" for layer in range(1, num_layers + 1)] + [FINAL_BLOCK_OUTPUT]
+
+
+def sublayers_record(family: str, parallel_residual: bool) -> dict:
+    """model.json's "sublayers": which states the graph emits beyond the hidden states, and what each step means."""
+    fam = FAMILIES[family]
+    return {
+        "states": [RESID_MID, FINAL_BLOCK_OUTPUT],
+        "parallel_residual": parallel_residual,
+        RESID_MID: PARALLEL_MID if parallel_residual else SEQUENTIAL_MID.format(norm=fam.mid_norm),
+        FINAL_BLOCK_OUTPUT: "the last block's output before the final norm (hidden_state_L is after it)",
+        "attention_step": "layer l: hidden_state_{l-1} -> resid_mid_l",
+        "mlp_step": "layer l: resid_mid_l -> hidden_state_l (the last layer: -> final_block_output, before the final norm)",
+    }
+
+
 def manifest(*, name: str, shape: dict, family: str, ids: dict, gather: bool, outputs: list[str], **rest) -> dict:
     """model.json: the fields every export has had (GPT-2's meaning where the family ones are absent), then
     the family's. shape: num_layers, hidden_size, num_heads, vocab_size, max_positions. ids: bos_token_id,
-    adds_bos, pad (id, source), eos_token_id. rest: dtype, source, exporter, verification, optimized."""
+    adds_bos, pad (id, source), eos_token_id. rest: dtype, source, exporter, verification, optimized, and
+    sublayers (sublayers_record) for a --sublayers export."""
     fam = FAMILIES[family]
     return {
         "format_version": 1,

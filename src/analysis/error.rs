@@ -79,6 +79,9 @@ pub enum AnalysisError {
     /// A hidden-state vector used in an angle has a NaN or infinite component.
     #[error("sentence {sentence}: hidden state {hidden_state} at position {position} is not finite")]
     NonFiniteHiddenState { sentence: usize, hidden_state: usize, position: usize },
+    /// The states of a forward pass do not have the model's layout (hidden states, then sub-layer states).
+    #[error("sentence {sentence}: {found} states, expected {expected} (the model's hidden and sub-layer states)")]
+    StateCountMismatch { sentence: usize, expected: usize, found: usize },
     /// The model returned only some vectors (a gathering graph) and not this one.
     #[error("sentence {sentence}: hidden state {hidden_state} at position {position} was not returned by the model")]
     MissingHiddenVector { sentence: usize, hidden_state: usize, position: usize },

@@ -55,11 +55,13 @@ pub mod angles;
 mod error;
 pub mod groups;
 pub mod moments;
+pub mod norms;
 pub mod rotations;
 pub mod select;
 pub mod shuffle;
 pub mod stats;
 pub mod student_t;
+pub mod sublayers;
 pub mod target;
 pub mod trajectory;
 pub mod vectors;
@@ -71,6 +73,7 @@ pub use groups::{
     GroupResult,
 };
 pub use moments::ExactMoments;
+pub use norms::{growth, norm_tensors, row_norms};
 pub use rotations::{
     check_rows_bos, locate_target, rotate_row, rotate_sentence, rows_vectors_read, vectors_read, RotationOptions,
     Rotations, SentenceRotations, CONDITIONS,
@@ -84,6 +87,9 @@ pub use stats::{
     adjust_p_values, check_options, fixed_point, merge_layers, paired_stats, t_quantile, test_layers,
     test_layers_from_stats, two_sided_p, Correction, Direction, LayerFlag, LayerTest, PairedStats, SignificanceOptions,
     SignificanceResult, CI_LEVEL, EXACT_SCALE_BITS, MAX_ABS_DIFFERENCE,
+};
+pub use sublayers::{
+    step_angles, step_stats, step_tensor, step_test_options, FirstStates, StateLayout, STEPS, STEP_CONDITIONS,
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
 pub use trajectory::{cumulative_angles, pairwise_angles, AngleMatrixSum};

@@ -4,9 +4,11 @@
 use ndarray::{Array2, Array3, ArrayView1, Axis};
 
 use super::angles::{angle_between, AngleUnit};
+use super::norms::{norm_tensors, norm_vectors_read, row_norms};
 use super::select::{sub_token_vector, RowSelection, SubToken, TokenRange};
 use super::shuffle::{draws_after_prefix, ShuffleDraw, DEFAULT_SHUFFLE_SEED};
 use super::stats::{test_layers, SignificanceOptions, SignificanceResult};
+use super::sublayers::{step_angles, step_tensor, step_vectors_read, FirstStates, StateLayout};
 use super::target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
 use super::trajectory::{pairwise_angles, AngleMatrixSum};
 use super::vectors::HiddenVectors;
@@ -37,6 +39,13 @@ pub struct RotationOptions {
     /// Whether the non-target may be the BOS token (for a target that is the sentence's first word
     /// and offset −1); refused by default ([`AnalysisError::NonTargetIsBos`]).
     pub allow_bos_non_target: bool,
+    /// The model's states when its forward pass also returns sub-layer states after the hidden
+    /// states ([`StateLayout`]); `None`: hidden states only.
+    pub states: Option<StateLayout>,
+    /// Also the angles across each layer's attention and MLP steps ([`step_angles`]; needs `states`).
+    pub steps: bool,
+    /// Also the norms of the target's and non-target's vectors at every state ([`row_norms`]).
+    pub norms: bool,
 }
 
 impl RotationOptions {
@@ -52,6 +61,9 @@ impl RotationOptions {
             all_layers: false,
             special_prefix: 0,
             allow_bos_non_target: false,
+            states: None,
+            steps: false,
+            norms: false,
         }
     }
 }
@@ -76,6 +88,12 @@ pub struct SentenceRotations {
     /// `[num_layers + 1; 2]`: the target's angles between every pair of hidden states, when
     /// [`RotationOptions::all_layers`] is set.
     pub layer_matrix: Option<Array2<f64>>,
+    /// `[num_layers, 2, 2]` with [`RotationOptions::steps`]: the target's and non-target's angles
+    /// across each layer's attention and MLP steps, in the options' unit ([`step_angles`]).
+    pub steps: Option<Array3<f64>>,
+    /// `[num_states, 2]` with [`RotationOptions::norms`]: the target's and non-target's vector norms at
+    /// every state the pass returned (hidden states, then sub-layer states).
+    pub norms: Option<Array2<f64>>,
 }
 
 impl SentenceRotations {
@@ -194,9 +212,41 @@ fn check_hidden(index: usize, hidden: &impl HiddenVectors) -> Result<(), Analysi
     Ok(())
 }
 
-/// The angles of the three conditions at every layer transition (and the pairwise matrix when
-/// asked for), on checked hidden states.
+/// The angles of the three conditions at every layer transition (and the pairwise matrix and the
+/// step angles when asked for), on checked hidden states: the layer analysis reads the hidden
+/// states of a model that also returns sub-layer states, as it does a model without them.
 fn rotate_checked(
+    index: usize,
+    hidden: &impl HiddenVectors,
+    selection: RowSelection,
+    opts: &RotationOptions,
+) -> Result<SentenceRotations, AnalysisError> {
+    let Some(layout) = opts.states else {
+        if opts.steps {
+            let found = hidden.dim().0;
+            return Err(AnalysisError::StateCountMismatch { sentence: index, expected: 2 * found, found });
+        }
+        let mut rotations = rotate_layers(index, hidden, selection, opts)?;
+        if opts.norms {
+            rotations.norms = Some(row_norms(index, hidden, hidden.dim().0, selection, opts.sub_token)?);
+        }
+        return Ok(rotations);
+    };
+    layout.check(index, hidden.dim().0)?;
+    let mut rotations =
+        rotate_layers(index, &FirstStates { inner: hidden, count: layout.num_hidden_states() }, selection, opts)?;
+    if opts.steps {
+        let radians = step_angles(index, hidden, layout, selection, opts.sub_token)?;
+        rotations.steps = Some(radians.mapv(|a| opts.unit.from_radians(a)));
+    }
+    if opts.norms {
+        rotations.norms = Some(row_norms(index, hidden, layout.num_states(), selection, opts.sub_token)?);
+    }
+    Ok(rotations)
+}
+
+/// The layer angles (and pairwise matrix) of [`rotate_checked`] on the hidden states alone.
+fn rotate_layers(
     index: usize,
     hidden: &impl HiddenVectors,
     selection: RowSelection,
@@ -218,7 +268,17 @@ fn rotate_checked(
         .all_layers
         .then(|| pairwise_angles(hidden, index, selection.target, opts.sub_token, opts.unit))
         .transpose()?;
-    Ok(SentenceRotations { index, num_tokens, selection, sub_token: opts.sub_token, angles, draws, layer_matrix })
+    Ok(SentenceRotations {
+        index,
+        num_tokens,
+        selection,
+        sub_token: opts.sub_token,
+        angles,
+        draws,
+        layer_matrix,
+        steps: None,
+        norms: None,
+    })
 }
 
 /// The angle in radians of a word from hidden state `l − 1` to `l`: its sub-token's vectors, or
@@ -230,15 +290,26 @@ fn word_angle(
     sub_token: SubToken,
     l: usize,
 ) -> Result<f64, AnalysisError> {
+    word_angle_between(sentence, hidden, range, sub_token, (l - 1, l))
+}
+
+/// The angle in radians of a word from state `s1` to state `s2` (as [`word_angle`]).
+pub(crate) fn word_angle_between(
+    sentence: usize,
+    hidden: &impl HiddenVectors,
+    range: TokenRange,
+    sub_token: SubToken,
+    (s1, s2): (usize, usize),
+) -> Result<f64, AnalysisError> {
     if let Some(p) = sub_token.position(range) {
-        return vector_angle(sentence, hidden, (l - 1, p), (l, p));
+        return vector_angle(sentence, hidden, (s1, p), (s2, p));
     }
     let (a, b) = (
-        sub_token_vector(hidden, sentence, l - 1, range, sub_token)?,
-        sub_token_vector(hidden, sentence, l, range, sub_token)?,
+        sub_token_vector(hidden, sentence, s1, range, sub_token)?,
+        sub_token_vector(hidden, sentence, s2, range, sub_token)?,
     );
     let (a, b) = (a.view(), b.view());
-    angle_between(a, b).map_err(|_| undefined_angle(sentence, (&a, (l - 1, range.start)), (&b, (l, range.start))))
+    angle_between(a, b).map_err(|_| undefined_angle(sentence, (&a, (s1, range.start)), (&b, (s2, range.start))))
 }
 
 /// The (hidden state, position) pair of each vector the shuffled condition compares.
@@ -247,7 +318,7 @@ fn draw_vectors(draw: &ShuffleDraw) -> [(usize, usize); 2] {
 }
 
 /// The positions of a word whose vectors are read: its sub-token, or all its tokens for a mean.
-fn word_positions(range: TokenRange, sub_token: SubToken) -> std::ops::Range<usize> {
+pub(crate) fn word_positions(range: TokenRange, sub_token: SubToken) -> std::ops::Range<usize> {
     match sub_token.position(range) {
         Some(p) => p..p + 1,
         None => range.start..range.end,
@@ -291,6 +362,13 @@ pub fn rows_vectors_read(
         if opts.all_layers {
             read.extend((0..=num_layers).flat_map(|s| word_positions(row.target, opts.sub_token).map(move |p| (s, p))));
         }
+    }
+    if let Some(layout) = opts.states.filter(|_| opts.steps) {
+        read.extend(step_vectors_read(layout, rows, opts.sub_token));
+    }
+    if opts.norms {
+        let states = opts.states.map_or(num_layers + 1, |layout| layout.num_states());
+        read.extend(norm_vectors_read(states, rows, opts.sub_token));
     }
     let mut read: Vec<(u32, u32)> = read.into_iter().map(|(s, p)| (s as u32, p as u32)).collect();
     read.sort_unstable();
@@ -351,6 +429,12 @@ pub struct Rotations {
     /// Exact sums of the rows' pairwise angle matrices, when they were computed
     /// ([`RotationOptions::all_layers`]): their mean, mergeable across pieces of a corpus.
     pub layer_matrices: Option<AngleMatrixSum>,
+    /// With [`RotationOptions::steps`]: `[2 · num_layers, num_rows, 2]`, the rows' step angles,
+    /// layer and step on one axis (`2 (l − 1) + step`; [`step_tensor`]).
+    pub steps: Option<Array3<f64>>,
+    /// With [`RotationOptions::norms`]: `[num_states, num_rows, 2]` the rows' norms and
+    /// `[num_layers, num_rows, 2]` their growth ratios ([`norm_tensors`]).
+    pub norms: Option<super::norms::NormTensors>,
 }
 
 impl Rotations {
@@ -385,7 +469,9 @@ impl Rotations {
         for (j, s) in sentences.iter().enumerate() {
             angles.index_axis_mut(Axis(1), j).assign(&s.angles);
         }
-        Ok(Rotations { unit, angles, sentences, layer_matrices })
+        let steps = step_tensor(&sentences)?;
+        let norms = norm_tensors(&sentences, num_layers)?;
+        Ok(Rotations { unit, angles, sentences, layer_matrices, steps, norms })
     }
 
     /// Number of layer transitions.

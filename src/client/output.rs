@@ -8,11 +8,13 @@ use anyhow::Context;
 pub const FILES: [&str; 5] = ["angles.csv", "significance.csv", "analysis.json", "angles.svg", "significance.svg"];
 /// Written besides [`FILES`] by `--all-layers`.
 pub const ALL_LAYERS_FILES: [&str; 2] = ["all_layers.csv", "all_layers.svg"];
+/// Written besides [`FILES`] by `--steps sublayers` and `--norms`.
+pub const INSIDE_FILES: [&str; 3] = ["steps.csv", "steps.svg", "norms.csv"];
 
 /// Creates `dir` and proves it writable; refuses a folder with an earlier analysis unless `overwrite`.
 /// Returns whether it created the folder (so a failed analysis can take the empty folder away again).
 pub fn prepare(dir: &Path, overwrite: bool) -> anyhow::Result<bool> {
-    let files: Vec<&str> = FILES.iter().chain(&ALL_LAYERS_FILES).copied().collect();
+    let files: Vec<&str> = FILES.iter().chain(&ALL_LAYERS_FILES).chain(&INSIDE_FILES).copied().collect();
     prepare_for(dir, overwrite, &files)
 }
 

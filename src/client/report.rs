@@ -265,6 +265,12 @@ impl Report {
         if self.rotations.all_layers.is_some() {
             files.extend(super::output::ALL_LAYERS_FILES);
         }
+        if self.rotations.sublayers.is_some() {
+            files.extend(["steps.csv", "steps.svg"]);
+        }
+        if self.rotations.norms.is_some() {
+            files.push("norms.csv");
+        }
         files
     }
 
@@ -282,6 +288,7 @@ impl Report {
         super::plots::angles_figure(self, &dir.join("angles.svg"))?;
         super::plots::significance_figure(self, &dir.join("significance.svg"))?;
         self.write_all_layers(dir)?;
+        super::inside::write(&self.rotations, self.unit, self.num_sentences, dir)?;
         Ok(())
     }
 

@@ -63,6 +63,10 @@ pub struct RotationJob {
     pub selection: Selection,
     /// The non-target may be the BOS token a tokenizer puts before the text ([`RotationOptions`]).
     pub allow_bos_non_target: bool,
+    /// Also the angles across each layer's attention and MLP steps (a model with sub-layer states).
+    pub steps: bool,
+    /// Also the norms of the target's and non-target's vectors at every state, and their growth.
+    pub norms: bool,
 }
 
 /// Budgets for one forward pass.
@@ -175,6 +179,13 @@ impl Engine {
     /// Checks a job's options against the model before any work: an offset of 0, or one no
     /// sentence of at most `max_positions` tokens can hold, fails every sentence alike.
     pub fn check_job(&self, job: &RotationJob) -> Result<(), Error> {
+        if job.steps && self.model.info.sublayers.is_null() {
+            return Err(Error::FailedPrecondition(format!(
+                "steps = SUBLAYERS needs a model exported with sub-layer states; {} was exported without them \
+                 (re-export it with tools/export_model.py --sublayers)",
+                self.model.info.name
+            )));
+        }
         let offset = job.non_target_offset;
         if !job.selection.non_target_spans.is_empty() {
             return Ok(()); // the offset is not used
@@ -224,6 +235,9 @@ impl Engine {
             all_layers: job.selection.all_layers,
             special_prefix: usize::from(self.model.tokenizer.bos().is_some()),
             allow_bos_non_target: job.allow_bos_non_target,
+            states: Some(self.model.info.state_layout()).filter(|layout| layout.sublayers),
+            steps: job.steps,
+            norms: job.norms,
         };
         Ok(Resolved { opts, target_tokens })
     }

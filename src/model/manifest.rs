@@ -62,7 +62,16 @@ pub struct Manifest {
     /// Which hidden states are before or after the final norm, as the export tool records it.
     #[serde(default = "gpt2_hidden_states", skip_serializing_if = "serde_json::Value::is_null")]
     pub hidden_states: serde_json::Value,
+    /// Present when the graph also outputs sub-layer states (`--sublayers`): `resid_mid_1 ..=
+    /// resid_mid_L` after the hidden states, then `final_block_output`; what each step means.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub sublayers: serde_json::Value,
 }
+
+/// The sub-layer outputs of a `--sublayers` export, after the hidden states: each block's mid state.
+pub const RESID_MID_OUTPUT: &str = "resid_mid";
+/// Then the last block's output before the final norm.
+pub const FINAL_BLOCK_OUTPUT: &str = "final_block_output";
 
 fn default_family() -> String {
     DEFAULT_FAMILY.to_string()
@@ -141,11 +150,16 @@ impl Manifest {
             ));
         }
         let mut expected: Vec<String> = (0..=self.num_layers).map(|k| format!("hidden_state_{k}")).collect();
+        if self.has_sublayers() {
+            expected.extend((1..=self.num_layers).map(|k| format!("{RESID_MID_OUTPUT}_{k}")));
+            expected.push(FINAL_BLOCK_OUTPUT.to_string());
+        }
         expected.extend(gathers.then(|| GATHER_OUTPUT.to_string()));
         if self.outputs != expected {
             return Err(format!(
-                "outputs must be hidden_state_0 ..= hidden_state_{}{} ({} names), found {} names",
+                "outputs must be hidden_state_0 ..= hidden_state_{}{}{} ({} names), found {} names",
                 self.num_layers,
+                if self.has_sublayers() { ", resid_mid_1 ..= resid_mid_L, final_block_output" } else { "" },
                 if gathers { format!(", {GATHER_OUTPUT}") } else { String::new() },
                 expected.len(),
                 self.outputs.len()
@@ -186,9 +200,20 @@ impl Manifest {
         self.bos_token_id.filter(|_| self.adds_bos)
     }
 
-    /// The names of the hidden-state outputs, without [`GATHER_OUTPUT`].
+    /// The graph also outputs sub-layer states (model.json's `sublayers`).
+    pub fn has_sublayers(&self) -> bool {
+        !self.sublayers.is_null()
+    }
+
+    /// Every state output: the hidden states, then the sub-layer ones; a forward pass returns them
+    /// in this order ([`crate::analysis::StateLayout`]).
+    pub fn num_states(&self) -> usize {
+        self.num_hidden_states() * if self.has_sublayers() { 2 } else { 1 }
+    }
+
+    /// The names of the state outputs (hidden states, then sub-layer states), without [`GATHER_OUTPUT`].
     pub fn hidden_state_outputs(&self) -> &[String] {
-        &self.outputs[..self.outputs.len().min(self.num_hidden_states())]
+        &self.outputs[..self.outputs.len().min(self.num_states())]
     }
 }
 
@@ -255,6 +280,26 @@ mod tests {
         // A BOS token the tokenizer does not add is recorded but not added.
         let qwen = parse(&edited(|v| v["bos_token_id"] = 3.into())).unwrap();
         assert_eq!(qwen.added_bos(), None);
+    }
+
+    #[test]
+    fn sublayer_outputs_follow_the_hidden_states() {
+        let with = parse(&edited(|v| {
+            v["sublayers"] = serde_json::json!({"states": ["resid_mid", "final_block_output"]});
+            v["outputs"] = serde_json::json!([
+                "hidden_state_0",
+                "hidden_state_1",
+                "hidden_state_2",
+                "resid_mid_1",
+                "resid_mid_2",
+                "final_block_output"
+            ]);
+        }))
+        .unwrap();
+        assert_eq!((with.has_sublayers(), with.num_states(), with.hidden_state_outputs().len()), (true, 6, 6));
+        assert!(!parse(OLD).unwrap().has_sublayers());
+        let missing = edited(|v| v["sublayers"] = serde_json::json!({"states": []}));
+        assert!(parse(&missing).unwrap_err().contains("resid_mid_1"));
     }
 
     #[test]

@@ -22,8 +22,9 @@ pub(crate) use tokenizer::metaspace_fixture;
 pub use tokenizer::{Tokenized, Tokenizer};
 pub use worker::ModelWorker;
 
-/// Every hidden state of one sentence, real tokens only: `[num_hidden_states, num_tokens, hidden_size]`.
-/// State 0 is the embedding output; state k the output of block k (the last one after `ln_f`).
+/// Every hidden state of one sentence, real tokens only: `[num_states, num_tokens, hidden_size]`.
+/// State 0 is the embedding output; state k the output of block k (the last one after `ln_f`); a
+/// model exported with `--sublayers` then has its sub-layer states ([`crate::analysis::StateLayout`]).
 pub type SentenceHidden = Array3<f32>;
 
 /// Which vector of a sentence: (hidden state, token position).
@@ -156,11 +157,19 @@ pub struct ModelInfo {
     pub adds_bos: bool,
     /// model.json's record of which hidden states are before or after the final norm (null if absent).
     pub hidden_states: serde_json::Value,
+    /// model.json's `sublayers`: the graph also returns each block's mid state and the last block's
+    /// output before the final norm, after the hidden states (null: it does not).
+    pub sublayers: serde_json::Value,
 }
 
 impl ModelInfo {
     pub fn num_hidden_states(&self) -> usize {
         self.num_layers + 1
+    }
+
+    /// Where a forward pass's states are (hidden states, then sub-layer states if the graph has them).
+    pub fn state_layout(&self) -> crate::analysis::StateLayout {
+        crate::analysis::StateLayout { num_layers: self.num_layers, sublayers: !self.sublayers.is_null() }
     }
 }
 
@@ -223,6 +232,7 @@ impl Model {
             bos_token_id: m.bos_token_id,
             adds_bos: tokenizer.bos().is_some(),
             hidden_states: m.hidden_states.clone(),
+            sublayers: m.sublayers.clone(),
         };
         Self { info: Arc::new(info), tokenizer: Arc::new(tokenizer), worker }
     }

@@ -1,10 +1,11 @@
 //! Wire messages ↔ domain types, at the edge: the core never sees unchecked input.
-use ndarray::{Array3, ArrayView2, ArrayView3};
+use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::analysis::{
-    cumulative_angles, AngleMatrixSum, AngleUnit, Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest,
-    GroupResult, LayerFlag, LayerTest, Occurrence, PairedStats, Rotations, SignificanceOptions, SignificanceResult,
-    SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET, DEFAULT_SHUFFLE_SEED,
+    condition_moments, cumulative_angles, step_test_options, test_layers_from_stats, AngleMatrixSum, AngleUnit,
+    Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult, LayerFlag, LayerTest, Occurrence,
+    PairedStats, Rotations, SignificanceOptions, SignificanceResult, SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET,
+    DEFAULT_SHUFFLE_SEED, STEPS, STEP_CONDITIONS,
 };
 use crate::engine::{RotationJob, Selection, Target};
 use crate::error::Error;
@@ -59,12 +60,18 @@ impl Default for InputLimits {
 /// bytes (its means, a LayerTest, three conditions' LayerStatistics, a GroupLayerTest); with
 /// `all_layers` the mean matrix and its exact sums (20 bytes an entry, and framing); 4 KiB of names
 /// and framing. Conservative, so that a result that passes always fits.
-pub fn result_bound(num_layers: usize, num_rows: usize, selection: &Selection) -> u128 {
+pub fn result_bound(num_layers: usize, num_rows: usize, job: &RotationJob) -> u128 {
     let (layers, states) = (num_layers as u128, num_layers as u128 + 1);
+    let selection = &job.selection;
     let matrix = if selection.row_matrices { 4 * states * states + 8 } else { 0 };
-    let per_row = 38 * layers + 56 + matrix;
+    // Sub-layer steps: per row [L, 2, 2] f32 angles; per step a LayerTest and its statistics.
+    let (step_row, step_layer) = if job.steps { (16 * layers + 16, 1200 * layers) } else { (0, 0) };
+    // Norms: per row three conditions' norm at every state and growth per layer; per state the
+    // means and exact sums of norms and growth.
+    let (norm_row, norm_state) = if job.norms { (12 * states + 12 * layers + 16, 600 * states) } else { (0, 0) };
+    let per_row = 38 * layers + 56 + matrix + step_row + norm_row;
     let all_layers = if selection.all_layers { 24 * states * states + 64 } else { 0 };
-    per_row * num_rows as u128 + 600 * layers + all_layers + 4096
+    per_row * num_rows as u128 + 600 * layers + step_layer + norm_state + all_layers + 4096
 }
 
 /// Refuses, before any work, an answer whose bound ([`result_bound`], summed over a request's
@@ -142,7 +149,18 @@ pub fn rotation_job(
         first_index,
         selection: selection(req)?,
         allow_bos_non_target: req.allow_bos_non_target,
+        steps: steps(req.steps)?,
+        norms: req.norms,
     })
+}
+
+/// RotationRequest.steps: whether the step angles are asked for.
+fn steps(raw: i32) -> Result<bool, Error> {
+    match proto::Steps::try_from(raw) {
+        Ok(proto::Steps::Unspecified | proto::Steps::Layers) => Ok(false),
+        Ok(proto::Steps::Sublayers) => Ok(true),
+        Err(_) => Err(Error::invalid("steps", format!("unknown Steps value {raw}"))),
+    }
 }
 
 /// Occurrence, non-target spans, sub-token and all-layers options of a request.
@@ -367,6 +385,12 @@ pub fn chunk(part: &Rotations, first: usize, seed: u64, row_matrices: bool) -> p
         shuffle_seed: seed,
         all_layers: row_matrices
             .then(|| proto::AllLayers { row_matrices: row_matrix_tensor(part), ..Default::default() }),
+        sublayers: sublayer_rotations(part),
+        norms: part.norms.as_ref().map(|(norms, growth)| proto::Norms {
+            norms: Some(tensor3(norms.view())),
+            growth: Some(tensor3(growth.view())),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -427,10 +451,10 @@ pub fn rotation_result(
     target: &[u32],
     model_name: &str,
     row_matrices: bool,
-) -> proto::RotationResult {
+) -> Result<proto::RotationResult, Error> {
     let (target_token_id, target_token_ids) = target_ids(target);
     let rows = if row_matrices { row_matrix_tensor(r) } else { None };
-    proto::RotationResult {
+    Ok(proto::RotationResult {
         angles: Some(tensor3(r.angles.view())),
         conditions: CONDITIONS.iter().map(|c| c.to_string()).collect(),
         unit: unit_to_proto(r.unit) as i32,
@@ -442,7 +466,62 @@ pub fn rotation_result(
         target_token_id,
         all_layers: r.layer_matrices.as_ref().and_then(|sums| all_layers(sums, rows)),
         target_token_ids,
+        sublayers: sublayer_rotations(r),
+        norms: norms(r)?,
+    })
+}
+
+/// The rows' norms and growth ratios with their exact sums and means (`None` without norms).
+///
+/// # Errors
+/// A norm past the exact sums' range (2^31).
+pub fn norms(r: &Rotations) -> Result<Option<proto::Norms>, Error> {
+    let Some((norms, growth)) = &r.norms else { return Ok(None) };
+    let (per_state, per_layer) = (condition_moments(norms.view())?, condition_moments(growth.view())?);
+    Ok(Some(proto::Norms {
+        norms: Some(tensor3(norms.view())),
+        growth: Some(tensor3(growth.view())),
+        ..norm_summary(&per_state, &per_layer)
+    }))
+}
+
+/// Means and exact sums of merged norm moments: the same for Analyze and a stream's final chunk.
+pub fn norm_summary(per_state: &[Vec<ExactMoments>], per_layer: &[Vec<ExactMoments>]) -> proto::Norms {
+    let means = |m: &[Vec<ExactMoments>]| {
+        let rows = m.first().map_or(0, Vec::len);
+        proto::Tensor {
+            shape: vec![rows as u32, m.len() as u32],
+            values: (0..rows).flat_map(|k| m.iter().map(move |c| c[k].mean() as f32)).collect(),
+        }
+    };
+    proto::Norms {
+        mean_norms: Some(means(per_state)),
+        mean_growth: Some(means(per_layer)),
+        norm_statistics: condition_statistics(per_state),
+        growth_statistics: condition_statistics(per_layer),
+        ..Default::default()
     }
+}
+
+/// The rows' step angles on the wire: `[L, 2, rows, 2]` is the `[2L, rows, 2]` step tensor with its
+/// first axis read as (layer, step), the same values in the same order.
+pub fn sublayer_rotations(r: &Rotations) -> Option<proto::SublayerRotations> {
+    let steps = r.steps.as_ref()?;
+    let (layer_steps, rows, conditions) = steps.dim();
+    let (layers, per_layer) = (layer_steps / STEPS.len(), STEPS.len() as u32);
+    let means = steps.mean_axis(Axis(1));
+    Some(proto::SublayerRotations {
+        angles: Some(proto::Tensor {
+            shape: vec![layers as u32, per_layer, rows as u32, conditions as u32],
+            values: steps.iter().map(|&v| v as f32).collect(),
+        }),
+        steps: STEPS.iter().map(|s| s.to_string()).collect(),
+        conditions: STEP_CONDITIONS.iter().map(|c| c.to_string()).collect(),
+        layer_means: means.map(|m| proto::Tensor {
+            shape: vec![layers as u32, per_layer, conditions as u32],
+            values: m.iter().map(|&v| v as f32).collect(),
+        }),
+    })
 }
 
 pub fn significance_result(r: &SignificanceResult, opts: &SignificanceOptions) -> proto::SignificanceResult {
@@ -484,6 +563,19 @@ fn layer_test(t: &LayerTest) -> proto::LayerTest {
             LayerFlag::None => proto::LayerFlag::None,
             LayerFlag::ZeroVariance => proto::LayerFlag::ZeroVariance,
         } as i32,
+    }
+}
+
+/// The step tests ([`step_test_options`]) from merged step statistics, or why there are none: the
+/// same call for Analyze and a stream's final chunk, so both give the same tests bit for bit.
+pub fn step_significance(
+    stats: &[PairedStats],
+    opts: &SignificanceOptions,
+) -> (Option<proto::SignificanceResult>, String) {
+    let opts = step_test_options(opts);
+    match test_layers_from_stats(stats, &opts) {
+        Ok(result) => (Some(significance_result(&result, &opts)), String::new()),
+        Err(e) => (None, e.to_string()),
     }
 }
 
@@ -655,6 +747,8 @@ pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
         adds_bos: info.adds_bos,
         pad_token_id: info.pad_token_id,
         hidden_states: if info.hidden_states.is_null() { String::new() } else { info.hidden_states.to_string() },
+        sublayers: !info.sublayers.is_null(),
+        sublayer_states: if info.sublayers.is_null() { String::new() } else { info.sublayers.to_string() },
     }
 }
 

@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 use tracing::{info_span, Span};
 
 use crate::analysis::{
-    check_group_options, check_options, condition_moments, test_layers, test_layers_from_stats, welch_layers,
-    ExactMoments, Rotations, SignificanceOptions, CONDITIONS,
+    check_group_options, check_options, condition_moments, step_stats, test_layers, test_layers_from_stats,
+    welch_layers, ExactMoments, Rotations, SignificanceOptions, CONDITIONS,
 };
 use crate::config::ServeConfig;
 use crate::engine::{blocking, Engine, Prepared, RotationJob};
@@ -129,7 +129,7 @@ impl RotationServiceImpl {
         engine.check_job(&job)?;
         // Every sentence gives at least one row: refused here, before tokenizing, if even that cannot fit.
         let rows = job.sentences.len();
-        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job.selection);
+        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job);
         convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         Ok(job)
     }
@@ -143,13 +143,13 @@ impl RotationServiceImpl {
         timings: &mut StageTimings,
     ) -> Result<(Rotations, proto::RotationResult), Error> {
         let (rows, row_matrices) = (prepared.num_rows(), job.selection.row_matrices);
-        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job.selection);
+        let bound = convert::result_bound(engine.model.info.num_layers, rows, job);
         convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         let tokens = prepared.num_tokens();
         let _queued = info_span!("admission", tokens = tokens as i64).in_scope(|| self.admission.tokens(tokens))?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
         let name = &engine.model.info.name;
-        let wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices);
+        let wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices)?;
         Ok((rotations, wire))
     }
 
@@ -215,7 +215,7 @@ impl RotationServiceImpl {
         // The answer holds both groups: their sum must fit, before either is computed.
         let layers = engine.model.info.num_layers;
         let bounds =
-            jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(layers, p.num_rows(), &job.selection));
+            jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(layers, p.num_rows(), job));
         let rows = prepared.iter().map(Prepared::num_rows).sum();
         convert::check_result_bound(bounds.sum(), rows, self.input.max_message_bytes)?;
         let mut analyses = Vec::new();
@@ -250,6 +250,11 @@ fn analysis_of(
     match test_layers(rotations.angles.view(), opts) {
         Ok(significance) => body.significance = Some(convert::significance_result(&significance, opts)),
         Err(e) => body.significance_error = e.to_string(),
+    }
+    if let Some(steps) = &rotations.steps {
+        let stats = step_stats(steps.view())?;
+        body.step_statistics = convert::layer_statistics(&stats);
+        (body.step_significance, body.step_significance_error) = convert::step_significance(&stats, opts);
     }
     Ok((body, moments))
 }

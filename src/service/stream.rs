@@ -17,8 +17,8 @@ use super::admission::{Admission, QueuedTokens, Slot};
 use super::connection::PeerConnection;
 use super::convert;
 use crate::analysis::{
-    condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
-    ExactMoments, PairedStats, Rotations, SignificanceOptions,
+    condition_moments, merge_conditions, merge_layers, paired_stats, step_stats, test_layers_from_stats,
+    AngleMatrixSum, ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
 use crate::engine::{blocking, Engine, Finished, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
@@ -114,6 +114,9 @@ fn chunk_span(number: usize, first: usize, range: &std::ops::Range<usize>) -> Sp
 #[derive(Default)]
 struct Merged {
     stats: Vec<PairedStats>,
+    steps: Vec<PairedStats>,
+    norms: Vec<Vec<ExactMoments>>,
+    growth: Vec<Vec<ExactMoments>>,
     per_condition: Vec<Vec<ExactMoments>>,
     matrices: AngleMatrixSum,
 }
@@ -132,11 +135,34 @@ impl Merged {
             let (a, b) = (context.significance.condition_a, context.significance.condition_b);
             merge_layers(&mut self.stats, &paired_stats(part.angles.view(), a, b)?);
             merge_conditions(&mut self.per_condition, &condition_moments(part.angles.view())?);
+            if let Some((norms, growth)) = &part.norms {
+                merge_conditions(&mut self.norms, &condition_moments(norms.view())?);
+                merge_conditions(&mut self.growth, &condition_moments(growth.view())?);
+            }
+            if let Some(steps) = &part.steps {
+                merge_layers(&mut self.steps, &step_stats(steps.view())?);
+            }
             if let Some(sums) = &part.layer_matrices {
                 self.matrices.merge(sums)?;
             }
             Ok(convert::chunk(&part, first, job.seed, job.selection.row_matrices))
         })
+    }
+
+    /// The final chunk: the merged statistics, their tests, and what the job asked for besides.
+    fn last(&self, context: &StreamContext, job: &RotationJob, done: usize) -> proto::RotationChunk {
+        let mut last = last_chunk(context, job, &self.stats, done);
+        last.condition_statistics = convert::condition_statistics(&self.per_condition);
+        last.all_layers = convert::all_layers(&self.matrices, None);
+        if job.norms {
+            last.norms = Some(convert::norm_summary(&self.norms, &self.growth));
+        }
+        if job.steps {
+            last.step_statistics = convert::layer_statistics(&self.steps);
+            (last.step_significance, last.step_significance_error) =
+                convert::step_significance(&self.steps, &context.significance);
+        }
+        last
     }
 }
 
@@ -195,10 +221,7 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
     }
     Span::current().record("tokens", all_tokens as i64);
     Span::current().record("chunks", chunks as i64);
-    let mut last = last_chunk(context, &job, &merged.stats, done);
-    last.condition_statistics = convert::condition_statistics(&merged.per_condition);
-    last.all_layers = convert::all_layers(&merged.matrices, None);
-    send(context, tx, Ok(last)).await;
+    send(context, tx, Ok(merged.last(context, &job, done))).await;
     Ok(())
 }
 

@@ -125,3 +125,71 @@ def test_gather_outputs_with_position_ids(exports):
     meta = json.loads((out / "model.json").read_text())
     assert meta["inputs"] == ["input_ids", "attention_mask", "position_ids", "gather_index"]
     assert meta["outputs"][-1] == "gathered_hidden_states"
+
+
+# The module of each family's block whose output is the MLP's contribution to the residual stream (OPT has
+# no MLP module: fc2's output, whose dropout is the identity in eval mode). Written here, not taken from
+# tools/families.py, so the reference does not share the export's choice of modules.
+MLP_OUTPUT = {"gpt2": "mlp", "gpt_neo": "mlp", "gpt_neox": "mlp", "opt": "fc2"}
+BLOCKS = {"gpt2": "h", "gpt_neo": "h", "opt": "decoder.layers"}
+
+
+def sublayer_reference(model, family: str, feeds: dict):
+    """Independent PyTorch references for the --sublayers states, by forward hooks on other modules than the
+    export's: each block's mid state = block output - MLP output (in sequential and parallel blocks alike:
+    the MLP's output is the last thing added), and the last block's output as the block returns it."""
+    blocks = model.get_submodule(BLOCKS.get(family, "layers"))
+    seen = {}
+    hooks = []
+    for i, block in enumerate(blocks):
+        mlp = block.get_submodule(MLP_OUTPUT.get(family, "mlp"))
+        hooks.append(mlp.register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(("mlp", i), out)))
+        hooks.append(block.register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(("out", i), out[0] if isinstance(out, tuple) else out)))
+    args = {k: torch.from_numpy(v) for k, v in feeds.items() if k != "position_ids"}
+    with torch.no_grad():
+        model(**args, use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    n = len(blocks)
+    # OPT's fc2 runs on [batch * seq, hidden]: the block's shape again before subtracting.
+    mids = [(seen[("out", i)] - seen[("mlp", i)].reshape(seen[("out", i)].shape)).numpy() for i in range(n)]
+    return mids + [seen[("out", n - 1)].numpy()]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_sublayer_states_match_pytorch_hooks(family, exports):
+    """--sublayers: resid_mid_1 ..= resid_mid_L and final_block_output out of ONNX Runtime equal independent
+    PyTorch hooks (block output - MLP output; the last block's output) by angle, on other sentences than the
+    export's; the hidden states are those of the export without --sublayers, bit for bit."""
+    out = exports / f"{family}-sublayers"
+    export_model.main(["--random-init", "--preset", f"{family}-tiny", "--sublayers", "--out", str(out)])
+    meta = json.loads((out / "model.json").read_text())
+    num_layers = meta["num_layers"]
+    hidden = [f"hidden_state_{i}" for i in range(num_layers + 1)]
+    sub = [f"resid_mid_{i}" for i in range(1, num_layers + 1)] + ["final_block_output"]
+    assert meta["outputs"] == hidden + sub
+    assert meta["sublayers"]["states"] == ["resid_mid", "final_block_output"]
+    assert meta["sublayers"]["parallel_residual"] == (family == "gpt_neox")
+    assert meta["verification"]["vectors"] > 0 and meta["verification"]["max_angle_deg"] <= BOUNDS["float32"]["angle_deg"]
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    feeds, lengths = feeds_for(meta, tok, SENTENCES)
+    model = transformers.AutoModel.from_pretrained(out / "hf", attn_implementation="eager").eval()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(sub, feeds)
+    deviation = compare(sublayer_reference(model, family, feeds), got, lengths)
+    assert deviation.within(BOUNDS["float32"]), deviation.describe()
+
+    plain = ort.InferenceSession(str(export_tiny(family, exports) / "model.onnx"), providers=["CPUExecutionProvider"])
+    for a, b in zip(session.run(hidden, feeds), plain.run(hidden, feeds), strict=True):
+        for row, n in enumerate(lengths):
+            np.testing.assert_allclose(a[row, :n], b[row, :n], rtol=1e-5, atol=1e-6)
+
+
+def test_sublayers_with_gather_outputs(exports):
+    """--sublayers with --gather-outputs: gather_index's state k counts the hidden states, then the sub-layer
+    states (the export checks the gathered vectors against the full outputs, bit for bit)."""
+    out = exports / "gpt2-sublayers-gather"
+    export_model.main(["--random-init", "--preset", "gpt2-tiny", "--sublayers", "--gather-outputs", "--out", str(out)])
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["outputs"][-2:] == ["final_block_output", "gathered_hidden_states"]

@@ -109,6 +109,14 @@ def test_random_init_ids_match_the_tokenizer_files():
             assert added["<|endoftext|>"] == cfg["bos_token_id"] == cfg["eos_token_id"] == 50256
 
 
+def test_sublayer_outputs_and_record():
+    assert families.sublayer_outputs(2) == ["resid_mid_1", "resid_mid_2", "final_block_output"]
+    seq = families.sublayers_record("llama", parallel_residual=False)
+    assert seq["states"] == ["resid_mid", "final_block_output"] and "post_attention_layernorm" in seq["resid_mid"]
+    assert "x + attn" in families.sublayers_record("gpt_neox", parallel_residual=True)["resid_mid"]
+    assert families.sublayers_record("gpt2", parallel_residual=False)["resid_mid"].endswith("ln_2")
+
+
 def test_every_preset_the_docs_name_exists():
     """The family table of docs/src/families.md names a tiny preset per family: each must be one."""
     import re

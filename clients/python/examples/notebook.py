@@ -171,6 +171,31 @@ plt.gca().set(xlabel="Layer", ylabel="T-value", title="Statistical significance 
 
 show("significance.png")
 
+# %% [markdown]
+# # Inside the layer: attention step vs MLP step
+#
+# With a model exported with `--sublayers` (e.g. `models/llama-tiny-random-sublayers`), each layer's
+# rotation splits into the attention step (hidden state l-1 -> after attention's residual add) and the
+# MLP step (-> the block's output), with one paired t-test per step.
+
+# %%
+if info.sublayers:
+    inside = client.analyze(sentences, args.target, steps="sublayers", norms=True, allow_bos_non_target=True)
+    means = inside.rotations.sublayers.layer_means  # [layer, step (attention, mlp), condition (target, non-target)]
+    layers = np.arange(1, means.shape[0] + 1)
+    plt.figure(figsize=(11, 4))
+    for c, colour, who in [(0, "r", "Target"), (1, "b", "Non-target")]:
+        plt.plot(layers, means[:, 0, c], colour + "-o", linewidth=3, label=f"{who}, attention step")
+        plt.plot(layers, means[:, 1, c], colour + "--o", linewidth=1.5, mfc="none", label=f"{who}, MLP step")
+    plt.legend()
+    plt.gca().set(xlabel="Transformer layer", ylabel=f"Mean angle ({unit_label})", title="Rotation inside each layer")
+    show("steps.png")
+    steps = inside.step_significance
+    print(f"{steps.num_tests} step tests ({steps.correction}):", [(t.layer, f"{t.p:.3g}") for t in steps.layers])
+    print("mean growth of the target's norm per layer:", inside.rotations.norms.mean_growth[:, 0])
+else:
+    print(f"{info.model_name} was exported without sub-layer states: tools/export_model.py --sublayers adds them")
+
 # %%
 print(f"{tres.correction}, alpha {tres.alpha}, {tres.num_tests} tests: p < {tres.threshold:.3g} is significant")
 for test in tres.layers:

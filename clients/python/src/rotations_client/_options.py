@@ -39,6 +39,7 @@ _OCCURRENCES: Dict[str, Any] = {
     "last": pb.OCCURRENCE_LAST,
     "all": pb.OCCURRENCE_ALL,
 }
+_STEPS: Dict[str, Any] = {"layers": pb.STEPS_LAYERS, "sublayers": pb.STEPS_SUBLAYERS}
 _SUB_TOKENS: Dict[str, Any] = {"last": pb.SUB_TOKEN_LAST, "first": pb.SUB_TOKEN_FIRST, "mean": pb.SUB_TOKEN_MEAN}
 
 
@@ -58,6 +59,11 @@ class Options:
     tokens; ``all_layers`` the target's angle between every pair of hidden states,
     ``row_matrices`` every row's matrix too.
 
+    Inside the layer (a model exported with ``--sublayers``): ``steps="sublayers"`` adds each layer's
+    attention-step and MLP-step angles (``result.sublayers``) and one paired test per step
+    (``analysis.step_significance``); ``norms=True`` the vectors' norms at every state and each
+    layer's growth ratio (``result.norms``).
+
     The paired t-tests: ``condition_a`` and ``condition_b`` (default target and non_target),
     ``alpha`` (0.05), ``correction`` ("bonferroni", "holm", "benjamini-hochberg", "none") over
     ``num_tests`` tests (default the number of layers tested).
@@ -73,6 +79,8 @@ class Options:
     sub_token: SubToken = "last"
     all_layers: bool = False
     row_matrices: bool = False
+    steps: Literal["layers", "sublayers"] = "layers"
+    norms: bool = False
     condition_a: Optional[Condition] = None
     condition_b: Optional[Condition] = None
     alpha: Optional[float] = None
@@ -145,9 +153,13 @@ class Options:
             request.non_target_spans.extend(_spans("non_target_spans", self.non_target_spans, len(request.sentences)))
         request.sub_token = _SUB_TOKENS[self.sub_token]
         request.all_layers, request.row_matrices = bool(self.all_layers), bool(self.row_matrices)
+        request.steps = _STEPS[self.steps]
+        request.norms = bool(self.norms)
 
     def _check_selection(self) -> None:
         _occurrence(self.occurrence)
+        if self.steps not in _STEPS:
+            raise ValueError(f"steps must be one of {', '.join(_STEPS)}, not {self.steps!r}")
         if self.sub_token not in _SUB_TOKENS:
             raise ValueError(f"sub_token must be 'last', 'first' or 'mean', not {self.sub_token!r}")
         if self.row_matrices and not self.all_layers:

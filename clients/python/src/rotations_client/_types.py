@@ -84,6 +84,9 @@ class ModelInfo:
     pad_token_id: int = 0
     #: Which hidden states are before or after the final norm, as the export recorded it (JSON text).
     hidden_states: str = ""
+    #: The graph also returns sub-layer states (``steps="sublayers"`` is served); what they are (JSON text).
+    sublayers: bool = False
+    sublayer_states: str = ""
 
     @classmethod
     def from_pb(cls, m: "pb.ModelInfo") -> ModelInfo:
@@ -103,6 +106,8 @@ class ModelInfo:
             adds_bos=m.adds_bos,
             pad_token_id=m.pad_token_id,
             hidden_states=m.hidden_states,
+            sublayers=m.sublayers,
+            sublayer_states=m.sublayer_states,
         )
 
 
@@ -238,6 +243,55 @@ class AllLayers:
 
 
 @dataclass(frozen=True)
+class SublayerRotations:
+    """``steps="sublayers"``: ``angles[l, step, row, c]`` across layer ``l + 1``'s attention step
+    (step 0: hidden state l -> resid_mid) and MLP step (step 1: -> the block's output, the last
+    layer's before the final norm), conditions target and non_target; ``layer_means[l, step, c]``."""
+
+    angles: Optional[np.ndarray]
+    layer_means: Optional[np.ndarray]
+    steps: Tuple[str, ...] = ("attention", "mlp")
+    conditions: Tuple[str, ...] = ("target", "non_target")
+
+    @classmethod
+    def from_pb(cls, m: "pb.SublayerRotations") -> SublayerRotations:
+        return cls(
+            angles=tensor(m.angles, 4) if m.HasField("angles") else None,
+            layer_means=tensor(m.layer_means, 3) if m.HasField("layer_means") else None,
+            steps=tuple(m.steps),
+            conditions=tuple(m.conditions),
+        )
+
+
+@dataclass(frozen=True)
+class Norms:
+    """``norms=True``: ``norms[state, row, c]`` (hidden states 0..L, then resid_mid_1..L and
+    final_block_output with sub-layer states), ``growth[l, row, c]`` = norm at hidden state l+1 / at l,
+    conditions target and non_target; means over rows from exact sums (``*_statistics``)."""
+
+    norms: Optional[np.ndarray]
+    growth: Optional[np.ndarray]
+    mean_norms: Optional[np.ndarray]
+    mean_growth: Optional[np.ndarray]
+    norm_statistics: Tuple["ConditionStatistics", ...] = ()
+    growth_statistics: Tuple["ConditionStatistics", ...] = ()
+
+    @classmethod
+    def from_pb(cls, m: "pb.Norms") -> Norms:
+        def t(field: str, ndim: int) -> Optional[np.ndarray]:
+            return tensor(getattr(m, field), ndim) if m.HasField(field) else None
+
+        return cls(
+            norms=t("norms", 3),
+            growth=t("growth", 3),
+            mean_norms=t("mean_norms", 2),
+            mean_growth=t("mean_growth", 2),
+            norm_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.norm_statistics),
+            growth_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.growth_statistics),
+        )
+
+
+@dataclass(frozen=True)
 class RotationResult:
     """``ComputeRotations``: the notebook's ``angles`` and everything needed to reproduce them.
 
@@ -259,6 +313,10 @@ class RotationResult:
     all_layers: Optional[AllLayers] = None
     #: The target word's token ids (several for a word GPT-2 splits; ``target_token_id`` is 0 then).
     target_token_ids: Tuple[int, ...] = ()
+    #: With ``steps="sublayers"``.
+    sublayers: Optional[SublayerRotations] = None
+    #: With ``norms=True``.
+    norms: Optional[Norms] = None
 
     @property
     def num_layers(self) -> int:
@@ -284,6 +342,8 @@ class RotationResult:
             target_token_id=m.target_token_id,
             all_layers=AllLayers.from_pb(m.all_layers) if m.HasField("all_layers") else None,
             target_token_ids=tuple(m.target_token_ids),
+            sublayers=SublayerRotations.from_pb(m.sublayers) if m.HasField("sublayers") else None,
+            norms=Norms.from_pb(m.norms) if m.HasField("norms") else None,
         )
 
 
@@ -394,6 +454,10 @@ class Analysis:
     #: Per condition (target, non_target, shuffled), the exact per-layer statistics of the angles
     #: themselves: what a two-group test needs of this corpus (see :class:`ConditionStatistics`).
     condition_statistics: Tuple["ConditionStatistics", ...] = ()
+    #: With ``steps="sublayers"``: one paired test (target - non_target) per step, ``layers[2 l + step]``
+    #: for layer ``l + 1``, corrected over all steps; and the exact statistics behind it.
+    step_significance: Optional[SignificanceResult] = None
+    step_statistics: Tuple["LayerStatistics", ...] = ()
 
     @property
     def angles(self) -> np.ndarray:
@@ -407,6 +471,8 @@ class Analysis:
             significance,
             m.significance_error,
             tuple(ConditionStatistics.from_pb(c) for c in m.condition_statistics),
+            SignificanceResult.from_pb(m.step_significance) if m.HasField("step_significance") else None,
+            tuple(LayerStatistics.from_pb(s) for s in m.step_statistics),
         )
 
 
@@ -642,6 +708,12 @@ class RotationChunk:
     target_token_ids: Tuple[int, ...] = ()
     #: In the final chunk: the weights fingerprint of the replica that computed it (as ModelInfo's).
     weights_sha256: str = ""
+    #: With ``steps="sublayers"``: this chunk's step angles; in the final chunk the merged step
+    #: statistics and tests. With ``norms=True``: this chunk's norms; in the final chunk means and sums.
+    sublayers: Optional[SublayerRotations] = None
+    step_statistics: Tuple["LayerStatistics", ...] = ()
+    step_significance: Optional[SignificanceResult] = None
+    norms: Optional[Norms] = None
 
     @classmethod
     def from_pb(cls, m: "pb.RotationChunk") -> RotationChunk:
@@ -668,4 +740,8 @@ class RotationChunk:
             all_layers=AllLayers.from_pb(m.all_layers) if m.HasField("all_layers") else None,
             target_token_ids=tuple(m.target_token_ids),
             weights_sha256=m.weights_sha256,
+            sublayers=SublayerRotations.from_pb(m.sublayers) if m.HasField("sublayers") else None,
+            step_statistics=tuple(LayerStatistics.from_pb(s) for s in m.step_statistics),
+            step_significance=SignificanceResult.from_pb(m.step_significance) if m.HasField("step_significance") else None,
+            norms=Norms.from_pb(m.norms) if m.HasField("norms") else None,
         )

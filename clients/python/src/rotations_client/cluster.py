@@ -578,6 +578,9 @@ class Cluster:
         ``timeout`` is each chunk's deadline (default the cluster's). ``progress`` shows a progress
         bar on stderr (tqdm if installed) with the failures so far. ``options`` are :class:`Options`."""
         opts = Options.parse("stream_rotations", options)
+        if opts.steps != "layers" or opts.norms:
+            # Their exact statistics are not merged across replicas yet: refuse rather than drop them.
+            raise ValueError('steps="sublayers" and norms=True run on one Client; Cluster does not merge them yet')
         info = self.model_info(timeout=self.timeout or 30)
         request = _Request(target, opts, self.timeout if timeout is None else timeout)
         expected = Expected.of(info, opts.unit, opts.seed, opts.all_layers)
