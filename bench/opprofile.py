@@ -57,28 +57,8 @@ def server_passes(args, model_dir: Path, sentences: list[str]) -> list[tuple[int
 
 def ort_profile(model_dir: Path, passes, threads: int, runs: int):
     """Per-operator-type time (ms per Analyze, summed over the passes) and each pass's wall time."""
-    import onnxruntime as ort
-
-    meta = json.loads((model_dir / "model.json").read_text())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
     prefix = Path(tempfile.mkdtemp(prefix="ort-profile-")) / "ort"
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(prefix)
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = []
-    for rows, width in passes:
-        f = {
-            "input_ids": rng.integers(0, meta["vocab_size"], (rows, width), dtype=np.int64),
-            "attention_mask": np.ones((rows, width), dtype=np.int64),
-        }
-        if "position_ids" in meta["inputs"]:
-            f["position_ids"] = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
-        feeds.append(f)
-    names = [n for n in meta["outputs"] if n.startswith("hidden_state_")]
+    session, feeds, names = session_and_feeds(model_dir, passes, threads, str(prefix))
     for f in feeds:  # warm-up (kernels chosen, buffers allocated): not profiled below
         session.run(names, f)
     walls = [[] for _ in passes]
@@ -101,6 +81,52 @@ def ort_profile(model_dir: Path, passes, threads: int, runs: int):
     Path(path).unlink(missing_ok=True)
     del session
     return by_op, total_run, [float(np.median(w)) for w in walls]
+
+
+def session_and_feeds(model_dir: Path, passes, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime session as the server opens it (all optimizations, pre-packing, the threads) and
+    random token ids of each pass's shape (cost does not depend on the ids)."""
+    import onnxruntime as ort
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = []
+    for rows, width in passes:
+        f = {
+            "input_ids": rng.integers(0, meta["vocab_size"], (rows, width), dtype=np.int64),
+            "attention_mask": np.ones((rows, width), dtype=np.int64),
+        }
+        if "position_ids" in meta["inputs"]:
+            f["position_ids"] = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
+        feeds.append(f)
+    return session, feeds, [n for n in meta["outputs"] if n.startswith("hidden_state_")]
+
+
+def alternated(dirs: dict, passes, threads: int, runs: int) -> dict:
+    """Seconds per Analyze's passes for each model directory, both sessions alive, runs alternated A B B A."""
+    sessions = {k: session_and_feeds(d, passes, threads) for k, d in dirs.items()}
+    for session, feeds, names in sessions.values():
+        for f in feeds:
+            session.run(names, f)
+    times = {k: [] for k in dirs}
+    order = list(dirs)
+    for i in range(runs):
+        for k in order if i % 2 == 0 else order[::-1]:
+            session, feeds, names = sessions[k]
+            t0 = time.perf_counter()
+            for f in feeds:
+                session.run(names, f)
+            times[k].append(time.perf_counter() - t0)
+    del sessions
+    return {k: bench.summary(v) for k, v in times.items()}
 
 
 def pass_limits(cfg, passes, threads: int) -> list[float]:
@@ -181,6 +207,11 @@ def render(r: dict) -> str:
     ]
     for (rows, width), work, wall, limit in zip(r["passes"], r["pass_gflop"], r["pass_wall_s"], r["pass_limit_gflops"]):
         lines.append(f"| {rows} × {width} | {work:.1f} | {wall * 1e3:.0f} | {work / wall:.0f} | {limit:.0f} | **{work / wall / limit:.0%}** |")
+    for name, s in r.get("compare", {}).items():
+        lines.append(f"\n{name}: the same passes, ONNX Runtime alone, sessions alternated: {s['median']:.3f} s per `Analyze` "
+                     f"({s['min']:.3f}–{s['max']:.3f}, {len(s['all'])} runs)." if name == "float32" else
+                     f"{name}: {s['median']:.3f} s ({s['min']:.3f}–{s['max']:.3f}); float32 / {name} = "
+                     f"**{r['compare']['float32']['median'] / s['median']:.2f}×**.")
     return "\n".join(lines)
 
 
@@ -193,6 +224,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--runs", type=int, default=3, help="profiled Analyze-equivalents per side")
     p.add_argument("--no-notebook", action="store_true")
+    p.add_argument("--compare", help="also time the passes on <model>-COMPARE/ (e.g. int8) alternated with float32")
     p.add_argument("--write", type=Path, help="put the summary into this Markdown file between markers")
     args = p.parse_args()
 
@@ -220,6 +252,12 @@ def main() -> None:
         pass_gflop=[bench.forward_flop(cfg, [w] * r) / 1e9 for r, w in passes],
         pass_limit_gflops=pass_limits(cfg, passes, args.threads),
     )
+    if args.compare:
+        other = args.cache / f"{args.model}-{args.compare}"
+        report["compare"] = alternated({"float32": model_dir, args.compare: other}, passes, args.threads, max(3, args.runs))
+        c = report["compare"]
+        print(f"[{args.model}] passes alternated: float32 {c['float32']['median']:.3f} s, {args.compare} "
+              f"{c[args.compare]['median']:.3f} s", flush=True)
     torch_by_op, torch_wall = ({}, float("nan")) if args.no_notebook else torch_profile(model_dir, sentences, args.threads, args.runs)
     report.update(torch_by_op=dict(torch_by_op), torch_wall_ms=torch_wall * 1e3, load_after=bench.load_average())
     (args.cache / f"profile-{args.model}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -85,6 +85,8 @@ def main() -> None:
         "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
     }
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    # With --init the shape is the checkpoint's, whatever the shape flags say.
+    settings.update(layers=model.config.n_layer, hidden=model.config.n_embd, heads=model.config.n_head)
     (args.out / "training.json").write_text(json.dumps({**settings, **record}, indent=2) + "\n")
     print(f"wrote {args.out}: {record}", flush=True)
 
