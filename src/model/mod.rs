@@ -156,6 +156,10 @@ pub struct ModelInfo {
     pub adds_bos: bool,
     /// model.json's record of which hidden states are before or after the final norm (null if absent).
     pub hidden_states: serde_json::Value,
+    /// Arithmetic of the weight products ([`Manifest::precision`]): "float32", or "int8" (opt-in).
+    pub precision: String,
+    /// A reduced-precision export's measured angle error and bound (model.json; null for float32).
+    pub precision_check: serde_json::Value,
 }
 
 impl ModelInfo {
@@ -223,6 +227,8 @@ impl Model {
             bos_token_id: m.bos_token_id,
             adds_bos: tokenizer.bos().is_some(),
             hidden_states: m.hidden_states.clone(),
+            precision: m.precision().to_string(),
+            precision_check: m.precision_check.clone(),
         };
         Self { info: Arc::new(info), tokenizer: Arc::new(tokenizer), worker }
     }

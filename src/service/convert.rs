@@ -639,6 +639,8 @@ pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
         adds_bos: info.adds_bos,
         pad_token_id: info.pad_token_id,
         hidden_states: if info.hidden_states.is_null() { String::new() } else { info.hidden_states.to_string() },
+        precision: info.precision.clone(),
+        precision_check: if info.precision_check.is_null() { String::new() } else { info.precision_check.to_string() },
     }
 }
 
