@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: install helm docs demo test golden-check python-test tools-test tools-venv export-test test-families grpcurl ort build release lint fmt bench bench-levers bench-batching bench-gather clean-demo docker-test deploy-check
+.PHONY: install helm docs demo test golden-check python-test tools-test tools-venv export-test test-families grpcurl ort build release lint fmt bench bench-levers bench-profile bench-batching bench-gather clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -105,6 +105,9 @@ docs:
 ## `.venv-deploy/bin/helm template …` as docs/src/deployment.md shows.
 helm:
 	scripts/fetch-helm
+## ONNX Runtime's per-operator profile of Analyze's passes and the notebook's PyTorch profile; writes BENCHMARKS.md.
+bench-profile: ort
+	scripts/bench --profile
 
 ## The Helm chart (deploy/helm/rotations) offline: helm lint, helm template per values file and option set, every
 ## manifest validated strictly against the Kubernetes schemas; tools in .venv-deploy/ (git-ignored).

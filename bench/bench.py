@@ -86,6 +86,16 @@ def notebook_pipeline(model, tokenizer, sentences, target_token, device="cpu"):
 # ---------------------------------------------------------------------------------------------
 # gRPC client: stubs generated from proto/ at run time (nothing generated is checked in).
 # ---------------------------------------------------------------------------------------------
+_STUBS = None
+
+
+def load_stubs_cached():
+    global _STUBS
+    if _STUBS is None:
+        _STUBS = load_stubs()
+    return _STUBS
+
+
 def load_stubs():
     from grpc_tools import protoc
 
@@ -268,8 +278,11 @@ def machine() -> dict:
     flags = flags.group(1).split() if flags else []
     simd = [f for f in flags if re.match(r"^(avx|avx2|fma|f16c|avx512\w*|amx\w*)$", f)]
     mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+    # "AMD EPYC" or "Intel Xeon" alone does not say which generation: family and model numbers do.
+    ids = [re.search(rf"^{k}\s*:\s*(\S+)$", cpuinfo, re.M) for k in ("vendor_id", "cpu family", "model")]
+    detail = " ".join(f"{k} {m.group(1)}" for k, m in zip(("vendor", "family", "model"), ids) if m)
     return {
-        "cpu": model.group(1) if model else platform.processor(),
+        "cpu": (model.group(1) if model else platform.processor()) + (f" ({detail})" if detail else ""),
         "cores": os.cpu_count(),
         "simd_flags": simd,
         "mem_gib": int(mem.group(1)) / 2**20 if mem else None,
@@ -367,8 +380,16 @@ def bench_model(args, name: str, sentences: list[str], pb2, pb2_grpc) -> dict:
             flush=True,
         )
     memory = server.memory()
-    server.stop()
     passes = forward_passes(log, passes_before)
+    if nb:
+        # The notebook's copy goes before a second server loads: never three copies of the weights at once.
+        nb = None
+        del nb_model
+        import gc
+
+        gc.collect()
+    precision = precision_pair(args, name, analyze, nb_angles if agreement is not None else None)
+    server.stop()
 
     cfg = transformers.GPT2Config.from_pretrained(model_dir / "hf")
     tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"))
@@ -395,10 +416,59 @@ def bench_model(args, name: str, sentences: list[str], pb2, pb2_grpc) -> dict:
         "weights_bytes": weights_bytes(model_dir / "hf"),
         "agreement_deg": agreement,
         "angles": ours_angles.tolist() if args.save_angles else None,
+        "precision": precision,
     }
-    if nb:
-        del nb_model
     return result
+
+
+def angle_differences(reply, reference) -> dict:
+    """|Analyze's target and non-target angles - the notebook's float32 PyTorch angles|: mean and max, degrees."""
+    got = np.asarray(reply.rotations.angles.values, dtype=np.float64).reshape(tuple(reply.rotations.angles.shape))
+    diff = np.abs(got[:, :, :2] - reference[:, :, :2])
+    return {"mean_deg": float(diff.mean()), "max_deg": float(diff.max())}
+
+
+def precision_pair(args, name: str, analyze_float32, nb_angles) -> dict | None:
+    """With --precision-variant: the model's reduced-precision export (<name>-<variant>/) served beside the
+    float32 server, Analyze alternated between the two, and its angles against the notebook's float32 ones."""
+    if not args.precision_variant:
+        return None
+    model_dir = args.cache / f"{name}-{args.precision_variant}"
+    if not (model_dir / "model.json").exists():
+        print(f"[{name}] no {model_dir}/model.json: precision variant skipped", flush=True)
+        return None
+    meta = json.loads((model_dir / "model.json").read_text())
+    pb2, pb2_grpc = load_stubs_cached()
+    server = Server(args.binary, model_dir, args.server_arg, args.cache / f"server-{model_dir.name}.log", args.threads)
+    stub = pb2_grpc.RotationServiceStub(server.channel)
+    sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()] * args.repeat
+    request = pb2.RotationRequest(sentences=sentences, target_text=TARGET_TEXT)
+    info = stub.GetModelInfo(pb2.GetModelInfoRequest(), timeout=60)
+    reply = stub.Analyze(request, timeout=3600)  # warm-up
+    errors = angle_differences(reply, nb_angles) if nb_angles is not None else None
+    fp32_t, low_t = [], []
+    for i in range(args.runs):
+        for who in (["fp32", "low"] if i % 2 == 0 else ["low", "fp32"]):
+            time.sleep(args.pause)
+            if who == "fp32":
+                fp32_t.append(analyze_float32()[0])
+            else:
+                t0 = time.perf_counter()
+                stub.Analyze(request, timeout=3600)
+                low_t.append(time.perf_counter() - t0)
+        print(f"[{name}] precision run {i + 1}/{args.runs}: float32 {fp32_t[-1]:.3f} s, {info.precision} {low_t[-1]:.3f} s", flush=True)
+    memory = server.memory()
+    server.stop()
+    return {
+        "model_dir": model_dir.name,
+        "precision": info.precision,
+        "export_check": meta.get("precision_check"),
+        "float32_s": summary(fp32_t),
+        "reduced_s": summary(low_t),
+        "angles_vs_notebook": errors,
+        "memory": memory,
+        "start_to_serving_s": server.start_to_serving,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,7 +528,38 @@ def render(report: dict) -> str:
             f"{r['padded_tokens_ours']:.0f} tokens with padding; copying hidden states out of the runtime "
             f"{r['copy_share']:.1%} of pass time{agree}. Server: `{r['server_cmd'].replace(str(REPO) + '/', '')}`."
         )
-    return "\n".join(lines)
+    return "\n".join(lines + precision_rows(report))
+
+
+def precision_rows(report: dict) -> list[str]:
+    """The opt-in reduced-precision export against float32, alternated in the same run (--precision-variant)."""
+    rows = [r for r in report["models"] if r.get("precision")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Reduced precision (opt-in, `tools/export_model.py --precision int8`), served beside the float32 server "
+        "after the notebook's runs, `Analyze` alternated between the two:",
+        "",
+        "| model | float32 `Analyze`, s | reduced `Analyze`, s | float32 / reduced | its angles against the notebook's "
+        "float32 PyTorch: mean, max | export's own check: mean, max | peak memory (float32 server) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p = r["precision"]
+        err, check = p["angles_vs_notebook"], p["export_check"] or {}
+        err_s = f"{err['mean_deg']:.3g}°, {err['max_deg']:.3g}°" if err else "—"
+        check_s = f"{check.get('angle_error_mean_deg', float('nan')):.3g}°, {check.get('angle_error_max_deg', float('nan')):.3g}°"
+        lines.append(
+            f"| {r['model']} ({p['precision']}) | {fmt_s(p['float32_s'])} | {fmt_s(p['reduced_s'])} "
+            f"| **{p['float32_s']['median'] / p['reduced_s']['median']:.2f}×** | {err_s} | {check_s} "
+            f"| {gib(p['memory']['VmHWM'])} ({gib(r['memory']['VmHWM'])}) |"
+        )
+    lines.append(
+        "\nAngles compared: every sentence's target and non-target angle at every layer (the shuffled control "
+        "differs by design); the export's check: every layer transition of every real token of its sentences."
+    )
+    return lines
 
 
 def targets(report: dict) -> str:
@@ -482,6 +583,10 @@ def targets(report: dict) -> str:
         row("gpt2-xl: server peak memory / float32 weights", f"{ratio:.2f}×", "≤ 1.25×", ratio <= 1.25)
         worst = max(r["start_to_serving_s"], r["cold_start_to_serving_s"])
         row("gpt2-xl: start → SERVING, cold page cache", f"{worst:.1f} s", "< 30 s", worst < 30)
+    if "gpt2-xl" in by and by["gpt2-xl"].get("precision"):
+        p = by["gpt2-xl"]["precision"]
+        x = p["float32_s"]["median"] / p["reduced_s"]["median"]
+        row(f"gpt2-xl: float32 / {p['precision']} `Analyze` (opt-in)", f"{x:.2f}×", "≥ 3×", x >= 3)
     for r in report["models"]:  # the GPU variant: fp16 against fp32 of the same shape
         ref = by.get(r["model"].removesuffix("-fp16"))
         if r["dtype"] == "float16" and ref and r["angles"] and ref["angles"]:
@@ -520,6 +625,11 @@ def main() -> None:
     p.add_argument("--no-notebook", action="store_true", help="time only the service")
     p.add_argument("--save-angles", action="store_true", help="keep Analyze's angles in the --json output")
     p.add_argument("--repeat", type=int, default=1, help="send the sentences this many times over (GPU throughput)")
+    p.add_argument(
+        "--precision-variant",
+        help="also serve <model>-VARIANT/ (e.g. int8: tools/export_model.py --precision int8) beside the float32 "
+        "server after the notebook's runs, alternate the two, and compare its angles with the notebook's",
+    )
     p.add_argument("--write", type=Path, help="put the table into this Markdown file between the markers")
     p.add_argument("--json", type=Path, help="also write every measurement as JSON")
     args = p.parse_args()
@@ -528,7 +638,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()] * args.repeat
-    pb2, pb2_grpc = load_stubs()
+    pb2, pb2_grpc = load_stubs_cached()
     report = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "command": os.environ.get("BENCH_COMMAND", shlex.join(["bench/bench.py", *sys.argv[1:]])),

@@ -33,6 +33,7 @@ LEVERS = {
     "batch-sentences-27": ("", ["--max-batch-sentences", "27"]),
     "batch-sentences-8": ("", ["--max-batch-sentences", "8"]),
     "threads-1": ("", ["--threads", "1"]),
+    "spinning-off": ("", ["--ort-spinning", "false"]),
     "graph-opt-extended": ("", ["--graph-optimization", "extended"]),
     "graph-opt-basic": ("", ["--graph-optimization", "basic"]),
     "graph-opt-disable": ("", ["--graph-optimization", "disable"]),

@@ -148,6 +148,11 @@ pub struct ServeConfig {
     #[arg(long, env = "ROTATIONS_ORT_PREFETCH", default_value_t = OrtTuning::DEFAULT.prefetch, action = ArgAction::Set,
           value_parser = BoolishValueParser::new(), value_name = "BOOL", help_heading = ORT_TUNING)]
     pub prefetch_weights: bool,
+    /// Let ONNX Runtime's idle intra-op threads spin between operators (off: they sleep, freeing the
+    /// cores for other work on a shared machine at some cost per pass).
+    #[arg(long, env = "ROTATIONS_ORT_SPINNING", default_value_t = OrtTuning::DEFAULT.spinning, action = ArgAction::Set,
+          value_parser = BoolishValueParser::new(), value_name = "BOOL", help_heading = ORT_TUNING)]
+    pub ort_spinning: bool,
     /// Tokens one more forward pass is worth: a batch is split into passes of similar length where
     /// that saves more padding; `off` runs each batch in one pass.
     #[arg(long, env = "ROTATIONS_ORT_PASS_COST_TOKENS", default_value_t = OrtTuning::DEFAULT.pass_cost_tokens, value_name = "N|off",
@@ -214,6 +219,7 @@ impl ServeConfig {
                 prepack_weights: self.prepack_weights,
                 save_optimized: self.save_optimized_model.clone(),
                 prefetch: self.prefetch_weights,
+                spinning: self.ort_spinning,
                 pass_cost_tokens: self.pass_cost_tokens,
                 gather_outputs: self.gather_outputs,
             },
@@ -531,7 +537,7 @@ mod tests {
     fn ort_tuning_defaults_are_the_measured_best() {
         let tuning = serve(&[]).unwrap().runtime_options().tuning;
         assert_eq!(tuning.graph_optimization, GraphOptimization::All);
-        assert!(tuning.prepack_weights && tuning.prefetch);
+        assert!(tuning.prepack_weights && tuning.prefetch && tuning.spinning);
         assert_eq!(tuning.pass_cost_tokens, PassCost(Some(16)));
         assert_eq!(tuning.save_optimized, None);
     }
@@ -554,13 +560,14 @@ mod tests {
             "--graph-optimization=basic",
             "--prepack-weights=false",
             "--prefetch-weights=0",
+            "--ort-spinning=false",
             "--pass-cost-tokens=off",
             "--save-optimized-model=/tmp/opt.onnx",
         ])
         .unwrap();
         let tuning = config.runtime_options().tuning;
         assert_eq!(tuning.graph_optimization, GraphOptimization::Basic);
-        assert!(!tuning.prepack_weights && !tuning.prefetch);
+        assert!(!tuning.prepack_weights && !tuning.prefetch && !tuning.spinning);
         assert_eq!(tuning.pass_cost_tokens, PassCost(None));
         assert_eq!(tuning.save_optimized.as_deref(), Some(std::path::Path::new("/tmp/opt.onnx")));
         assert_eq!(serve(&["--pass-cost-tokens", "48"]).unwrap().pass_cost_tokens, PassCost(Some(48)));

@@ -73,6 +73,16 @@ fn every_ort_tuning_gives_the_same_hidden_states() {
 }
 
 #[test]
+fn idle_threads_sleeping_instead_of_spinning_changes_no_bit() {
+    // Spinning is scheduling only: the same kernels on the same split of work, so bit for bit.
+    let (_, ids, _) = golden_batch();
+    let reference = load_bundled().hidden_states_blocking(ids.clone()).unwrap();
+    let tuning = OrtTuning { spinning: false, ..Default::default() };
+    let model = Model::load(&bundled_model_dir(), &RuntimeOptions { tuning, ..runtime_options() }).unwrap();
+    assert_eq!(max_batch_diff(&model.hidden_states_blocking(ids).unwrap(), &reference), 0.0);
+}
+
+#[test]
 fn a_sentence_alone_equals_itself_in_a_padded_batch() {
     let model = load_bundled();
     let (_, ids, _) = golden_batch();
@@ -164,6 +174,25 @@ fn a_broken_model_directory_gives_the_intended_errors() {
     let dir = copy_model();
     std::fs::write(dir.path().join("model.onnx"), b"not a model").unwrap();
     assert!(matches!(load_err(dir.path()), ModelError::Runtime(_)));
+}
+
+#[test]
+fn the_precision_model_json_records_is_what_the_service_reports() {
+    let bundled = load_bundled();
+    assert_eq!(bundled.info.precision, "float32");
+    let reply = rotations::service::convert::model_info(&bundled.info);
+    assert_eq!((reply.precision.as_str(), reply.precision_check.as_str()), ("float32", ""));
+    // An int8 export's model.json (tools/export_model.py --precision int8) is reported, never hidden.
+    let dir = copy_model();
+    let check = serde_json::json!({"angle_error_mean_deg": 0.03, "angle_error_max_deg": 0.2});
+    edit_manifest(dir.path(), |m| {
+        m["precision"] = "int8".into();
+        m["precision_check"] = check.clone();
+    });
+    let model = Model::load(dir.path(), &runtime_options()).unwrap();
+    let reply = rotations::service::convert::model_info(&model.info);
+    assert_eq!(reply.precision, "int8");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&reply.precision_check).unwrap(), check);
 }
 
 #[test]

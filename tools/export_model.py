@@ -24,6 +24,7 @@ Examples:
     python tools/export_model.py --model gpt2-xl --out models/gpt2-xl
     python tools/export_model.py --random-init --preset tiny --seed 0 --out /tmp/tiny
     python tools/export_model.py --random-init --preset llama-tiny --out /tmp/llama-tiny
+    python tools/export_model.py --model gpt2-xl --precision int8 --out models/gpt2-xl-int8
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ from families import FAMILIES, GATHER_INPUT, POSITION_INPUT, PRESETS, REPO_ROOT
 from families import bos_handling, choose_pad, graph_inputs, manifest, random_init_config, random_init_tokenizer
 from families import sublayer_outputs, sublayers_record
 from tokenizers import Tokenizer, processors
-from verification import BOUNDS, Deviation, compare, gather_index_for
+from precision import PRECISIONS
+from verification import BOUNDS, PRECISION_BOUND, Deviation, compare, gather_index_for
 
 # Different lengths (1 token up to ~20) so right padding is exercised on most rows.
 VERIFY_SENTENCES = [
@@ -155,6 +157,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weights in model.onnx.data: always (default; memory-mapped by ONNX Runtime, BENCHMARKS.md: "
         "GPT-2's peak memory 1.0x instead of 1.5x the weights) or auto (only past protobuf's 2 GB limit)",
     )
+    p.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="float32",
+        help="int8: the weight products quantized for the CPU (int8 weights, activations quantized at run time), "
+        "measured against float32 PyTorch and refused past --max-angle-error-*; float32 (default) is the reference",
+    )
+    p.add_argument(
+        "--max-angle-error-mean",
+        type=float,
+        default=PRECISION_BOUND["mean_deg"],
+        metavar="DEG",
+        help="--precision int8: refuse the export when the rotation angles' mean error against float32 PyTorch "
+        f"exceeds DEG degrees (default {PRECISION_BOUND['mean_deg']})",
+    )
+    p.add_argument(
+        "--max-angle-error-max",
+        type=float,
+        default=PRECISION_BOUND["max_deg"],
+        metavar="DEG",
+        help=f"--precision int8: the same for the largest error (default {PRECISION_BOUND['max_deg']})",
+    )
+    p.add_argument(
+        "--error-sentences",
+        type=Path,
+        default=REPO_ROOT / "examples" / "her_sentences.txt",
+        help="--precision int8: sentences (one a line) the error is measured on, besides the verification's; "
+        "use text like the analysis will see (default: examples/her_sentences.txt)",
+    )
+    p.add_argument(
+        "--graph-from",
+        type=Path,
+        metavar="DIR",
+        help="--precision int8: quantize the float32 graph of an earlier export of the same checkpoint (DIR/model.onnx) "
+        "instead of exporting it again; it is verified against PyTorch here all the same",
+    )
     p.add_argument("--save-checkpoint", action="store_true", help="with --model: also save the checkpoint to <out>/hf")
     p.add_argument(
         "--attn-implementation",
@@ -171,6 +209,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.dtype not in ("float32", "float16"):
             p.error("--fp16 contradicts --dtype")
         args.dtype = "float16"
+    if args.precision != "float32" and args.dtype != "float32":
+        p.error(f"--precision {args.precision} quantizes a float32 graph: it contradicts --dtype {args.dtype}")
+    if args.graph_from and (args.precision == "float32" or args.optimize):
+        p.error("--graph-from only feeds --precision int8 (without --optimize)")
+    if not (args.max_angle_error_mean >= 0 and args.max_angle_error_max >= 0):
+        p.error("--max-angle-error-mean and --max-angle-error-max must be non-negative numbers of degrees")
     return args
 
 
@@ -459,15 +503,16 @@ def optimize(onnx_path: Path, cfg, use_gpu: bool, batches, names: tuple[list, li
     return True, deviation
 
 
-def reference_batches(wrapper: HiddenStates, tok: Tokenizer, vocab_size: int, pad_id: int, rotary: bool):
-    """PyTorch hidden states for a right-padded batch and an unpadded single sentence.
+def reference_batches(wrapper: HiddenStates, tok: Tokenizer, vocab_size: int, pad_id: int, rotary: bool, groups=None):
+    """PyTorch hidden states for a right-padded batch and an unpadded single sentence (or the given
+    groups of sentences, one batch each).
 
     Returns [(feeds, lengths, [state arrays])]; the two shapes differ from the traced example, so the
     check also covers the dynamic axes. PyTorch gets no position_ids: Hugging Face's own positions are
     the reference the ONNX graph, fed 0..len-1, must reproduce.
     """
     batches = []
-    for sentences in (VERIFY_SENTENCES, VERIFY_SENTENCES[3:4]):
+    for sentences in groups or (VERIFY_SENTENCES, VERIFY_SENTENCES[3:4]):
         feeds, lengths = encode_batch(tok, sentences, vocab_size, pad_id, rotary)
         with torch.no_grad():
             states = wrapper(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
@@ -647,6 +692,8 @@ def main(argv: list[str] | None = None) -> None:
     # own copy (GPT-2 XL is ~6 GB per copy).
     if args.sublayers:
         check_sublayers_supported(cfg, family)
+        if args.precision != "float32":
+            fail("--sublayers with --precision: the int8 error check covers the hidden states only; export them apart")
     hooks = SublayerHooks(model, family) if args.sublayers else None
     wrapper = HiddenStates(model, hooks).eval()
     with step("verify", "computing PyTorch float32 reference hidden states"):
@@ -656,6 +703,8 @@ def main(argv: list[str] | None = None) -> None:
     state_names += sublayer_outputs(cfg.num_hidden_layers) if args.sublayers else []
     if len(batches[0][2]) != len(state_names):
         fail(f"model returned {len(batches[0][2])} states, expected {len(state_names)}")
+    error_batches = precision_references(args, wrapper, tok, (cfg, ids["pad"][0], rotary))
+    num_states = cfg.num_hidden_layers + 1
     input_names = graph_inputs(family, args.gather_outputs)
     output_names = state_names + [GATHER_OUTPUT] * args.gather_outputs
 
@@ -668,16 +717,22 @@ def main(argv: list[str] | None = None) -> None:
             log(f"PyTorch {dtype}: {proxy.describe()}")
 
     onnx_path = out / "model.onnx"
-    if args.gather_outputs:
-        wrapper = (GatheredPositionedHiddenStates if rotary else GatheredHiddenStates)(model, hooks).eval()
-    example, _ = encode_batch(tok, TRACE_SENTENCES, cfg.vocab_size, ids["pad"][0], rotary)
-    export_onnx(wrapper, onnx_path, (input_names, output_names), example, args.external_data, cfg.max_position_embeddings)
+    if args.graph_from:
+        graph = args.graph_from / "model.onnx"
+        if not graph.is_file():
+            fail(f"--graph-from {args.graph_from}: no model.onnx there")
+    else:
+        graph = onnx_path
+        if args.gather_outputs:
+            wrapper = (GatheredPositionedHiddenStates if rotary else GatheredHiddenStates)(model, hooks).eval()
+        example, _ = encode_batch(tok, TRACE_SENTENCES, cfg.vocab_size, ids["pad"][0], rotary)
+        export_onnx(wrapper, onnx_path, (input_names, output_names), example, args.external_data, cfg.max_position_embeddings)
     del wrapper, model
     gc.collect()
-    opset = next(o.version for o in onnx.load(onnx_path, load_external_data=False).opset_import if o.domain == "")
-    log(f"ONNX opset {opset}, external data file: {(out / 'model.onnx.data').exists()}")
+    opset = next(o.version for o in onnx.load(graph, load_external_data=False).opset_import if o.domain == "")
+    log(f"ONNX opset {opset}, external data file: {graph.with_name('model.onnx.data').exists()}")
 
-    deviation, checked = verify_export(onnx_path, batches, (input_names, state_names), dtype, proxy)
+    deviation, checked = verify_export(graph, batches, (input_names, state_names), dtype, proxy)
     check_outputs(deviation, proxy, dtype, bound)
     optimized = False
     if args.optimize and checked == "onnxruntime-cpu":
@@ -685,6 +740,7 @@ def main(argv: list[str] | None = None) -> None:
         optimized, opt_deviation = optimize(onnx_path, cfg, use_gpu, batches, (input_names, state_names), bound)
         if optimized:
             deviation = opt_deviation
+    precision_check = apply_precision(args, (graph, onnx_path), batches + error_batches, num_states)
 
     meta = manifest(
         name=out.resolve().name,
@@ -711,12 +767,60 @@ def main(argv: list[str] | None = None) -> None:
         verification=verification_record(deviation, checked, bound, proxy),
         optimized=optimized,
         **({"sublayers": sublayers_record(family, hooks.parallel)} if hooks else {}),
+        precision=args.precision,
+        **({"precision_check": precision_check} if precision_check else {}),
         # Replicas compare it (GetModelInfo.weights_sha256); recorded here so a server need not hash
         # the weights at every start. The same bytes as src/model/fingerprint.rs hashes.
         weights_sha256=weights_sha256(out),
     )
     (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     log(f"wrote {out / 'model.json'}; total peak RSS {peak_rss_gib():.2f} GiB")
+
+
+def precision_references(args, wrapper: HiddenStates, tok: Tokenizer, model: tuple) -> list:
+    """--precision int8: float32 PyTorch references on --error-sentences too (batches of 16), computed
+    while the PyTorch model is loaded; [] for float32."""
+    if args.precision == "float32":
+        return []
+    cfg, pad_id, rotary = model
+    path = args.error_sentences
+    if not path.is_file():
+        fail(f"--error-sentences {path}: no such file")
+    sentences = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    groups = [sentences[i : i + 16] for i in range(0, len(sentences), 16)]
+    with step("verify", f"computing PyTorch float32 references on {len(sentences)} sentences of {path.name}"):
+        return reference_batches(wrapper, tok, cfg.vocab_size, pad_id, rotary, groups)
+
+
+def apply_precision(args, graphs: tuple[Path, Path], batches, num_states: int) -> dict | None:
+    """Quantizes the verified float32 graph (graphs: from, to; the same file unless --graph-from) for
+    --precision int8, measures the rotation angles' error against float32 PyTorch, and exits without
+    model.json when it exceeds the user's bound."""
+    if args.precision == "float32":
+        return None
+    import precision
+
+    source, onnx_path = graphs
+    bound = {"mean_deg": args.max_angle_error_mean, "max_deg": args.max_angle_error_max}
+    candidate = onnx_path.with_name(".quantized.onnx")
+    with step("export", f"quantizing the weight products ({args.precision})"):
+        precision.quantize_int8(source, candidate)
+    with step("verify", f"measuring the {args.precision} graph against float32 PyTorch"):
+        error, deviation = precision.measure(candidate, batches, [f"hidden_state_{i}" for i in range(num_states)])
+    sentences = sum(len(lengths) for _, lengths, _ in batches)
+    log(f"{args.precision}: {error.describe()} over {sentences} sentences; hidden vectors: {deviation.describe()}")
+    if not error.within(bound):
+        for f in (candidate, candidate.with_name(candidate.name + ".data")):
+            f.unlink(missing_ok=True)
+        fail(
+            f"--precision {args.precision} refused: the rotation angles' error against float32 PyTorch is mean "
+            f"{error.mean_deg:.3g} deg, max {error.max_deg:.3g} deg, past the bound (mean {bound['mean_deg']:g}, "
+            f"max {bound['max_deg']:g}; --max-angle-error-mean/-max). Export float32, or raise the bound knowingly; "
+            f"model.json not written"
+        )
+    # The candidate's weights become model.onnx.data (the graph's own float32 data file is replaced).
+    precision.rename_data(candidate, onnx_path, onnx_path.name + ".data")
+    return precision.record(args.precision, error, deviation, bound, sentences)
 
 
 def weights_sha256(model_dir: Path) -> str:

@@ -97,3 +97,50 @@ def gather_index_for(lengths, num_states: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     index = np.asarray(triples, dtype=np.int64)[rng.permutation(len(triples))]
     return np.concatenate([index, index[: max(1, len(index) // 10)]])
+
+
+# Reduced-precision exports (export_model.py --precision): what the analysis reports is the angle
+# between consecutive hidden states of a token; the default bound on its error against float32
+# PyTorch, in degrees, over every layer transition of every real token.
+PRECISION_BOUND = {"mean_deg": 0.05, "max_deg": 0.5}
+
+
+def rotation_angles(states, lengths) -> np.ndarray:
+    """The angles (degrees) the analysis measures: between hidden state k-1 and k of each real token.
+
+    states: one [batch, seq, hidden] array per hidden state (right-padded; row r has lengths[r] real
+    tokens). Returns a flat array over (transition, row, token), in that order."""
+    angles = []
+    for before, after in zip(states[:-1], states[1:]):
+        for row, n in enumerate(lengths):
+            angle, _, _ = vector_errors(before[row, :n], after[row, :n])
+            angles.append(angle)
+    return np.concatenate(angles) if angles else np.zeros(0)
+
+
+@dataclass
+class AngleError:
+    """|angle - reference angle| over every rotation angle compared (degrees)."""
+
+    mean_deg: float
+    max_deg: float
+    angles: int
+
+    def within(self, bound: dict) -> bool:
+        """Both bounds hold (False for NaN)."""
+        return self.mean_deg <= bound["mean_deg"] and self.max_deg <= bound["max_deg"]
+
+    def describe(self) -> str:
+        return f"{self.angles} rotation angles: error mean {self.mean_deg:.3g} deg, max {self.max_deg:.3g} deg"
+
+
+def angle_error(batches) -> AngleError:
+    """The error of the analysis's rotation angles (rotation_angles) over (reference, actual, lengths)
+    batches: every layer transition of every real token, against the reference's."""
+    diffs = [np.abs(rotation_angles(actual, n) - rotation_angles(reference, n)) for reference, actual, n in batches]
+    diff = np.concatenate(diffs) if diffs else np.zeros(0)
+    if diff.size == 0:
+        return AngleError(0.0, 0.0, 0)
+    if not np.isfinite(diff).all():
+        return AngleError(float("inf"), float("inf"), int(diff.size))
+    return AngleError(float(diff.mean()), float(diff.max()), int(diff.size))

@@ -81,6 +81,7 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
     println!("max positions      {}", info.max_positions);
     println!("execution provider {}", info.execution_provider);
     println!("dtype              {}", info.dtype);
+    println!("precision          {}", precision_line(&info));
     println!("family             {}", info.family);
     match info.bos_token_id {
         Some(bos) if info.adds_bos => println!("BOS token          {bos}, before every sentence (positions count it)"),
@@ -95,6 +96,19 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
         println!("{:<18} {what}", format!("{end} state"));
     }
     Ok(())
+}
+
+/// The precision, and for a reduced one its angle error against float32 PyTorch as measured at export.
+fn precision_line(info: &proto::ModelInfo) -> String {
+    let check: serde_json::Value = serde_json::from_str(&info.precision_check).unwrap_or_default();
+    let deg = |key: &str| check.get(key).and_then(serde_json::Value::as_f64);
+    match (info.precision.as_str(), deg("angle_error_mean_deg"), deg("angle_error_max_deg")) {
+        ("", _, _) => info.dtype.clone(),
+        (p, Some(mean), Some(max)) => {
+            format!("{p} (angle error against float32 PyTorch at export: mean {mean:.3}°, max {max:.3}°)")
+        }
+        (p, _, _) => p.to_string(),
+    }
 }
 
 pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {

@@ -66,6 +66,12 @@ pub struct Manifest {
     /// resid_mid_L` after the hidden states, then `final_block_output`; what each step means.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub sublayers: serde_json::Value,
+    /// Arithmetic of the weight products (`export_model.py --precision`); absent: as `dtype`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+    /// The reduced-precision export's measured angle error against float32 PyTorch and its bound.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub precision_check: serde_json::Value,
 }
 
 /// The sub-layer outputs of a `--sublayers` export, after the hidden states: each block's mid state.
@@ -168,6 +174,14 @@ impl Manifest {
         if !matches!(self.dtype.as_str(), "float32" | "float16" | "bfloat16") {
             return Err(format!("dtype must be float32, float16 or bfloat16, found {}", self.dtype));
         }
+        match self.precision.as_deref() {
+            None => {}
+            Some(p) if p == self.dtype => {}
+            Some("int8") if self.dtype == "float32" => {}
+            Some(p) => {
+                return Err(format!("precision {p} is neither int8 (of a float32 graph) nor the dtype {}", self.dtype))
+            }
+        }
         if self.pad_token_id as usize >= self.vocab_size {
             return Err(format!("pad_token_id {} is outside the vocabulary", self.pad_token_id));
         }
@@ -198,6 +212,11 @@ impl Manifest {
     /// The BOS token the tokenizer puts before every text, if model.json says it does.
     pub fn added_bos(&self) -> Option<u32> {
         self.bos_token_id.filter(|_| self.adds_bos)
+    }
+
+    /// Arithmetic of the weight products: model.json's `precision`, else the dtype (exports before it).
+    pub fn precision(&self) -> &str {
+        self.precision.as_deref().unwrap_or(&self.dtype)
     }
 
     /// The graph also outputs sub-layer states (model.json's `sublayers`).
@@ -300,6 +319,23 @@ mod tests {
         assert!(!parse(OLD).unwrap().has_sublayers());
         let missing = edited(|v| v["sublayers"] = serde_json::json!({"states": []}));
         assert!(parse(&missing).unwrap_err().contains("resid_mid_1"));
+    }
+
+    #[test]
+    fn precision_defaults_to_the_dtype_and_int8_needs_a_float32_graph() {
+        assert_eq!(parse(OLD).unwrap().precision(), "float32");
+        let int8 = parse(&edited(|v| {
+            v["precision"] = "int8".into();
+            v["precision_check"] = serde_json::json!({"angle_error_mean_deg": 0.01, "angle_error_max_deg": 0.1});
+        }))
+        .unwrap();
+        assert_eq!(int8.precision(), "int8");
+        let half = edited(|v| {
+            v["precision"] = "int8".into();
+            v["dtype"] = "float16".into();
+        });
+        assert!(parse(&half).unwrap_err().contains("precision int8"));
+        assert!(parse(&edited(|v| v["precision"] = "int4".into())).unwrap_err().contains("precision int4"));
     }
 
     #[test]

@@ -160,6 +160,10 @@ pub struct ModelInfo {
     /// model.json's `sublayers`: the graph also returns each block's mid state and the last block's
     /// output before the final norm, after the hidden states (null: it does not).
     pub sublayers: serde_json::Value,
+    /// Arithmetic of the weight products ([`Manifest::precision`]): "float32", or "int8" (opt-in).
+    pub precision: String,
+    /// A reduced-precision export's measured angle error and bound (model.json; null for float32).
+    pub precision_check: serde_json::Value,
 }
 
 impl ModelInfo {
@@ -233,6 +237,8 @@ impl Model {
             adds_bos: tokenizer.bos().is_some(),
             hidden_states: m.hidden_states.clone(),
             sublayers: m.sublayers.clone(),
+            precision: m.precision().to_string(),
+            precision_check: m.precision_check.clone(),
         };
         Self { info: Arc::new(info), tokenizer: Arc::new(tokenizer), worker }
     }

@@ -107,6 +107,7 @@ impl OnnxBackend {
         let builder = Session::builder(env)?
             .with_optimization_level(tuning.graph_optimization.into())?
             .with_prepacking(tuning.prepack_weights)?
+            .with_intra_op_spinning(tuning.spinning)?
             .with_intra_threads(threads)?;
         let builder = match &tuning.save_optimized {
             // Weights go to a file beside the graph: GPT-2 XL's exceed protobuf's 2 GB limit.
@@ -128,6 +129,7 @@ impl OnnxBackend {
         let gather = tuning.gather_outputs.enabled(provider, gather_graph)?;
         tracing::info!(
             model = %manifest.name,
+            precision = manifest.precision(),
             provider,
             gather_outputs = gather,
             threads,
@@ -177,6 +179,8 @@ pub struct OrtTuning {
     pub save_optimized: Option<std::path::PathBuf>,
     /// Read model.onnx.data ahead of ONNX Runtime ([`prefetch`]).
     pub prefetch: bool,
+    /// Idle intra-op threads spin between operators (ONNX Runtime's default) instead of sleeping.
+    pub spinning: bool,
     /// A batch runs as passes of similar length where the padding saved outweighs this many tokens
     /// per extra pass ([`plan_passes`]); off = one pass per batch.
     pub pass_cost_tokens: PassCost,
@@ -191,6 +195,7 @@ impl OrtTuning {
         prepack_weights: true,
         save_optimized: None,
         prefetch: true,
+        spinning: true,
         pass_cost_tokens: PassCost(Some(16)),
         gather_outputs: GatherOutputs::Auto,
     };

@@ -749,6 +749,8 @@ pub fn model_info(info: &ModelInfo) -> proto::ModelInfo {
         hidden_states: if info.hidden_states.is_null() { String::new() } else { info.hidden_states.to_string() },
         sublayers: !info.sublayers.is_null(),
         sublayer_states: if info.sublayers.is_null() { String::new() } else { info.sublayers.to_string() },
+        precision: info.precision.clone(),
+        precision_check: if info.precision_check.is_null() { String::new() } else { info.precision_check.to_string() },
     }
 }
 
