@@ -57,6 +57,7 @@ async fn main() {
         first_index: 0,
         selection: Default::default(),
         allow_bos_non_target: false,
+        skip_invalid: false,
     };
     let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
     let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());

@@ -89,6 +89,7 @@ async fn selected_rotations_of(
         first_index,
         selection,
         allow_bos_non_target: false,
+        skip_invalid: false,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()

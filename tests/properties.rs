@@ -76,6 +76,7 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
                 first_index: 0,
                 selection: Default::default(),
                 allow_bos_non_target: false,
+                skip_invalid: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 prop_assert_eq!(prepared.len(), job.sentences.len());
@@ -137,6 +138,7 @@ async fn arbitrary_selections_never_panic_and_rows_stay_inside() {
                     row_matrices: false,
                 },
                 allow_bos_non_target: false,
+                skip_invalid: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -444,5 +444,6 @@ fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) 
         target_token_id: last.target_token_id,
         all_layers: last.all_layers.clone(),
         target_token_ids: last.target_token_ids.clone(),
+        skipped: Vec::new(),
     }
 }

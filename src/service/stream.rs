@@ -16,7 +16,7 @@ use crate::analysis::{
     condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
     ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
-use crate::engine::{blocking, Engine, Pending, Prepared, Resolved, RotationJob};
+use crate::engine::{blocking, Engine, InvalidSentence, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::telemetry::StageTimings;
@@ -70,6 +70,7 @@ async fn produce(
     let mut ready: Option<Prepared> = None; // prepared, waiting for room in the token budget
     let mut next = 0;
     let mut done = 0;
+    let mut skipped = 0;
     let mut timings = StageTimings::default();
     loop {
         while inflight.len() < CHUNKS_IN_FLIGHT && (ready.is_some() || next < total) {
@@ -77,7 +78,12 @@ async fn produce(
                 Some(p) => p,
                 None => {
                     let end = (next + chunk).min(total);
-                    let p = prepare_chunk(context, &job, next..end).await?;
+                    let p = match prepare_chunk(context, &job, next..end).await {
+                        Err(Error::Sentences { invalid, .. }) => {
+                            return Err(every_invalid(context, &job, invalid, end).await)
+                        }
+                        other => other?,
+                    };
                     next = end;
                     p
                 }
@@ -104,22 +110,28 @@ async fn produce(
             // The client has gone: dropping `inflight` cancels its queued sentences.
             _ = tx.closed() => return Ok(()),
         };
-        let part = Rotations::assemble(job.unit, sentences)?;
-        let layer_stats =
-            paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
-        merge_layers(&mut stats, &layer_stats);
-        merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
-        if let Some(sums) = &part.layer_matrices {
-            matrices.merge(sums)?;
-        }
-        done += prepared.len();
-        let mut message = convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices);
+        let mut message = if sentences.is_empty() {
+            skipped_chunk(context, &job, &prepared) // every sentence of the chunk was skipped
+        } else {
+            let part = Rotations::assemble(job.unit, sentences)?;
+            let layer_stats =
+                paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
+            merge_layers(&mut stats, &layer_stats);
+            merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
+            if let Some(sums) = &part.layer_matrices {
+                matrices.merge(sums)?;
+            }
+            convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices)
+        };
+        done += prepared.end - prepared.first;
+        skipped += prepared.skipped.len();
+        (message.skipped, message.end_sentence) = (convert::skipped(&prepared.skipped), prepared.end as u32);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
         if tx.send(Ok(message)).await.is_err() {
             return Ok(()); // the client has gone
         }
     }
-    let mut last = last_chunk(context, &job, &stats, done);
+    let mut last = last_chunk(context, &job, &stats, done, skipped);
     last.condition_statistics = convert::condition_statistics(&per_condition);
     last.all_layers = convert::all_layers(&matrices, None);
     let _ = tx.send(Ok(last)).await;
@@ -127,12 +139,19 @@ async fn produce(
 }
 
 /// The final chunk: merged statistics and their t-tests (or why there are none).
-fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats], done: usize) -> proto::RotationChunk {
+fn last_chunk(
+    context: &StreamContext,
+    job: &RotationJob,
+    stats: &[PairedStats],
+    done: usize,
+    skipped: usize,
+) -> proto::RotationChunk {
     let total = job.sentences.len();
     let (target_token_id, target_token_ids) = convert::target_ids(&context.rotation.target_tokens);
     let opts = &context.significance;
     let mut last = proto::RotationChunk {
         first_sentence: (job.first_index + total) as u32,
+        end_sentence: (job.first_index + total) as u32,
         progress: Some(proto::Progress { done: done as u32, total: total as u32 }),
         unit: convert::unit_to_proto(job.unit) as i32,
         shuffle_seed: job.seed,
@@ -145,7 +164,46 @@ fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats],
     };
     match test_layers_from_stats(stats, opts) {
         Ok(result) => last.significance = Some(convert::significance_result(&result, opts)),
+        Err(e) if skipped > 0 => {
+            last.significance_error =
+                format!("{e} ({} of {total} sentences left after skipping {skipped} invalid ones)", total - skipped)
+        }
         Err(e) => last.significance_error = e.to_string(),
     }
     last
+}
+
+/// A chunk whose every sentence was skipped: no rows, the angle tensor `[layers, 0, 3]`.
+fn skipped_chunk(context: &StreamContext, job: &RotationJob, prepared: &Prepared) -> proto::RotationChunk {
+    let layers = context.engine.model.info.num_layers as u32;
+    proto::RotationChunk {
+        first_sentence: prepared.first as u32,
+        angles: Some(proto::Tensor { shape: vec![layers, 0, 3], values: Vec::new() }),
+        unit: convert::unit_to_proto(job.unit) as i32,
+        shuffle_seed: job.seed,
+        ..Default::default()
+    }
+}
+
+/// A chunk with invalid sentences (`invalid`, the corpus checked up to `checked`) fails the stream:
+/// the rest of the corpus is checked too (tokenized, no forward pass) so that the error names every
+/// invalid sentence, as Analyze's does.
+async fn every_invalid(
+    context: &StreamContext,
+    job: &Arc<RotationJob>,
+    mut invalid: Vec<InvalidSentence>,
+    checked: usize,
+) -> Error {
+    let (total, chunk) = (job.sentences.len(), context.engine.limits.max_sentences.max(1));
+    let skipping = Arc::new(RotationJob { skip_invalid: true, ..(**job).clone() });
+    let mut next = checked;
+    while next < total {
+        let end = (next + chunk).min(total);
+        match prepare_chunk(context, &skipping, next..end).await {
+            Ok(prepared) => invalid.extend(prepared.skipped),
+            Err(e) => return e,
+        }
+        next = end;
+    }
+    Error::Sentences { invalid, total, first_index: job.first_index, skipping: false }
 }
