@@ -118,19 +118,24 @@ pub fn thousands(n: usize) -> String {
 
 /// Structured details of an error a client can act on field by field: every listed invalid
 /// sentence as a `BadRequest` field violation (field `sentences[i]` of the request, reason its
-/// code, description as in the message), and an `ErrorInfo` with how many there are in all.
+/// code, description the reason in words), and an `ErrorInfo` (reason `INVALID_SENTENCES`) whose
+/// metadata says how many there are in all (`invalid`) and the corpus index of `sentences[0]`.
 fn details(e: &Error, prefix: &str) -> Option<ErrorDetails> {
     match e {
         Error::Sentences { invalid, first_index, .. } if !invalid.is_empty() => {
             let violations = invalid[..listed(invalid)].iter().map(|s| {
                 let mut v =
-                    FieldViolation::new(format!("{prefix}sentences[{}]", s.index - first_index), short(s).to_string());
+                    FieldViolation::new(format!("{prefix}sentences[{}]", s.index - first_index), short(s).reason);
                 v.reason = s.code.to_string();
                 v
             });
             let mut details = ErrorDetails::with_bad_request(violations.collect::<Vec<_>>());
+            // How many there are in all, and the corpus index of sentences[0] (fields count from it).
             let metadata: std::collections::HashMap<String, String> =
-                [("invalid".to_string(), invalid.len().to_string())].into_iter().collect();
+                [("invalid", invalid.len()), ("first_sentence_index", *first_index)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
             details.set_error_info("INVALID_SENTENCES", "rotations", metadata);
             Some(details)
         }

@@ -15,6 +15,7 @@ use super::angles_file::AnglesFile;
 use super::connect::AuthChannel;
 use super::retry::{is_retryable, RetryPolicy};
 use super::sentences::{locate, SentenceLines};
+use super::skipped::Skipped;
 use super::{connect_to, status_error};
 use crate::analysis::{merge_conditions, merge_layers, AngleMatrixSum, ExactMoments, PairedStats};
 use crate::config::ConnectArgs;
@@ -82,6 +83,10 @@ pub struct Outcome {
     pub angles_file: Option<AnglesFile>,
     /// (address, chunks served, failures), in the order the replicas joined.
     pub replicas: Vec<(String, usize, usize)>,
+    /// Sentences in the file.
+    pub total: usize,
+    /// With `skip_invalid`: the sentences left out, in corpus order, at their lines.
+    pub skipped: Vec<Skipped>,
 }
 
 /// A piece of the corpus: `sentences` from corpus index `first`, with their lines in the file.
@@ -131,6 +136,8 @@ struct Collected {
     matrices: AngleMatrixSum,
     last: Option<proto::RotationChunk>,
     kept: BTreeMap<usize, (Vec<proto::RotationChunk>, Vec<String>)>,
+    /// Sentences left out (skip_invalid), placed at their lines as their chunks come back.
+    skipped: Vec<Skipped>,
     file: Option<AnglesFile>,
 }
 
@@ -218,6 +225,14 @@ impl Run {
 
 impl Collected {
     fn add(&mut self, chunk: Chunk, result: ChunkResult) -> anyhow::Result<()> {
+        let in_chunk = |i: usize| i.checked_sub(chunk.first);
+        for part in &result.parts {
+            self.skipped.extend(super::skipped::place(
+                &part.skipped,
+                |i| in_chunk(i).and_then(|k| chunk.lines.get(k).copied()),
+                |i| in_chunk(i).and_then(|k| chunk.sentences.get(k).cloned()),
+            ));
+        }
         let stats = paired_stats_from_proto(&result.last.statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Integer sums: the order in which chunks arrive does not matter.
         merge_layers(&mut self.merged, &stats);
@@ -466,6 +481,7 @@ pub async fn analyze(
             matrices: AngleMatrixSum::default(),
             last: None,
             kept: BTreeMap::new(),
+            skipped: Vec::new(),
             file,
         }),
         request,
@@ -525,6 +541,7 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     let run = Arc::into_inner(run).context("workers still hold the run")?;
     let state = run.state.into_inner().expect("not poisoned");
     let collected = run.collected.into_inner().expect("not poisoned");
+    super::skipped::ensure_enough(total, &collected.skipped)?;
     let ask = proto::SignificanceRequest {
         statistics: layer_statistics(&collected.merged),
         options: run.request.significance,
@@ -538,6 +555,8 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
             break;
         }
     }
+    let mut skipped = collected.skipped;
+    skipped.sort_by_key(|s| s.index);
     let significance = answer?.into_inner();
     let mut last = collected.last.context("no chunk computed")?;
     last.condition_statistics = condition_statistics(&collected.conditions);
@@ -547,7 +566,7 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     if let Some(file) = collected.file {
         file.flush()?;
         let analysis = super::on_disk_analysis(&file, &last, significance);
-        return Ok(Outcome { analysis, sentences: Vec::new(), angles_file: Some(file), replicas });
+        return Ok(Outcome { analysis, sentences: Vec::new(), angles_file: Some(file), replicas, total, skipped });
     }
     let (mut parts, mut sentences) = (Vec::new(), Vec::with_capacity(total));
     for (chunk_parts, chunk_sentences) in collected.kept.into_values() {
@@ -555,5 +574,5 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
         sentences.extend(chunk_sentences);
     }
     let analysis = super::assemble_stream(parts, &last, significance, total)?;
-    Ok(Outcome { analysis, sentences, angles_file: None, replicas })
+    Ok(Outcome { analysis, sentences, angles_file: None, replicas, total, skipped })
 }
