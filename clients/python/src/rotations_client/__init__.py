@@ -29,6 +29,7 @@ from ._types import (
     SignificanceResult,
     Tokenized,
 )
+from ._options import Options
 from .client import DEFAULT_ADDRESS, Client, collect_stream
 from .connect import open_channel
 from .cluster import Cluster, ClusterStats
@@ -52,13 +53,12 @@ __all__ = [
     "LayerStatistics",
     "LayerTest",
     "ModelInfo",
+    "Options",
     "RETRYABLE_CODES",
     "RetryPolicy",
     "Progress",
     "RotationChunk",
     "RotationResult",
-    "RETRYABLE_CODES",
-    "RetryPolicy",
     "RotationsError",
     "SentenceReport",
     "SignificanceResult",

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import operator
 from typing import (
     Any,
     Callable,
-    Dict,
     Iterable,
     Iterator,
     List,
-    Literal,
-    Mapping,
     Optional,
     Sequence,
-    Tuple,
     TypeVar,
     Union,
 )
@@ -37,6 +32,15 @@ from ._types import (
     SignificanceResult,
     Tokenized,
 )
+from ._options import (
+    Condition,
+    Correction,
+    Groups,
+    Options,
+    Target,
+    labelled_groups,
+    sentences_list,
+)
 from .connect import Pem, open_channel
 from .errors import RotationsError
 from .retry import RetryPolicy
@@ -47,176 +51,7 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 #: Largest message either way; the server's default limit (a unary GPT-2 XL result for 4096 sentences is ~6 MB).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-Unit = Literal["degrees", "radians"]
-Correction = Literal["bonferroni", "holm", "benjamini-hochberg", "none"]
-Target = Union[str, int, None]
-Condition = Union[int, str]
-#: "first" (the notebook's), "last", "all" (each occurrence a row) or n (the n-th, from 1).
-Occurrence = Union[Literal["first", "last", "all"], int]
-SubToken = Literal["last", "first", "mean"]
-#: Characters [start, end) of a sentence (Python str indices).
-Span = Tuple[int, int]
-
-_UNITS: Dict[str, Any] = {"degrees": pb.ANGLE_UNIT_DEGREES, "radians": pb.ANGLE_UNIT_RADIANS}
-_CORRECTIONS: Dict[str, Any] = {
-    "bonferroni": pb.CORRECTION_BONFERRONI,
-    "holm": pb.CORRECTION_HOLM,
-    "benjamini-hochberg": pb.CORRECTION_BENJAMINI_HOCHBERG,
-    "none": pb.CORRECTION_NONE,
-}
-
-_OCCURRENCES: Dict[str, Any] = {
-    "first": pb.OCCURRENCE_FIRST,
-    "last": pb.OCCURRENCE_LAST,
-    "all": pb.OCCURRENCE_ALL,
-}
-_SUB_TOKENS: Dict[str, Any] = {"last": pb.SUB_TOKEN_LAST, "first": pb.SUB_TOKEN_FIRST, "mean": pb.SUB_TOKEN_MEAN}
-
 T = TypeVar("T")
-
-
-def _sentences(sentences: Iterable[str]) -> List[str]:
-    if isinstance(sentences, (str, bytes)):
-        raise TypeError("sentences must be a list of strings, not one string")
-    out = list(sentences)
-    for i, s in enumerate(out):
-        if not isinstance(s, str):
-            raise TypeError(f"sentence {i} is {type(s).__name__}, not str")
-    return out
-
-
-def _spans(name: str, spans: Sequence[Span], count: int) -> List["pb.CharSpan"]:
-    spans = list(spans)
-    if len(spans) != count:
-        raise ValueError(f"{name} has {len(spans)} spans for {count} sentences: give one per sentence")
-    out = []
-    for i, span in enumerate(spans):
-        try:
-            start, end = (operator.index(x) for x in span)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name}[{i}] must be a (start, end) pair of ints, not {span!r}") from None
-        if not 0 <= start < end:
-            raise ValueError(f"{name}[{i}] = ({start}, {end}) is not a non-empty range of characters")
-        out.append(pb.CharSpan(start=start, end=end))
-    return out
-
-
-def _selection(*values: Any) -> Dict[str, Any]:
-    """The selection keywords of the public methods, in :func:`_select`'s order, as a dict."""
-    names = ("occurrence", "target_spans", "non_target_spans", "sub_token", "all_layers", "row_matrices")
-    return dict(zip(names, values))
-
-
-def _select(
-    request: "pb.RotationRequest",
-    occurrence: Occurrence = "first",
-    target_spans: Optional[Sequence[Span]] = None,
-    non_target_spans: Optional[Sequence[Span]] = None,
-    sub_token: SubToken = "last",
-    all_layers: bool = False,
-    row_matrices: bool = False,
-) -> None:
-    """The selection keywords (which token, all layers) onto ``request``; the server checks them
-    against the sentences and names the sentence that does not fit."""
-    if isinstance(occurrence, str):
-        if occurrence not in _OCCURRENCES:
-            raise ValueError(f"occurrence must be 'first', 'last', 'all' or a number from 1, not {occurrence!r}")
-        request.occurrence = _OCCURRENCES[occurrence]
-    elif isinstance(occurrence, bool) or operator.index(occurrence) < 1:
-        raise ValueError(f"occurrence numbers count from 1, not {occurrence!r}")
-    else:
-        request.occurrence = pb.OCCURRENCE_NTH
-        request.occurrence_number = operator.index(occurrence)
-    if target_spans is not None:
-        request.target_spans.extend(_spans("target_spans", target_spans, len(request.sentences)))
-    if non_target_spans is not None:
-        request.non_target_spans.extend(_spans("non_target_spans", non_target_spans, len(request.sentences)))
-    if sub_token not in _SUB_TOKENS:
-        raise ValueError(f"sub_token must be 'last', 'first' or 'mean', not {sub_token!r}")
-    request.sub_token = _SUB_TOKENS[sub_token]
-    if row_matrices and not all_layers:
-        raise ValueError("row_matrices needs all_layers=True")
-    request.all_layers, request.row_matrices = bool(all_layers), bool(row_matrices)
-
-
-def _unit(unit: str) -> Any:
-    try:
-        return _UNITS[unit]
-    except KeyError:
-        raise ValueError(f"unit must be 'degrees' or 'radians', not {unit!r}") from None
-
-
-def _correction(correction: Optional[str]) -> Any:
-    if correction is None:
-        return pb.CORRECTION_UNSPECIFIED
-    key = correction.lower().replace("_", "-")
-    try:
-        return _CORRECTIONS[key]
-    except KeyError:
-        raise ValueError(f"correction must be one of {sorted(_CORRECTIONS)}, not {correction!r}") from None
-
-
-def _condition(condition: Optional[Condition]) -> Optional[int]:
-    """An index (0, 1, 2) or a name from CONDITIONS; None keeps the server's default."""
-    if condition is None:
-        return None
-    if isinstance(condition, str):
-        if condition not in CONDITIONS:
-            raise ValueError(f"condition must be one of {CONDITIONS}, not {condition!r}")
-        return CONDITIONS.index(condition)
-    if isinstance(condition, bool):
-        raise TypeError("a condition is an index (0, 1, 2) or a name ('target', 'non_target', 'shuffled')")
-    return operator.index(condition)
-
-
-def _significance_options(
-    condition_a: Optional[Condition],
-    condition_b: Optional[Condition],
-    alpha: Optional[float],
-    correction: Optional[str],
-    num_tests: Optional[int],
-) -> "pb.SignificanceOptions":
-    options = pb.SignificanceOptions(correction=_correction(correction))
-    a, b = _condition(condition_a), _condition(condition_b)
-    if a is not None:
-        options.condition_a = a
-    if b is not None:
-        options.condition_b = b
-    if alpha is not None:
-        options.alpha = float(alpha)
-    if num_tests is not None:
-        options.num_tests = operator.index(num_tests)
-    return options
-
-
-def _group_test_options(
-    condition: Optional[Condition], alpha: Optional[float], correction: Optional[str], num_tests: Optional[int]
-) -> "pb.GroupTestOptions":
-    options = pb.GroupTestOptions(correction=_correction(correction))
-    c = _condition(condition)
-    if c is not None:
-        options.condition = c
-    if alpha is not None:
-        options.alpha = float(alpha)
-    if num_tests is not None:
-        options.num_tests = operator.index(num_tests)
-    return options
-
-
-Groups = Union[Mapping[str, Iterable[str]], Sequence[Tuple[str, Iterable[str]]]]
-
-
-def _labelled_groups(groups: Groups) -> List[Tuple[str, List[str]]]:
-    """Two labelled groups of sentences: a dict ``{label: sentences}`` or ``[(label, sentences), …]``."""
-    items = list(groups.items()) if isinstance(groups, Mapping) else list(groups)
-    if len(items) != 2:
-        raise ValueError(f"give exactly two labelled groups of sentences, got {len(items)}")
-    out = []
-    for item in items:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-            raise TypeError("each group is a (label, sentences) pair with a str label")
-        out.append((item[0], _sentences(item[1])))
-    return out
 
 
 def _angle_tensor(angles: Union[np.ndarray, RotationResult, Analysis, Sequence[Any]]) -> "pb.Tensor":
@@ -340,87 +175,20 @@ class Client:
 
     def tokenize(self, texts: Iterable[str], *, timeout: Optional[float] = None) -> List[Tokenized]:
         """Token ids, strings and byte offsets of each text (to pick a target: note GPT-2's leading space, ``" her"``)."""
-        texts = _sentences(texts)
+        texts = sentences_list(texts)
         m = self._call("Tokenize", self._stub.Tokenize, pb.TokenizeRequest(texts=texts), timeout)
         return [Tokenized.from_pb(text, t) for text, t in zip(texts, m.texts)]
 
-    def _rotation_request(
-        self,
-        sentences: Iterable[str],
-        target: Target,
-        unit: str,
-        seed: Optional[int],
-        non_target_offset: Optional[int],
-        significance: Optional["pb.SignificanceOptions"] = None,
-        first_sentence_index: int = 0,
-        selection: Optional[Dict[str, Any]] = None,
-        allow_bos_non_target: bool = False,
-    ) -> "pb.RotationRequest":
-        request = pb.RotationRequest(sentences=_sentences(sentences), unit=_unit(unit))
-        request.allow_bos_non_target = bool(allow_bos_non_target)
-        request.first_sentence_index = operator.index(first_sentence_index)
-        _select(request, **(selection or {}))
-        if target is None:
-            if not request.target_spans:
-                raise ValueError("give a target (a text or a token id) or target_spans")
-        elif request.target_spans:
-            raise ValueError("give a target or target_spans, not both (pass target=None with spans)")
-        elif isinstance(target, str):
-            request.target_text = target
-        elif isinstance(target, bool):
-            raise TypeError("target must be a text (e.g. ' her') or a token id, not bool")
-        else:
-            try:
-                request.target_token_id = operator.index(target)
-            except TypeError:
-                raise TypeError(f"target must be a text or a token id, not {type(target).__name__}") from None
-        if seed is not None:
-            request.shuffle_seed = operator.index(seed)
-        if non_target_offset is not None:
-            request.non_target_offset = operator.index(non_target_offset)
-        if significance is not None:
-            request.significance.CopyFrom(significance)
-        return request
-
     def rotations(
-        self,
-        sentences: Iterable[str],
-        target: Target = " her",
-        *,
-        unit: Unit = "degrees",
-        seed: Optional[int] = None,
-        non_target_offset: Optional[int] = None,
-        timeout: Optional[float] = None,
-        occurrence: Occurrence = "first",
-        target_spans: Optional[Sequence[Span]] = None,
-        non_target_spans: Optional[Sequence[Span]] = None,
-        sub_token: SubToken = "last",
-        all_layers: bool = False,
-        row_matrices: bool = False,
-        allow_bos_non_target: bool = False,
+        self, sentences: Iterable[str], target: Target = " her", *, timeout: Optional[float] = None, **options: Any
     ) -> RotationResult:
         """The notebook's ``angles`` (``[layers, rows, 3]``) with positions and shuffle draws.
 
-        ``target`` is a word as text (``" her"``; one token or several) or a token id. ``seed`` seeds
-        the shuffled control (server default 20250901); ``non_target_offset`` picks the non-target
-        relative to the target (default -1, the token before). With a tokenizer that puts a BOS
-        token before every sentence (``model_info().adds_bos``), ``allow_bos_non_target=True``
-        lets a target that is a sentence's first word be compared with the BOS token (refused by
-        default, naming the sentence).
-
-        Which token (see the README's "Which token"): ``occurrence`` "first" (default), "last",
-        "all" (each occurrence one row; ``sentences[k].occurrence`` says which) or n (the n-th);
-        ``target_spans`` one ``(start, end)`` character span per sentence instead of ``target``
-        (pass ``target=None``), and ``non_target_spans`` instead of ``non_target_offset``;
-        ``sub_token`` "last" (default: in a causal model the last token of a word has seen all of
-        it), "first" or "mean" for words of several tokens. ``all_layers`` adds the target's angle
-        between every pair of hidden states (``result.all_layers``: the mean ``[L+1, L+1]`` matrix,
-        its cumulative angle, exact sums), ``row_matrices`` every row's matrix too.
+        ``target`` is a word as text (``" her"``; one token or several) or a token id. ``options``
+        are those of :class:`Options` but the t-tests' (what is compared, which token, all layers).
         """
-        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
-        request = self._rotation_request(
-            sentences, target, unit, seed, non_target_offset, selection=selection, allow_bos_non_target=allow_bos_non_target
-        )
+        opts = Options.parse("rotations", options, tests=False)
+        request = opts.rotation_request(sentences, target, tests=False)
         m = self._call("ComputeRotations", self._stub.ComputeRotations, request, timeout)
         return RotationResult.from_pb(m)
 
@@ -441,10 +209,10 @@ class Client:
         over the number of layers tested (the notebook divided by ``n_hiddens``: pass
         ``num_tests=n_hiddens`` to reproduce that).
         """
-        request = pb.SignificanceRequest(
-            angles=_angle_tensor(angles),
-            options=_significance_options(condition_a, condition_b, alpha, correction, num_tests),
+        opts = Options(
+            condition_a=condition_a, condition_b=condition_b, alpha=alpha, correction=correction, num_tests=num_tests
         )
+        request = pb.SignificanceRequest(angles=_angle_tensor(angles), options=opts.significance())
         m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
         return SignificanceResult.from_pb(m)
 
@@ -459,10 +227,8 @@ class Client:
     ) -> SignificanceResult:
         """Per-layer t-tests from merged exact statistics (one per layer, in order): the server's own
         computation, so the result equals one ``analyze`` of the whole corpus bit for bit."""
-        request = pb.SignificanceRequest(
-            statistics=[s.to_pb() for s in statistics],
-            options=_significance_options(None, None, alpha, correction, num_tests),
-        )
+        opts = Options(alpha=alpha, correction=correction, num_tests=num_tests)
+        request = pb.SignificanceRequest(statistics=[s.to_pb() for s in statistics], options=opts.significance())
         m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
         return SignificanceResult.from_pb(m)
 
@@ -481,10 +247,11 @@ class Client:
         (``Analysis.condition_statistics[c].layers`` of each, merged over shards): the server's own
         computation, so the result equals :meth:`compare_groups` of the whole groups bit for bit.
         ``condition`` only records which condition the statistics describe (default target)."""
+        opts = Options(alpha=alpha, correction=correction, num_tests=num_tests)
         request = pb.SignificanceRequest(
             group_a=[s.to_pb() for s in group_a],
             group_b=[s.to_pb() for s in group_b],
-            group_options=_group_test_options(condition, alpha, correction, num_tests),
+            group_options=opts.group_tests(condition),
         )
         m = self._call("TestSignificance", self._stub.TestSignificance, request, timeout)
         return GroupTests.from_pb(m.group_tests)
@@ -495,62 +262,27 @@ class Client:
         target: Target = " her",
         *,
         condition: Condition = "target",
-        unit: Unit = "degrees",
-        seed: Optional[int] = None,
-        non_target_offset: Optional[int] = None,
-        alpha: Optional[float] = None,
-        correction: Optional[Correction] = None,
-        num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
+        **options: Any,
     ) -> GroupComparison:
         """Two labelled groups of sentences (``{"possessive": [...], "object": [...]}``, the first is
         A): each group's :meth:`analyze`, and per layer Welch's t-test of the groups' ``condition``
-        angles (default the target's), with Hedges' g and the correction over layers. ``alpha``,
-        ``correction`` and ``num_tests`` apply to the group tests and to each group's paired tests."""
-        significance = _significance_options(None, None, alpha, correction, num_tests)
-        request = pb.GroupComparisonRequest(options=_group_test_options(condition, alpha, correction, num_tests))
-        for label, sentences in _labelled_groups(groups):
-            rotation = self._rotation_request(sentences, target, unit, seed, non_target_offset, significance)
-            request.groups.add(label=label).request.CopyFrom(rotation)
+        angles (default the target's), with Hedges' g and the correction over layers. ``options``
+        are :class:`Options`; ``alpha``, ``correction`` and ``num_tests`` apply to the group tests
+        and to each group's paired tests."""
+        opts = Options.parse("compare_groups", options)
+        request = pb.GroupComparisonRequest(options=opts.group_tests(condition))
+        for label, sentences in labelled_groups(groups):
+            request.groups.add(label=label).request.CopyFrom(opts.rotation_request(sentences, target))
         m = self._call("CompareGroups", self._stub.CompareGroups, request, timeout)
         return GroupComparison.from_pb(m)
 
     def analyze(
-        self,
-        sentences: Iterable[str],
-        target: Target = " her",
-        *,
-        unit: Unit = "degrees",
-        seed: Optional[int] = None,
-        non_target_offset: Optional[int] = None,
-        condition_a: Optional[Condition] = None,
-        condition_b: Optional[Condition] = None,
-        alpha: Optional[float] = None,
-        correction: Optional[Correction] = None,
-        num_tests: Optional[int] = None,
-        timeout: Optional[float] = None,
-        occurrence: Occurrence = "first",
-        target_spans: Optional[Sequence[Span]] = None,
-        non_target_spans: Optional[Sequence[Span]] = None,
-        sub_token: SubToken = "last",
-        all_layers: bool = False,
-        row_matrices: bool = False,
-        allow_bos_non_target: bool = False,
+        self, sentences: Iterable[str], target: Target = " her", *, timeout: Optional[float] = None, **options: Any
     ) -> Analysis:
-        """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result (the
-        selection keywords as in :meth:`rotations`)."""
-        options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
-        request = self._rotation_request(
-            sentences,
-            target,
-            unit,
-            seed,
-            non_target_offset,
-            options,
-            selection=selection,
-            allow_bos_non_target=allow_bos_non_target,
-        )
+        """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result.
+        ``options`` are :class:`Options` (what is compared, which token, all layers, the t-tests)."""
+        request = Options.parse("analyze", options).rotation_request(sentences, target)
         m = self._call("Analyze", self._stub.Analyze, request, timeout)
         return Analysis.from_pb(m)
 
@@ -559,45 +291,23 @@ class Client:
         sentences: Iterable[str],
         target: Target = " her",
         *,
-        unit: Unit = "degrees",
-        seed: Optional[int] = None,
-        non_target_offset: Optional[int] = None,
-        condition_a: Optional[Condition] = None,
-        condition_b: Optional[Condition] = None,
-        alpha: Optional[float] = None,
-        correction: Optional[Correction] = None,
-        num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         first_sentence_index: int = 0,
-        occurrence: Occurrence = "first",
-        target_spans: Optional[Sequence[Span]] = None,
-        non_target_spans: Optional[Sequence[Span]] = None,
-        sub_token: SubToken = "last",
-        all_layers: bool = False,
-        row_matrices: bool = False,
-        allow_bos_non_target: bool = False,
+        **options: Any,
     ) -> Iterator[RotationChunk]:
         """For large corpora: chunks of sentences in input order as they finish, then a final chunk
         (``last``) with the merged per-layer statistics and their t-tests. :func:`collect_stream`
         reassembles them into an :class:`Analysis`. Closing the iterator early cancels the request.
         ``first_sentence_index`` is the corpus index of ``sentences[0]`` (a piece of a larger corpus:
         draws, reports and chunks then carry corpus indices, exactly as in one request of the whole).
-        The selection keywords are those of :meth:`rotations`; with ``all_layers`` the final chunk
-        carries the merged exact matrix sums and the mean matrix.
+        ``options`` are :class:`Options`; with ``all_layers`` the final chunk carries the merged
+        exact matrix sums and the mean matrix.
         """
-        options = _significance_options(condition_a, condition_b, alpha, correction, num_tests)
-        selection = _selection(occurrence, target_spans, non_target_spans, sub_token, all_layers, row_matrices)
-        request = self._rotation_request(
-            sentences,
-            target,
-            unit,
-            seed,
-            non_target_offset,
-            options,
-            first_sentence_index,
-            selection,
-            allow_bos_non_target=allow_bos_non_target,
-        )
+        opts = Options.parse("stream_rotations", options)
+        return self.stream_request(opts.rotation_request(sentences, target, first_sentence_index=first_sentence_index), timeout)
+
+    def stream_request(self, request: "pb.RotationRequest", timeout: Optional[float] = None) -> Iterator[RotationChunk]:
+        """``StreamRotations`` of a request built by :meth:`Options.rotation_request` (the Cluster's chunks)."""
         call = self._call("StreamRotations", self._stub.StreamRotations, request, timeout)
         return self._chunks(call)
 

@@ -39,20 +39,8 @@ from ._types import (
     RotationResult,
     merge_conditions,
 )
-from .client import (
-    Client,
-    Condition,
-    Correction,
-    Groups,
-    Occurrence,
-    Span,
-    SubToken,
-    Target,
-    Unit,
-    _condition,
-    _labelled_groups,
-    collect_stream,
-)
+from ._options import Condition, Groups, Options, Target, condition_index, labelled_groups
+from .client import Client, collect_stream
 from .connect import Pem
 from .errors import RotationsError
 from .retry import RetryPolicy, is_retryable
@@ -104,6 +92,15 @@ class _Chunk:
     attempts: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """What every chunk of a run asks: the target, the options, each chunk's deadline."""
+
+    target: Target
+    options: Options
+    timeout: Optional[float]
+
+
 @dataclasses.dataclass
 class _Result:
     parts: List[RotationChunk]
@@ -114,7 +111,7 @@ class _Result:
 class _Run:
     """One corpus over the replicas: workers pull chunks, the caller's thread reads results in order."""
 
-    def __init__(self, cluster: Cluster, sentences: Iterable[str], request: Dict[str, Any]) -> None:
+    def __init__(self, cluster: Cluster, sentences: Iterable[str], request: _Request) -> None:
         if isinstance(sentences, (str, bytes)):
             raise TypeError("sentences must be an iterable of strings, not one string")
         self.cluster = cluster
@@ -213,11 +210,10 @@ class _Run:
 
     def _compute(self, client: Client, chunk: _Chunk) -> _Result:
         parts: List[RotationChunk] = []
-        request = dict(self.request)
-        for spans in ("target_spans", "non_target_spans"):  # each chunk sends its sentences' spans
-            if request.get(spans) is not None:
-                request[spans] = request[spans][chunk.first : chunk.first + len(chunk.sentences)]
-        for part in client.stream_rotations(chunk.sentences, first_sentence_index=chunk.first, **request):
+        r = self.request
+        options = r.options.for_rows(chunk.first, len(chunk.sentences))
+        request = options.rotation_request(chunk.sentences, r.target, first_sentence_index=chunk.first)
+        for part in client.stream_request(request, r.timeout):
             if part.last:
                 return _Result(parts, part.statistics, part)
             parts.append(part)
@@ -443,56 +439,25 @@ class Cluster:
         sentences: Iterable[str],
         target: Target = " her",
         *,
-        unit: Unit = "degrees",
-        seed: Optional[int] = None,
-        non_target_offset: Optional[int] = None,
-        condition_a: Optional[Condition] = None,
-        condition_b: Optional[Condition] = None,
-        alpha: Optional[float] = None,
-        correction: Optional[Correction] = None,
-        num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         progress: bool = False,
-        occurrence: Occurrence = "first",
-        target_spans: Optional[Sequence[Span]] = None,
-        non_target_spans: Optional[Sequence[Span]] = None,
-        sub_token: SubToken = "last",
-        all_layers: bool = False,
-        row_matrices: bool = False,
-        allow_bos_non_target: bool = False,
+        **options: Any,
     ) -> Iterator[RotationChunk]:
         """As :meth:`Client.stream_rotations`, over the replicas: chunks in corpus order (their
         ``first_sentence`` and reports carry corpus indices), then a final chunk with the merged
         exact statistics and their t-tests. ``sentences`` is read lazily (a file object works).
         ``timeout`` is each chunk's deadline (default the cluster's). ``progress`` shows a progress
-        bar on stderr (tqdm if installed) with the failures so far."""
+        bar on stderr (tqdm if installed) with the failures so far. ``options`` are :class:`Options`."""
+        opts = Options.parse("stream_rotations", options)
         self.model_info(timeout=self.timeout or 30)
-        request = dict(
-            target=target,
-            unit=unit,
-            seed=seed,
-            non_target_offset=non_target_offset,
-            condition_a=condition_a,
-            condition_b=condition_b,
-            alpha=alpha,
-            correction=correction,
-            num_tests=num_tests,
-            timeout=self.timeout if timeout is None else timeout,
-            occurrence=occurrence,
-            target_spans=None if target_spans is None else list(target_spans),
-            non_target_spans=None if non_target_spans is None else list(non_target_spans),
-            sub_token=sub_token,
-            all_layers=all_layers,
-            row_matrices=row_matrices,
-            allow_bos_non_target=allow_bos_non_target,
-        )
+        request = _Request(target, opts, self.timeout if timeout is None else timeout)
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
             sentences = (line.rstrip("\r\n") for line in sentences)
         return self._stream(sentences, request, total, progress)
 
     def _stream(
-        self, sentences: Iterable[str], request: Dict[str, Any], total: Optional[int], progress: bool
+        self, sentences: Iterable[str], request: _Request, total: Optional[int], progress: bool
     ) -> Iterator[RotationChunk]:
         run = _Run(self, sentences, request)
         for address in self.replicas:
@@ -529,7 +494,7 @@ class Cluster:
         yield dataclasses.replace(self._final_chunk(last, merged, done, request), condition_statistics=conditions)
 
     def _final_chunk(
-        self, last: RotationChunk, merged: List[LayerStatistics], done: int, request: Dict[str, Any]
+        self, last: RotationChunk, merged: List[LayerStatistics], done: int, request: _Request
     ) -> RotationChunk:
         significance, error = None, ""
         try:
@@ -547,15 +512,12 @@ class Cluster:
             significance_error=error,
         )
 
-    def _significance(self, merged: List[LayerStatistics], request: Dict[str, Any]) -> Any:
+    def _significance(self, merged: List[LayerStatistics], request: _Request) -> Any:
         """The t-tests from the merged sums, by the first replica that answers."""
+        o = request.options
         return self._ask_replicas(
             lambda client: client.significance_from_statistics(
-                merged,
-                alpha=request["alpha"],
-                correction=request["correction"],
-                num_tests=request["num_tests"],
-                timeout=request["timeout"],
+                merged, alpha=o.alpha, correction=o.correction, num_tests=o.num_tests, timeout=request.timeout
             )
         )
 
@@ -577,24 +539,10 @@ class Cluster:
         sentences: Iterable[str],
         target: Target = " her",
         *,
-        unit: Unit = "degrees",
-        seed: Optional[int] = None,
-        non_target_offset: Optional[int] = None,
-        condition_a: Optional[Condition] = None,
-        condition_b: Optional[Condition] = None,
-        alpha: Optional[float] = None,
-        correction: Optional[Correction] = None,
-        num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         progress: bool = False,
         angles_out: Union[str, Path, None] = None,
-        occurrence: Occurrence = "first",
-        target_spans: Optional[Sequence[Span]] = None,
-        non_target_spans: Optional[Sequence[Span]] = None,
-        sub_token: SubToken = "last",
-        all_layers: bool = False,
-        row_matrices: bool = False,
-        allow_bos_non_target: bool = False,
+        **options: Any,
     ) -> Analysis:
         """As :meth:`Client.analyze`, over the replicas: equal to one server's ``analyze`` bit for bit.
 
@@ -602,29 +550,10 @@ class Cluster:
         them (10^7 sentences x 48 layers x 3 angles are 5.8 GB): the file holds them sentence-major,
         ``[sentences, layers, 3]``, and the result's ``angles`` is a read-only memory map of it,
         transposed to ``[layers, sentences, 3]``. The shuffle draws go to ``<stem>.draws.npy``
-        (``[sentences, layers, 4]``, int32) the same way.
+        (``[sentences, layers, 4]``, int32) the same way. ``options`` are :class:`Options`.
         """
-        chunks = self.stream_rotations(
-            sentences,
-            target,
-            unit=unit,
-            seed=seed,
-            non_target_offset=non_target_offset,
-            condition_a=condition_a,
-            condition_b=condition_b,
-            alpha=alpha,
-            correction=correction,
-            num_tests=num_tests,
-            timeout=timeout,
-            progress=progress,
-            occurrence=occurrence,
-            target_spans=target_spans,
-            non_target_spans=non_target_spans,
-            sub_token=sub_token,
-            all_layers=all_layers,
-            row_matrices=row_matrices,
-            allow_bos_non_target=allow_bos_non_target,
-        )
+        Options.parse("analyze", options)  # refused before any replica is asked
+        chunks = self.stream_rotations(sentences, target, timeout=timeout, progress=progress, **options)
         if angles_out is None:
             return collect_stream(chunks)
         return _collect_to_disk(chunks, Path(angles_out))
@@ -635,34 +564,26 @@ class Cluster:
         target: Target = " her",
         *,
         condition: Condition = "target",
-        unit: Unit = "degrees",
-        seed: Optional[int] = None,
-        non_target_offset: Optional[int] = None,
-        alpha: Optional[float] = None,
-        correction: Optional[Correction] = None,
-        num_tests: Optional[int] = None,
         timeout: Optional[float] = None,
         progress: bool = False,
+        **options: Any,
     ) -> GroupComparison:
         """As :meth:`Client.compare_groups`, over the replicas: each group's corpus sharded as
         :meth:`analyze` shards it, its per-condition statistics merged exactly, and the Welch tests
         asked of a replica from the merged statistics; equal to one server's ``compare_groups``
         bit for bit, whatever the number of replicas."""
-        labelled = _labelled_groups(groups)
-        c = _condition(condition)
+        opts = Options.parse("compare_groups", options)
+        labelled = labelled_groups(groups)
+        c = condition_index(condition)
         if c is None or not 0 <= c < len(CONDITIONS):
             raise ValueError(f"condition must be one of {CONDITIONS} or its index, not {condition!r}")
-        options = dict(alpha=alpha, correction=correction, num_tests=num_tests, timeout=timeout)
         analyses = tuple(
-            self.analyze(
-                sentences, target, unit=unit, seed=seed, non_target_offset=non_target_offset, progress=progress, **options
-            )
-            for _, sentences in labelled
+            self.analyze(sentences, target, timeout=timeout, progress=progress, **options) for _, sentences in labelled
         )
         a, b = (analysis.condition_statistics[c].layers for analysis in analyses)
         tests = self._ask_replicas(
             lambda client: client.group_significance_from_statistics(
-                a, b, condition=c, alpha=alpha, correction=correction, num_tests=num_tests, timeout=timeout
+                a, b, condition=c, alpha=opts.alpha, correction=opts.correction, num_tests=opts.num_tests, timeout=timeout
             )
         )
         return GroupComparison((labelled[0][0], labelled[1][0]), analyses, tests)  # type: ignore[arg-type]
