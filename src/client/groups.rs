@@ -43,7 +43,10 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             return Err(locate(&files, e));
         }
     };
-    let report = GroupReport::new(&comparison, &files)?;
+    let mut report = GroupReport::new(&comparison, &files)?;
+    for group in &mut report.groups {
+        group.target = super::target_label(&args.analysis);
+    }
     report.write_all(out)?;
     let mut stdout = std::io::stdout().lock();
     write!(stdout, "{}", report.table())?;

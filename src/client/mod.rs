@@ -240,7 +240,18 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     let reports = analysis.rotations.as_ref().map_or(&[][..], |r| &r.skipped[..]);
     let skipped = skipped::place(reports, |i| file.lines.get(i).copied(), |i| file.sentences.get(i).cloned());
     let skipped = args.skip_invalid.then_some((sentences.len(), skipped));
-    present(&report::Report::new(&analysis, &sentences)?, &args.out, skipped)
+    let report = report::Report { target: target_label(&args), ..report::Report::new(&analysis, &sentences)? };
+    present(&report, &args.out, skipped)
+}
+
+/// The target as the user named it (`" her"`), for figure titles.
+fn target_label(args: &AnalyzeArgs) -> Option<String> {
+    match (&args.target, args.target_id) {
+        _ if args.select.marked => Some("the [[marked]] targets".to_string()),
+        (Some(text), _) => Some(format!("{text:?}")),
+        (None, Some(id)) => Some(format!("token {id}")),
+        _ => None,
+    }
 }
 
 /// Several servers, a `dns:///` name, or `--angles-out`: the file read lazily, in chunks over the
@@ -277,10 +288,11 @@ async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
     };
     let outcome = outcome.inspect_err(|_| forget_output(created, &args.out))?;
     let skipped = args.skip_invalid.then(|| (outcome.total, outcome.skipped.clone()));
-    let report = match outcome.angles_file {
+    let mut report = match outcome.angles_file {
         Some(file) => report::Report::on_disk(&outcome.analysis, file)?,
         None => report::Report::new(&outcome.analysis, &outcome.sentences)?,
     };
+    report.target = target_label(&args);
     present(&report, &args.out, skipped)
 }
 
