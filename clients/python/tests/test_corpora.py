@@ -12,7 +12,7 @@ import pytest
 
 from rotations_client import Client, Cluster, RotationsError, serve
 
-from .conftest import MODEL_DIR, _binary
+from .conftest import MODEL_DIR, REPO, _binary
 
 
 def corpus(sentences: List[str], n: int, bad: List[int]) -> List[str]:
@@ -71,10 +71,14 @@ def test_to_frame_is_a_tidy_long_table(client: Client, sentences: List[str]) -> 
 
 def test_no_server_fails_within_seconds_and_serve_starts_one() -> None:
     started = time.monotonic()
-    with Client("127.0.0.1:1") as nobody, pytest.raises(RotationsError, match="no server at .* rotations serve"):
+    with Client("127.0.0.1:1") as nobody, pytest.raises(RotationsError, match="no server at .* `rotations serve` running"):
         nobody.wait_ready(timeout=60)
     assert time.monotonic() - started < 20, "fails within seconds, not after the whole timeout"
-    with serve(MODEL_DIR, binary=_binary()) as local:
+    ort = ["--ort-library", str(REPO / ".ort" / "lib" / "libonnxruntime.so")]
+    with pytest.raises(RuntimeError, match="rotations serve exited with status 1"):
+        with serve(MODEL_DIR / "missing", binary=_binary(), args=ort):
+            pass
+    with serve(MODEL_DIR, binary=_binary(), args=ort) as local:
         assert local.model_info().num_layers == 6
         address = local.address
     with Client(address) as after, pytest.raises(RotationsError):
