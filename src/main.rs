@@ -1,18 +1,8 @@
-use clap::Parser;
-use rotations::config::{Cli, Command, LogFormat};
-use rotations::{client, service};
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
-    // Colours only on a terminal: logs collected from a container or a file stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
+use clap::{CommandFactory, FromArgMatches};
+use rotations::config::{resolve_ort_library, Cli, Command};
+use rotations::model::onnx::{runtime_version, COMPILED_PROVIDERS};
+use rotations::{client, service, telemetry};
+use tracing::Instrument;
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -26,22 +16,62 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// What `rotations --version` prints after the name: this binary's version, the ONNX Runtime it finds
+/// (as `serve` looks it up, ORT_DYLIB_PATH first) and the execution providers compiled in.
+fn long_version() -> String {
+    let library = resolve_ort_library(std::env::var_os("ORT_DYLIB_PATH").map(Into::into));
+    let runtime = match runtime_version(&library) {
+        Ok(version) => format!("ONNX Runtime {version} ({})", tidy(&library).display()),
+        Err(e) => format!("ONNX Runtime: not loaded: {e}"),
+    };
+    let providers = COMPILED_PROVIDERS.join(", ");
+    format!("{}\n{runtime}\nexecution providers compiled in: {providers}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `bin/../lib/x.so` as `lib/x.so`: the folder resolved, the file's own name kept.
+fn tidy(path: &std::path::Path) -> std::path::PathBuf {
+    let folder = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+    match (folder, path.file_name()) {
+        (Some(folder), Some(name)) => folder.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Longest the exit waits for the last spans to reach a collector.
+const TRACE_FLUSH: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(config) => {
-            init_logging(config.log_format);
-            match tokio::net::TcpListener::bind(config.listen_addr()).await {
-                Ok(listener) => service::server::serve(config, listener, shutdown_signal()).await,
-                Err(e) => Err(anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr())),
+    let mut command = Cli::command();
+    // Only `--version` loads ONNX Runtime to name it: every other command leaves that to `serve`.
+    if std::env::args_os().skip(1).any(|a| a == "--version") {
+        // clap keeps 'static text; this runs once, just before the process prints it and exits.
+        command = command.long_version(&*Box::leak(long_version().into_boxed_str()));
+    }
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    // The server logs; the CLI's commands print their own output and only export spans.
+    let installed = match &cli.command {
+        Command::Serve(config) => telemetry::install(Some(config.log_format), config.otlp().as_ref()),
+        Command::Analyze(args) => telemetry::install(None, args.client.otlp().as_ref()),
+        Command::Compare(args) => telemetry::install(None, args.analysis.client.otlp().as_ref()),
+        Command::Info(args) | Command::Health(args) => telemetry::install(None, args.otlp().as_ref()),
+        Command::Tokenize(args) => telemetry::install(None, args.client.otlp().as_ref()),
+    };
+    let result = match installed {
+        Ok(export) => {
+            // A client command's span: the root of its trace, which every request joins (a server's
+            // calls each start or join their own).
+            let span = match &cli.command {
+                Command::Serve(_) => tracing::Span::none(),
+                command => tracing::info_span!("command", otel.name = format!("rotations {}", name(command))),
+            };
+            let result = run(cli.command).instrument(span).await;
+            if let Some(export) = export {
+                let _ = tokio::task::spawn_blocking(move || export.shutdown(TRACE_FLUSH)).await;
             }
+            result
         }
-        Command::Analyze(args) => client::analyze(args).await,
-        Command::Compare(args) => client::groups::compare(args).await,
-        Command::Info(args) => client::info(args).await,
-        Command::Tokenize(args) => client::tokenize(args).await,
-        Command::Health(args) => client::health(args).await,
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -57,4 +87,29 @@ async fn main() -> std::process::ExitCode {
 /// Whether writing to stdout failed because its reader went away (EPIPE), as ripgrep and git treat it.
 fn closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+fn name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve(_) => "serve",
+        Command::Analyze(_) => "analyze",
+        Command::Compare(_) => "compare",
+        Command::Info(_) => "info",
+        Command::Tokenize(_) => "tokenize",
+        Command::Health(_) => "health",
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(config) => match tokio::net::TcpListener::bind(config.listen_addr()).await {
+            Ok(listener) => service::server::serve(config, listener, shutdown_signal()).await,
+            Err(e) => Err(anyhow::anyhow!("cannot listen on {}: {e}", config.listen_addr())),
+        },
+        Command::Analyze(args) => client::analyze(args).await,
+        Command::Compare(args) => client::groups::compare(args).await,
+        Command::Info(args) => client::info(args).await,
+        Command::Tokenize(args) => client::tokenize(args).await,
+        Command::Health(args) => client::health(args).await,
+    }
 }

@@ -1,5 +1,11 @@
 //! Metrics (Prometheus, served on --metrics-port) and per-stage timings. The `metrics` facade is a
-//! no-op until an exporter is installed, so library code and tests record freely.
+//! no-op until an exporter is installed, so library code and tests record freely. Traces: the
+//! subscriber, W3C trace context ([`context`]) and the OTLP export ([`otel`]).
+pub mod context;
+pub mod otel;
+
+pub use context::{extract, inject, install, join};
+pub use otel::{OtlpConfig, TraceExport};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -51,6 +57,12 @@ pub fn batch(sentences: usize, tokens: usize, padded_tokens: usize, elapsed: Dur
     // Per-second rates come from these counters: rate(rotations_sentences_total[1m]).
     counter!("rotations_sentences_total").increment(sentences as u64);
     counter!("rotations_tokens_total").increment(tokens as u64);
+}
+
+/// Spans lost on the way to the collector: `queue_full` (the export queue was full: the collector
+/// is slow or away) or `export_failed` (the collector refused them or could not be reached).
+pub fn spans_dropped(reason: &'static str, spans: usize) {
+    counter!("rotations_trace_spans_dropped_total", "reason" => reason).increment(spans as u64);
 }
 
 /// A request refused for its API key (`missing` or `wrong`); the key itself is never recorded.

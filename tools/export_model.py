@@ -30,6 +30,7 @@ import argparse
 import gc
 import hashlib
 import json
+import logging
 import operator
 import resource
 import shutil
@@ -73,6 +74,9 @@ TRACE_GATHER_INDEX = [[0, 0, 6], [1, 1, 2], [0, 2, 5]]  # (row, hidden state, to
 _START = time.monotonic()
 # Both inputs share the batch and seq dims on purpose; the exporter warns about the shared names.
 warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+# torch.onnx's registry says for each torchvision operator that torchvision is not installed: no
+# language model uses them, so the lines only alarm the user.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 def log(msg: str) -> None:
@@ -84,12 +88,17 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+#: The export's stages, in order: every step belongs to one, and its log lines say which ("[2/3 export] …").
+STAGES = ("load", "export", "verify")
+
+
 @contextmanager
-def step(name: str):
-    log(f"{name} ...")
+def step(stage: str, name: str):
+    label = f"[{STAGES.index(stage) + 1}/{len(STAGES)} {stage}] {name}"
+    log(f"{label} ...")
     t0 = time.monotonic()
     yield
-    log(f"{name}: done in {time.monotonic() - t0:.1f}s (peak RSS {peak_rss_gib():.2f} GiB)")
+    log(f"{label}: done in {time.monotonic() - t0:.1f}s (peak RSS {peak_rss_gib():.2f} GiB)")
 
 
 def fail(msg: str) -> None:
@@ -350,7 +359,7 @@ def optimize(onnx_path: Path, cfg, use_gpu: bool, batches, names: tuple[list, in
     out = onnx_path.parent
     candidate = out / ".optimized.onnx"
     try:
-        with step("optimizing with onnxruntime.transformers (model_type gpt2)"):
+        with step("export", "optimizing with onnxruntime.transformers (model_type gpt2)"):
             model = onnx.load(onnx_path, load_external_data=False)
             add_zero_gemm_biases(model)
             # opt_level=0: Python fusions only; ONNX Runtime applies its own graph
@@ -367,7 +376,7 @@ def optimize(onnx_path: Path, cfg, use_gpu: bool, batches, names: tuple[list, in
             log(f"fused operators: {fused}")
             onnx.save(opt.model, candidate)
             del opt, model
-        with step("verifying the optimized model"):
+        with step("verify", "verifying the optimized model"):
             deviation = verify_onnx(candidate, batches, *names)
             log(f"optimized: {deviation.describe()}")
     except Exception as e:  # the fusion passes target the legacy exporter's graphs
@@ -437,7 +446,7 @@ def export_onnx(wrapper: HiddenStates, onnx_path: Path, names: tuple[list, list]
     if GATHER_INPUT in input_names:
         args.append(torch.tensor(TRACE_GATHER_INDEX))
         dynamic_shapes[GATHER_INPUT] = {0: torch.export.Dim("gathered", min=0)}
-    with step("exporting with torch.onnx.export(dynamo=True)"):
+    with step("export", "exporting with torch.onnx.export(dynamo=True)"):
         program = torch.onnx.export(
             wrapper,
             tuple(args),
@@ -450,7 +459,7 @@ def export_onnx(wrapper: HiddenStates, onnx_path: Path, names: tuple[list, list]
     # dropping them keeps the file free of local paths and byte-identical across machines.
     for node in program.model.graph.all_nodes():
         node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
-    with step(f"saving {onnx_path}"):
+    with step("export", f"saving {onnx_path}"):
         (onnx_path.parent / "model.onnx.data").unlink(missing_ok=True)
         # None: a separate model.onnx.data only past protobuf's 2 GB limit.
         program.save(onnx_path, external_data=True if external_data == "always" else None)
@@ -476,7 +485,7 @@ def verify_export(onnx_path: Path, batches, names: tuple[list, int], dtype: str,
     A reduced-precision graph that ONNX Runtime's CPU provider cannot run (it lacks float16 or bfloat16
     kernels for some operators) falls back to the PyTorch proxy measured before the export.
     """
-    with step("verifying ONNX Runtime (CPU) against float32 PyTorch"):
+    with step("verify", "verifying ONNX Runtime (CPU) against float32 PyTorch"):
         try:
             deviation = verify_onnx(onnx_path, batches, *names)
             checked = "onnxruntime-cpu"
@@ -515,7 +524,7 @@ def verification_record(deviation: Deviation, checked: str, bound: dict, proxy: 
 
 def load(args, out: Path):
     """The model, its family and source, its tokenizer (written to out) and its token ids."""
-    with step("loading model"):
+    with step("load", "loading model"):
         model, family, source = load_model(args)
         cfg = model.config
         n_params = sum(p.numel() for p in model.parameters())
@@ -523,13 +532,13 @@ def load(args, out: Path):
             f"{source}: {family}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
             f"{cfg.num_attention_heads} heads, {n_params / 1e6:.1f}M params"
         )
-    with step("writing tokenizer.json"):
+    with step("load", "writing tokenizer.json"):
         tokenizer_file = write_tokenizer(args, out, family, cfg.bos_token_id)
         tok = Tokenizer.from_file(str(tokenizer_file))
         ids = token_ids(cfg, tok)
         log(f"BOS {ids['bos_token_id']} (prepended: {ids['adds_bos']}), pad {ids['pad'][0]} ({ids['pad'][1]})")
     if args.random_init or args.save_checkpoint:
-        with step(f"saving checkpoint to {out / 'hf'}"):
+        with step("load", f"saving checkpoint to {out / 'hf'}"):
             save_checkpoint(model, tokenizer_file, ids, out / "hf")
     return model, family, source, tok, ids
 
@@ -569,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     # References first, so the PyTorch weights can be freed before ONNX Runtime loads its
     # own copy (GPT-2 XL is ~6 GB per copy).
     wrapper = HiddenStates(model).eval()
-    with step("computing PyTorch float32 reference hidden states"):
+    with step("verify", "computing PyTorch float32 reference hidden states"):
         batches = reference_batches(wrapper, tok, cfg.vocab_size, ids["pad"][0], rotary)
         check_hidden_state_semantics(model, family, *batches[0][::2])
     num_states = len(batches[0][2])
@@ -582,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype, bound, proxy = args.dtype, BOUNDS[args.dtype], None
     if dtype != "float32":
         model.to(TORCH_DTYPES[dtype])
-        with step(f"computing PyTorch {dtype} (CPU) hidden states against the float32 reference"):
+        with step("verify", f"computing PyTorch {dtype} (CPU) hidden states against the float32 reference"):
             proxy = compare_torch(wrapper, batches)
             log(f"PyTorch {dtype}: {proxy.describe()}")
 

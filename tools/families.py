@@ -106,6 +106,10 @@ FAMILIES = {
 }
 
 
+#: Names a user would guess from the families' usual names (GPT-Neo, GPT-NeoX/Pythia, Qwen2.5), for `--preset NAME-tiny`.
+FAMILY_ALIASES = {"gpt-neo": "gpt_neo", "gpt-neox": "gpt_neox", "pythia": "gpt_neox", "qwen2.5": "qwen2"}
+
+
 @dataclass(frozen=True)
 class Preset:
     family: str
@@ -115,6 +119,9 @@ class Preset:
 def _presets() -> dict[str, Preset]:
     presets = {f"{name}-tiny": Preset(name, fam.tiny) for name, fam in FAMILIES.items()}
     presets["tiny"] = presets["gpt2-tiny"]  # the bundled model's name for it, kept for existing commands
+    # The names the docs give the families (docs/src/families.md), beside Hugging Face's model_type.
+    for alias, model_type in FAMILY_ALIASES.items():
+        presets[f"{alias}-tiny"] = presets[f"{model_type}-tiny"]
     presets["gpt2"] = Preset("gpt2", {"n_layer": 12, "n_embd": 768, "n_head": 12})
     presets["gpt2-xl"] = Preset("gpt2", {"n_layer": 48, "n_embd": 1600, "n_head": 25})
     # The sizes people use, for the export's cost (tools/README.md); shapes from each model's config.json.

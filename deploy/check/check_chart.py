@@ -59,6 +59,8 @@ SCENARIOS = {
             "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
             "job.apiKey.existingSecret=rotations-client-key",
             "job.caCert.existingSecret=rotations-ca",
+            "tracing.otlpEndpoint=http://otel-collector.observability:4317",
+            "tracing.resourceAttributes.deployment\\.environment=prod",
         ],
     ),
     "cpu, model from an image, one key from env, Job, fixed threads and grace": (
@@ -230,6 +232,27 @@ def check_no_secret_material(text):
         expect(not doc or doc["kind"] != "Secret", "the chart must not create Secrets: they are referenced")
 
 
+def check_tracing(docs, env, sets):
+    """tracing.otlpEndpoint set: the server (and the Job's client) export there, their spans named by
+    the pod; unset: no OTEL_* variable at all (the binary's tracing stays off)."""
+    endpoint = next((s.split("=", 1)[1] for s in sets if s.startswith("tracing.otlpEndpoint=")), None)
+    if endpoint is None:
+        expect(not any(k.startswith("OTEL_") for k in env), "OTEL_* set without tracing.otlpEndpoint")
+        return
+    expect(env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    expect(env["OTEL_SERVICE_NAME"]["value"] == "rotations", "OTEL_SERVICE_NAME")
+    attributes = env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(",")
+    names = list(env)
+    for want in ("k8s.pod.name=$(K8S_POD_NAME)", "deployment.environment=prod"):
+        expect(want in attributes, f"OTEL_RESOURCE_ATTRIBUTES lacks {want}: {attributes}")
+    # $(VAR) expands only from variables defined before it.
+    expect(names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"), "K8S_POD_NAME after its use")
+    for job in by_kind(docs, "Job"):
+        client = env_of(job["spec"]["template"]["spec"]["containers"][0])
+        expect(client["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == endpoint, "the Job's client does not export")
+        expect(client["OTEL_SERVICE_NAME"]["value"] == "rotations-analyze", "the Job's service.name")
+
+
 def check_scenario(name, docs, text, notes, sets):
     tls = "tls.enabled=true" in sets
     expected_env = {}
@@ -244,6 +267,7 @@ def check_scenario(name, docs, text, notes, sets):
     if name.startswith("gpu"):
         expected_env["ROTATIONS_EXECUTION_PROVIDER"] = "cuda"
     deploy, server, env = check_server(docs, expected_env)
+    check_tracing(docs, env, sets)
     check_services(docs, tls)
     check_no_secret_material(text)
     expect(notes.returncode == 0 and f"{FULL}-headless.{NAMESPACE}.svc.cluster.local" in notes.stdout,

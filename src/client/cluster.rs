@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use super::angles_file::AnglesFile;
 use super::connect::AuthChannel;
@@ -92,6 +94,8 @@ pub struct Outcome {
 /// A piece of the corpus: `sentences` from corpus index `first`, with their lines in the file.
 struct Chunk {
     number: usize,
+    /// Replicas that failed it so far.
+    failures: usize,
     first: usize,
     sentences: Vec<String>,
     lines: Vec<usize>,
@@ -189,7 +193,7 @@ impl Run {
             s.exhausted = numbered.len() < self.chunk_size;
             if !numbered.is_empty() {
                 let (lines, sentences): (Vec<_>, Vec<_>) = numbered.into_iter().unzip();
-                let chunk = Chunk { number: s.cut, first: s.read, sentences, lines };
+                let chunk = Chunk { number: s.cut, failures: 0, first: s.read, sentences, lines };
                 s.cut += 1;
                 s.read += chunk.sentences.len();
                 return Ok(Next::Compute(chunk));
@@ -207,7 +211,8 @@ impl Run {
         Ok(())
     }
 
-    fn failed(&self, address: &str, chunk: Chunk) {
+    fn failed(&self, address: &str, mut chunk: Chunk) {
+        chunk.failures += 1;
         let mut s = lock(&self.state);
         s.resend.push_front(chunk);
         s.replicas.get_mut(address).expect("known").failures += 1;
@@ -268,12 +273,14 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
             }
             Next::Stop => break false,
         };
-        match compute_chunk(&mut client, &run.request, &chunk, run.marked).await {
+        let span = chunk_span(&address, &chunk);
+        match compute_chunk(&mut client, &run.request, &chunk, run.marked).instrument(span.clone()).await {
             Ok(result) => {
                 failures_in_a_row = 0;
                 run.computed(&address, chunk, result)?;
             }
             Err(status) if failover(&status) => {
+                failed_span(&span, &status, true);
                 run.failed(&address, chunk);
                 failures_in_a_row += 1;
                 if failures_in_a_row >= policy.max_attempts {
@@ -282,6 +289,7 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
                 tokio::time::sleep(policy.backoff(failures_in_a_row - 1)).await;
             }
             Err(status) => {
+                failed_span(&span, &status, false);
                 let line_of = |i: usize| i.checked_sub(chunk.first).and_then(|k| chunk.lines.get(k).copied());
                 return Err(locate(&run.path, line_of, status_error(status)));
             }
@@ -289,6 +297,33 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
     };
     run.left(&address, dropped);
     Ok(())
+}
+
+/// A chunk's call to a replica: the server's spans for it are its children; a chunk sent again
+/// after a failure is a new span with `chunk.failures` > 0.
+fn chunk_span(address: &str, chunk: &Chunk) -> tracing::Span {
+    tracing::info_span!(
+        "chunk",
+        otel.name = format!("chunk {}", chunk.number),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+        rpc.grpc.status_code = Empty,
+        server.address = address,
+        chunk.number = chunk.number as i64,
+        chunk.failures = chunk.failures as i64,
+        first_sentence = chunk.first as i64,
+        sentences = chunk.sentences.len() as i64,
+        failover = Empty
+    )
+}
+
+/// Marks a chunk's span failed, and whether the chunk goes to another replica.
+fn failed_span(span: &tracing::Span, status: &tonic::Status, failover: bool) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_message", status.message());
+    span.record("rpc.grpc.status_code", status.code() as i32);
+    span.record("failover", failover);
 }
 
 /// Worth sending to another replica: the retry policy's codes, a deadline that ran out, or the
@@ -326,6 +361,9 @@ async fn compute_chunk(
         let mut parts = Vec::new();
         while let Some(message) = stream.message().await? {
             if message.last {
+                // Read the call to its end (the status): dropped earlier, the server would see the
+                // call cancelled (in its metrics and its span) instead of ended OK.
+                while stream.message().await?.is_some() {}
                 return Ok(ChunkResult { parts, last: message });
             }
             parts.push(message);
@@ -436,7 +474,7 @@ fn start_workers(run: &Arc<Run>, tasks: &mut tokio::task::JoinSet<anyhow::Result
         if replica.listed && !replica.dropped && replica.workers == 0 {
             let client = replica.client.clone().expect("a joined replica has a client");
             for _ in 0..IN_FLIGHT {
-                tasks.spawn(pull_chunks(address.clone(), client.clone(), run.clone()));
+                tasks.spawn(pull_chunks(address.clone(), client.clone(), run.clone()).in_current_span());
             }
             replica.workers = IN_FLIGHT;
             started += IN_FLIGHT;

@@ -50,6 +50,11 @@ impl Address {
             ),
             None => (text, tls_material),
         };
+        // A bare port ("50051") would parse as a host without one: say what is really missing.
+        anyhow::ensure!(
+            rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()),
+            "{text:?} has no host: give host:port, e.g. localhost:{rest}"
+        );
         let authority: http::uri::Authority = rest.parse().map_err(|_| {
             anyhow::anyhow!("{text:?} is not an address: give host:port, http://host:port or https://host:port")
         })?;
@@ -74,7 +79,8 @@ impl std::fmt::Display for Address {
     }
 }
 
-/// Adds `authorization: Bearer <key>` to every request. Its Debug output never shows the key.
+/// Adds `authorization: Bearer <key>` to every request, and the current span's W3C trace context
+/// (`traceparent`) where spans are exported. Its Debug output never shows the key.
 #[derive(Clone, Default)]
 pub struct BearerAuth(Option<MetadataValue<Ascii>>);
 
@@ -100,6 +106,7 @@ impl Interceptor for BearerAuth {
         if let Some(value) = &self.0 {
             request.metadata_mut().insert("authorization", value.clone());
         }
+        crate::telemetry::inject(request.metadata_mut());
         Ok(request)
     }
 }
@@ -220,6 +227,8 @@ mod tests {
         assert_eq!(parsed("[::1]:50051", false), ("http://[::1]:50051".into(), false));
         for (text, expected) in [
             ("localhost", "has no port"),
+            ("50051", "has no host: give host:port, e.g. localhost:50051"),
+            ("http://50051", "has no host"),
             ("grpc://localhost:50051", "unsupported scheme grpc://"),
             ("localhost:50051/v1", "is not an address"),
             ("user@localhost:50051", "is not an address"),

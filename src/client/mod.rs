@@ -94,6 +94,12 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
     writeln!(stdout, "family             {}", info.family)?;
     writeln!(stdout, "BOS token          {bos}")?;
     writeln!(stdout, "pad token          {}", info.pad_token_id)?;
+    // model.json's `hidden_states`: {"first": …, "last": …}, what the end states are.
+    let states: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&info.hidden_states).unwrap_or_default();
+    for (end, what) in states.iter().filter_map(|(k, v)| Some((k, v.as_str()?))) {
+        writeln!(stdout, "{:<18} {what}", format!("{end} state"))?;
+    }
     Ok(())
 }
 

@@ -28,15 +28,17 @@ impl SentenceFile {
     }
 }
 
-/// Prefixes `path:line:` to an error that names a sentence ("sentence N (…): …") whose line
-/// `line_of(N)` knows, or lists [`InvalidSentences`] as `path:line: reason` lines (those of the
-/// group given); other errors pass unchanged.
+/// Prefixes `path:line (sentence N):` to an error that names a sentence ("sentence N (…): …") whose
+/// line `line_of(N)` knows, or lists [`InvalidSentences`] as `path:line: reason` lines; other errors
+/// pass unchanged. Both numbers are shown, each named: the
+/// line counts from 1 with blank lines, the server's sentence index from 0 without them.
 pub fn locate(path: &Path, line_of: impl Fn(usize) -> Option<usize>, error: anyhow::Error) -> anyhow::Error {
     if let Some(invalid) = error.downcast_ref::<InvalidSentences>() {
         return anyhow::anyhow!("{}", invalid.located(path, line_of));
     }
-    match sentence_index(&format!("{error:#}")).and_then(line_of) {
-        Some(line) => error.context(format!("{}:{line}", path.display())),
+    let index = sentence_index(&format!("{error:#}"));
+    match index.and_then(|i| Some((i, line_of(i)?))) {
+        Some((index, line)) => error.context(format!("{}:{line} (sentence {index})", path.display())),
         None => error,
     }
 }

@@ -3,9 +3,15 @@
 //! together (little padding), within a token and a sentence budget, the oldest sentence always
 //! included (no starvation). Results go back to each sentence's own requester; sentences whose
 //! requester has gone (cancelled, deadline passed) are dropped before they cost a forward pass.
+//!
+//! Tracing: a pass is shared by the requests whose sentences ride in it, so it is a span of its own
+//! (`forward_pass`, no parent, linked to each requester), the model worker runs inside it, and each
+//! requester gets a child span for the pass, linked to it.
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::field::Empty;
+use tracing::{info_span, Instrument, Span};
 
 use super::BatchLimits;
 use crate::model::{Hidden, Model, ModelError, VectorIndex};
@@ -30,6 +36,23 @@ struct Item {
     enqueued: Instant,
     /// Arrival order, for fairness.
     seq: u64,
+    trace: Trace,
+}
+
+/// Where a submitted range's sentences are traced: the requester's span (the passes they ride in
+/// become its children) and their `queue` span, which ends when the last of them enters a pass
+/// (each sentence holds a handle on it until then).
+#[derive(Clone)]
+pub struct Trace {
+    requester: Span,
+    queue: Span,
+}
+
+impl Trace {
+    /// For `sentences` sentences submitted now, by the current span.
+    pub fn new(sentences: usize) -> Self {
+        Self { requester: Span::current(), queue: info_span!("queue", sentences = sentences as i64) }
+    }
 }
 
 /// Handle to the batching task; cheap to clone.
@@ -57,11 +80,21 @@ impl Batcher {
         ids: Vec<u32>,
         wanted: Option<Vec<VectorIndex>>,
     ) -> oneshot::Receiver<Result<Forwarded, ModelError>> {
+        self.submit_traced(ids, wanted, Trace::new(1))
+    }
+
+    /// [`Batcher::submit_wanted`], traced in `trace` (shared by the sentences of one range).
+    pub fn submit_traced(
+        &self,
+        ids: Vec<u32>,
+        wanted: Option<Vec<VectorIndex>>,
+        trace: Trace,
+    ) -> oneshot::Receiver<Result<Forwarded, ModelError>> {
         let (reply, rx) = oneshot::channel();
         telemetry::queue_depth(1.0);
         // seq is assigned by the task; the send only fails if the task is gone, and then the dropped
         // reply makes the receiver fail with WorkerGone.
-        let _ = self.tx.send(Item { ids, wanted, reply, enqueued: Instant::now(), seq: 0 });
+        let _ = self.tx.send(Item { ids, wanted, reply, enqueued: Instant::now(), seq: 0, trace });
         rx
     }
 }
@@ -96,18 +129,21 @@ async fn run(model: Model, limits: BatchLimits, mut rx: mpsc::UnboundedReceiver<
             continue;
         }
 
-        let batch = take_batch(&mut pending, limits);
+        let mut batch = take_batch(&mut pending, limits);
         telemetry::queue_depth(-(batch.len() as f64));
         let ids: Vec<Vec<u32>> = batch.iter().map(|i| i.ids.clone()).collect();
         // Gathered only when every sentence of the pass lists its vectors.
         let wanted: Option<Vec<Vec<VectorIndex>>> = batch.iter().map(|i| i.wanted.clone()).collect();
-        let started = Instant::now();
-        batch_number += 1;
-        let result = model.forward_wanted_unchecked(ids, wanted).await;
-        let inference = started.elapsed();
         let tokens: usize = batch.iter().map(|i| i.ids.len()).sum();
         let width = batch.iter().map(|i| i.ids.len()).max().unwrap_or(0);
-        telemetry::batch(batch.len(), tokens, batch.len() * width, inference);
+        let started = Instant::now();
+        batch_number += 1;
+        let padded = batch.len() * width;
+        let (pass, per_requester) = trace_pass(&mut batch, batch_number, tokens, padded);
+        let result = model.forward_wanted_unchecked(ids, wanted).instrument(pass).await;
+        drop(per_requester);
+        let inference = started.elapsed();
+        telemetry::batch(batch.len(), tokens, padded, inference);
         let result = result.and_then(|hidden| {
             if hidden.len() == batch.len() {
                 Ok(hidden)
@@ -134,6 +170,39 @@ async fn run(model: Model, limits: BatchLimits, mut rx: mpsc::UnboundedReceiver<
             }
         }
     }
+}
+
+/// Opens the spans of pass `number`: its own, linked to every requester of the batch, and one
+/// child per requester (its rows and tokens in the pass), linked to it. Ends the batch's sentences'
+/// wait in the queue.
+fn trace_pass(batch: &mut [Item], number: u64, tokens: usize, padded: usize) -> (Span, Vec<Span>) {
+    let rows = batch.len();
+    // Counts as i64: OpenTelemetry has no unsigned integers (tracing-opentelemetry would make text of them).
+    let (rows, tokens, padded, number) = (rows as i64, tokens as i64, padded as i64, number as i64);
+    let pass = info_span!(parent: None, "forward_pass", pass.id = number, pass.rows = rows, pass.tokens = tokens,
+        pass.padded_tokens = padded, pass.requests = Empty);
+    // (requester, its rows, its tokens): a handful per pass, so a list.
+    let mut requesters: Vec<(Span, usize, usize)> = Vec::new();
+    for item in batch.iter_mut() {
+        item.trace.queue = Span::none();
+        let Some(id) = item.trace.requester.id() else { continue };
+        match requesters.iter_mut().find(|(span, _, _)| span.id().as_ref() == Some(&id)) {
+            Some((_, rows, tokens)) => (*rows, *tokens) = (*rows + 1, *tokens + item.ids.len()),
+            None => requesters.push((item.trace.requester.clone(), 1, item.ids.len())),
+        }
+    }
+    pass.record("pass.requests", requesters.len() as i64);
+    let children = requesters
+        .into_iter()
+        .map(|(requester, own_rows, own_tokens)| {
+            pass.follows_from(&requester);
+            let child = info_span!(parent: &requester, "forward_pass", pass.id = number, pass.rows = rows,
+                pass.tokens = tokens, pass.padded_tokens = padded, rows = own_rows as i64, tokens = own_tokens as i64);
+            child.follows_from(&pass);
+            child
+        })
+        .collect();
+    (pass, children)
 }
 
 /// Cuts the next batch out of `pending`: sorted by length, a window around the oldest sentence,
@@ -165,7 +234,7 @@ mod tests {
 
     fn item(len: usize, seq: u64) -> Item {
         let (reply, _rx) = oneshot::channel();
-        Item { ids: vec![1; len], wanted: None, reply, enqueued: Instant::now(), seq }
+        Item { ids: vec![1; len], wanted: None, reply, enqueued: Instant::now(), seq, trace: Trace::new(1) }
     }
 
     #[test]

@@ -129,6 +129,12 @@ impl Prepared {
     }
 }
 
+/// A range's rows' angles, and the span their analysis is traced in.
+pub struct Finished {
+    pub rows: Vec<SentenceRotations>,
+    pub span: tracing::Span,
+}
+
 /// Sentences of one range, queued in the batcher.
 pub struct Pending {
     range: Range<usize>,
@@ -241,7 +247,10 @@ impl Engine {
     ) -> Result<Prepared, Error> {
         let first = job.first_index + range.start;
         let texts = &job.sentences[range.clone()];
+        let span =
+            tracing::info_span!("tokenize", sentences = texts.len() as i64, tokens = tracing::field::Empty).entered();
         let tokenized = self.tokenize(texts)?;
+        span.record("tokens", tokenized.iter().map(|t| t.ids.len()).sum::<usize>() as i64);
         let mut prepared = Prepared {
             ids: Vec::with_capacity(texts.len()),
             indices: Vec::with_capacity(texts.len()),
@@ -302,10 +311,13 @@ impl Engine {
     }
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
+    /// Their wait is the current span's `queue` child, which ends when the last of them enters a
+    /// forward pass; each pass they ride in becomes a child of the current span too.
     pub fn submit(&self, prepared: &Prepared, range: Range<usize>) -> Pending {
+        let trace = batcher::Trace::new(range.len());
         let replies = range
             .clone()
-            .map(|i| self.batcher.submit_wanted(prepared.ids[i].clone(), self.vectors_read(prepared, i)))
+            .map(|i| self.batcher.submit_traced(prepared.ids[i].clone(), self.vectors_read(prepared, i), trace.clone()))
             .collect();
         Pending { range, replies }
     }
@@ -319,15 +331,18 @@ impl Engine {
         Some(analysis::rows_vectors_read(index, prepared.ids[i].len(), &prepared.rows[i], layers, &prepared.opts))
     }
 
-    /// Waits for a submitted range and computes its rows' angles, in input order.
+    /// Waits for a submitted range and computes its rows' angles, in input order. The `analysis`
+    /// span begins with the first result and is entered only while computing (its busy time is the
+    /// work); the caller assembles the rows in it.
     pub async fn finish(
         &self,
         prepared: &Prepared,
         pending: Pending,
         timings: &mut StageTimings,
-    ) -> Result<Vec<SentenceRotations>, Error> {
-        let mut out = Vec::with_capacity(pending.replies.len());
+    ) -> Result<Finished, Error> {
+        let mut rows = Vec::with_capacity(pending.replies.len());
         let mut passes = std::collections::HashSet::new();
+        let mut span = None;
         for (i, reply) in pending.range.zip(pending.replies) {
             let forwarded = reply.await.map_err(|_| ModelError::WorkerGone)??;
             timings.queue = timings.queue.max(forwarded.queued);
@@ -336,17 +351,23 @@ impl Engine {
                 timings.inference += forwarded.inference;
             }
             let started = Instant::now();
-            let sentence = prepared.indices[i];
-            let (num_ids, hidden_tokens) = (prepared.ids[i].len(), forwarded.hidden.dim().1);
-            if hidden_tokens != num_ids {
-                return Err(AnalysisError::TokenCountMismatch { sentence, num_ids, hidden_tokens }.into());
-            }
-            for &row in &prepared.rows[i] {
-                out.push(analysis::rotate_row(sentence, &forwarded.hidden, row, &prepared.opts)?);
-            }
+            let span = span.get_or_insert_with(|| tracing::info_span!("analysis", rows = tracing::field::Empty));
+            span.in_scope(|| -> Result<(), Error> {
+                let sentence = prepared.indices[i];
+                let (num_ids, hidden_tokens) = (prepared.ids[i].len(), forwarded.hidden.dim().1);
+                if hidden_tokens != num_ids {
+                    return Err(AnalysisError::TokenCountMismatch { sentence, num_ids, hidden_tokens }.into());
+                }
+                for &row in &prepared.rows[i] {
+                    rows.push(analysis::rotate_row(sentence, &forwarded.hidden, row, &prepared.opts)?);
+                }
+                Ok(())
+            })?;
             timings.analysis += started.elapsed();
         }
-        Ok(out)
+        let span = span.unwrap_or_else(|| tracing::info_span!("analysis", rows = tracing::field::Empty));
+        span.record("rows", rows.len() as i64);
+        Ok(Finished { rows, span })
     }
 
     /// Angles for every sentence of a prepared job, adding the time each stage took to `timings`.
@@ -357,9 +378,9 @@ impl Engine {
         timings: &mut StageTimings,
     ) -> Result<Rotations, Error> {
         let pending = self.submit(prepared, 0..prepared.len());
-        let sentences = self.finish(prepared, pending, timings).await?;
+        let finished = self.finish(prepared, pending, timings).await?;
         let started = Instant::now();
-        let rotations = Rotations::assemble(unit, sentences)?;
+        let rotations = finished.span.in_scope(|| Rotations::assemble(unit, finished.rows))?;
         timings.analysis += started.elapsed();
         Ok(rotations)
     }
@@ -369,5 +390,9 @@ impl Engine {
 /// workers stay free to serve other requests. Whatever `work` owns (a request's slot) is held
 /// until it has finished, even if the caller has gone.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ModelError::Runtime(format!("a blocking task failed: {e}")))?
+    // The caller's span goes along, so the work's own spans join the request's trace.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .map_err(|e| ModelError::Runtime(format!("a blocking task failed: {e}")))?
 }

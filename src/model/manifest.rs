@@ -60,12 +60,21 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_source: Option<String>,
     /// Which hidden states are before or after the final norm, as the export tool records it.
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(default = "gpt2_hidden_states", skip_serializing_if = "serde_json::Value::is_null")]
     pub hidden_states: serde_json::Value,
 }
 
 fn default_family() -> String {
     DEFAULT_FAMILY.to_string()
+}
+
+/// What GPT-2's hidden states are (tools/families.py), for the GPT-2 exports that predate the field,
+/// so `GetModelInfo.hidden_states` says it for them too.
+fn gpt2_hidden_states() -> serde_json::Value {
+    serde_json::json!({
+        "first": "the input of the first block: token + learned position embeddings",
+        "last": "after the final norm"
+    })
 }
 
 /// The files of a model directory.
@@ -229,6 +238,7 @@ mod tests {
     fn family_fields_default_to_gpt2_behaviour() {
         let old = parse(OLD).unwrap();
         assert_eq!(old.family, DEFAULT_FAMILY);
+        assert_eq!(old.hidden_states["last"], "after the final norm", "GPT-2's semantics, not an empty field");
         assert_eq!((old.added_bos(), old.feeds_position_ids()), (None, false));
         let llama = parse(&edited(|v| {
             v["family"] = "llama".into();

@@ -42,6 +42,42 @@ pub fn environment(library: &Path) -> Result<&'static Environment, ModelError> {
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
 
+/// The execution providers this binary was built with (`--features cuda` adds CUDA).
+pub const COMPILED_PROVIDERS: &[&str] = if cfg!(feature = "cuda") { &["cpu", "cuda"] } else { &["cpu"] };
+
+/// The version of the ONNX Runtime library at `library`, loading it (for `rotations --version`). ort
+/// reads it from the library (`OrtGetApiBase()->GetVersionString()`) and says it only in its load
+/// message, so that message is listened for while the library loads.
+pub fn runtime_version(library: &Path) -> Result<String, ModelError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let heard = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let listener = tracing_subscriber::registry().with(Messages(heard.clone()));
+    tracing::subscriber::with_default(listener, || environment(library))?;
+    let heard = heard.lock().unwrap_or_else(|p| p.into_inner());
+    // "Loaded ONNX Runtime dylib from "…"; version '1.32.0'"
+    let version = heard.iter().find_map(|m| m.split("; version '").nth(1)?.split('\'').next().map(str::to_string));
+    Ok(version.unwrap_or_else(|| "(loaded; version not reported)".into()))
+}
+
+/// A tracing layer that keeps the message of every event.
+struct Messages(std::sync::Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Messages {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(message.0);
+    }
+}
+
 /// One ONNX Runtime session over a model directory's graph.
 pub struct OnnxBackend {
     session: Session,
@@ -269,6 +305,14 @@ impl OnnxBackend {
     fn run_padded(&mut self, batch: &[&[u32]], wanted: Option<&[&[VectorIndex]]>) -> Result<Vec<Hidden>, ModelError> {
         let rows = batch.len();
         let width = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        // Inside the batcher's `forward_pass` span: how the pass was split, and each part's padding.
+        let _span = tracing::info_span!(
+            "onnx_run",
+            rows = rows as i64,
+            width = width as i64,
+            padded_tokens = (rows * width) as i64
+        )
+        .entered();
         // Right padding: real tokens keep positions 0..len, as learned and rotary positions expect.
         let mut ids = Array2::<i64>::from_elem((rows, width), self.pad_token_id);
         let mut mask = Array2::<i64>::zeros((rows, width));

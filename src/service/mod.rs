@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{info_span, Span};
 
 use crate::analysis::{
     check_group_options, check_options, condition_moments, test_layers, test_layers_from_stats, welch_layers,
@@ -142,7 +142,8 @@ impl RotationServiceImpl {
             return Err(Error::Sentences { invalid, total, first_index: job.first_index, skipping: true });
         }
         convert::check_rows_size(layers, prepared.num_rows(), row_matrices, self.input.max_message_bytes)?;
-        let _queued = self.admission.tokens(prepared.num_tokens())?;
+        let tokens = prepared.num_tokens();
+        let _queued = info_span!("admission", tokens = tokens as i64).in_scope(|| self.admission.tokens(tokens))?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
         let name = &engine.model.info.name;
         let mut wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices);
@@ -166,6 +167,7 @@ impl RotationServiceImpl {
             blocking(move || Ok((engine.prepare(&job)?, slot))).await?
         };
         timings.tokenize = started.elapsed();
+        Span::current().record("tokens", prepared.num_tokens() as i64);
         let (rotations, wire) = self.compute(engine, &job, &prepared, tested, &mut timings).await?;
         Ok((rotations, wire, timings))
     }
@@ -274,7 +276,6 @@ fn timed<T>(body: T, timings: &StageTimings) -> Response<T> {
 
 #[tonic::async_trait]
 impl RotationService for RotationServiceImpl {
-    #[instrument(skip_all)]
     async fn get_model_info(
         &self,
         _req: Request<proto::GetModelInfoRequest>,
@@ -286,11 +287,11 @@ impl RotationService for RotationServiceImpl {
         .await
     }
 
-    #[instrument(skip_all, fields(texts = req.get_ref().texts.len()))]
     async fn tokenize(
         &self,
         req: Request<proto::TokenizeRequest>,
     ) -> Result<Response<proto::TokenizeResponse>, Status> {
+        Span::current().record("texts", req.get_ref().texts.len() as i64);
         async {
             let engine = self.engine()?.clone();
             let texts = req.into_inner().texts;
@@ -307,11 +308,11 @@ impl RotationService for RotationServiceImpl {
         .await
     }
 
-    #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
     async fn compute_rotations(
         &self,
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<proto::RotationResult>, Status> {
+        Span::current().record("sentences", req.get_ref().sentences.len() as i64);
         async {
             let (_, wire, timings) = self.rotations(req.get_ref(), false).await?;
             Ok(timed(wire, &timings))
@@ -319,7 +320,6 @@ impl RotationService for RotationServiceImpl {
         .await
     }
 
-    #[instrument(skip_all)]
     async fn test_significance(
         &self,
         req: Request<proto::SignificanceRequest>,
@@ -360,8 +360,8 @@ impl RotationService for RotationServiceImpl {
         .await
     }
 
-    #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
     async fn analyze(&self, req: Request<proto::RotationRequest>) -> Result<Response<proto::Analysis>, Status> {
+        Span::current().record("sentences", req.get_ref().sentences.len() as i64);
         async {
             let req = req.get_ref();
             // Options are checked before the forward pass so a bad option costs no compute.
@@ -370,29 +370,29 @@ impl RotationService for RotationServiceImpl {
             let started = Instant::now();
             // Tested on the f64 angles, not on their f32 wire form. With fewer than two sentences
             // there is no test, but the rotations are still returned.
-            let (body, _) = analysis_of(&rotations, wire, &opts)?;
+            let (body, _) = info_span!("significance").in_scope(|| analysis_of(&rotations, wire, &opts))?;
             timings.analysis += started.elapsed();
             Ok(timed(body, &timings))
         }
         .await
     }
 
-    #[instrument(skip_all, fields(groups = req.get_ref().groups.len(), tokenize_ms, queue_ms, inference_ms, analysis_ms))]
     async fn compare_groups(
         &self,
         req: Request<proto::GroupComparisonRequest>,
     ) -> Result<Response<proto::GroupComparison>, Status> {
+        Span::current().record("groups", req.get_ref().groups.len() as i64);
         let (body, timings) = self.compare(req.get_ref()).await?;
         Ok(timed(body, &timings))
     }
 
     type StreamRotationsStream = stream::ChunkStream;
 
-    #[instrument(skip_all, fields(sentences = req.get_ref().sentences.len()))]
     async fn stream_rotations(
         &self,
         req: Request<proto::RotationRequest>,
     ) -> Result<Response<Self::StreamRotationsStream>, Status> {
+        Span::current().record("sentences", req.get_ref().sentences.len() as i64);
         async {
             let req = req.into_inner();
             let engine = self.engine()?.clone();

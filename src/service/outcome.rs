@@ -4,7 +4,8 @@
 //! failed, whether the handler or tonic's transport produced it. Two of tonic's transport statuses
 //! get the codes the gRPC spec assigns: a request that does not decode (tonic: INTERNAL) is
 //! INVALID_ARGUMENT, and a message over the size limit either way (tonic: OUT_OF_RANGE) is
-//! RESOURCE_EXHAUSTED.
+//! RESOURCE_EXHAUSTED. It also opens each call's span (joined to the caller's W3C trace context),
+//! which the handler's work runs in and which ends with the call's status.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +16,10 @@ use std::time::Instant;
 use http_body::{Body, Frame, SizeHint};
 use tonic::codegen::http::{self, HeaderMap};
 use tonic::codegen::Service;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::{Code, Status};
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::proto::rotation_service_server::SERVICE_NAME;
 use crate::telemetry;
@@ -66,17 +70,66 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut call = CallRecord::start(method_of(request.uri().path()), &self.open);
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let (mut parts, body) = response.await?.into_parts();
-            // A call that fails before any message carries its status in the headers.
-            if let Some(status) = amend_status(&mut parts.headers) {
-                call.finish(&status);
+        let rpc = method_of(request.uri().path());
+        let span = rpc.map_or_else(tracing::Span::none, |rpc| call_span(rpc, &request));
+        let mut call = CallRecord::start(rpc, &self.open, span.clone());
+        let response = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let (mut parts, body) = response.await?.into_parts();
+                // A call that fails before any message carries its status in the headers.
+                if let Some(status) = amend_status(&mut parts.headers) {
+                    call.finish(&status);
+                }
+                Ok(http::Response::from_parts(parts, ObservedBody { inner: body, call }))
             }
-            Ok(http::Response::from_parts(parts, ObservedBody { inner: body, call }))
-        })
+            .instrument(span),
+        )
     }
+}
+
+/// The span of one call of this service: method, the replica's address and the caller's, status
+/// and sizes recorded as they become known (the handler records into `Span::current()`).
+fn call_span<B>(rpc: &'static str, request: &http::Request<B>) -> tracing::Span {
+    // A call's trace is the caller's or its own, never that of whatever task accepted it.
+    let span = tracing::info_span!(
+        parent: None,
+        "rpc",
+        otel.name = format!("{SERVICE_NAME}/{rpc}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+        rpc.system = "grpc",
+        rpc.service = SERVICE_NAME,
+        rpc.method = rpc,
+        rpc.grpc.status_code = Empty,
+        server.address = Empty,
+        server.port = Empty,
+        client.address = Empty,
+        trace_id = Empty,
+        sentences = Empty,
+        texts = Empty,
+        groups = Empty,
+        tokens = Empty,
+        chunks = Empty,
+        tokenize_ms = Empty,
+        queue_ms = Empty,
+        inference_ms = Empty,
+        analysis_ms = Empty,
+    );
+    let extensions = request.extensions();
+    let connection = extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| extensions.get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>().map(|t| t.get_ref()));
+    if let Some(local) = connection.and_then(TcpConnectInfo::local_addr) {
+        span.record("server.address", tracing::field::display(local.ip()));
+        span.record("server.port", i64::from(local.port()));
+    }
+    if let Some(remote) = connection.and_then(TcpConnectInfo::remote_addr) {
+        span.record("client.address", tracing::field::display(remote.ip()));
+    }
+    telemetry::join(&span, telemetry::extract(request.headers()));
+    span
 }
 
 /// The response body, watched for the trailers that carry the call's final status.
@@ -124,14 +177,16 @@ struct CallRecord {
     started: Instant,
     done: bool,
     open: Arc<AtomicUsize>,
+    /// The call's span, let go of once its status is recorded (it ends when its work has too).
+    span: tracing::Span,
 }
 
 impl CallRecord {
-    fn start(rpc: Option<&'static str>, open: &Arc<AtomicUsize>) -> Self {
+    fn start(rpc: Option<&'static str>, open: &Arc<AtomicUsize>, span: tracing::Span) -> Self {
         if rpc.is_some() {
             open.fetch_add(1, Ordering::SeqCst);
         }
-        Self { rpc, started: Instant::now(), done: false, open: open.clone() }
+        Self { rpc, started: Instant::now(), done: false, open: open.clone(), span }
     }
 
     fn finish(&mut self, status: &Status) {
@@ -141,10 +196,30 @@ impl CallRecord {
         let Some(rpc) = self.rpc else { return };
         self.open.fetch_sub(1, Ordering::SeqCst);
         telemetry::request(rpc, status.code(), self.started.elapsed());
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        span.record("rpc.grpc.status_code", status.code() as i32);
+        if server_error(status.code()) {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_message", status.message());
+        }
         if status.code() != Code::Ok {
-            tracing::info!(rpc, code = ?status.code(), message = status.message(), "request failed");
+            span.in_scope(|| tracing::info!(rpc, code = ?status.code(), message = status.message(), "request failed"));
         }
     }
+}
+
+/// The codes OpenTelemetry's conventions mark a server span failed by: the server's fault, not
+/// the caller's (a bad argument or a full queue leaves the span's status unset).
+fn server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 impl Drop for CallRecord {

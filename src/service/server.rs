@@ -26,14 +26,15 @@ use crate::telemetry;
 /// Loads and warms the model named by the config (blocking: call from a blocking context).
 pub fn load_model(config: &ServeConfig) -> anyhow::Result<Model> {
     let started = Instant::now();
-    let model = Model::load(&config.model_dir, &config.runtime_options())?;
+    let model_dir = config.resolved_model_dir();
+    let model = Model::load(&model_dir, &config.runtime_options())?;
     // Warm-up: the first run allocates and picks kernels; do it before reporting SERVING.
     let warm = model.tokenizer.encode("Warm up the model.")?.ids;
     model.hidden_states_blocking(vec![warm])?;
     telemetry::model_loaded(started.elapsed());
     tracing::info!(
         model = %model.info.name,
-        dir = %config.model_dir.display(),
+        dir = %model_dir.display(),
         provider = model.info.execution_provider,
         seconds = started.elapsed().as_secs_f64(),
         "model ready"

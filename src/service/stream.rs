@@ -3,12 +3,14 @@
 //! and each holds room in the queued-token budget, so the server's memory is bounded by the chunk
 //! size, not by the corpus. A slow reader slows the producer (bounded channel); a client that goes
 //! away stops it within one chunk, and the request's slot is held until the work has stopped.
+//! Each chunk is a span of the call's trace, from its tokenization until it has been sent.
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use tracing::{info_span, Instrument, Span};
 
 use super::admission::{Admission, QueuedTokens, Slot};
 use super::convert;
@@ -16,7 +18,7 @@ use crate::analysis::{
     condition_moments, merge_conditions, merge_layers, paired_stats, test_layers_from_stats, AngleMatrixSum,
     ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
-use crate::engine::{blocking, Engine, InvalidSentence, Pending, Prepared, Resolved, RotationJob};
+use crate::engine::{blocking, Engine, Finished, InvalidSentence, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::telemetry::StageTimings;
@@ -36,12 +38,15 @@ pub struct StreamContext {
 
 pub fn start(context: StreamContext, job: RotationJob, slot: Slot) -> ChunkStream {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    tokio::spawn(async move {
-        let _slot = slot; // the request's slot lasts until its work has stopped
-        if let Err(e) = produce(&context, Arc::new(job), &tx).await {
-            let _ = tx.send(Err(e.into())).await;
+    tokio::spawn(
+        async move {
+            let _slot = slot; // the request's slot lasts until its work has stopped
+            if let Err(e) = produce(&context, Arc::new(job), &tx).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
         }
-    });
+        .in_current_span(),
+    );
     ReceiverStream::new(rx)
 }
 
@@ -55,6 +60,47 @@ async fn prepare_chunk(
     blocking(move || engine.prepare_range(&job, &resolved, range)).await
 }
 
+/// The span of the chunk of `range`, the `number`-th of the stream.
+fn chunk_span(number: usize, first: usize, range: &std::ops::Range<usize>) -> Span {
+    info_span!(
+        "chunk",
+        chunk.number = number as i64,
+        first_sentence = (first + range.start) as i64,
+        sentences = range.len() as i64,
+        tokens = tracing::field::Empty
+    )
+}
+
+/// What the stream has merged so far (exact sums: chunk order does not matter).
+#[derive(Default)]
+struct Merged {
+    stats: Vec<PairedStats>,
+    per_condition: Vec<Vec<ExactMoments>>,
+    matrices: AngleMatrixSum,
+}
+
+impl Merged {
+    /// A computed chunk's rows assembled (in its analysis span) and merged; its message.
+    fn add(
+        &mut self,
+        context: &StreamContext,
+        job: &RotationJob,
+        first: usize,
+        finished: Finished,
+    ) -> Result<proto::RotationChunk, Error> {
+        finished.span.in_scope(|| {
+            let part = Rotations::assemble(job.unit, finished.rows)?;
+            let (a, b) = (context.significance.condition_a, context.significance.condition_b);
+            merge_layers(&mut self.stats, &paired_stats(part.angles.view(), a, b)?);
+            merge_conditions(&mut self.per_condition, &condition_moments(part.angles.view())?);
+            if let Some(sums) = &part.layer_matrices {
+                self.matrices.merge(sums)?;
+            }
+            Ok(convert::chunk(&part, first, job.seed, job.selection.row_matrices))
+        })
+    }
+}
+
 async fn produce(
     context: &StreamContext,
     job: Arc<RotationJob>,
@@ -63,77 +109,71 @@ async fn produce(
     let engine = &context.engine;
     let total = job.sentences.len();
     let chunk = engine.limits.max_sentences.max(1);
-    let mut stats: Vec<PairedStats> = Vec::new();
-    let mut per_condition: Vec<Vec<ExactMoments>> = Vec::new();
-    let mut matrices = AngleMatrixSum::default();
-    let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens)> = VecDeque::new();
-    let mut ready: Option<Prepared> = None; // prepared, waiting for room in the token budget
-    let mut next = 0;
-    let mut done = 0;
-    let mut skipped = 0;
+    let mut merged = Merged::default();
+    let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens, Span)> = VecDeque::new();
+    let mut ready: Option<(Prepared, Span)> = None; // prepared, waiting for room in the token budget
+    let (mut next, mut done, mut chunks, mut all_tokens, mut skipped) = (0, 0, 0, 0, 0);
     let mut timings = StageTimings::default();
     loop {
         while inflight.len() < CHUNKS_IN_FLIGHT && (ready.is_some() || next < total) {
-            let prepared = match ready.take() {
-                Some(p) => p,
+            let (prepared, span) = match ready.take() {
+                Some(ready) => ready,
                 None => {
                     let end = (next + chunk).min(total);
-                    let p = match prepare_chunk(context, &job, next..end).await {
+                    let span = chunk_span(chunks, job.first_index, &(next..end));
+                    let p = match prepare_chunk(context, &job, next..end).instrument(span.clone()).await {
                         Err(Error::Sentences { invalid, .. }) => {
                             return Err(every_invalid(context, &job, invalid, end).await)
                         }
                         other => other?,
                     };
-                    next = end;
-                    p
+                    (next, chunks) = (end, chunks + 1);
+                    (p, span)
                 }
             };
             let tokens = prepared.num_tokens();
+            span.record("tokens", tokens as i64);
+            let admission = info_span!(parent: &span, "admission", tokens = tokens as i64);
             // The first chunk in flight waits for room; a second one never waits on the first.
             let queued = if inflight.is_empty() {
                 tokio::select! {
-                    queued = context.admission.tokens_waiting(tokens) => queued,
+                    queued = context.admission.tokens_waiting(tokens).instrument(admission) => queued,
                     _ = tx.closed() => return Ok(()),
                 }
-            } else if let Ok(queued) = context.admission.tokens(tokens) {
+            } else if let Ok(queued) = admission.in_scope(|| context.admission.tokens(tokens)) {
                 queued
             } else {
-                ready = Some(prepared);
+                ready = Some((prepared, span));
                 break;
             };
-            let pending = engine.submit(&prepared, 0..prepared.len());
-            inflight.push_back((prepared, pending, queued));
+            all_tokens += tokens;
+            let pending = span.in_scope(|| engine.submit(&prepared, 0..prepared.len()));
+            inflight.push_back((prepared, pending, queued, span));
         }
-        let Some((prepared, pending, _queued)) = inflight.pop_front() else { break };
-        let sentences = tokio::select! {
-            sentences = engine.finish(&prepared, pending, &mut timings) => sentences?,
+        let Some((prepared, pending, _queued, span)) = inflight.pop_front() else { break };
+        let finished = tokio::select! {
+            finished = engine.finish(&prepared, pending, &mut timings).instrument(span.clone()) => finished?,
             // The client has gone: dropping `inflight` cancels its queued sentences.
             _ = tx.closed() => return Ok(()),
         };
-        let mut message = if sentences.is_empty() {
+        let mut message = if finished.rows.is_empty() {
             skipped_chunk(context, &job, &prepared) // every sentence of the chunk was skipped
         } else {
-            let part = Rotations::assemble(job.unit, sentences)?;
-            let layer_stats =
-                paired_stats(part.angles.view(), context.significance.condition_a, context.significance.condition_b)?;
-            merge_layers(&mut stats, &layer_stats);
-            merge_conditions(&mut per_condition, &condition_moments(part.angles.view())?);
-            if let Some(sums) = &part.layer_matrices {
-                matrices.merge(sums)?;
-            }
-            convert::chunk(&part, prepared.first, job.seed, job.selection.row_matrices)
+            merged.add(context, &job, prepared.first, finished)?
         };
         done += prepared.end - prepared.first;
         skipped += prepared.skipped.len();
         (message.skipped, message.end_sentence) = (convert::skipped(&prepared.skipped), prepared.end as u32);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
-        if tx.send(Ok(message)).await.is_err() {
+        if tx.send(Ok(message)).instrument(span).await.is_err() {
             return Ok(()); // the client has gone
         }
     }
-    let mut last = last_chunk(context, &job, &stats, done, skipped);
-    last.condition_statistics = convert::condition_statistics(&per_condition);
-    last.all_layers = convert::all_layers(&matrices, None);
+    Span::current().record("tokens", all_tokens as i64);
+    Span::current().record("chunks", chunks as i64);
+    let mut last = last_chunk(context, &job, &merged.stats, done, skipped);
+    last.condition_statistics = convert::condition_statistics(&merged.per_condition);
+    last.all_layers = convert::all_layers(&merged.matrices, None);
     let _ = tx.send(Ok(last)).await;
     Ok(())
 }

@@ -121,7 +121,7 @@ pub fn slow_model(delay: Duration) -> (Model, Arc<AtomicUsize>) {
 }
 
 /// A `rotations serve` process, killed when dropped.
-pub struct ServerProcess(std::process::Child);
+pub struct ServerProcess(pub std::process::Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -147,6 +147,16 @@ pub fn serve_model(dir: &std::path::Path) -> (ServerProcess, String) {
 
 /// [`serve_model`] on loopback address `host`.
 pub fn serve_model_on(dir: &std::path::Path, host: &str) -> (ServerProcess, String) {
+    serve_model_with(dir, host, &[], &[])
+}
+
+/// [`serve_model_on`] with more `serve` flags and environment variables.
+pub fn serve_model_with(
+    dir: &std::path::Path,
+    host: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (ServerProcess, String) {
     let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
     let bin = env!("CARGO_BIN_EXE_rotations");
     let child = std::process::Command::new(bin)
@@ -155,6 +165,8 @@ pub fn serve_model_on(dir: &std::path::Path, host: &str) -> (ServerProcess, Stri
         .arg(dir)
         .arg("--ort-library")
         .arg(ort_library())
+        .args(args)
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -60,8 +60,13 @@ def export_tiny(family: str, exports: Path) -> Path:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_tiny_export_verifies_and_matches_transformers(family, exports):
+def test_tiny_export_verifies_and_matches_transformers(family, exports, capfd):
     out = export_tiny(family, exports)
+    said = capfd.readouterr()
+    # The export says its stages, and nothing from third parties that means nothing to the user.
+    for stage in ("[1/3 load]", "[2/3 export]", "[3/3 verify]"):
+        assert stage in said.out, said.out
+    assert "torchvision" not in said.out + said.err, said.err
     meta = json.loads((out / "model.json").read_text())
     fam = FAMILIES[family]
     assert meta["family"] == family

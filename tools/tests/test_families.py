@@ -107,3 +107,14 @@ def test_random_init_ids_match_the_tokenizer_files():
             assert vocab["<0x41>"] == 3 + 0x41  # byte fallback ids 3..258
         else:
             assert added["<|endoftext|>"] == cfg["bos_token_id"] == cfg["eos_token_id"] == 50256
+
+
+def test_every_preset_the_docs_name_exists():
+    """The family table of docs/src/families.md names a tiny preset per family: each must be one."""
+    import re
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "src" / "families.md").read_text(encoding="utf-8")
+    named = re.findall(r"^\| [^|]+ \| `([a-z0-9_.-]+-tiny)` \|", page, flags=re.M)
+    assert len(named) == len(FAMILIES), named
+    assert {PRESETS[name].family for name in named} == set(FAMILIES)
+    assert PRESETS["pythia-tiny"] == PRESETS["gpt_neox-tiny"]

@@ -369,3 +369,26 @@ def test_context_manager_closes_the_channel(server: Server) -> None:
         c.model_info()
     c.close()  # idempotent
 
+
+
+def test_grpc_core_logs_stay_off_stderr_unless_asked() -> None:
+    """A failing call prints nothing from gRPC's C core; GRPC_VERBOSITY set by the user is kept."""
+    import os
+    import sys
+
+    script = (
+        "import os, rotations_client\n"
+        "print(os.environ['GRPC_VERBOSITY'])\n"
+        "try:\n"
+        "    rotations_client.Client('127.0.0.1:1', timeout=2).model_info()\n"
+        "except rotations_client.RotationsError as e:\n"
+        "    print(e.code_name)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert quiet.stdout.split() == ["NONE", "UNAVAILABLE"], quiet.stdout + quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
+    asked = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "GRPC_VERBOSITY": "info"}, timeout=60
+    )
+    assert asked.stdout.split()[0] == "info" and asked.stderr, asked.stdout + asked.stderr

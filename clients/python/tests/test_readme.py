@@ -1,9 +1,11 @@
-"""The main README's Python snippet runs as written, and the notebook's own t-tests (scipy, from the
-``[examples]`` extra) run unchanged on its ``angles`` and agree with the server's."""
+"""The Python snippets of the README's quick start and of the Python page (docs/src/python.md) run as
+written; the notebook's own t-tests (scipy, from the ``[examples]`` extra) run unchanged on the page's
+``angles`` and agree with the server's."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +15,39 @@ from scipy import stats
 from .conftest import REPO, Server
 
 README = REPO / "README.md"
+PYTHON_PAGE = REPO / "docs" / "src" / "python.md"
 README_ADDRESS = "127.0.0.1:50051"
 #: The spelling of earlier README snippets, replaced as well.
 README_ADDRESSES = (README_ADDRESS, "localhost:50051")
 
 
 def readme_snippet() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", PYTHON_PAGE.read_text(encoding="utf-8"), flags=re.S)
     # The first block that calls rotations: the notebook's cells as three lines.
     return next(b for b in blocks if "client.rotations(sentences" in b)
+
+
+def quick_start() -> str:
+    readme = README.read_text(encoding="utf-8")
+    return readme[readme.index("\n## Quick start") : readme.index("\n## ", readme.index("\n## Quick start") + 1)]
+
+
+def test_the_readme_quick_start_analyses_your_own_sentences_from_python(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In a folder of the user's own, the quick start's sentence file, then its Python block."""
+    section = quick_start()
+    [make_file] = [l for l in re.findall(r"```sh\n(.*?)```", section, flags=re.S)[1].splitlines() if l.startswith("printf ")]
+    subprocess.run(["bash", "-c", make_file], cwd=tmp_path, check=True)
+    [snippet] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert "localhost:50051" in snippet and "my_sentences.txt" in snippet
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(snippet.replace("localhost:50051", server.address), scope)  # noqa: S102 - our own README
+    analysis = scope["analysis"]
+    sentences = (tmp_path / "my_sentences.txt").read_text(encoding="utf-8").splitlines()
+    assert analysis.rotations.angles.shape[1:] == (len(sentences), 3)
+    assert len(analysis.significance.t) == analysis.rotations.angles.shape[0]
 
 
 def test_the_examples_extra_brings_scipy() -> None:

@@ -135,6 +135,7 @@ def test_one_address_syntax() -> None:
     assert str(parse_address("127.0.0.1:1")) == "http://127.0.0.1:1"
     for bad, message in [
         ("localhost", "has no port"),
+        ("50051", "has no host: give host:port, e.g. localhost:50051"),
         ("grpc://localhost:50051", "unsupported scheme grpc://"),
         ("localhost:50051/v1", "is not an address"),
         ("", "is not an address"),

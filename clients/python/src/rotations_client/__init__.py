@@ -6,8 +6,17 @@
     ...     result.angles.shape        # [layers, sentences, 3]: target, non_target, shuffled
 
 The gRPC stubs are generated from the repository's ``proto/`` when the package is built or
-installed (``pip install ./clients/python``); see ``docs/PYTHON.md``.
+installed (``pip install ./clients/python``); see ``docs/src/python.md``.
+
+gRPC's C core writes its own log lines to stderr (connection failures it retries, fork warnings);
+they say nothing a ``RotationsError`` does not, so they are off unless asked for: set
+``GRPC_VERBOSITY`` (e.g. ``GRPC_VERBOSITY=debug``) to see them. This must happen before grpc is
+first imported, hence here, first.
 """
+
+import os as _os
+
+_os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from ._types import (
     CONDITIONS,

@@ -18,6 +18,7 @@ from typing import (
 import grpc
 import numpy as np
 
+from . import _tracing
 from ._pb import pb, pb_grpc
 from ._types import (
     CONDITIONS,
@@ -175,7 +176,9 @@ class Client:
         if self._closed:
             raise ValueError("this Client is closed")
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            # The application's trace context, when it uses OpenTelemetry (_tracing).
+            metadata = _tracing.metadata()
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=metadata or None)
         except grpc.RpcError as error:
             raise self._connection.error(error, rpc).with_texts(request) from None
 

@@ -39,6 +39,7 @@ from ._types import (
     RotationResult,
     merge_conditions,
 )
+from . import _tracing
 from ._options import Condition, Groups, Options, Target, condition_index, labelled_groups
 from .client import Client, collect_stream
 from .connect import Pem
@@ -128,6 +129,8 @@ class _Run:
         self.stopped = False
         self.live: Dict[str, int] = {}  # replica -> workers still running
         self.cond = threading.Condition()
+        # The caller's trace context: worker threads do not inherit it, and chunk spans join it.
+        self.trace_context = _tracing.current()
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -168,6 +171,10 @@ class _Run:
             self.cond.wait(0.5)
 
     def _work(self, address: str) -> None:
+        with _tracing.attached(self.trace_context):
+            self._pull(address)
+
+    def _pull(self, address: str) -> None:
         client = self.cluster._client(address)
         delays = self.cluster.retry.delays()
         try:
@@ -209,12 +216,31 @@ class _Run:
                 self.cond.notify_all()
 
     def _compute(self, client: Client, chunk: _Chunk) -> _Result:
+        attributes = {
+            "server.address": client.address,
+            "chunk.number": chunk.number,
+            "chunk.failures": chunk.attempts,
+            "first_sentence": chunk.first,
+            "sentences": len(chunk.sentences),
+        }
+        with _tracing.span(f"chunk {chunk.number}", **attributes) as span:
+            try:
+                return self._stream_chunk(client, chunk)
+            except RotationsError as e:
+                _tracing.failed(span, e.code, e.message, _failover(e.code))
+                raise
+
+    def _stream_chunk(self, client: Client, chunk: _Chunk) -> _Result:
         parts: List[RotationChunk] = []
         r = self.request
         options = r.options.for_rows(chunk.first, len(chunk.sentences))
         request = options.rotation_request(chunk.sentences, r.target, first_sentence_index=chunk.first)
-        for part in client.stream_request(request, r.timeout):
+        stream = iter(client.stream_request(request, r.timeout))
+        for part in stream:
             if part.last:
+                # Read the call to its status: left early, the server would see it cancelled.
+                for _ in stream:
+                    pass
                 return _Result(parts, part.statistics, part)
             parts.append(part)
         raise RotationsError(grpc.StatusCode.UNAVAILABLE, "the stream ended without its final chunk", "StreamRotations")

@@ -59,6 +59,8 @@ def parse_address(address: str, tls: bool = False) -> Address:
         return Address(rest if _has_port(rest) else f"{rest}:{443 if secure else 80}", secure)
     if not text or "/" in text or "@" in text:
         raise ValueError(f"{address!r} is not an address: {_FORMS}")
+    if text.isdigit():  # a bare port: the host is what is missing, as in the CLI
+        raise ValueError(f"{address!r} has no host: give host:port, e.g. localhost:{text}")
     if not _has_port(text):
         raise ValueError(f"{address!r} has no port: give host:port (the server's default is 50051)")
     return Address(text, tls)

@@ -68,7 +68,38 @@
       key: {{ .Values.auth.secretKey }}
 {{- end }}
 {{- end }}
+{{- include "rotations.tracingEnv" (dict "root" . "service" .Values.tracing.serviceName) }}
 {{- with .Values.server.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* OpenTelemetry export (tracing.*): the endpoint, service.name, and resource attributes naming
+the pod (Kubernetes expands $(VAR) from the variables defined before). Empty without an endpoint. */}}
+{{- define "rotations.tracingEnv" -}}
+{{- $tracing := .root.Values.tracing }}
+{{- if $tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $tracing.otlpEndpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- $attributes := list "k8s.pod.name=$(K8S_POD_NAME)" "k8s.namespace.name=$(K8S_NAMESPACE_NAME)" "k8s.node.name=$(K8S_NODE_NAME)" "service.instance.id=$(K8S_POD_NAME)" }}
+{{- range $key, $value := $tracing.resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%v" $key $value) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
 {{- end }}
 {{- end }}
