@@ -59,6 +59,7 @@ async fn main() {
         allow_bos_non_target: false,
         steps: false,
         norms: false,
+        skip_invalid: false,
     };
     let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
     let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());

@@ -478,6 +478,11 @@ pub struct AnalyzeArgs {
     /// sentence's first word is compared with the BOS token (refused by default).
     #[arg(long)]
     pub allow_bos_non_target: bool,
+    /// Analyse the valid sentences and list the invalid ones in skipped.csv (corpus index, line,
+    /// reason) instead of failing; their draws do not change. Without it, every invalid sentence
+    /// is named at once and nothing is computed.
+    #[arg(long)]
+    pub skip_invalid: bool,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {

@@ -63,6 +63,8 @@ fn main() -> std::process::ExitCode {
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // A reader that closed our stdout (`rotations analyze … | head`) has what it wanted.
+        Err(e) if closed_stdout(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -91,6 +93,11 @@ async fn traced(command: Command) -> anyhow::Result<()> {
         let _ = tokio::task::spawn_blocking(move || export.shutdown(TRACE_FLUSH)).await;
     }
     result
+}
+
+/// Whether writing to stdout failed because its reader went away (EPIPE), as ripgrep and git treat it.
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn name(command: &Command) -> &'static str {

@@ -91,6 +91,7 @@ async fn selected_rotations_of(
         allow_bos_non_target: false,
         steps: false,
         norms: false,
+        skip_invalid: false,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()

@@ -105,7 +105,7 @@ fn bad_batches_are_refused_with_the_sentence_index() {
     ];
     for (batch, index, words) in cases {
         match model.hidden_states_blocking(batch) {
-            Err(ModelError::BadInput { sentence, reason }) => {
+            Err(ModelError::BadInput { sentence, reason, .. }) => {
                 assert_eq!(sentence, index);
                 assert!(reason.contains(words), "{reason}");
             }

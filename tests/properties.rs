@@ -78,6 +78,7 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
                 allow_bos_non_target: false,
                 steps: false,
                 norms: false,
+                skip_invalid: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 prop_assert_eq!(prepared.len(), job.sentences.len());
@@ -141,6 +142,7 @@ async fn arbitrary_selections_never_panic_and_rows_stay_inside() {
                 allow_bos_non_target: false,
                 steps: false,
                 norms: false,
+                skip_invalid: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -17,6 +17,7 @@ use super::angles_file::AnglesFile;
 use super::connect::AuthChannel;
 use super::retry::{should_retry, RetryPolicy};
 use super::sentences::{locate, SentenceLines};
+use super::skipped::Skipped;
 use super::validate::{validate_chunk, validate_significance, Expected};
 use super::{connect_to, status_error};
 use crate::analysis::{merge_conditions, merge_layers, AngleMatrixSum, ExactMoments, PairedStats};
@@ -88,6 +89,10 @@ pub struct Outcome {
     pub angles_file: Option<AnglesFile>,
     /// (address, chunks served, failures), in the order the replicas joined.
     pub replicas: Vec<(String, usize, usize)>,
+    /// Sentences in the file.
+    pub total: usize,
+    /// With `skip_invalid`: the sentences left out, in corpus order, at their lines.
+    pub skipped: Vec<Skipped>,
 }
 
 /// A piece of the corpus: `sentences` from corpus index `first`, with their lines in the file.
@@ -144,6 +149,8 @@ struct Collected {
     sentences: usize,
     last: Option<proto::RotationChunk>,
     kept: BTreeMap<usize, (Vec<proto::RotationChunk>, Vec<String>)>,
+    /// Sentences left out (skip_invalid), placed at their lines as their chunks come back.
+    skipped: Vec<Skipped>,
     file: Option<AnglesFile>,
 }
 
@@ -266,6 +273,14 @@ impl Collected {
     fn add(&mut self, chunk: Chunk, result: ChunkResult, rows: u64) -> anyhow::Result<()> {
         self.rows += rows;
         self.sentences += chunk.sentences.len();
+        let in_chunk = |i: usize| i.checked_sub(chunk.first);
+        for part in &result.parts {
+            self.skipped.extend(super::skipped::place(
+                &part.skipped,
+                |i| in_chunk(i).and_then(|k| chunk.lines.get(k).copied()),
+                |i| in_chunk(i).and_then(|k| chunk.sentences.get(k).cloned()),
+            ));
+        }
         let stats = paired_stats_from_proto(&result.last.statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Integer sums: the order in which chunks arrive does not matter.
         merge_layers(&mut self.merged, &stats);
@@ -303,7 +318,8 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
         };
         let deadline = run.chunking.deadline.unwrap_or_else(|| chunk_deadline(chunk.sentences.len()));
         let span = chunk_span(&address, &chunk);
-        let answer = compute_chunk(&mut client, &run.request, &chunk, run.marked, deadline).instrument(span.clone()).await;
+        let answer =
+            compute_chunk(&mut client, &run.request, &chunk, run.marked, deadline).instrument(span.clone()).await;
         let checked = answer.map(|result| {
             let valid = validate_chunk(&run.expected, chunk.first, chunk.sentences.len(), &result.parts, &result.last)
                 .and_then(|rows| run.agrees(&result.last).map(|()| rows));
@@ -588,6 +604,7 @@ pub async fn analyze(
             sentences: 0,
             last: None,
             kept: BTreeMap::new(),
+            skipped: Vec::new(),
             file,
         }),
         request,
@@ -703,7 +720,10 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     let state = run.state.into_inner().expect("not poisoned");
     let collected = run.collected.into_inner().expect("not poisoned");
     collected.validate(total, &run.expected).context("merging the replicas' answers")?;
+    super::skipped::ensure_enough(total, &collected.skipped)?;
     let significance = ask_significance(&state, &collected.merged, run.request.significance).await?;
+    let mut skipped = collected.skipped;
+    skipped.sort_by_key(|s| s.index);
     let mut last = collected.last.context("no chunk computed")?;
     last.condition_statistics = condition_statistics(&collected.conditions);
     last.all_layers = all_layers(&collected.matrices, None);
@@ -712,7 +732,7 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     if let Some(file) = collected.file {
         file.flush()?;
         let analysis = super::on_disk_analysis(&file, &last, significance);
-        return Ok(Outcome { analysis, sentences: Vec::new(), angles_file: Some(file), replicas });
+        return Ok(Outcome { analysis, sentences: Vec::new(), angles_file: Some(file), replicas, total, skipped });
     }
     let (mut parts, mut sentences) = (Vec::new(), Vec::with_capacity(total));
     for (chunk_parts, chunk_sentences) in collected.kept.into_values() {
@@ -720,5 +740,5 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
         sentences.extend(chunk_sentences);
     }
     let analysis = super::assemble_stream(parts, &last, significance, total)?;
-    Ok(Outcome { analysis, sentences, angles_file: None, replicas })
+    Ok(Outcome { analysis, sentences, angles_file: None, replicas, total, skipped })
 }

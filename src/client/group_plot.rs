@@ -48,7 +48,14 @@ pub fn groups_figure(r: &GroupReport, path: &Path) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let [a, b] = &r.labels;
-    let caption = format!("Mean {} angle per layer: {a} vs {b}", r.condition());
+    let (g, model) = (&r.groups, &r.groups[0].rotations.model_name);
+    let caption = format!(
+        "{model}: mean {} angle of {} per layer, {a} (n = {}) vs {b} (n = {})",
+        r.condition(),
+        g[0].target_label(),
+        g[0].num_sentences,
+        g[1].num_sentences
+    );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", CAPTION_FONT))
         .margin(16)

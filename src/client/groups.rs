@@ -8,6 +8,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use std::io::Write as _;
+
 use anyhow::Context;
 
 use super::report::{correction_name, direction_name, Report};
@@ -41,10 +43,14 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             return Err(locate(&files, e));
         }
     };
-    let report = GroupReport::new(&comparison, &files)?;
-    print!("{}", report.table());
+    let mut report = GroupReport::new(&comparison, &files)?;
+    for group in &mut report.groups {
+        group.target = super::target_label(&args.analysis);
+    }
     report.write_all(out)?;
-    println!("\nwrote {}/{{{}}}", out.display(), FILES.join(", "));
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", report.table())?;
+    writeln!(stdout, "\nwrote {}/{{{}}}", out.display(), FILES.join(", "))?;
     Ok(())
 }
 
@@ -68,6 +74,17 @@ fn read_groups(args: &CompareArgs) -> anyhow::Result<(Vec<String>, Vec<SentenceF
 
 /// A server's error about a sentence of one group ("groups[1] (…): sentence 3 (…)") told as FILE:LINE.
 fn locate(files: &[SentenceFile], e: anyhow::Error) -> anyhow::Error {
+    if let Some(invalid) = e.downcast_ref::<super::sentences::InvalidSentences>() {
+        // One list, each group's sentences at their lines of that group's file.
+        let group_of = |g: Option<usize>| g.unwrap_or(0).min(files.len() - 1);
+        let mut out = format!("{}:", invalid.header);
+        for (group, index, _, reason) in &invalid.sentences {
+            let file = &files[group_of(*group)];
+            let line = file.lines.get(*index).map_or_else(|| format!("sentence {index}"), |l| l.to_string());
+            out.push_str(&format!("\n{}:{line}: {reason}", file.path.display()));
+        }
+        return anyhow::anyhow!("{out}");
+    }
     let message = format!("{e:#}");
     match (0..files.len()).find(|i| message.contains(&format!("groups[{i}]"))) {
         Some(i) => files[i].locate(e),

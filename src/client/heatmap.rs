@@ -20,8 +20,15 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// Draws the figure of the mean matrix `mean` (`[states, states]` row-major) in `unit`, over
-/// `rows` rows, into `path`.
-pub fn all_layers_figure(mean: &[f32], states: usize, unit: &str, rows: usize, path: &Path) -> anyhow::Result<()> {
+/// `rows` rows, into `path`; `about` names the model and the target ("gpt2: \" her\"").
+pub fn all_layers_figure(
+    mean: &[f32],
+    states: usize,
+    unit: &str,
+    rows: usize,
+    about: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         states >= 2 && mean.len() == states * states,
         "mean matrix of {} values for side {states}",
@@ -29,7 +36,7 @@ pub fn all_layers_figure(mean: &[f32], states: usize, unit: &str, rows: usize, p
     );
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let title = format!("Target across all layers: mean angle between hidden states ({unit}), {rows} rows");
+    let title = format!("{about} across all layers: mean angle between hidden states ({unit}), n = {rows} rows");
     let root = root.titled(&title, ("sans-serif", CAPTION_FONT)).map_err(plot_err)?;
     let (left, right) = root.split_horizontally(600);
     let (map, bar) = left.split_horizontally(510);
@@ -100,7 +107,7 @@ fn colour_bar<DB: DrawingBackend>(
     max: f32,
     unit: &str,
 ) -> anyhow::Result<()> {
-    let steps = 100;
+    let steps = 256;
     let mut chart = ChartBuilder::on(area)
         .margin_top(12)
         .margin_bottom(57)
@@ -119,8 +126,11 @@ fn colour_bar<DB: DrawingBackend>(
         .map_err(plot_err)?;
     chart
         .draw_series((0..steps).map(|k| {
-            let (lo, hi) = (max * k as f32 / steps as f32, max * (k + 1) as f32 / steps as f32);
-            Rectangle::new([(0.0, lo), (1.0, hi)], ViridisRGB::get_color_normalized(lo, 0.0, max).filled())
+            // Each step reaches into the next one: abutting rectangles leave hairline seams when
+            // an SVG renderer anti-aliases their edges, and the bar looks striped.
+            let (lo, hi) = (max * k as f32 / steps as f32, max * (k + 2).min(steps) as f32 / steps as f32);
+            let colour = ViridisRGB::get_color_normalized(max * (k as f32 + 0.5) / steps as f32, 0.0, max);
+            Rectangle::new([(0.0, lo), (1.0, hi)], colour.filled())
         }))
         .map_err(plot_err)?;
     Ok(())

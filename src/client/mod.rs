@@ -13,7 +13,10 @@ pub mod plots;
 pub mod report;
 pub mod retry;
 pub mod sentences;
+pub mod skipped;
 pub mod validate;
+
+use std::io::Write as _;
 
 use anyhow::Context;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -44,6 +47,9 @@ pub async fn connect_to(address: &str, how: &ConnectArgs) -> anyhow::Result<Rota
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
+    if let Some(invalid) = sentences::InvalidSentences::from_status(&s) {
+        return invalid.into();
+    }
     if connect::is_transport_failure(&s) {
         return anyhow::anyhow!("the connection failed: {}", connect::root_cause(&s));
     }
@@ -73,27 +79,29 @@ pub async fn info(args: ClientArgs) -> anyhow::Result<()> {
     let client = connect(&args).await?;
     let info =
         with_retry(&client, proto::GetModelInfoRequest {}, |mut c, r| async move { c.get_model_info(r).await }).await?;
-    println!("model              {}", info.model_name);
-    println!("source             {}", info.source);
-    println!("layers             {} ({} hidden states)", info.num_layers, info.num_hidden_states);
-    println!("hidden size        {}", info.hidden_size);
-    println!("vocabulary         {}", info.vocab_size);
-    println!("max positions      {}", info.max_positions);
-    println!("execution provider {}", info.execution_provider);
-    println!("dtype              {}", info.dtype);
-    println!("precision          {}", precision_line(&info));
-    println!("family             {}", info.family);
-    match info.bos_token_id {
-        Some(bos) if info.adds_bos => println!("BOS token          {bos}, before every sentence (positions count it)"),
-        Some(bos) => println!("BOS token          {bos}, not added"),
-        None => println!("BOS token          none"),
-    }
-    println!("pad token          {}", info.pad_token_id);
+    let bos = match info.bos_token_id {
+        Some(bos) if info.adds_bos => format!("{bos}, before every sentence (positions count it)"),
+        Some(bos) => format!("{bos}, not added"),
+        None => "none".to_string(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "model              {}", info.model_name)?;
+    writeln!(stdout, "source             {}", info.source)?;
+    writeln!(stdout, "layers             {} ({} hidden states)", info.num_layers, info.num_hidden_states)?;
+    writeln!(stdout, "hidden size        {}", info.hidden_size)?;
+    writeln!(stdout, "vocabulary         {}", info.vocab_size)?;
+    writeln!(stdout, "max positions      {}", info.max_positions)?;
+    writeln!(stdout, "execution provider {}", info.execution_provider)?;
+    writeln!(stdout, "dtype              {}", info.dtype)?;
+    writeln!(stdout, "precision          {}", precision_line(&info))?;
+    writeln!(stdout, "family             {}", info.family)?;
+    writeln!(stdout, "BOS token          {bos}")?;
+    writeln!(stdout, "pad token          {}", info.pad_token_id)?;
     // model.json's `hidden_states`: {"first": …, "last": …}, what the end states are.
     let states: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&info.hidden_states).unwrap_or_default();
     for (end, what) in states.iter().filter_map(|(k, v)| Some((k, v.as_str()?))) {
-        println!("{:<18} {what}", format!("{end} state"));
+        writeln!(stdout, "{:<18} {what}", format!("{end} state"))?;
     }
     Ok(())
 }
@@ -115,7 +123,7 @@ pub async fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let client = connect(&args.client).await?;
     let request = proto::TokenizeRequest { texts: args.texts.clone() };
     let res = with_retry(&client, request, |mut c, r| async move { c.tokenize(r).await }).await?;
-    print!("{}", tokens_table(&args.texts, &res.texts));
+    write!(std::io::stdout().lock(), "{}", tokens_table(&args.texts, &res.texts))?;
     Ok(())
 }
 
@@ -154,7 +162,7 @@ pub async fn health(args: ClientArgs) -> anyhow::Result<()> {
         .into_inner();
     match ServingStatus::try_from(res.status) {
         Ok(ServingStatus::Serving) => {
-            println!("SERVING");
+            writeln!(std::io::stdout().lock(), "SERVING")?;
             Ok(())
         }
         other => anyhow::bail!("not serving: {other:?}"),
@@ -196,6 +204,7 @@ pub fn rotation_request(args: &AnalyzeArgs, sentences: Vec<String>) -> anyhow::R
         }),
         first_sentence_index: 0,
         allow_bos_non_target: args.allow_bos_non_target,
+        skip_invalid: args.skip_invalid,
         ..Default::default()
     };
     select_request(&args.select, request)
@@ -255,7 +264,21 @@ pub async fn analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
             return Err(file.locate(e));
         }
     };
-    present(&report::Report::new(&analysis, &sentences)?, &args.out)
+    let reports = analysis.rotations.as_ref().map_or(&[][..], |r| &r.skipped[..]);
+    let skipped = skipped::place(reports, |i| file.lines.get(i).copied(), |i| file.sentences.get(i).cloned());
+    let skipped = args.skip_invalid.then_some((sentences.len(), skipped));
+    let report = report::Report { target: target_label(&args), ..report::Report::new(&analysis, &sentences)? };
+    present(&report, &args.out, skipped)
+}
+
+/// The target as the user named it (`" her"`), for figure titles.
+fn target_label(args: &AnalyzeArgs) -> Option<String> {
+    match (&args.target, args.target_id) {
+        _ if args.select.marked => Some("the [[marked]] targets".to_string()),
+        (Some(text), _) => Some(format!("{text:?}")),
+        (None, Some(id)) => Some(format!("token {id}")),
+        _ => None,
+    }
 }
 
 /// Several servers, a `dns:///` name, or `--angles-out`: the file read lazily, in chunks over the
@@ -287,6 +310,11 @@ async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
         "--angles-out holds one row per sentence, and --occurrence all gives a sentence several rows: \
          leave out one of them"
     );
+    anyhow::ensure!(
+        args.angles_out.is_none() || !args.skip_invalid,
+        "--angles-out keeps one row per sentence of the file and --skip-invalid leaves sentences out: \
+         leave out one of them"
+    );
     let request = rotation_request(&args, Vec::new())?;
     let created = output::prepare(&args.out, args.overwrite)?;
     let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
@@ -297,11 +325,13 @@ async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
         cluster::analyze(replicas, how, request, corpus, chunking, args.angles_out.as_deref()).await
     };
     let outcome = outcome.inspect_err(|_| forget_output(created, &args.out))?;
-    let report = match outcome.angles_file {
+    let skipped = args.skip_invalid.then(|| (outcome.total, outcome.skipped.clone()));
+    let mut report = match outcome.angles_file {
         Some(file) => report::Report::on_disk(&outcome.analysis, file)?,
         None => report::Report::new(&outcome.analysis, &outcome.sentences)?,
     };
-    present(&report, &args.out)
+    report.target = target_label(&args);
+    present(&report, &args.out, skipped)
 }
 
 /// Takes away the output folder a failed analysis created (only if still empty).
@@ -311,13 +341,28 @@ fn forget_output(created: bool, out: &std::path::Path) {
     }
 }
 
-/// The table on stdout, the files in `out`.
-fn present(report: &report::Report, out: &std::path::Path) -> anyhow::Result<()> {
-    print!("{}", report.table());
+/// The files in `out` (first: a reader of the table that closes stdout, `| head`, still gets
+/// them), then the table on stdout; with `--skip-invalid`, skipped.csv and how many of how many
+/// sentences were analysed.
+fn present(
+    report: &report::Report,
+    out: &std::path::Path,
+    skipped: Option<(usize, Vec<skipped::Skipped>)>,
+) -> anyhow::Result<()> {
     report.write_all(out)?;
-    println!("\nwrote {}/{{{}}}", out.display(), report.files().join(", "));
+    let mut files = report.files();
+    if let Some((_, list)) = &skipped {
+        skipped::write(out, list)?;
+        files.push("skipped.csv");
+    }
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", report.table())?;
+    if let Some((total, list)) = &skipped {
+        writeln!(stdout, "\n{}", skipped::summary(*total, list.len()))?;
+    }
+    writeln!(stdout, "\nwrote {}/{{{}}}", out.display(), files.join(", "))?;
     if let Some(file) = &report.angles_file {
-        println!("wrote {} and {}", file.path.display(), file.draws_path.display());
+        writeln!(stdout, "wrote {} and {}", file.path.display(), file.draws_path.display())?;
     }
     Ok(())
 }
@@ -387,9 +432,10 @@ fn assemble_stream(
     significance: proto::SignificanceResult,
     total: usize,
 ) -> anyhow::Result<proto::Analysis> {
-    let layers = chunks.first().and_then(|c| c.angles.as_ref()).map_or(0, |t| t.shape[0] as usize);
+    let layers = chunks.iter().filter_map(|c| c.angles.as_ref()).map(|t| t.shape[0] as usize).max().unwrap_or(0);
     let rows: usize = chunks.iter().map(|c| c.sentences.len()).sum();
     let sublayers = assemble_steps(&chunks, rows)?;
+    let skipped: Vec<proto::SkippedSentence> = chunks.iter().flat_map(|c| c.skipped.iter().cloned()).collect();
     let mut angles = vec![0f32; layers * rows * 3];
     let mut draws = vec![proto::ShuffleDraw::default(); layers * rows];
     let mut reports = Vec::with_capacity(rows);
@@ -419,7 +465,11 @@ fn assemble_stream(
         }
     }
     let delivered = reports.iter().map(|r| r.index).collect::<std::collections::BTreeSet<_>>().len();
-    anyhow::ensure!(delivered == total, "the stream delivered {delivered} of {total} sentences");
+    anyhow::ensure!(
+        delivered + skipped.len() == total,
+        "the stream delivered {delivered} of {total} sentences and skipped {}",
+        skipped.len()
+    );
     let means = layer_means(layers, rows, |l, s, c| angles[(l * rows + s) * 3 + c]);
     let all_layers = last.all_layers.clone().map(|a| proto::AllLayers { row_matrices, ..a });
     let rotations = proto::RotationResult {
@@ -428,6 +478,7 @@ fn assemble_stream(
         shuffle_draws: draws,
         all_layers,
         sublayers,
+        skipped,
         ..rotation_result(last, layers, means)
     };
     Ok(proto::Analysis {
@@ -525,5 +576,6 @@ fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) 
         // Set by assemble_stream from the chunks (a file of angles holds no step angles).
         sublayers: None,
         norms: last.norms.clone(),
+        skipped: Vec::new(),
     }
 }

@@ -1,5 +1,6 @@
-//! The notebook's two figures as SVG, drawn with plotters, readable from a handful of sentences to
-//! a corpus: beyond [`BAND_ABOVE`] sentences the per-sentence lines give way to a percentile band.
+//! The notebook's two figures as SVG, drawn with plotters, read the same from a handful of
+//! sentences to a corpus: means with 95% confidence intervals (no per-sentence lines), the
+//! shuffled control on a scale of its own, and a title naming the model, the target and n.
 use std::path::Path;
 
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
@@ -7,22 +8,19 @@ use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 
 use super::report::Report;
+use crate::analysis::{t_quantile, CI_LEVEL};
 use crate::proto;
 
 // The notebook's colours: faint per-sentence curves, bold means.
-const FAINT_TARGET: RGBColor = RGBColor(230, 179, 179);
 const FAINT_NON_TARGET: RGBColor = RGBColor(179, 179, 230);
 const FAINT_SHUFFLED: RGBColor = RGBColor(179, 230, 179);
 const TARGET: RGBColor = RGBColor(220, 0, 0);
 const NON_TARGET: RGBColor = RGBColor(0, 0, 220);
 const SHUFFLED: RGBColor = RGBColor(0, 150, 0);
 pub(super) const GREY: RGBColor = RGBColor(128, 128, 128);
+/// The shading behind a significant layer.
+pub(super) const SIGNIFICANT_SHADE: RGBColor = RGBColor(255, 214, 102);
 
-/// Above this many sentences, a band of [`BAND_PERCENTILES`] replaces one line per sentence
-/// (thousands of lines make a solid block and a file of megabytes).
-pub const BAND_ABOVE: usize = 300;
-/// The band around the mean: from the 5th to the 95th percentile of the sentences' angles.
-pub const BAND_PERCENTILES: (f64, f64) = (5.0, 95.0);
 /// The x axis of both figures: layer l is the rotation from hidden state l−1 to hidden state l.
 pub const LAYER_LABEL: &str = "Layer (hidden state l−1 → l)";
 /// Most tick labels on the layer axis.
@@ -108,71 +106,120 @@ pub(super) fn value_label(v: &f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// 10000 → "10,000".
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(d);
-    }
-    out
-}
-
-/// The `q`-th percentile (0–100) of sorted values, linear between closest ranks (numpy's default).
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let rank = q / 100.0 * (sorted.len() - 1) as f64;
-    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
-}
-
-/// Per layer, the low and high [`BAND_PERCENTILES`] of one condition's finite angles.
-fn band(r: &Report, condition: usize) -> Vec<(f64, f64)> {
+/// Per layer, one condition's mean angle over the rows and the ends of its 95% confidence
+/// interval (mean ± t·sd/√n, t of n − 1 degrees of freedom; NaN ends below 2 rows), in f64 from
+/// the angles themselves (in memory or in the `--angles-out` file).
+pub fn mean_and_ci(r: &Report, condition: usize) -> Vec<(f64, f64, f64)> {
     (0..r.num_layers)
         .map(|l| {
-            let mut values: Vec<f64> =
-                (0..r.num_sentences).map(|s| f64::from(r.angle(l, s, condition))).filter(|v| v.is_finite()).collect();
-            if values.is_empty() {
-                return (f64::NAN, f64::NAN);
+            // Welford's running mean and sum of squares: stable for 10^5 rows and more.
+            let (mut n, mut mean, mut m2) = (0f64, 0f64, 0f64);
+            for s in 0..r.num_sentences {
+                let v = f64::from(r.angle(l, s, condition));
+                if v.is_finite() {
+                    n += 1.0;
+                    let delta = v - mean;
+                    mean += delta / n;
+                    m2 += delta * (v - mean);
+                }
             }
-            values.sort_by(f64::total_cmp);
-            (percentile(&values, BAND_PERCENTILES.0), percentile(&values, BAND_PERCENTILES.1))
+            if n < 2.0 {
+                return (mean, f64::NAN, f64::NAN);
+            }
+            let half = t_quantile(0.5 + CI_LEVEL / 2.0, n - 1.0) * (m2 / (n - 1.0)).sqrt() / n.sqrt();
+            (mean, mean - half, mean + half)
         })
         .collect()
 }
 
-/// (condition, faint colour, bold colour, legend label), in the order they are drawn: the target last, on top.
-const CONDITIONS: [(usize, RGBColor, RGBColor, &str); 3] = [
-    (2, FAINT_SHUFFLED, SHUFFLED, "Shuffled"),
-    (1, FAINT_NON_TARGET, NON_TARGET, "Non-target"),
-    (0, FAINT_TARGET, TARGET, "Target"),
-];
+/// The lowest and highest value of some series' means and CI ends, padded: `below` and `above`
+/// of the span added (the room above holds stars and the legend).
+fn padded_range(series: &[&[(f64, f64, f64)]], below: f64, above: f64) -> std::ops::Range<f64> {
+    let values = series.iter().flat_map(|s| s.iter()).flat_map(|&(m, lo, hi)| [m, lo, hi]).filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let span = (hi - lo).max(1e-9 + hi.abs() * 1e-6);
+    (lo - below * span)..(hi + above * span)
+}
 
-/// Each sentence's angle per layer (faint), or a percentile band beyond [`BAND_ABOVE`] sentences,
-/// and the mean over sentences (bold), for the three conditions.
+/// The figure's title: the model, the target and how many rows (sentences) it rests on.
+pub fn figure_title(r: &Report) -> String {
+    let model = if r.rotations.model_name.is_empty() { "model" } else { r.rotations.model_name.as_str() };
+    format!("{model}: rotation of {} per layer, n = {}", r.target_label(), r.rows_label())
+}
+
+/// The headline figure, read at a glance from 54 sentences to 10^5: on the left the target's and
+/// the non-target's mean angle per layer with 95% CIs on their own scale, the layers where the
+/// paired t-test is significant shaded and starred; on the right the shuffled control, whose much
+/// larger angles would otherwise flatten the comparison.
 pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
-    let bands = (r.num_sentences > BAND_ABOVE).then(|| [band(r, 2), band(r, 1), band(r, 0)]);
-    let drawn_max = match &bands {
-        Some(bands) => {
-            bands.iter().flatten().map(|b| b.1).chain(r.layer_means.iter().map(|&m| f64::from(m))).fold(0.0, f64::max)
-        }
-        None => (0..r.num_layers * r.num_sentences * 3)
-            .map(|i| f64::from(r.angle(i / 3 / r.num_sentences, i / 3 % r.num_sentences, i % 3)))
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max),
-    };
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    let root = SVGBackend::new(path, (SIZE.0, SIZE.1 + 40)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Rotation of each token's vector relative to the previous layer", ("sans-serif", CAPTION_FONT))
-        .margin(16)
+    let root = root.titled(&figure_title(r), ("sans-serif", CAPTION_FONT)).map_err(plot_err)?;
+    let (left, right) = root.split_horizontally((SIZE.0 as f64 * 0.68) as u32);
+    let series = [mean_and_ci(r, 0), mean_and_ci(r, 1)];
+    comparison_panel(r, &left, &series)?;
+    shuffled_panel(r, &right, &mean_and_ci(r, 2))?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}
+
+type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>;
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// Target and non-target: means with 95% CI bands, significant layers shaded and starred.
+fn comparison_panel(r: &Report, area: &Area<'_>, series: &[Vec<(f64, f64, f64)>; 2]) -> anyhow::Result<()> {
+    let y_range = padded_range(&[&series[0], &series[1]], 0.08, 0.55);
+    let mut chart = ChartBuilder::on(area)
+        .caption("Target vs non-target: mean ± 95% CI", ("sans-serif", DESC_FONT))
+        .margin(12)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        // Headroom above the data keeps the legend off the curves.
-        .build_cartesian_2d(layer_axis(r.num_layers, 0.0), 0f64..drawn_max * 1.35 + 1e-12)
+        .build_cartesian_2d(layer_axis(r.num_layers, 0.5), y_range.clone())
         .map_err(plot_err)?;
+    axes(&mut chart, r)?;
+    let span = y_range.end - y_range.start;
+    let top = |l: usize| series.iter().map(|g| g[l].2.max(g[l].0)).filter(|v| v.is_finite()).fold(f64::MIN, f64::max);
+    let significant: Vec<usize> =
+        r.significance.layers.iter().filter(|t| t.significant).map(|t| t.layer as usize).collect();
+    let shade = |&l: &usize| {
+        let l = l as f64;
+        Rectangle::new([(l - 0.4, y_range.start), (l + 0.4, y_range.end)], SIGNIFICANT_SHADE.mix(0.35).filled())
+    };
+    let stars = chart.draw_series(significant.iter().map(shade)).map_err(plot_err)?;
+    let rule = format!("paired t-test, {}", significance_rule(r));
+    if significant.is_empty() {
+        stars.label(format!("No layer significant ({rule})")).legend(|(x, y)| EmptyElement::at((x, y)));
+    } else {
+        stars.label(format!("* Significant layer ({rule})")).legend(|(x, y)| {
+            EmptyElement::at((x, y)) + Rectangle::new([(0, -6), (20, 6)], SIGNIFICANT_SHADE.mix(0.6).filled())
+        });
+        let star = |&l: &usize| Text::new("*", (l as f64, top(l - 1) + 0.06 * span), star_font());
+        chart.draw_series(significant.iter().filter(|&&l| l <= r.num_layers).map(star)).map_err(plot_err)?;
+    }
+    for (c, points) in series.iter().enumerate() {
+        let (colour, label) = [(TARGET, "Target"), (NON_TARGET, "Non-target (the token before)")][c];
+        mean_with_band(&mut chart, points, colour, label)?;
+    }
+    finish_legend(&mut chart)
+}
+
+/// The shuffled control on its own scale.
+fn shuffled_panel(r: &Report, area: &Area<'_>, points: &[(f64, f64, f64)]) -> anyhow::Result<()> {
+    let y_range = padded_range(&[points], 0.15, 0.35);
+    let mut chart = ChartBuilder::on(area)
+        .caption("Shuffled control (own scale)", ("sans-serif", DESC_FONT))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(layer_axis(r.num_layers, 0.5), y_range)
+        .map_err(plot_err)?;
+    axes(&mut chart, r)?;
+    mean_with_band(&mut chart, points, SHUFFLED, "Shuffled")?;
+    finish_legend(&mut chart)
+}
+
+fn axes<X: Ranged<ValueType = f64> + ValueFormatter<f64>>(chart: &mut Chart<'_, X>, r: &Report) -> anyhow::Result<()> {
     let unit = if r.unit == "radians" { "rad." } else { "deg." };
     chart
         .configure_mesh()
@@ -180,65 +227,55 @@ pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
         .y_label_formatter(&value_label)
         .label_style(("sans-serif", AXIS_FONT))
         .axis_desc_style(("sans-serif", DESC_FONT))
-        .x_desc(LAYER_LABEL)
+        .x_desc("Layer (l−1 → l)")
         .y_desc(format!("Angle ({unit})"))
         .draw()
         .map_err(plot_err)?;
-
-    // Legend first, in reading order; the data after, in drawing order (target on top).
-    for &(_, _, bold, label) in CONDITIONS.iter().rev() {
-        chart
-            .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
-            .map_err(plot_err)?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], bold.stroke_width(3)));
-    }
-    match &bands {
-        Some(bands) => draw_bands(&mut chart, bands, r.num_sentences)?,
-        None => draw_sentence_lines(&mut chart, r)?,
-    }
-    for &(c, _, bold, _) in &CONDITIONS {
-        let points = (1..=r.num_layers).map(|l| (l as f64, f64::from(r.mean(l - 1, c))));
-        chart.draw_series(LineSeries::new(points, bold.stroke_width(3))).map_err(plot_err)?;
-    }
-    finish(chart, &root)
-}
-
-type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>;
-
-fn draw_sentence_lines<X: Ranged<ValueType = f64>>(chart: &mut Chart<'_, X>, r: &Report) -> anyhow::Result<()> {
-    for &(c, faint, _, _) in &CONDITIONS {
-        for s in 0..r.num_sentences {
-            let points = (1..=r.num_layers).map(|l| (l as f64, f64::from(r.angle(l - 1, s, c))));
-            chart.draw_series(LineSeries::new(points, faint.mix(0.5))).map_err(plot_err)?;
-        }
-    }
-    chart
-        .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
-        .map_err(plot_err)?
-        .label(format!("Each sentence (n = {})", thousands(r.num_sentences)))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREY.mix(0.6)));
     Ok(())
 }
 
-fn draw_bands<X: Ranged<ValueType = f64>>(
+fn finish_legend<X: Ranged<ValueType = f64>>(chart: &mut Chart<'_, X>) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", LEGEND_FONT))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(())
+}
+
+/// A condition's CI band, its mean line with dots, and its legend entry.
+fn mean_with_band<X: Ranged<ValueType = f64>>(
     chart: &mut Chart<'_, X>,
-    bands: &[Vec<(f64, f64)>; 3],
-    num_sentences: usize,
+    points: &[(f64, f64, f64)],
+    colour: RGBColor,
+    label: &str,
 ) -> anyhow::Result<()> {
-    for (&(_, faint, _, _), band) in CONDITIONS.iter().zip(bands) {
-        let upper = band.iter().enumerate().map(|(l, b)| ((l + 1) as f64, b.1));
-        let lower = band.iter().enumerate().rev().map(|(l, b)| ((l + 1) as f64, b.0));
-        let outline: Vec<(f64, f64)> = upper.chain(lower).filter(|p| p.1.is_finite()).collect();
-        chart.draw_series(std::iter::once(Polygon::new(outline, faint.mix(0.55).filled()))).map_err(plot_err)?;
-    }
-    let (lo, hi) = BAND_PERCENTILES;
+    let x = |l: usize| (l + 1) as f64;
+    let upper = points.iter().enumerate().map(|(l, p)| (x(l), p.2));
+    let lower = points.iter().enumerate().rev().map(|(l, p)| (x(l), p.1));
+    let outline: Vec<(f64, f64)> = upper.chain(lower).filter(|p| p.1.is_finite()).collect();
+    chart.draw_series(std::iter::once(Polygon::new(outline, colour.mix(0.2).filled()))).map_err(plot_err)?;
+    let means = points.iter().enumerate().map(|(l, p)| (x(l), p.0));
     chart
-        .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())
+        .draw_series(LineSeries::new(means.clone(), colour.stroke_width(3)))
         .map_err(plot_err)?
-        .label(format!("{lo}th–{hi}th percentile (n = {})", thousands(num_sentences)))
-        .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 20, y + 6)], GREY.mix(0.35).filled()));
+        .label(label.to_string())
+        .legend(move |(x, y)| {
+            EmptyElement::at((x, y))
+                + Rectangle::new([(0, -6), (20, 6)], colour.mix(0.2).filled())
+                + PathElement::new(vec![(0, 0), (20, 0)], colour.stroke_width(3))
+        });
+    chart.draw_series(means.map(|p| Circle::new(p, 4, colour.filled()))).map_err(plot_err)?;
     Ok(())
+}
+
+/// The significance star, centred on its layer.
+fn star_font() -> TextStyle<'static> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    ("sans-serif", 28).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center))
 }
 
 /// "Bonferroni over 6 tests, α = 0.05": the correction and alpha the verdicts used.
@@ -264,7 +301,12 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     let pad = ((hi - lo) * 0.08).max(0.5);
     let cond = |i: u32| r.conditions.get(i as usize).cloned().unwrap_or_default();
     let (a, b) = (cond(r.significance.condition_a), cond(r.significance.condition_b));
-    let caption = format!("Paired t-test per layer, {a} vs {b} ({})", significance_rule(r));
+    let caption = format!(
+        "{}: paired t-test, {a} vs {b}, n = {} ({})",
+        r.rotations.model_name,
+        r.rows_label(),
+        significance_rule(r)
+    );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", CAPTION_FONT))
         .margin(16)
@@ -353,6 +395,9 @@ mod tests {
                 angles: Some(proto::Tensor { shape: vec![layers as u32, sentences as u32, 3], values }),
                 layer_means: Some(proto::Tensor { shape: vec![layers as u32, 3], values: means }),
                 conditions: ["target", "non_target", "shuffled"].map(String::from).to_vec(),
+                sentences: (0..sentences as u32)
+                    .map(|index| proto::SentenceReport { index, occurrence: 1, ..Default::default() })
+                    .collect(),
                 ..Default::default()
             }),
             significance: Some(proto::SignificanceResult {
@@ -402,16 +447,6 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_match_numpy() {
-        // numpy.percentile([1, 2, 3, 4], [0, 5, 25, 50, 95, 100]) = [1, 1.15, 1.75, 2.5, 3.85, 4]
-        let v = [1.0, 2.0, 3.0, 4.0];
-        for (q, expected) in [(0.0, 1.0), (5.0, 1.15), (25.0, 1.75), (50.0, 2.5), (95.0, 3.85), (100.0, 4.0)] {
-            assert!((percentile(&v, q) - expected).abs() < 1e-12, "{q}: {}", percentile(&v, q));
-        }
-        assert_eq!(percentile(&[7.0], 95.0), 7.0);
-    }
-
-    #[test]
     fn layer_ticks_are_whole_layers_and_few() {
         assert_eq!(layer_ticks(6), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(layer_ticks(1), [1.0]);
@@ -425,39 +460,41 @@ mod tests {
     }
 
     #[test]
-    fn a_few_sentences_get_one_line_each_and_the_target_is_drawn_last() {
-        let (angles, _) = draw(&report(6, 54, &[Direction::NotSignificant]));
-        // 54 faint lines per condition; each mean once, and once more as its legend sample.
-        let faint = [FAINT_SHUFFLED, FAINT_NON_TARGET, FAINT_TARGET].map(|c| lines(&angles, c));
-        let bold = [SHUFFLED, NON_TARGET, TARGET].map(|c| lines(&angles, c));
-        assert!(faint.iter().all(|f| f.len() == 54) && bold.iter().all(|b| b.len() == 2), "{faint:?} {bold:?}");
-        assert!(!angles.contains("<polygon"), "no band at 54 sentences");
-        // Drawing order: shuffled, non-target, then the target on top, faint lines and means alike.
-        assert!(faint[0].last() < faint[1].first() && faint[1].last() < faint[2].first());
-        assert!(bold[0][0] < bold[1][0] && bold[1][0] < bold[2][0]);
+    fn the_headline_figure_names_model_target_and_n_and_marks_significant_layers() {
+        let mut r = report(6, 54, &[Direction::NotSignificant, Direction::AGreater]);
+        r.rotations.model_name = "gpt2-tiny-random".into();
+        r.target = Some("\" her\"".into());
+        for (l, t) in r.significance.layers.iter_mut().enumerate() {
+            t.significant = l % 2 == 1;
+        }
+        let (angles, _) = draw(&r);
         let labels = texts(&angles);
-        for label in ["Target", "Non-target", "Shuffled", "Each sentence (n = 54)", LAYER_LABEL, "Angle (deg.)"] {
+        let title = "gpt2-tiny-random: rotation of &quot; her&quot; per layer, n = 54 sentences";
+        assert!(labels.contains(&title), "{labels:?}");
+        for label in ["Target", "Non-target (the token before)", "Shuffled", "Shuffled control (own scale)"] {
             assert!(labels.contains(&label), "{label} not in {labels:?}");
         }
-        // x ticks: exactly the layers, as whole numbers.
-        for layer in ["1", "2", "3", "4", "5", "6"] {
-            assert!(labels.contains(&layer), "{layer}");
-        }
-        assert!(!labels.contains(&"7") && !labels.iter().any(|l| l.contains(".5")), "{labels:?}");
-        // The angle axis spans exactly the layer transitions.
-        assert_eq!(layer_axis(6, 0.0).range, 1.0..6.0);
+        assert_eq!(labels.iter().filter(|l| **l == "*").count(), 3, "a star above each significant layer");
+        assert!(labels.iter().any(|l| l.starts_with("* Significant layer (paired t-test, Holm over 6 tests")));
+        // One CI band per condition, and no per-sentence lines at any n.
+        assert_eq!(angles.matches("<polygon").count(), 3);
+        assert_eq!(lines(&angles, TARGET).len(), 2, "the mean and its legend sample");
+        let (big, _) = draw(&report(48, 10_000, &[Direction::AGreater]));
+        assert!(big.len() < 60_000, "angles.svg at 10,000 sentences is {} bytes", big.len());
     }
 
     #[test]
-    fn many_sentences_get_a_percentile_band_in_a_small_file() {
-        let (angles, _) = draw(&report(48, 10_000, &[Direction::AGreater]));
-        assert_eq!(angles.matches("<polygon").count(), 3, "one band per condition");
-        for (faint, bold) in [(FAINT_SHUFFLED, SHUFFLED), (FAINT_NON_TARGET, NON_TARGET), (FAINT_TARGET, TARGET)] {
-            assert!(lines(&angles, faint).is_empty(), "no per-sentence lines");
-            assert_eq!(lines(&angles, bold).len(), 2, "the mean and its legend sample");
+    fn confidence_intervals_are_mean_plus_minus_t_sd_over_root_n() {
+        let r = report(2, 5, &[Direction::NotSignificant]);
+        let ci = mean_and_ci(&r, 1);
+        for (l, &(mean, lo, hi)) in ci.iter().enumerate() {
+            let v: Vec<f64> = (0..5).map(|s| f64::from(r.angle(l, s, 1))).collect();
+            let m = v.iter().sum::<f64>() / 5.0;
+            let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 4.0).sqrt();
+            // scipy.stats.t.ppf(0.975, 4) = 2.7764451051977987
+            let half = 2.7764451051977987 * sd / 5f64.sqrt();
+            assert!((mean - m).abs() < 1e-12 && (lo - (m - half)).abs() < 1e-9 && (hi - (m + half)).abs() < 1e-9);
         }
-        assert!(texts(&angles).contains(&"5th–95th percentile (n = 10,000)"), "{:?}", texts(&angles));
-        assert!(angles.len() < 30_000, "angles.svg at 10,000 sentences is {} bytes", angles.len());
     }
 
     #[test]

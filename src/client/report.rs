@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::angles_file::AnglesFile;
+use crate::error::thousands;
 use crate::proto;
 
 /// An `Analysis` unpacked for printing and plotting.
@@ -21,6 +22,8 @@ pub struct Report {
     pub sentences: Vec<String>,
     /// `--angles-out`: the angles are read from this file, and `angles` is empty.
     pub angles_file: Option<AnglesFile>,
+    /// How the user named the target (`" her"`, marked spans), for figure titles.
+    pub target: Option<String>,
 }
 
 impl Report {
@@ -69,21 +72,32 @@ impl Report {
             rotations,
             sentences: Vec::new(),
             angles_file: None,
+            target: None,
         })
     }
 
+    /// The target as the user named it, else by its token ids.
+    pub fn target_label(&self) -> String {
+        match (&self.target, &self.rotations.target_token_ids[..]) {
+            (Some(target), _) => target.clone(),
+            (None, []) => "the marked targets".to_string(),
+            (None, [id]) => format!("token {id}"),
+            (None, ids) => format!("tokens {ids:?}"),
+        }
+    }
+
     /// "N sentences", or "R rows (occurrences) of N sentences" when every occurrence is a row.
-    fn rows_label(&self) -> String {
+    pub fn rows_label(&self) -> String {
         // Angles in a file carry no per-sentence reports: one row per sentence there.
         if self.angles_file.is_some() {
-            return format!("{} sentences", self.num_sentences);
+            return format!("{} sentences", thousands(self.num_sentences));
         }
         let sentences =
             self.rotations.sentences.iter().map(|r| r.index).collect::<std::collections::BTreeSet<_>>().len();
         if sentences == self.num_sentences {
-            format!("{sentences} sentences")
+            format!("{} sentences", thousands(sentences))
         } else {
-            format!("{} rows (occurrences) of {sentences} sentences", self.num_sentences)
+            format!("{} rows (occurrences) of {} sentences", thousands(self.num_sentences), thousands(sentences))
         }
     }
 
@@ -311,7 +325,8 @@ impl Report {
         let path = dir.join("all_layers.csv");
         std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
         let rows = all.sums.as_ref().map_or(self.num_sentences as u64, |s| s.n) as usize;
-        super::heatmap::all_layers_figure(&mean.values, states, self.unit, rows, &dir.join("all_layers.svg"))
+        let about = format!("{}: {}", self.rotations.model_name, self.target_label());
+        super::heatmap::all_layers_figure(&mean.values, states, self.unit, rows, &about, &dir.join("all_layers.svg"))
     }
 }
 

@@ -21,21 +21,106 @@ impl SentenceFile {
         Ok(Self { path: path.to_path_buf(), sentences, lines })
     }
 
-    /// Prefixes `path:line:` to an error that names one of our sentences ("sentence N (…): …").
+    /// Prefixes `path:line:` to an error that names one of our sentences ("sentence N (…): …"), or
+    /// lists the server's invalid sentences as `path:line: reason`, one a line.
     pub fn locate(&self, error: anyhow::Error) -> anyhow::Error {
         locate(&self.path, |i| self.lines.get(i).copied(), error)
     }
 }
 
 /// Prefixes `path:line (sentence N):` to an error that names a sentence ("sentence N (…): …") whose
-/// line `line_of(N)` knows; other errors pass unchanged. Both numbers are shown, each named: the
+/// line `line_of(N)` knows, or lists [`InvalidSentences`] as `path:line: reason` lines; other errors
+/// pass unchanged. Both numbers are shown, each named: the
 /// line counts from 1 with blank lines, the server's sentence index from 0 without them.
 pub fn locate(path: &Path, line_of: impl Fn(usize) -> Option<usize>, error: anyhow::Error) -> anyhow::Error {
+    if let Some(invalid) = error.downcast_ref::<InvalidSentences>() {
+        return anyhow::anyhow!("{}", invalid.located(path, line_of));
+    }
     let index = sentence_index(&format!("{error:#}"));
     match index.and_then(|i| Some((i, line_of(i)?))) {
         Some((index, line)) => error.context(format!("{}:{line} (sentence {index})", path.display())),
         None => error,
     }
+}
+
+/// The server's INVALID_ARGUMENT for invalid sentences, read from its `google.rpc.BadRequest`
+/// details: each listed sentence's corpus index, reason code and reason, and how many there are.
+#[derive(Debug)]
+pub struct InvalidSentences {
+    /// The message's first line (how many of how many sentences).
+    pub header: String,
+    /// (group of a CompareGroups request, corpus index, reason code, reason).
+    pub sentences: Vec<(Option<usize>, usize, String, String)>,
+    /// How many invalid sentences there are in all (the details list the first ones).
+    pub total: usize,
+}
+
+impl InvalidSentences {
+    /// The invalid sentences a status lists in its details; `None` for any other status.
+    pub fn from_status(status: &tonic::Status) -> Option<Self> {
+        use tonic_types::StatusExt;
+        let details = status.get_error_details();
+        let info = details.error_info().filter(|i| i.reason == "INVALID_SENTENCES")?;
+        let number = |key: &str| info.metadata.get(key).and_then(|v| v.parse::<usize>().ok());
+        let (total, first) = (number("invalid")?, number("first_sentence_index").unwrap_or(0));
+        let sentences = details.bad_request()?.field_violations.iter().filter_map(|v| {
+            let group = bracketed(&v.field, "groups[");
+            let position = bracketed(&v.field, "sentences[")?;
+            Some((group, first + position, v.reason.clone(), v.description.clone()))
+        });
+        let sentences: Vec<_> = sentences.collect();
+        let header = match status.message().split_once('\n') {
+            // The CLI's name for the request option.
+            Some((header, _)) => header.trim_end_matches(':').replace("skip_invalid", "--skip-invalid"),
+            None => "a sentence is invalid".to_string(),
+        };
+        Some(Self { header, sentences, total })
+    }
+
+    /// `path:line: reason`, one a line, under the header (sentences of another group left out).
+    pub fn located(&self, path: &Path, line_of: impl Fn(usize) -> Option<usize>) -> String {
+        let mut out = format!("{}:", self.header);
+        for (_, index, _, reason) in &self.sentences {
+            match line_of(*index) {
+                Some(line) => out.push_str(&format!("\n{}:{line}: {reason}", path.display())),
+                None => out.push_str(&format!("\n{}: sentence {index}: {reason}", path.display())),
+            }
+        }
+        out.push_str(&self.more());
+        out
+    }
+
+    /// "and 1,234 more …" when the details list fewer than there are.
+    fn more(&self) -> String {
+        match self.total.saturating_sub(self.sentences.len()) {
+            0 => String::new(),
+            more => format!(
+                "\nand {} more (--skip-invalid analyses the valid sentences and lists every invalid one in skipped.csv)",
+                crate::error::thousands(more)
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidSentences {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server answered InvalidArgument: {}:", self.header)?;
+        for (group, index, _, reason) in &self.sentences {
+            match group {
+                Some(g) => write!(f, "\ngroups[{g}] sentence {index}: {reason}")?,
+                None => write!(f, "\nsentence {index}: {reason}")?,
+            }
+        }
+        write!(f, "{}", self.more())
+    }
+}
+
+impl std::error::Error for InvalidSentences {}
+
+/// The number in `key…]` of a field path such as `groups[1].request.sentences[12]`.
+fn bracketed(field: &str, key: &str) -> Option<usize> {
+    let rest = &field[field.rfind(key)? + key.len()..];
+    rest[..rest.find(']')?].parse().ok()
 }
 
 /// The sentences of a file one at a time, each with its 1-based line number (blank lines skipped

@@ -3,6 +3,8 @@
 //! chunk's end is treated as failed (its chunk goes to another replica), never merged. One
 //! function per kind of answer, each check one line, so a new field is validated by adding a
 //! line (the Python client's `validate.py` mirrors these checks).
+use std::collections::BTreeSet;
+
 use anyhow::{bail, ensure, Context};
 
 use crate::analysis::{ExactMoments, PairedStats};
@@ -60,17 +62,36 @@ pub fn validate_chunk(
     parts: &[proto::RotationChunk],
     last: &proto::RotationChunk,
 ) -> anyhow::Result<u64> {
+    let end = first + sentences;
+    let skipped = skipped_indices(parts, first, end)?;
     let mut seen: Option<Row> = None;
     for part in parts {
-        validate_part(expected, part, first, &mut seen)
+        validate_part(expected, part, first, &skipped, &mut seen)
             .with_context(|| format!("the part at sentence {}", part.first_sentence))?;
     }
-    let end = first + sentences;
-    let reached = seen.map_or(first, |row| row.index + 1);
+    let reached = next_row(seen.map_or(first, |row| row.index + 1), &skipped);
     ensure!(reached == end, "rows stop before sentence {reached}, the chunk ends before {end}");
     let rows = parts.iter().map(|p| p.sentences.len() as u64).sum();
     validate_last(expected, end, rows, last).context("the final message")?;
     Ok(rows)
+}
+
+/// The corpus indices the chunk's parts report skipped (`skip_invalid`): each within the chunk, once.
+fn skipped_indices(parts: &[proto::RotationChunk], first: usize, end: usize) -> anyhow::Result<BTreeSet<usize>> {
+    let mut indices = BTreeSet::new();
+    for index in parts.iter().flat_map(|p| &p.skipped).map(|s| s.index as usize) {
+        ensure!((first..end).contains(&index), "skipped sentence {index} outside the chunk {first}..{end}");
+        ensure!(indices.insert(index), "sentence {index} reported skipped twice");
+    }
+    Ok(indices)
+}
+
+/// The first corpus index from `index` on that is not skipped: where the next row must be.
+fn next_row(mut index: usize, skipped: &BTreeSet<usize>) -> usize {
+    while skipped.contains(&index) {
+        index += 1;
+    }
+    index
 }
 
 /// A row: corpus index and occurrence.
@@ -82,11 +103,14 @@ struct Row {
 
 impl Row {
     /// Whether `self` may follow `previous` (or open the chunk at `first`): sorted by (sentence,
-    /// occurrence), no sentence left out.
-    fn follows(&self, previous: Option<Row>, first: usize) -> bool {
+    /// occurrence), no sentence left out but the skipped ones.
+    fn follows(&self, previous: Option<Row>, first: usize, skipped: &BTreeSet<usize>) -> bool {
         match previous {
-            None => self.index == first,
-            Some(p) => (self.index == p.index && self.occurrence > p.occurrence) || self.index == p.index + 1,
+            None => self.index == next_row(first, skipped),
+            Some(p) => {
+                (self.index == p.index && self.occurrence > p.occurrence)
+                    || self.index == next_row(p.index + 1, skipped)
+            }
         }
     }
 }
@@ -95,6 +119,7 @@ fn validate_part(
     expected: &Expected,
     part: &proto::RotationChunk,
     first: usize,
+    skipped: &BTreeSet<usize>,
     seen: &mut Option<Row>,
 ) -> anyhow::Result<()> {
     let (layers, rows) = (expected.num_layers, part.sentences.len());
@@ -112,15 +137,15 @@ fn validate_part(
             previous.map_or(format!("the chunk's start {first}"), |p| format!("sentence {}", p.index))
         };
         ensure!(
-            row.follows(*seen, first),
+            row.follows(*seen, first, skipped),
             "row {s} is sentence {} (occurrence {}) after {}",
             row.index,
             row.occurrence,
             at(*seen)
         );
         ensure!(
-            s > 0 || part.first_sentence as usize == row.index,
-            "first_sentence {} is not its first row",
+            s > 0 || part.first_sentence as usize <= row.index,
+            "first_sentence {} is past its first row",
             part.first_sentence
         );
         ensure!(report.target_position < report.num_tokens, "sentence {}: target outside its tokens", row.index);

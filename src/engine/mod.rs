@@ -4,7 +4,7 @@
 pub mod batcher;
 mod sentence_error;
 
-pub use sentence_error::quote;
+pub use sentence_error::{quote, InvalidSentence};
 
 use std::ops::Range;
 use std::time::Instant;
@@ -67,6 +67,8 @@ pub struct RotationJob {
     pub steps: bool,
     /// Also the norms of the target's and non-target's vectors at every state, and their growth.
     pub norms: bool,
+    /// Invalid sentences are left out and reported ([`Prepared::skipped`]) instead of failing the job.
+    pub skip_invalid: bool,
 }
 
 /// Budgets for one forward pass.
@@ -92,17 +94,23 @@ pub struct Resolved {
     pub target_tokens: Vec<u32>,
 }
 
-/// Consecutive sentences of a job, tokenized and known to be computable.
+/// Consecutive sentences of a job, tokenized and known to be computable (with `skip_invalid`, the
+/// invalid ones left out and listed).
 pub struct Prepared {
     pub ids: Vec<Vec<u32>>,
+    /// Corpus index of each sentence of `ids` (consecutive unless some were skipped).
+    pub indices: Vec<usize>,
+    /// The range's invalid sentences, left out (only with `skip_invalid`).
+    pub skipped: Vec<InvalidSentence>,
     /// Each sentence's rows: one, or one per occurrence of the target.
     pub rows: Vec<Vec<RowSelection>>,
     /// The target word's token ids (empty for spans).
     pub target_tokens: Vec<u32>,
     pub opts: RotationOptions,
-    /// Corpus index of `ids[0]`: the job's `first_index` plus where this range starts in the job
-    /// (a stream prepares its corpus a chunk at a time).
+    /// Corpus indices `first..end` of this range: the job's `first_index` plus where the range lies
+    /// in the job (a stream prepares its corpus a chunk at a time).
     pub first: usize,
+    pub end: usize,
 }
 
 impl Prepared {
@@ -242,43 +250,78 @@ impl Engine {
         Ok(Resolved { opts, target_tokens })
     }
 
-    /// [`Engine::prepare`] for the sentences of `range` only; errors name sentences by their corpus
-    /// index (`job.first_index` + index in the job) and quote them.
+    /// [`Engine::prepare`] for the sentences of `range` only. Every sentence is checked; invalid
+    /// ones fail the job together ([`Error::Sentences`], by corpus index, quoted), or with
+    /// `skip_invalid` are left out and listed in [`Prepared::skipped`].
     pub fn prepare_range(
         &self,
         job: &RotationJob,
         resolved: &Resolved,
         range: Range<usize>,
     ) -> Result<Prepared, Error> {
-        let (opts, target_tokens) = (resolved.opts, resolved.target_tokens.clone());
         let first = job.first_index + range.start;
         let texts = &job.sentences[range.clone()];
         let span =
             tracing::info_span!("tokenize", sentences = texts.len() as i64, tokens = tracing::field::Empty).entered();
         let tokenized = self.tokenize(texts)?;
         span.record("tokens", tokenized.iter().map(|t| t.ids.len()).sum::<usize>() as i64);
-        let ids: Vec<Vec<u32>> = tokenized.iter().map(|t| t.ids.clone()).collect();
-        let explain = |e: Error| sentence_error::explain(e, first, texts, &ids, &self.model.tokenizer);
-        self.model.check_batch(&ids, first).map_err(|e| explain(e.into()))?;
-        let rows = (range.clone().zip(&tokenized))
-            .enumerate()
-            .map(|(i, (in_job, t))| {
-                let sentence =
-                    TokenizedSentence { index: first + i, text: &texts[i], ids: &t.ids, offsets: &t.offsets };
-                let target = match &job.target {
-                    Target::Spans(spans) => TargetSelector::Span(spans[in_job].0, spans[in_job].1),
-                    _ => TargetSelector::Word { tokens: &target_tokens, occurrence: job.selection.occurrence },
-                };
-                let non_target = match job.selection.non_target_spans.get(in_job) {
-                    Some(&(start, end)) => NonTargetSelector::Span(start, end),
-                    None => NonTargetSelector::Offset(job.non_target_offset),
-                };
-                analysis::select_rows(sentence, target, non_target)
-                    .and_then(|rows| analysis::check_rows_bos(first + i, rows, &opts))
-                    .map_err(|e| explain(e.into()))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Prepared { ids, rows, target_tokens, opts, first })
+        let mut prepared = Prepared {
+            ids: Vec::with_capacity(texts.len()),
+            indices: Vec::with_capacity(texts.len()),
+            skipped: Vec::new(),
+            rows: Vec::with_capacity(texts.len()),
+            target_tokens: resolved.target_tokens.clone(),
+            opts: resolved.opts,
+            first,
+            end: first + texts.len(),
+        };
+        for (i, t) in tokenized.into_iter().enumerate() {
+            let index = first + i;
+            match self.select_sentence(job, resolved, range.start + i, &texts[i], &t) {
+                Ok(rows) => {
+                    prepared.ids.push(t.ids);
+                    prepared.indices.push(index);
+                    prepared.rows.push(rows);
+                }
+                Err(e) => prepared.skipped.push(sentence_error::explain(
+                    e,
+                    index,
+                    &texts[i],
+                    &t.ids,
+                    &resolved.target_tokens,
+                    &self.model.tokenizer,
+                )?),
+            }
+        }
+        if !job.skip_invalid && !prepared.skipped.is_empty() {
+            let (invalid, total) = (prepared.skipped, texts.len());
+            return Err(Error::Sentences { invalid, total, first_index: job.first_index, skipping: false });
+        }
+        Ok(prepared)
+    }
+
+    /// The rows of sentence `in_job` of the job (tokenized as `t`), or why it cannot be analysed.
+    fn select_sentence(
+        &self,
+        job: &RotationJob,
+        resolved: &Resolved,
+        in_job: usize,
+        text: &str,
+        t: &Tokenized,
+    ) -> Result<Vec<RowSelection>, Error> {
+        let index = job.first_index + in_job;
+        self.model.check_sentence(&t.ids, index)?;
+        let sentence = TokenizedSentence { index, text, ids: &t.ids, offsets: &t.offsets };
+        let target = match &job.target {
+            Target::Spans(spans) => TargetSelector::Span(spans[in_job].0, spans[in_job].1),
+            _ => TargetSelector::Word { tokens: &resolved.target_tokens, occurrence: job.selection.occurrence },
+        };
+        let non_target = match job.selection.non_target_spans.get(in_job) {
+            Some(&(start, end)) => NonTargetSelector::Span(start, end),
+            None => NonTargetSelector::Offset(job.non_target_offset),
+        };
+        let rows = analysis::select_rows(sentence, target, non_target)?;
+        Ok(analysis::check_rows_bos(index, rows, &resolved.opts)?)
     }
 
     /// Queues the sentences of `range` in the batcher (they run with other requests' sentences).
@@ -298,7 +341,7 @@ impl Engine {
         if !self.model.info.gathers {
             return None;
         }
-        let (index, layers) = (prepared.first + i, self.model.info.num_layers);
+        let (index, layers) = (prepared.indices[i], self.model.info.num_layers);
         Some(analysis::rows_vectors_read(index, prepared.ids[i].len(), &prepared.rows[i], layers, &prepared.opts))
     }
 
@@ -324,7 +367,7 @@ impl Engine {
             let started = Instant::now();
             let span = span.get_or_insert_with(|| tracing::info_span!("analysis", rows = tracing::field::Empty));
             span.in_scope(|| -> Result<(), Error> {
-                let sentence = prepared.first + i;
+                let sentence = prepared.indices[i];
                 let (num_ids, hidden_tokens) = (prepared.ids[i].len(), forwarded.hidden.dim().1);
                 if hidden_tokens != num_ids {
                     return Err(AnalysisError::TokenCountMismatch { sentence, num_ids, hidden_tokens }.into());

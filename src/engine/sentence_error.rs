@@ -15,29 +15,96 @@ pub fn quote(sentence: &str) -> String {
     }
 }
 
-/// Rewrites an error about one sentence as [`Error::Sentence`]; other errors pass unchanged.
-/// `sentences` and `ids` hold the sentences numbered from `first` on.
-pub fn explain(error: Error, first: usize, sentences: &[String], ids: &[Vec<u32>], tokenizer: &Tokenizer) -> Error {
-    let index = match &error {
+/// A sentence the engine cannot use: its corpus index, the sentence quoted, a reason code (the
+/// `SkippedSentence.reason` codes) and the reason in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSentence {
+    pub index: usize,
+    pub quote: String,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for InvalidSentence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sentence {} ({}): {}", self.index, self.quote, self.reason)
+    }
+}
+
+/// What one sentence's problem is about, as a stable code a report can sort by.
+fn code(error: &Error) -> &'static str {
+    match error {
+        Error::Model(ModelError::BadInput { code, .. }) => code,
+        Error::Analysis(e) => match e {
+            AnalysisError::TargetNotFound { .. } | AnalysisError::TargetTokensNotFound { .. } => "TARGET_NOT_FOUND",
+            AnalysisError::OccurrenceNotFound { .. } => "OCCURRENCE_NOT_FOUND",
+            AnalysisError::InvalidSpan { .. } | AnalysisError::SpanNotOnTokenBoundary { .. } => "INVALID_SPAN",
+            AnalysisError::NonTargetOutOfRange { .. } => "NON_TARGET_OUTSIDE_SENTENCE",
+            AnalysisError::NonTargetIsBos { .. } => "NON_TARGET_IS_BOS",
+            AnalysisError::NonTargetOverlapsTarget { .. } => "NON_TARGET_OVERLAPS_TARGET",
+            _ => "INVALID_SENTENCE",
+        },
+        _ => "INVALID_SENTENCE",
+    }
+}
+
+/// An error about sentence `index` (`text`, tokenized into `ids`) as an [`InvalidSentence`] that
+/// says what to do; an error about anything else comes back unchanged. `target` holds the target
+/// word's token ids (empty for spans).
+pub fn explain(
+    error: Error,
+    index: usize,
+    text: &str,
+    ids: &[u32],
+    target: &[u32],
+    tokenizer: &Tokenizer,
+) -> Result<InvalidSentence, Error> {
+    let about = match &error {
         Error::Analysis(e) => e.sentence(),
         Error::Model(ModelError::BadInput { sentence, .. }) => Some(*sentence),
         _ => None,
     };
-    let Some((index, text)) = index.and_then(|i| Some((i, sentences.get(i.checked_sub(first)?)?))) else {
-        return error;
-    };
+    if about != Some(index) {
+        return Err(error);
+    }
     let reason = match &error {
-        Error::Analysis(AnalysisError::TargetNotFound { target, .. }) => {
-            target_not_found(*target, &ids[index - first], tokenizer)
-        }
+        Error::Analysis(AnalysisError::TargetNotFound { target, .. }) => target_not_found(*target, ids, tokenizer),
         Error::Analysis(AnalysisError::TargetTokensNotFound { tokens, .. }) => target_word_not_found(tokens, tokenizer),
+        Error::Analysis(AnalysisError::NonTargetOutOfRange { position, num_tokens, .. }) if *position < 0 => {
+            first_token_target(*position, *num_tokens, ids, target, tokenizer)
+        }
         Error::Model(ModelError::BadInput { reason, .. }) => reason.clone(),
         other => {
             let message = other.to_string();
             message.strip_prefix(&format!("sentence {index}: ")).unwrap_or(&message).to_string()
         }
     };
-    Error::Sentence { index, quote: quote(text), reason }
+    Ok(InvalidSentence { index, quote: quote(text), code: code(&error), reason })
+}
+
+/// A target that is the sentence's first token has no token before it: the fixes that exist
+/// (a token after it, a marked non-target, or another spelling of the word that occurs later).
+fn first_token_target(position: i64, num_tokens: usize, ids: &[u32], target: &[u32], tokenizer: &Tokenizer) -> String {
+    let mut message = format!(
+        "non-target position {position} is outside the sentence's {num_tokens} tokens: the target is its first \
+         token, so no token comes before it; compare with the token after it (non_target_offset 1, CLI --offset 1), \
+         or mark a non-target with {{{{word}}}} (CLI --marked)"
+    );
+    let later = match target {
+        [id] => tokenizer.decode(&[*id]).ok().and_then(|text| {
+            spellings(text.trim_start_matches('\u{2581}')).into_iter().find_map(|candidate| {
+                match tokenizer.word_id(&candidate) {
+                    Ok(Ok(other)) => ids.iter().skip(1).position(|&i| i == other).map(|p| (candidate, other, p + 1)),
+                    _ => None,
+                }
+            })
+        }),
+        _ => None,
+    };
+    if let Some((candidate, id, at)) = later {
+        message.push_str(&format!(", or target {candidate:?} ({id}), which occurs at position {at}"));
+    }
+    message
 }
 
 /// `target token 372 "her" not found; did you mean " her" (607)?`

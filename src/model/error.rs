@@ -28,7 +28,8 @@ pub enum ModelError {
     ProviderUnavailable { provider: &'static str, reason: String },
 
     #[error("sentence {sentence}: {reason}")]
-    BadInput { sentence: usize, reason: String },
+    /// `code` classifies the reason for reports (`EMPTY_SENTENCE`, `TOO_LONG`, `OUT_OF_VOCABULARY`).
+    BadInput { sentence: usize, code: &'static str, reason: String },
 
     #[error("ONNX Runtime: {0}")]
     Runtime(String),

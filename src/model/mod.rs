@@ -246,23 +246,24 @@ impl Model {
     /// Checks a batch against the model: no empty sentence, none longer than the positions, ids in the vocabulary.
     /// `first_index` numbers the sentences in error messages.
     pub fn check_batch(&self, batch: &[Vec<u32>], first_index: usize) -> Result<(), ModelError> {
-        for (i, ids) in batch.iter().enumerate() {
-            let sentence = first_index + i;
-            if ids.is_empty() {
-                return Err(ModelError::BadInput { sentence, reason: "sentence has no tokens".into() });
-            }
-            if ids.len() > self.info.max_positions {
-                return Err(ModelError::BadInput {
-                    sentence,
-                    reason: format!("{} tokens exceed the model's {} positions", ids.len(), self.info.max_positions),
-                });
-            }
-            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.info.vocab_size) {
-                return Err(ModelError::BadInput {
-                    sentence,
-                    reason: format!("token id {bad} is outside the vocabulary of {}", self.info.vocab_size),
-                });
-            }
+        batch.iter().enumerate().try_for_each(|(i, ids)| self.check_sentence(ids, first_index + i))
+    }
+
+    /// One sentence's tokens (corpus index `sentence`): some, within the positions and the vocabulary.
+    pub fn check_sentence(&self, ids: &[u32], sentence: usize) -> Result<(), ModelError> {
+        let bad = |code, reason| Err(ModelError::BadInput { sentence, code, reason });
+        if ids.is_empty() {
+            return bad("EMPTY_SENTENCE", "sentence has no tokens".into());
+        }
+        if ids.len() > self.info.max_positions {
+            let reason = format!("{} tokens exceed the model's {} positions", ids.len(), self.info.max_positions);
+            return bad("TOO_LONG", reason);
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.info.vocab_size) {
+            return bad(
+                "OUT_OF_VOCABULARY",
+                format!("token id {id} is outside the vocabulary of {}", self.info.vocab_size),
+            );
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use crate::analysis::{
     PairedStats, Rotations, SignificanceOptions, SignificanceResult, SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET,
     DEFAULT_SHUFFLE_SEED, STEPS, STEP_CONDITIONS,
 };
-use crate::engine::{RotationJob, Selection, Target};
+use crate::engine::{InvalidSentence, RotationJob, Selection, Target};
 use crate::error::Error;
 use crate::model::{ModelInfo, Tokenized};
 use crate::proto;
@@ -151,6 +151,7 @@ pub fn rotation_job(
         allow_bos_non_target: req.allow_bos_non_target,
         steps: steps(req.steps)?,
         norms: req.norms,
+        skip_invalid: req.skip_invalid,
     })
 }
 
@@ -375,6 +376,16 @@ fn shuffle_draws(r: &Rotations) -> Vec<proto::ShuffleDraw> {
 
 /// One streamed chunk: a slice of consecutive sentences starting at `first` (with their rows'
 /// matrices when `row_matrices`).
+/// Sentences left out of an analysis, as the wire reports them.
+pub fn skipped(invalid: &[InvalidSentence]) -> Vec<proto::SkippedSentence> {
+    let wire = |s: &InvalidSentence| proto::SkippedSentence {
+        index: s.index as u32,
+        reason: s.code.to_string(),
+        message: s.reason.clone(),
+    };
+    invalid.iter().map(wire).collect()
+}
+
 pub fn chunk(part: &Rotations, first: usize, seed: u64, row_matrices: bool) -> proto::RotationChunk {
     proto::RotationChunk {
         first_sentence: first as u32,
@@ -466,6 +477,7 @@ pub fn rotation_result(
         target_token_id,
         all_layers: r.layer_matrices.as_ref().and_then(|sums| all_layers(sums, rows)),
         target_token_ids,
+        skipped: Vec::new(),
         sublayers: sublayer_rotations(r),
         norms: norms(r)?,
     })

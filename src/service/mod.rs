@@ -134,29 +134,38 @@ impl RotationServiceImpl {
         Ok(job)
     }
 
-    /// Computes a prepared job, once its tokens fit in the queued-token budget.
+    /// Computes a prepared job, once its tokens fit in the queued-token budget; `tested`: its
+    /// angles are to be t-tested (a job that skipped sentences needs two left).
     async fn compute(
         &self,
         engine: &Engine,
         job: &RotationJob,
         prepared: &Prepared,
+        tested: bool,
         timings: &mut StageTimings,
     ) -> Result<(Rotations, proto::RotationResult), Error> {
         let (rows, row_matrices) = (prepared.num_rows(), job.selection.row_matrices);
+        // Every sentence skipped, or (for a t-test) fewer than two left: say which and why.
+        if prepared.is_empty() || (tested && !prepared.skipped.is_empty() && prepared.len() < 2) {
+            let (invalid, total) = (prepared.skipped.clone(), job.sentences.len());
+            return Err(Error::Sentences { invalid, total, first_index: job.first_index, skipping: true });
+        }
         let bound = convert::result_bound(engine.model.info.num_layers, rows, job);
         convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         let tokens = prepared.num_tokens();
         let _queued = info_span!("admission", tokens = tokens as i64).in_scope(|| self.admission.tokens(tokens))?;
         let rotations = engine.rotations(prepared, job.unit, timings).await?;
         let name = &engine.model.info.name;
-        let wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices)?;
+        let mut wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices)?;
+        wire.skipped = convert::skipped(&prepared.skipped);
         Ok((rotations, wire))
     }
 
-    /// Validates, admits and computes a rotation request.
+    /// Validates, admits and computes a rotation request (`tested`: as [`Self::compute`]).
     async fn rotations(
         &self,
         req: &proto::RotationRequest,
+        tested: bool,
     ) -> Result<(Rotations, proto::RotationResult, StageTimings), Error> {
         let engine = self.engine()?;
         let job = self.checked_job(engine, req)?;
@@ -169,7 +178,7 @@ impl RotationServiceImpl {
         };
         timings.tokenize = started.elapsed();
         Span::current().record("tokens", prepared.num_tokens() as i64);
-        let (rotations, wire) = self.compute(engine, &job, &prepared, &mut timings).await?;
+        let (rotations, wire) = self.compute(engine, &job, &prepared, tested, &mut timings).await?;
         Ok((rotations, wire, timings))
     }
 
@@ -214,15 +223,14 @@ impl RotationServiceImpl {
         let prepared: Vec<Prepared> = prepared.into_iter().enumerate().map(labelled).collect::<Result<_, _>>()?;
         // The answer holds both groups: their sum must fit, before either is computed.
         let layers = engine.model.info.num_layers;
-        let bounds =
-            jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(layers, p.num_rows(), job));
+        let bounds = jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(layers, p.num_rows(), job));
         let rows = prepared.iter().map(Prepared::num_rows).sum();
         convert::check_result_bound(bounds.sum(), rows, self.input.max_message_bytes)?;
         let mut analyses = Vec::new();
         for (i, ((job, opts), prepared)) in jobs.iter().zip(&prepared).enumerate() {
             let label = groups[i].0;
             let in_group = |e| group_status(i, label, e);
-            let (rotations, wire) = self.compute(engine, job, prepared, &mut timings).await.map_err(in_group)?;
+            let (rotations, wire) = self.compute(engine, job, prepared, true, &mut timings).await.map_err(in_group)?;
             let (analysis, moments) = analysis_of(&rotations, wire, opts).map_err(in_group)?;
             analyses.push((proto::GroupAnalysis { label: label.to_string(), analysis: Some(analysis) }, moments));
         }
@@ -261,8 +269,7 @@ fn analysis_of(
 
 /// An error of one group of a CompareGroups request: its code, its message prefixed with the group.
 fn group_status(index: usize, label: &str, e: Error) -> Status {
-    let status = Status::from(e);
-    Status::new(status.code(), format!("groups[{index}] ({label:?}): {}", status.message()))
+    Error::InGroup { index, label: label.to_string(), error: Box::new(e) }.into()
 }
 
 /// TestSignificance of two groups' merged statistics: Welch's t-tests, as CompareGroups computes them.
@@ -350,7 +357,7 @@ impl RotationService for RotationServiceImpl {
     ) -> Result<Response<proto::RotationResult>, Status> {
         Span::current().record("sentences", req.get_ref().sentences.len() as i64);
         async {
-            let (_, wire, timings) = self.rotations(req.get_ref()).await?;
+            let (_, wire, timings) = self.rotations(req.get_ref(), false).await?;
             Ok(timed(wire, &timings))
         }
         .await
@@ -402,7 +409,7 @@ impl RotationService for RotationServiceImpl {
             let req = req.get_ref();
             // Options are checked before the forward pass so a bad option costs no compute.
             let opts = self.significance_options(self.engine()?, req.significance.as_ref())?;
-            let (rotations, wire, mut timings) = self.rotations(req).await?;
+            let (rotations, wire, mut timings) = self.rotations(req, true).await?;
             let started = Instant::now();
             // Tested on the f64 angles, not on their f32 wire form. With fewer than two sentences
             // there is no test, but the rotations are still returned.

@@ -20,7 +20,7 @@ use crate::analysis::{
     condition_moments, merge_conditions, merge_layers, paired_stats, step_stats, test_layers_from_stats,
     AngleMatrixSum, ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
-use crate::engine::{blocking, Engine, Finished, Pending, Prepared, Resolved, RotationJob};
+use crate::engine::{blocking, Engine, Finished, InvalidSentence, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::telemetry::StageTimings;
@@ -150,8 +150,8 @@ impl Merged {
     }
 
     /// The final chunk: the merged statistics, their tests, and what the job asked for besides.
-    fn last(&self, context: &StreamContext, job: &RotationJob, done: usize) -> proto::RotationChunk {
-        let mut last = last_chunk(context, job, &self.stats, done);
+    fn last(&self, context: &StreamContext, job: &RotationJob, done: usize, skipped: usize) -> proto::RotationChunk {
+        let mut last = last_chunk(context, job, &self.stats, done, skipped);
         last.condition_statistics = convert::condition_statistics(&self.per_condition);
         last.all_layers = convert::all_layers(&self.matrices, None);
         if job.norms {
@@ -173,7 +173,7 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
     let mut merged = Merged::default();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens, Span)> = VecDeque::new();
     let mut ready: Option<(Prepared, Span)> = None; // prepared, waiting for room in the token budget
-    let (mut next, mut done, mut chunks, mut all_tokens) = (0, 0, 0, 0);
+    let (mut next, mut done, mut chunks, mut all_tokens, mut skipped) = (0, 0, 0, 0, 0);
     let mut timings = StageTimings::default();
     loop {
         while inflight.len() < CHUNKS_IN_FLIGHT && (ready.is_some() || next < total) {
@@ -182,7 +182,12 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
                 None => {
                     let end = (next + chunk).min(total);
                     let span = chunk_span(chunks, job.first_index, &(next..end));
-                    let p = prepare_chunk(context, &job, next..end).instrument(span.clone()).await?;
+                    let p = match prepare_chunk(context, &job, next..end).instrument(span.clone()).await {
+                        Err(Error::Sentences { invalid, .. }) => {
+                            return Err(every_invalid(context, &job, invalid, end).await)
+                        }
+                        other => other?,
+                    };
                     (next, chunks) = (end, chunks + 1);
                     (p, span)
                 }
@@ -212,8 +217,14 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
             // The client has gone: dropping `inflight` cancels its queued sentences.
             _ = tx.closed() => return Ok(()),
         };
-        let mut message = merged.add(context, &job, prepared.first, finished)?;
-        done += prepared.len();
+        let mut message = if finished.rows.is_empty() {
+            skipped_chunk(context, &job, &prepared) // every sentence of the chunk was skipped
+        } else {
+            merged.add(context, &job, prepared.first, finished)?
+        };
+        done += prepared.end - prepared.first;
+        skipped += prepared.skipped.len();
+        (message.skipped, message.end_sentence) = (convert::skipped(&prepared.skipped), prepared.end as u32);
         message.progress = Some(proto::Progress { done: done as u32, total: total as u32 });
         if !matches!(send(context, tx, Ok(message)).instrument(span).await, Sent::Delivered) {
             return Ok(()); // the client has gone, or was too slow: stop the work
@@ -221,17 +232,24 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
     }
     Span::current().record("tokens", all_tokens as i64);
     Span::current().record("chunks", chunks as i64);
-    send(context, tx, Ok(merged.last(context, &job, done))).await;
+    send(context, tx, Ok(merged.last(context, &job, done, skipped))).await;
     Ok(())
 }
 
 /// The final chunk: merged statistics and their t-tests (or why there are none).
-fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats], done: usize) -> proto::RotationChunk {
+fn last_chunk(
+    context: &StreamContext,
+    job: &RotationJob,
+    stats: &[PairedStats],
+    done: usize,
+    skipped: usize,
+) -> proto::RotationChunk {
     let total = job.sentences.len();
     let (target_token_id, target_token_ids) = convert::target_ids(&context.rotation.target_tokens);
     let opts = &context.significance;
     let mut last = proto::RotationChunk {
         first_sentence: (job.first_index + total) as u32,
+        end_sentence: (job.first_index + total) as u32,
         progress: Some(proto::Progress { done: done as u32, total: total as u32 }),
         unit: convert::unit_to_proto(job.unit) as i32,
         shuffle_seed: job.seed,
@@ -245,7 +263,46 @@ fn last_chunk(context: &StreamContext, job: &RotationJob, stats: &[PairedStats],
     };
     match test_layers_from_stats(stats, opts) {
         Ok(result) => last.significance = Some(convert::significance_result(&result, opts)),
+        Err(e) if skipped > 0 => {
+            last.significance_error =
+                format!("{e} ({} of {total} sentences left after skipping {skipped} invalid ones)", total - skipped)
+        }
         Err(e) => last.significance_error = e.to_string(),
     }
     last
+}
+
+/// A chunk whose every sentence was skipped: no rows, the angle tensor `[layers, 0, 3]`.
+fn skipped_chunk(context: &StreamContext, job: &RotationJob, prepared: &Prepared) -> proto::RotationChunk {
+    let layers = context.engine.model.info.num_layers as u32;
+    proto::RotationChunk {
+        first_sentence: prepared.first as u32,
+        angles: Some(proto::Tensor { shape: vec![layers, 0, 3], values: Vec::new() }),
+        unit: convert::unit_to_proto(job.unit) as i32,
+        shuffle_seed: job.seed,
+        ..Default::default()
+    }
+}
+
+/// A chunk with invalid sentences (`invalid`, the corpus checked up to `checked`) fails the stream:
+/// the rest of the corpus is checked too (tokenized, no forward pass) so that the error names every
+/// invalid sentence, as Analyze's does.
+async fn every_invalid(
+    context: &StreamContext,
+    job: &Arc<RotationJob>,
+    mut invalid: Vec<InvalidSentence>,
+    checked: usize,
+) -> Error {
+    let (total, chunk) = (job.sentences.len(), context.engine.limits.max_sentences.max(1));
+    let skipping = Arc::new(RotationJob { skip_invalid: true, ..(**job).clone() });
+    let mut next = checked;
+    while next < total {
+        let end = (next + chunk).min(total);
+        match prepare_chunk(context, &skipping, next..end).await {
+            Ok(prepared) => invalid.extend(prepared.skipped),
+            Err(e) => return e,
+        }
+        next = end;
+    }
+    Error::Sentences { invalid, total, first_index: job.first_index, skipping: false }
 }

@@ -38,16 +38,21 @@ from ._types import (
     SentenceReport,
     SignificanceResult,
     SublayerRotations,
+    SkippedSentence,
     Tokenized,
 )
 from ._options import Options
 from .client import DEFAULT_ADDRESS, Client, collect_stream
 from .connect import open_channel
 from .cluster import Cluster, ClusterStats
-from .errors import RotationsError
+from .errors import InvalidSentence, RotationsError
+from .serve import serve
 from .retry import RETRYABLE_CODES, RetryPolicy, is_retryable
 
 __all__ = [
+    "InvalidSentence",
+    "serve",
+    "SkippedSentence",
     "AllLayers",
     "AngleMatrixSums",
     "CONDITIONS",

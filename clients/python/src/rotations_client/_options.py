@@ -67,6 +67,10 @@ class Options:
     The paired t-tests: ``condition_a`` and ``condition_b`` (default target and non_target),
     ``alpha`` (0.05), ``correction`` ("bonferroni", "holm", "benjamini-hochberg", "none") over
     ``num_tests`` tests (default the number of layers tested).
+
+    ``skip_invalid``: analyse the valid sentences and list the others in the result's ``skipped``
+    (corpus index, reason code, message) instead of failing; without it, a request with invalid
+    sentences raises one :class:`RotationsError` whose ``invalid_sentences`` lists them.
     """
 
     unit: Unit = "degrees"
@@ -86,6 +90,8 @@ class Options:
     alpha: Optional[float] = None
     correction: Optional[Correction] = None
     num_tests: Optional[int] = None
+    #: Analyse the valid sentences and report the others (``.skipped``) instead of failing.
+    skip_invalid: bool = False
 
     @classmethod
     def parse(cls, method: str, keywords: Mapping[str, Any], *, tests: bool = True) -> Options:
@@ -129,6 +135,7 @@ class Options:
         """The wire request for ``sentences`` (``tests``: with the significance options)."""
         request = pb.RotationRequest(sentences=sentences_list(sentences), unit=_unit(self.unit))
         request.allow_bos_non_target = bool(self.allow_bos_non_target)
+        request.skip_invalid = bool(self.skip_invalid)
         request.first_sentence_index = operator.index(first_sentence_index)
         self.selection(request)
         _set_target(request, target)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -292,6 +293,55 @@ class Norms:
 
 
 @dataclass(frozen=True)
+class SkippedSentence:
+    """A sentence left out of the analysis (``skip_invalid=True``): its corpus index, a reason code
+    (``TARGET_NOT_FOUND``, ``TOO_LONG``, …) and the reason in words."""
+
+    index: int
+    reason: str
+    message: str
+
+    @classmethod
+    def from_pb(cls, m: "pb.SkippedSentence") -> SkippedSentence:
+        return cls(m.index, m.reason, m.message)
+
+
+def skipped_frame(skipped: Sequence[SkippedSentence]) -> "Any":
+    """The skipped sentences as a pandas DataFrame (sentence, reason, message)."""
+    pd = _pandas()
+    return pd.DataFrame(
+        {"sentence": [s.index for s in skipped], "reason": [s.reason for s in skipped], "message": [s.message for s in skipped]}
+    )
+
+
+def _pandas() -> "Any":
+    try:
+        import pandas
+    except ImportError:  # pragma: no cover - pandas is the optional extra "frames"
+        raise ImportError("to_frame() needs pandas: pip install 'rotations-client[frames]'") from None
+    return pandas
+
+
+def angles_frame(angles: np.ndarray, sentences: Sequence[SentenceReport], conditions: Sequence[str]) -> "Any":
+    """A tidy long table of ``angles[layer, row, condition]``: one line per (sentence, occurrence,
+    layer, condition) with its angle; layers count from 1 (hidden state l-1 -> l)."""
+    pd = _pandas()
+    layers, rows, conds = angles.shape
+    index = np.array([r.index for r in sentences], dtype=np.int64) if sentences else np.arange(rows)
+    occurrence = np.array([r.occurrence for r in sentences], dtype=np.int64) if sentences else np.ones(rows, np.int64)
+    # Row-major [layer, row, condition]: each column repeats or tiles the others' values.
+    return pd.DataFrame(
+        {
+            "sentence": np.tile(np.repeat(index, conds), layers),
+            "occurrence": np.tile(np.repeat(occurrence, conds), layers),
+            "layer": np.repeat(np.arange(1, layers + 1), rows * conds),
+            "condition": np.tile(np.array(list(conditions)[:conds], dtype=object), layers * rows),
+            "angle": angles.reshape(-1),
+        }
+    )
+
+
+@dataclass(frozen=True)
 class RotationResult:
     """``ComputeRotations``: the notebook's ``angles`` and everything needed to reproduce them.
 
@@ -317,6 +367,12 @@ class RotationResult:
     sublayers: Optional[SublayerRotations] = None
     #: With ``norms=True``.
     norms: Optional[Norms] = None
+    #: With ``skip_invalid=True``: the sentences left out, in corpus order.
+    skipped: Tuple[SkippedSentence, ...] = ()
+
+    def to_frame(self) -> "Any":
+        """The angles as a tidy long pandas DataFrame: sentence, occurrence, layer, condition, angle."""
+        return angles_frame(self.angles, self.sentences, self.conditions)
 
     @property
     def num_layers(self) -> int:
@@ -344,6 +400,7 @@ class RotationResult:
             target_token_ids=tuple(m.target_token_ids),
             sublayers=SublayerRotations.from_pb(m.sublayers) if m.HasField("sublayers") else None,
             norms=Norms.from_pb(m.norms) if m.HasField("norms") else None,
+            skipped=tuple(SkippedSentence.from_pb(s) for s in m.skipped),
         )
 
 
@@ -462,6 +519,22 @@ class Analysis:
     @property
     def angles(self) -> np.ndarray:
         return self.rotations.angles
+
+    @property
+    def skipped(self) -> Tuple[SkippedSentence, ...]:
+        """With ``skip_invalid=True``: the sentences left out."""
+        return self.rotations.skipped
+
+    def to_frame(self) -> "Any":
+        """The angles as a tidy long pandas DataFrame: sentence, occurrence, layer, condition, angle."""
+        return self.rotations.to_frame()
+
+    def tests_frame(self) -> "Any":
+        """The paired t-test of each layer as a pandas DataFrame (one line per layer)."""
+        pd = _pandas()
+        if self.significance is None:
+            raise ValueError(f"no t-test: {self.significance_error}")
+        return pd.DataFrame([dataclasses.asdict(t) for t in self.significance.layers])
 
     @classmethod
     def from_pb(cls, m: "pb.Analysis") -> Analysis:
@@ -714,6 +787,14 @@ class RotationChunk:
     step_statistics: Tuple["LayerStatistics", ...] = ()
     step_significance: Optional[SignificanceResult] = None
     norms: Optional[Norms] = None
+    #: With ``skip_invalid=True``: this chunk's sentences left out. With the rows' indices they
+    #: cover the corpus indices ``[first_sentence, end_sentence)``.
+    skipped: Tuple[SkippedSentence, ...] = ()
+    end_sentence: int = 0
+
+    def to_frame(self) -> "Any":
+        """This chunk's angles as a tidy long pandas DataFrame (as :meth:`RotationResult.to_frame`)."""
+        return angles_frame(self.angles, self.sentences, CONDITIONS)
 
     @classmethod
     def from_pb(cls, m: "pb.RotationChunk") -> RotationChunk:
@@ -744,4 +825,6 @@ class RotationChunk:
             step_statistics=tuple(LayerStatistics.from_pb(s) for s in m.step_statistics),
             step_significance=SignificanceResult.from_pb(m.step_significance) if m.HasField("step_significance") else None,
             norms=Norms.from_pb(m.norms) if m.HasField("norms") else None,
+            skipped=tuple(SkippedSentence.from_pb(s) for s in m.skipped),
+            end_sentence=m.end_sentence,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence
+from typing import FrozenSet, Optional, Sequence
 
 import numpy as np
 
@@ -61,18 +61,36 @@ def validate_chunk(
     """One chunk's answer (its messages ``parts``, then ``last``) for the sentences ``first`` to
     ``first + sentences``: every row in place, every number in range, the statistics those of its
     rows. Returns its rows (sentences, or occurrences with ``occurrence="all"``)."""
+    end = first + sentences
+    skipped = _skipped(parts, first, end)
     seen: Optional[tuple] = None  # (index, occurrence) of the last row
     for part in parts:
-        seen = _validate_part(expected, part, first, seen)
-    end = first + sentences
-    reached = first if seen is None else seen[0] + 1
+        seen = _validate_part(expected, part, first, seen, skipped)
+    reached = _next_row(first if seen is None else seen[0] + 1, skipped)
     _ensure(reached == end, f"rows stop before sentence {reached}, the chunk ends before {end}")
     rows = sum(len(part.sentences) for part in parts)
     _validate_last(expected, end, rows, last)
     return rows
 
 
-def _validate_part(expected: Expected, part: RotationChunk, first: int, seen: Optional[tuple]) -> Optional[tuple]:
+def _skipped(parts: Sequence[RotationChunk], first: int, end: int) -> FrozenSet[int]:
+    """The corpus indices the chunk's parts report skipped (``skip_invalid``): each within the chunk, once."""
+    indices = [s.index for part in parts for s in part.skipped]
+    _ensure(all(first <= i < end for i in indices), f"a skipped sentence outside the chunk {first}..{end}")
+    _ensure(len(set(indices)) == len(indices), "a sentence reported skipped twice")
+    return frozenset(indices)
+
+
+def _next_row(index: int, skipped: FrozenSet[int]) -> int:
+    """The first corpus index from ``index`` on that is not skipped: where the next row must be."""
+    while index in skipped:
+        index += 1
+    return index
+
+
+def _validate_part(
+    expected: Expected, part: RotationChunk, first: int, seen: Optional[tuple], skipped: FrozenSet[int] = frozenset()
+) -> Optional[tuple]:
     layers, rows = expected.num_layers, len(part.sentences)
     where = f"the part at sentence {part.first_sentence}"
     _ensure(not part.last, f"{where}: marked last before the end")
@@ -84,11 +102,11 @@ def _validate_part(expected: Expected, part: RotationChunk, first: int, seen: Op
     for s, report in enumerate(part.sentences):
         row = (report.index, report.occurrence)
         if seen is None:
-            in_order = row[0] == first
+            in_order = row[0] == _next_row(first, skipped)
         else:
-            in_order = (row[0] == seen[0] and row[1] > seen[1]) or row[0] == seen[0] + 1
+            in_order = (row[0] == seen[0] and row[1] > seen[1]) or row[0] == _next_row(seen[0] + 1, skipped)
         _ensure(in_order, f"{where}: row {s} is sentence {row[0]} (occurrence {row[1]}) after {seen or first}")
-        _ensure(s > 0 or part.first_sentence == row[0], f"{where}: first_sentence is not its first row")
+        _ensure(s > 0 or part.first_sentence <= row[0], f"{where}: first_sentence is past its first row")
         _ensure(report.target_position < report.num_tokens, f"sentence {row[0]}: target outside its tokens")
         _ensure(report.non_target_position < report.num_tokens, f"sentence {row[0]}: non-target outside its tokens")
         seen = row

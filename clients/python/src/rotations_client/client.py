@@ -145,18 +145,31 @@ class Client:
         state = "closed" if self._closed else "open"
         return f"Client({self.address!r}, {state})"
 
-    def wait_ready(self, timeout: float = 30.0) -> ModelInfo:
-        """Waits until the server answers ``GetModelInfo`` (it is UNAVAILABLE while the model loads); returns it."""
+    def wait_ready(self, timeout: float = 30.0, *, no_server_after: float = 3.0) -> ModelInfo:
+        """Waits until the server answers ``GetModelInfo`` (it is UNAVAILABLE while the model loads); returns it.
+
+        A server that is starting opens its port before it loads the model, so an address where
+        nothing listens for ``no_server_after`` seconds fails at once with "no server at … — is
+        `rotations serve` running?" instead of waiting the whole ``timeout``."""
         import time
 
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             left = deadline - time.monotonic()
             try:
-                return self.model_info(timeout=max(left, 0.1))
+                return self.model_info(timeout=max(min(left, no_server_after), 0.1))
             except RotationsError as e:
                 if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or left <= 0:
                     raise
+                nobody = e.message.startswith("no server at") or e.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                if nobody and time.monotonic() - started >= no_server_after:
+                    raise RotationsError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"no server at {self._connection.address} — is `rotations serve` running, on that host and port?",
+                        "GetModelInfo",
+                        details=e.details,
+                    ) from None
             time.sleep(min(0.2, max(left, 0)))
 
     def _call(self, rpc: str, method: Callable[..., T], request: Any, timeout: Optional[float]) -> T:
@@ -167,7 +180,7 @@ class Client:
             metadata = _tracing.metadata()
             return method(request, timeout=self.timeout if timeout is None else timeout, metadata=metadata or None)
         except grpc.RpcError as error:
-            raise self._connection.error(error, rpc) from None
+            raise self._connection.error(error, rpc).with_texts(request) from None
 
     # -- the RPCs --------------------------------------------------------------------------------
 
@@ -342,7 +355,8 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
     if last is None:
         raise ValueError("the stream ended without its final chunk")
     total = last.progress.total
-    layers = parts[0].angles.shape[0] if parts else 0
+    # A chunk whose every sentence was skipped has no rows (but still its layers).
+    layers = max((p.angles.shape[0] for p in parts), default=0)
     for part in parts:
         if part.angles.shape[0] != layers:
             raise ValueError(f"chunk of shape {list(part.angles.shape)} at sentence {part.first_sentence} does not fit")
@@ -351,8 +365,9 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
     draws = np.concatenate([p.shuffle_draws for p in parts], axis=1) if parts else np.zeros((0, 0, 4), np.int64)
     reports: List[SentenceReport] = [r for part in parts for r in part.sentences]
     delivered = len({r.index for r in reports})
-    if delivered != total:
-        raise ValueError(f"the stream delivered {delivered} of {total} sentences")
+    skipped = tuple(s for part in parts for s in part.skipped)
+    if delivered + len(skipped) != total:
+        raise ValueError(f"the stream delivered {delivered} of {total} sentences and skipped {len(skipped)}")
     all_layers = last.all_layers
     row_matrices = [p.all_layers.row_matrices for p in parts if p.all_layers and p.all_layers.row_matrices is not None]
     if all_layers is not None and row_matrices:
@@ -369,5 +384,6 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         target_token_id=last.target_token_id,
         all_layers=all_layers,
         target_token_ids=last.target_token_ids,
+        skipped=skipped,
     )
     return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics)
