@@ -118,9 +118,11 @@ fn call_span<B>(rpc: &'static str, request: &http::Request<B>) -> tracing::Span 
         analysis_ms = Empty,
     );
     let extensions = request.extensions();
+    // Our accept loop (connection.rs) hands each request its PeerConnection; tonic's own, plain TCP info.
     let connection = extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| extensions.get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>().map(|t| t.get_ref()));
+        .get::<crate::service::connection::PeerConnection>()
+        .map(|peer| &peer.tcp)
+        .or_else(|| extensions.get::<TcpConnectInfo>());
     if let Some(local) = connection.and_then(TcpConnectInfo::local_addr) {
         span.record("server.address", tracing::field::display(local.ip()));
         span.record("server.port", i64::from(local.port()));
