@@ -150,10 +150,7 @@ fn the_cli_refuses_a_bos_non_target_by_line_and_allows_it_with_its_flag() {
     let refused = run(&[]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
-    assert!(
-        err.contains(&format!("{}:3: ", file.display())) && err.contains("--allow-bos-non-target"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{}:3: ", file.display())) && err.contains("--allow-bos-non-target"), "{err}");
     let allowed = run(&["--allow-bos-non-target"]);
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     let json: serde_json::Value =

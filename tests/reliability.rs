@@ -258,7 +258,7 @@ fn stream_request(sentences: usize) -> proto::RotationRequest {
 async fn streams_that_never_read_are_cancelled_and_free_their_slots() {
     let server = Server::start(&[
         "--stream-send-timeout-seconds",
-        "1",
+        "3",
         "--max-concurrent-requests",
         "3",
         "--max-batch-sentences",
@@ -269,6 +269,8 @@ async fn streams_that_never_read_are_cancelled_and_free_their_slots() {
     let connection = tokio::spawn(connection);
     let _responses: Vec<_> = (0..3).map(|_| raw_call(&mut raw, "StreamRotations", &stream_request(200))).collect();
     let tokenize = || proto::TokenizeRequest { texts: vec!["I saw her.".into()] };
+    // Let the three streams be admitted first (a probe arriving before the third would take its slot).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // The three streams take every slot while they compute and wait ...
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut refused = 0;

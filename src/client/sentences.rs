@@ -185,7 +185,10 @@ mod tests {
             file.locate(anyhow::anyhow!(r#"server answered InvalidArgument: sentence 1 ("She met her."): x"#));
         assert_eq!(
             format!("{located:#}"),
-            format!(r#"{}:5 (sentence 1): server answered InvalidArgument: sentence 1 ("She met her."): x"#, path.display())
+            format!(
+                r#"{}:5 (sentence 1): server answered InvalidArgument: sentence 1 ("She met her."): x"#,
+                path.display()
+            )
         );
         let unrelated = file.locate(anyhow::anyhow!("no sentence here"));
         assert_eq!(unrelated.to_string(), "no sentence here");
