@@ -14,7 +14,8 @@ const TARGET: RGBColor = RGBColor(220, 0, 0);
 const NON_TARGET: RGBColor = RGBColor(0, 0, 220);
 
 /// Writes what the result holds of the two (nothing for an analysis without steps or norms).
-pub fn write(r: &proto::RotationResult, unit: &str, rows: usize, dir: &Path) -> anyhow::Result<()> {
+/// `title` names the model, the target and n, as every figure's does.
+pub fn write(r: &proto::RotationResult, unit: &str, title: &str, dir: &Path) -> anyhow::Result<()> {
     if let Some(sub) = &r.sublayers {
         let means = sub.layer_means.as_ref().context("sublayers without their layer means")?;
         let layers = means.shape.first().copied().unwrap_or(0) as usize;
@@ -24,7 +25,7 @@ pub fn write(r: &proto::RotationResult, unit: &str, rows: usize, dir: &Path) -> 
             means.values.len()
         );
         write_file(dir, "steps.csv", steps_csv(&means.values, layers))?;
-        steps_figure(&means.values, layers, unit, rows, &dir.join("steps.svg"))?;
+        steps_figure(&means.values, layers, unit, title, &dir.join("steps.svg"))?;
     }
     if let Some(norms) = &r.norms {
         write_file(dir, "norms.csv", norms_csv(norms)?)?;
@@ -69,13 +70,12 @@ fn norms_csv(norms: &proto::Norms) -> anyhow::Result<String> {
 /// Per layer, the mean angle across the attention step (solid) and the MLP step (dashed-looking:
 /// thin with markers), target red and non-target blue; readable from 2 to 48+ layers (the layer
 /// axis thins its ticks; markers shrink with many layers).
-fn steps_figure(means: &[f32], layers: usize, unit: &str, rows: usize, path: &Path) -> anyhow::Result<()> {
+fn steps_figure(means: &[f32], layers: usize, unit: &str, title: &str, path: &Path) -> anyhow::Result<()> {
     let max = means.iter().copied().filter(|v| v.is_finite()).fold(0f32, f32::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let caption = format!("Inside each layer: rotation across the attention step and the MLP step ({rows} rows)");
     let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", CAPTION_FONT))
+        .caption(title, ("sans-serif", CAPTION_FONT))
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(70)
@@ -132,7 +132,14 @@ mod tests {
         for layers in [6usize, 48] {
             let means: Vec<f32> = (0..layers * 4).map(|i| 5.0 + (i % 4) as f32 * 3.0 + (i / 4) as f32 * 0.2).collect();
             let path = dir.join(format!("steps{layers}.svg"));
-            steps_figure(&means, layers, "degrees", 10, &path).unwrap();
+            steps_figure(
+                &means,
+                layers,
+                "degrees",
+                "model: rotation of \" her\" across attention and MLP steps, n = 10",
+                &path,
+            )
+            .unwrap();
             let svg = std::fs::read_to_string(&path).unwrap();
             for label in ["Target, attention step", "Non-target, MLP step", LAYER_LABEL, "Mean angle (deg.)"] {
                 assert!(svg.contains(label), "{label} missing at {layers} layers");

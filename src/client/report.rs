@@ -302,7 +302,13 @@ impl Report {
         super::plots::angles_figure(self, &dir.join("angles.svg"))?;
         super::plots::significance_figure(self, &dir.join("significance.svg"))?;
         self.write_all_layers(dir)?;
-        super::inside::write(&self.rotations, self.unit, self.num_sentences, dir)?;
+        let model = if self.rotations.model_name.is_empty() { "model" } else { self.rotations.model_name.as_str() };
+        let title = format!(
+            "{model}: rotation of {} across attention and MLP steps, n = {}",
+            self.target_label(),
+            self.rows_label()
+        );
+        super::inside::write(&self.rotations, self.unit, &title, dir)?;
         Ok(())
     }
 
