@@ -5,9 +5,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::groups::GroupReport;
-use super::plots::{
-    finish, layer_axis, plot_err, value_label, AXIS_FONT, CAPTION_FONT, DESC_FONT, GREY, LAYER_LABEL, SIZE,
-};
+use super::plots::{finish, layer_axis, layer_mesh, plot_err, CAPTION_FONT, GREY, LAYER_LABEL, SIZE};
 use crate::analysis::{t_quantile, CI_LEVEL};
 use crate::proto;
 
@@ -64,16 +62,7 @@ pub fn groups_figure(r: &GroupReport, path: &Path) -> anyhow::Result<()> {
         .build_cartesian_2d(layer_axis(layers.len(), 0.5), y_range.clone())
         .map_err(plot_err)?;
     let unit = if r.unit() == "radians" { "rad." } else { "deg." };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .y_label_formatter(&value_label)
-        .label_style(("sans-serif", AXIS_FONT))
-        .axis_desc_style(("sans-serif", DESC_FONT))
-        .x_desc(LAYER_LABEL)
-        .y_desc(format!("Angle to the previous layer ({unit})"))
-        .draw()
-        .map_err(plot_err)?;
+    layer_mesh(&mut chart, LAYER_LABEL, &format!("Angle to the previous layer ({unit})"))?;
 
     draw_significant(&mut chart, r, y_range, &star_y)?;
     for (g, points) in series.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
-use super::plots::{finish, layer_axis, plot_err, value_label, AXIS_FONT, CAPTION_FONT, DESC_FONT, LAYER_LABEL, SIZE};
+use super::plots::{finish, layer_axis, layer_mesh, plot_err, CAPTION_FONT, LAYER_LABEL, SIZE};
 use crate::proto;
 
 const TARGET: RGBColor = RGBColor(220, 0, 0);
@@ -82,16 +82,7 @@ fn steps_figure(means: &[f32], layers: usize, unit: &str, title: &str, path: &Pa
         .build_cartesian_2d(layer_axis(layers, 0.0), 0f64..f64::from(max) * 1.45 + 1e-12)
         .map_err(plot_err)?;
     let unit = if unit == "radians" { "rad." } else { "deg." };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .y_label_formatter(&value_label)
-        .label_style(("sans-serif", AXIS_FONT))
-        .axis_desc_style(("sans-serif", DESC_FONT))
-        .x_desc(LAYER_LABEL)
-        .y_desc(format!("Mean angle ({unit})"))
-        .draw()
-        .map_err(plot_err)?;
+    layer_mesh(&mut chart, LAYER_LABEL, &format!("Mean angle ({unit})"))?;
     let radius = if layers > 24 { 2 } else { 4 };
     for (condition, colour, who) in [(0, TARGET, "Target"), (1, NON_TARGET, "Non-target")] {
         for (step, what) in [(0, "attention step"), (1, "MLP step")] {

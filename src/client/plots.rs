@@ -164,7 +164,7 @@ pub fn angles_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>;
+pub(super) type Chart<'a, X> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>;
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
 /// Target and non-target: means with 95% CI bands, significant layers shaded and starred.
@@ -221,14 +221,23 @@ fn shuffled_panel(r: &Report, area: &Area<'_>, points: &[(f64, f64, f64)]) -> an
 
 fn axes<X: Ranged<ValueType = f64> + ValueFormatter<f64>>(chart: &mut Chart<'_, X>, r: &Report) -> anyhow::Result<()> {
     let unit = if r.unit == "radians" { "rad." } else { "deg." };
+    layer_mesh(chart, "Layer (l−1 → l)", &format!("Angle ({unit})"))
+}
+
+/// The axes every per-layer figure draws: no grid, value labels, the fonts, the two descriptions.
+pub(super) fn layer_mesh<X: Ranged<ValueType = f64> + ValueFormatter<f64>>(
+    chart: &mut Chart<'_, X>,
+    x_desc: &str,
+    y_desc: &str,
+) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .disable_mesh()
         .y_label_formatter(&value_label)
         .label_style(("sans-serif", AXIS_FONT))
         .axis_desc_style(("sans-serif", DESC_FONT))
-        .x_desc("Layer (l−1 → l)")
-        .y_desc(format!("Angle ({unit})"))
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .draw()
         .map_err(plot_err)?;
     Ok(())
@@ -314,16 +323,7 @@ pub fn significance_figure(r: &Report, path: &Path) -> anyhow::Result<()> {
         .y_label_area_size(70)
         .build_cartesian_2d(layer_axis(r.num_layers, 0.5), (lo - pad)..(hi + pad + 0.4 * (hi - lo + pad)))
         .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .y_label_formatter(&value_label)
-        .label_style(("sans-serif", AXIS_FONT))
-        .axis_desc_style(("sans-serif", DESC_FONT))
-        .x_desc(LAYER_LABEL)
-        .y_desc("t value")
-        .draw()
-        .map_err(plot_err)?;
+    layer_mesh(&mut chart, LAYER_LABEL, "t value")?;
 
     // Dashed zero line, as the notebook's axhline(0, '--').
     let ends = [(0.5, 0.0), (r.num_layers as f64 + 0.5, 0.0)];
