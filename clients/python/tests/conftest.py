@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -15,6 +14,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import pytest
 
 from rotations_client import Client
+from rotations_client.serve import stop as _stop
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL_DIR = REPO / "models" / "gpt2-tiny-random"
@@ -61,15 +61,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM (graceful: the server drains and exits 0), then a kill after 30 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _healthy(binary: Path, url: str, client_args: Sequence[str] = ()) -> bool:

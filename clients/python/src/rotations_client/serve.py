@@ -61,13 +61,18 @@ def serve(
             yield client
         finally:
             client.close()
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop(process)
+
+
+def stop(process: "subprocess.Popen[bytes]") -> None:
+    """SIGTERM (graceful: the server drains and exits 0), then a kill after 30 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _wait(process: "subprocess.Popen[bytes]", client: Client, log: "tempfile._TemporaryFileWrapper[bytes]", timeout: float) -> None:
