@@ -39,20 +39,7 @@ impl Server {
     }
 
     async fn wait_serving(&self) -> Channel {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(channel) = Channel::from_shared(self.url.clone()).unwrap().connect().await {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-                let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
-                if let Ok(r) = health.check(req).await {
-                    if r.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-                        return channel;
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "server did not become SERVING");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        serving_channel(&self.url, String::new).await
     }
 }
 

@@ -195,6 +195,24 @@ pub fn serve_model_with(
     (server, address)
 }
 
+/// A channel to `url` once its server reports SERVING (60 s at most; `log` says why it did not).
+pub async fn serving_channel(url: &str, log: impl Fn() -> String) -> tonic::transport::Channel {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = tonic::transport::Channel::from_shared(url.to_string()).unwrap().connect().await {
+            let request = HealthCheckRequest { service: String::new() };
+            if let Ok(r) = HealthClient::new(channel.clone()).check(request).await {
+                if r.into_inner().status == ServingStatus::Serving as i32 {
+                    return channel;
+                }
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "server did not become SERVING{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A plain HTTP/1.0 GET on loopback (the metrics page): the whole response, headers included.
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
