@@ -329,3 +329,111 @@ fn chunk_timeout_bounds_each_chunk_and_the_error_says_so() {
     assert!(stderr.contains("every replica failed or left; 0 of"), "{stderr}");
     assert!(stderr.contains("no answer within the chunk's 1ms"), "{stderr}");
 }
+
+/// `--steps sublayers --norms` on models/llama-tiny-random-sublayers, as one Analyze request.
+fn inside_request(sentences: Vec<String>) -> proto::RotationRequest {
+    proto::RotationRequest { steps: proto::Steps::Sublayers as i32, norms: true, ..request(sentences) }
+}
+
+/// The sharded run's steps and norms (and their tests) are one Analyze's, bit for bit.
+fn assert_same_inside(outcome: &cluster::Outcome, reference: &proto::Analysis) {
+    assert_same(outcome, reference);
+    let (got, want) = (outcome.analysis.rotations.as_ref().unwrap(), reference.rotations.as_ref().unwrap());
+    let (sub, want_sub) = (got.sublayers.as_ref().unwrap(), want.sublayers.as_ref().unwrap());
+    assert_eq!(bits(&sub.angles), bits(&want_sub.angles), "step angles bit for bit");
+    assert_eq!(bits(&sub.layer_means), bits(&want_sub.layer_means), "step means bit for bit");
+    assert_eq!(sub, want_sub);
+    let (norms, want_norms) = (got.norms.as_ref().unwrap(), want.norms.as_ref().unwrap());
+    for (a, b) in [(&norms.norms, &want_norms.norms), (&norms.growth, &want_norms.growth)] {
+        assert_eq!(bits(a), bits(b), "norms and growth bit for bit");
+    }
+    assert_eq!(bits(&norms.mean_norms), bits(&want_norms.mean_norms), "mean norms bit for bit");
+    assert_eq!(bits(&norms.mean_growth), bits(&want_norms.mean_growth), "mean growth bit for bit");
+    assert_eq!(norms, want_norms);
+    assert_eq!(outcome.analysis.step_statistics, reference.step_statistics);
+    assert_eq!(outcome.analysis.step_significance, reference.step_significance, "step tests, every field");
+    assert!(reference.step_significance.as_ref().is_some_and(|t| t.layers.len() == 8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_steps_and_norms_equal_one_analyze_with_a_replica_killed_midway() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 60);
+    let model = repo().join("models/llama-tiny-random-sublayers");
+    let servers: Vec<_> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"].map(|h| serve_model_on(&model, h)).into();
+    let addresses: Vec<String> = servers.iter().map(|(_, a)| a.clone()).collect();
+    let sentences = rotations::client::read_sentences(&corpus).unwrap();
+    let mut client = rotations::client::connect_to(&addresses[0], &ConnectArgs::default()).await.unwrap();
+    let reference = client.analyze(inside_request(sentences)).await.unwrap().into_inner();
+
+    // The first lookup after the start kills the third replica (SIGKILL: its calls fail at once).
+    let (pid, listed, lookups) = (servers[2].0.pid(), addresses.clone(), Arc::new(AtomicUsize::new(0)));
+    let counter = lookups.clone();
+    let resolve: cluster::Resolve = Arc::new(move || {
+        if counter.fetch_add(1, Ordering::SeqCst) == 1 {
+            std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+        }
+        Ok(listed.clone())
+    });
+    let replicas = Replicas { resolve, interval: Duration::from_millis(50) };
+    let file = cluster::CorpusFile { path: &corpus, marked: false };
+    let request = inside_request(Vec::new());
+    let outcome = cluster::analyze(replicas, &ConnectArgs::default(), request, file, cluster::Chunking::of(2), None)
+        .await
+        .unwrap();
+    eprintln!("replicas (address, chunks, failures): {:?}", outcome.replicas);
+    assert_same_inside(&outcome, &reference);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_step_angles_do_not_fit_is_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 12);
+    let model = repo().join("models/llama-tiny-random-sublayers");
+    let (_honest, honest) = serve_model_on(&model, "127.0.0.2");
+    let sentences = rotations::client::read_sentences(&corpus).unwrap();
+    let mut client = rotations::client::connect_to(&honest, &ConnectArgs::default()).await.unwrap();
+    let reference = client.analyze(inside_request(sentences)).await.unwrap().into_inner();
+    let liar = tamper::start("127.0.0.6", &honest, tamper::Tamper::TruncateSteps).await;
+    let corpus = corpus.as_path();
+    let run = |servers: Vec<String>| async move {
+        let replicas = Replicas::from_servers(&servers, Duration::from_secs(60));
+        let file = cluster::CorpusFile { path: corpus, marked: false };
+        let request = inside_request(Vec::new());
+        cluster::analyze(replicas, &ConnectArgs::default(), request, file, cluster::Chunking::of(3), None).await
+    };
+    let outcome = run(vec![liar.clone(), honest.clone()]).await.unwrap();
+    assert_same_inside(&outcome, &reference);
+    let (served, failures) = served_by(&outcome, &liar);
+    assert!(served == 0 && failures >= 1, "the liar served {served} chunks, failed {failures}");
+    let err = format!("{:#}", run(vec![liar]).await.err().expect("a liar alone fails the run"));
+    assert!(err.contains("step angle of shape [3, 2, 3, 2], not [4, 2, 3, 2]"), "{err}");
+}
+
+/// `rotations analyze --steps sublayers --norms` over three replicas (and with --angles-out) writes
+/// one server's steps.csv, norms.csv and steps.svg, byte for byte.
+#[test]
+fn the_cli_writes_one_servers_steps_and_norms_files_when_sharded() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_file(dir.path(), 20);
+    let model = repo().join("models/llama-tiny-random-sublayers");
+    let servers: Vec<_> = ["127.0.0.2", "127.0.0.3", "127.0.0.4"].map(|h| serve_model_on(&model, h)).into();
+    let urls: Vec<String> = servers.iter().map(|(_, a)| format!("http://{a}")).collect();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let corpus = corpus.to_str().unwrap();
+    let common = ["--sentences", corpus, "--target", " her", "--steps", "sublayers", "--norms"];
+    let mut sharded: Vec<&str> = common.to_vec();
+    for url in &urls {
+        sharded.extend(["--server", url.as_str()]);
+    }
+    analyze_cli(&[&common[..], &["--server", &urls[0], "--out", &out("one")]].concat());
+    analyze_cli(&[&sharded[..], &["--chunk-size", "3", "--out", &out("three")]].concat());
+    let npy = out("angles.npy");
+    analyze_cli(&[&sharded[..], &["--chunk-size", "4", "--angles-out", &npy, "--out", &out("disk")]].concat());
+    for name in ["steps.csv", "norms.csv", "steps.svg", "significance.csv"] {
+        let want = std::fs::read(dir.path().join("one").join(name)).unwrap();
+        for run in ["three", "disk"] {
+            assert!(std::fs::read(dir.path().join(run).join(name)).unwrap() == want, "{run}/{name} differs");
+        }
+    }
+}

@@ -79,6 +79,13 @@ async fn attention_and_mlp_step_angles_and_tests_equal_pytorch_hooks_and_scipy()
     assert!(worst <= 1e-4, "largest difference from PyTorch hooks {worst:e} degrees");
     let means = sub.layer_means.unwrap();
     assert_eq!(means.shape, [4, 2, 2]);
+    // The means (from the exact sums) are the hooks' means over the rows.
+    for (k, got) in means.values.iter().enumerate() {
+        let (l, s, c) = (k / 4, k / 2 % 2, k % 2);
+        let rows = g["rows"].as_array().unwrap();
+        let want = rows.iter().map(|row| row["steps_deg"][l][s][c].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+        assert!((f64::from(*got) - want).abs() <= 1e-4, "layer {} step {s} condition {c}: {got} vs {want}", l + 1);
+    }
 
     let tests = analysis.step_significance.unwrap();
     assert_eq!((tests.num_tests, tests.layers.len()), (8, 8), "one test per step, corrected over all steps");
@@ -139,6 +146,15 @@ async fn streams_pieces_and_groups_equal_one_analyze_bit_for_bit() {
         if chunk.last {
             assert_eq!(chunk.step_statistics, whole.step_statistics);
             assert_eq!(chunk.step_significance, whole.step_significance);
+            // The merged step sums and means: Analyze's, without the rows' angles.
+            let summary = whole
+                .rotations
+                .as_ref()
+                .unwrap()
+                .sublayers
+                .clone()
+                .map(|s| proto::SublayerRotations { angles: None, ..s });
+            assert_eq!(chunk.sublayers, summary);
             let (streamed, analyzed) = (chunk.norms.unwrap(), whole.rotations.as_ref().unwrap().norms.clone().unwrap());
             assert_eq!(streamed.norm_statistics, analyzed.norm_statistics);
             assert_eq!(streamed.growth_statistics, analyzed.growth_statistics);

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::angles_file::AnglesFile;
 use super::connect::AuthChannel;
+use super::inside_merge::{step_options, InsideSums};
 use super::retry::{should_retry, RetryPolicy};
 use super::sentences::{locate, SentenceLines};
 use super::skipped::Skipped;
@@ -144,6 +145,8 @@ struct Collected {
     conditions: Vec<Vec<ExactMoments>>,
     /// With `all_layers`: the exact sums of the layer-angle matrices.
     matrices: AngleMatrixSum,
+    /// With steps or norms: their exact sums.
+    inside: InsideSums,
     /// Rows (sentences, or occurrences) and sentences received.
     rows: u64,
     sentences: usize,
@@ -291,6 +294,7 @@ impl Collected {
             let sums = angle_matrix_sums_from_proto(sums).map_err(|e| anyhow::anyhow!("{e}"))?;
             self.matrices.merge(&sums).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        self.inside.add(&result.last)?;
         match &mut self.file {
             Some(file) => result.parts.iter().try_for_each(|part| file.write(part))?,
             None => {
@@ -600,6 +604,7 @@ pub async fn analyze(
             merged: Vec::new(),
             conditions: Vec::new(),
             matrices: AngleMatrixSum::default(),
+            inside: InsideSums::default(),
             rows: 0,
             sentences: 0,
             last: None,
@@ -671,7 +676,8 @@ impl Collected {
             "matrix sums of {} rows",
             self.matrices.n()
         );
-        Ok(())
+        let steps = expected.steps.then_some(2 * layers);
+        self.inside.check(self.rows, steps, expected.norms.then_some((expected.num_states, layers)))
     }
 }
 
@@ -727,6 +733,13 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     let mut last = collected.last.context("no chunk computed")?;
     last.condition_statistics = condition_statistics(&collected.conditions);
     last.all_layers = all_layers(&collected.matrices, None);
+    let expected = &run.expected;
+    collected.inside.summarize(&mut last, expected.steps, expected.norms);
+    if expected.steps {
+        let options = Some(step_options(run.request.significance));
+        last.step_significance = Some(ask_significance(&state, &collected.inside.steps, options).await?);
+        last.step_significance_error = String::new();
+    }
     let replicas = state.joined.iter().map(|a| (a.clone(), state.replicas[a].served, state.replicas[a].failures));
     let replicas = replicas.collect();
     if let Some(file) = collected.file {

@@ -7,6 +7,7 @@ mod group_plot;
 pub mod groups;
 pub mod heatmap;
 pub mod inside;
+mod inside_merge;
 pub mod marks;
 pub mod output;
 pub mod plots;
@@ -301,11 +302,6 @@ fn over_replicas(client: &ClientArgs) -> bool {
 async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
     let path = args.sentences.as_ref().context("give --sentences FILE (one sentence per line)")?;
     anyhow::ensure!(
-        args.select.steps == crate::config::StepsArg::Layers && !args.select.norms,
-        "--steps sublayers and --norms run on one server (Analyze or its stream), not yet over several \
-         servers or with --angles-out"
-    );
-    anyhow::ensure!(
         args.angles_out.is_none() || !matches!(args.select.occurrence, OccurrenceArg::All),
         "--angles-out holds one row per sentence, and --occurrence all gives a sentence several rows: \
          leave out one of them"
@@ -434,7 +430,8 @@ fn assemble_stream(
 ) -> anyhow::Result<proto::Analysis> {
     let layers = chunks.iter().filter_map(|c| c.angles.as_ref()).map(|t| t.shape[0] as usize).max().unwrap_or(0);
     let rows: usize = chunks.iter().map(|c| c.sentences.len()).sum();
-    let sublayers = assemble_steps(&chunks, rows)?;
+    let sublayers = inside_merge::assemble_steps(&chunks, rows, last)?;
+    let norms = inside_merge::assemble_norms(&chunks, rows, last)?;
     let skipped: Vec<proto::SkippedSentence> = chunks.iter().flat_map(|c| c.skipped.iter().cloned()).collect();
     let mut angles = vec![0f32; layers * rows * 3];
     let mut draws = vec![proto::ShuffleDraw::default(); layers * rows];
@@ -478,6 +475,7 @@ fn assemble_stream(
         shuffle_draws: draws,
         all_layers,
         sublayers,
+        norms,
         skipped,
         ..rotation_result(last, layers, means)
     };
@@ -490,38 +488,6 @@ fn assemble_stream(
         step_significance_error: last.step_significance_error.clone(),
         step_statistics: last.step_statistics.clone(),
     })
-}
-
-/// The chunks' step angles (`[L, 2, k, 2]` each, in corpus order) as one `[L, 2, rows, 2]`, with
-/// their means over rows summed in f64 in row order; `None` for a stream without steps.
-fn assemble_steps(chunks: &[proto::RotationChunk], rows: usize) -> anyhow::Result<Option<proto::SublayerRotations>> {
-    let Some(first) = chunks.first().and_then(|c| c.sublayers.as_ref()) else { return Ok(None) };
-    let layer_steps = first.angles.as_ref().map_or(0, |t| (t.shape[0] * t.shape[1]) as usize);
-    let mut values = vec![0f32; layer_steps * rows * 2];
-    let mut at = 0;
-    for chunk in chunks {
-        let t = chunk.sublayers.as_ref().and_then(|s| s.angles.as_ref()).context("a chunk without step angles")?;
-        let k = t.shape[2] as usize;
-        anyhow::ensure!(t.values.len() == layer_steps * k * 2, "step angles of shape {:?} do not fit", t.shape);
-        for ls in 0..layer_steps {
-            let to = (ls * rows + at) * 2;
-            values[to..to + 2 * k].copy_from_slice(&t.values[ls * k * 2..(ls + 1) * k * 2]);
-        }
-        at += k;
-    }
-    anyhow::ensure!(at == rows, "the stream delivered step angles for {at} of {rows} rows");
-    let means = (0..layer_steps * 2)
-        .map(|i| {
-            let (ls, c) = (i / 2, i % 2);
-            ((0..rows).map(|r| f64::from(values[(ls * rows + r) * 2 + c])).sum::<f64>() / rows as f64) as f32
-        })
-        .collect();
-    let layers = layer_steps as u32 / 2;
-    Ok(Some(proto::SublayerRotations {
-        angles: Some(proto::Tensor { shape: vec![layers, 2, rows as u32, 2], values }),
-        layer_means: Some(proto::Tensor { shape: vec![layers, 2, 2], values: means }),
-        ..first.clone()
-    }))
 }
 
 /// Per layer and condition, the mean over sentences of the float32 angles: summed in f64 in corpus
@@ -573,8 +539,9 @@ fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) 
         target_token_id: last.target_token_id,
         all_layers: last.all_layers.clone(),
         target_token_ids: last.target_token_ids.clone(),
-        // Set by assemble_stream from the chunks (a file of angles holds no step angles).
-        sublayers: None,
+        // The merged means and sums; assemble_stream adds the rows' values (a file of angles holds
+        // none of them).
+        sublayers: last.sublayers.clone(),
         norms: last.norms.clone(),
         skipped: Vec::new(),
     }

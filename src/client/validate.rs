@@ -9,7 +9,9 @@ use anyhow::{bail, ensure, Context};
 
 use crate::analysis::{ExactMoments, PairedStats};
 use crate::proto;
-use crate::service::convert::{angle_matrix_sums_from_proto, condition_moments_from_proto, paired_stats_from_proto};
+use crate::service::convert::{
+    angle_matrix_sums_from_proto, condition_moments_from_proto, moments_from_proto, paired_stats_from_proto,
+};
 
 /// Fixed-point scale of the exact sums (`D = round(d·2^64)`).
 const SCALE: f64 = 18_446_744_073_709_551_616.0;
@@ -26,6 +28,11 @@ pub struct Expected {
     pub unit: i32,
     pub seed: u64,
     pub all_layers: bool,
+    /// `steps = SUBLAYERS`: step angles and their sums in every answer.
+    pub steps: bool,
+    /// `norms`: norms at each of `num_states` states and growth ratios in every answer.
+    pub norms: bool,
+    pub num_states: usize,
 }
 
 impl Expected {
@@ -39,6 +46,11 @@ impl Expected {
             unit: if radians { proto::AngleUnit::Radians } else { proto::AngleUnit::Degrees } as i32,
             seed: request.shuffle_seed.unwrap_or(crate::analysis::DEFAULT_SHUFFLE_SEED),
             all_layers: request.all_layers,
+            steps: request.steps == proto::Steps::Sublayers as i32,
+            norms: request.norms,
+            // Hidden states, then (with sub-layer states) as many again: the mids and the last
+            // block's output before the final norm.
+            num_states: (model.num_layers as usize + 1) * if model.sublayers { 2 } else { 1 },
         }
     }
 
@@ -162,6 +174,7 @@ fn validate_part(
             "a shuffle draw outside the layers"
         );
     }
+    validate_part_inside(expected, part)?;
     if let Some(matrices) = part.all_layers.as_ref().and_then(|a| a.row_matrices.as_ref()) {
         let h = expected.num_hidden_states as u32;
         ensure!(matrices.shape == [rows as u32, h, h], "row matrices of shape {:?}", matrices.shape);
@@ -205,7 +218,7 @@ fn validate_last(expected: &Expected, end: usize, rows: u64, last: &proto::Rotat
         None if !expected.all_layers => {}
         _ => bail!("all_layers sums {} asked for and {} sent", expected.all_layers, !expected.all_layers),
     }
-    Ok(())
+    validate_last_inside(expected, rows, last)
 }
 
 /// Per-layer moments: one per layer, each of `rows` values within `[low, max_angle]` (the sums
@@ -219,7 +232,12 @@ fn validate_moments(
 ) -> anyhow::Result<()> {
     let layers = expected.num_layers;
     ensure!(moments.len() == layers, "{field}: {} layers, the model has {layers}", moments.len());
-    let high = expected.max_angle();
+    validate_sums(field, moments, rows, (low, expected.max_angle()))
+}
+
+/// Moments each of `rows` values within `[low, high]`.
+fn validate_sums(field: &str, moments: &[ExactMoments], rows: u64, (low, high): (f64, f64)) -> anyhow::Result<()> {
+    let largest = low.abs().max(high);
     for (l, m) in moments.iter().enumerate() {
         ensure!(m.n() == rows, "{field}[{l}]: n = {}, but {rows} rows came", m.n());
         let n = rows as f64;
@@ -227,7 +245,91 @@ fn validate_moments(
         // A few units in the last place of slack: the bounds are f64, the sums exact integers.
         let slack = 1e-9 * n * high;
         ensure!(sum >= low * n - slack && sum <= high * n + slack, "{field}[{l}]: a sum beyond {n} values in range");
-        ensure!(m.mean_sq() <= high * high * (1.0 + 1e-9), "{field}[{l}]: a sum of squares beyond values in range");
+        ensure!(
+            m.mean_sq() <= largest * largest * (1.0 + 1e-9),
+            "{field}[{l}]: a sum of squares beyond values in range"
+        );
+    }
+    Ok(())
+}
+
+/// Norms and growth ratios are bounded by the exact sums' range, as the server's own sums are.
+const MAX_NORM: f64 = crate::analysis::stats::MAX_ABS_DIFFERENCE;
+
+/// `t` has `shape` and values within `[low, high]`.
+fn validate_tensor(
+    what: &str,
+    t: Option<&proto::Tensor>,
+    shape: &[u32],
+    (low, high): (f64, f64),
+) -> anyhow::Result<()> {
+    let t = t.with_context(|| format!("no {what}"))?;
+    ensure!(t.shape == shape, "{what} of shape {:?}, not {shape:?}", t.shape);
+    let len = shape.iter().map(|&d| d as usize).product::<usize>();
+    ensure!(t.values.len() == len, "{} {what} values for shape {shape:?}", t.values.len());
+    ensure!(t.values.iter().all(|&v| (low..=high).contains(&f64::from(v))), "a {what} value outside [{low}, {high}]");
+    Ok(())
+}
+
+/// A part's step angles `[L, 2, rows, 2]` and norms `[states, rows, 2]` and growth `[L, rows, 2]`:
+/// there when asked for (and only then), of its rows, in range.
+fn validate_part_inside(expected: &Expected, part: &proto::RotationChunk) -> anyhow::Result<()> {
+    let (layers, rows) = (expected.num_layers as u32, part.sentences.len() as u32);
+    ensure!(
+        part.sublayers.is_some() == expected.steps,
+        "step angles asked for {}, sent {}",
+        expected.steps,
+        !expected.steps
+    );
+    if let Some(sub) = &part.sublayers {
+        validate_tensor("step angle", sub.angles.as_ref(), &[layers, 2, rows, 2], (0.0, expected.max_angle()))?;
+    }
+    ensure!(part.norms.is_some() == expected.norms, "norms asked for {}, sent {}", expected.norms, !expected.norms);
+    if let Some(norms) = &part.norms {
+        let states = expected.num_states as u32;
+        validate_tensor("norm", norms.norms.as_ref(), &[states, rows, 2], (0.0, MAX_NORM))?;
+        validate_tensor("growth ratio", norms.growth.as_ref(), &[layers, rows, 2], (0.0, MAX_NORM))?;
+    }
+    Ok(())
+}
+
+/// Per condition (target, non-target), `count` moments of `rows` values each within `range`.
+fn validate_conditions(
+    field: &str,
+    stats: &[proto::ConditionStatistics],
+    count: usize,
+    rows: u64,
+    range: (f64, f64),
+) -> anyhow::Result<()> {
+    let conditions = condition_moments_from_proto(stats).map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+    ensure!(conditions.len() == 2, "{field}: {} conditions' statistics, not 2", conditions.len());
+    for (c, moments) in conditions.iter().enumerate() {
+        ensure!(moments.len() == count, "{field}[{c}]: {} values' statistics, not {count}", moments.len());
+        validate_sums(&format!("{field}[{c}]"), moments, rows, range)?;
+    }
+    Ok(())
+}
+
+/// The final message's step and norm sums: one per step (state, layer), each of `rows` rows, in range.
+fn validate_last_inside(expected: &Expected, rows: u64, last: &proto::RotationChunk) -> anyhow::Result<()> {
+    let (layers, max) = (expected.num_layers, expected.max_angle());
+    ensure!(
+        last.sublayers.is_some() == expected.steps,
+        "step sums asked for {}, sent {}",
+        expected.steps,
+        !expected.steps
+    );
+    if let Some(sub) = &last.sublayers {
+        let stats = moments_from_proto("step_statistics", &last.step_statistics).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(stats.len() == 2 * layers, "step_statistics: {} steps, the model has {}", stats.len(), 2 * layers);
+        validate_sums("step_statistics", &stats, rows, (-max, max))?;
+        validate_conditions("sublayers.condition_statistics", &sub.condition_statistics, 2 * layers, rows, (0.0, max))?;
+    }
+    ensure!(last.norms.is_some() == expected.norms, "norm sums asked for {}, sent {}", expected.norms, !expected.norms);
+    if let Some(norms) = &last.norms {
+        let range = (0.0, MAX_NORM);
+        validate_conditions("norms.norm_statistics", &norms.norm_statistics, expected.num_states, rows, range)?;
+        validate_conditions("norms.growth_statistics", &norms.growth_statistics, layers, rows, range)?;
     }
     Ok(())
 }

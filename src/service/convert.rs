@@ -1,5 +1,5 @@
 //! Wire messages ↔ domain types, at the edge: the core never sees unchecked input.
-use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{Array3, ArrayView2, ArrayView3};
 
 use crate::analysis::{
     condition_moments, cumulative_angles, step_test_options, test_layers_from_stats, AngleMatrixSum, AngleUnit,
@@ -396,7 +396,7 @@ pub fn chunk(part: &Rotations, first: usize, seed: u64, row_matrices: bool) -> p
         shuffle_seed: seed,
         all_layers: row_matrices
             .then(|| proto::AllLayers { row_matrices: row_matrix_tensor(part), ..Default::default() }),
-        sublayers: sublayer_rotations(part),
+        sublayers: step_angles(part),
         norms: part.norms.as_ref().map(|(norms, growth)| proto::Norms {
             norms: Some(tensor3(norms.view())),
             growth: Some(tensor3(growth.view())),
@@ -478,7 +478,7 @@ pub fn rotation_result(
         all_layers: r.layer_matrices.as_ref().and_then(|sums| all_layers(sums, rows)),
         target_token_ids,
         skipped: Vec::new(),
-        sublayers: sublayer_rotations(r),
+        sublayers: sublayer_rotations(r)?,
         norms: norms(r)?,
     })
 }
@@ -499,41 +499,71 @@ pub fn norms(r: &Rotations) -> Result<Option<proto::Norms>, Error> {
 
 /// Means and exact sums of merged norm moments: the same for Analyze and a stream's final chunk.
 pub fn norm_summary(per_state: &[Vec<ExactMoments>], per_layer: &[Vec<ExactMoments>]) -> proto::Norms {
-    let means = |m: &[Vec<ExactMoments>]| {
-        let rows = m.first().map_or(0, Vec::len);
-        proto::Tensor {
-            shape: vec![rows as u32, m.len() as u32],
-            values: (0..rows).flat_map(|k| m.iter().map(move |c| c[k].mean() as f32)).collect(),
-        }
-    };
+    let states = per_state.first().map_or(0, Vec::len) as u32;
+    let layers = per_layer.first().map_or(0, Vec::len) as u32;
     proto::Norms {
-        mean_norms: Some(means(per_state)),
-        mean_growth: Some(means(per_layer)),
+        mean_norms: Some(condition_means(per_state, vec![states])),
+        mean_growth: Some(condition_means(per_layer, vec![layers])),
         norm_statistics: condition_statistics(per_state),
         growth_statistics: condition_statistics(per_layer),
         ..Default::default()
     }
 }
 
+/// `per_condition[c][k]`'s means as a tensor `[shape…, conditions]`, `k` read row-major over `shape`:
+/// means of exact sums, so the same bits from Analyze, a stream and merged shards.
+fn condition_means(per_condition: &[Vec<ExactMoments>], mut shape: Vec<u32>) -> proto::Tensor {
+    let count = per_condition.first().map_or(0, Vec::len);
+    shape.push(per_condition.len() as u32);
+    proto::Tensor {
+        shape,
+        values: (0..count).flat_map(|k| per_condition.iter().map(move |c| c[k].mean() as f32)).collect(),
+    }
+}
+
 /// The rows' step angles on the wire: `[L, 2, rows, 2]` is the `[2L, rows, 2]` step tensor with its
-/// first axis read as (layer, step), the same values in the same order.
-pub fn sublayer_rotations(r: &Rotations) -> Option<proto::SublayerRotations> {
+/// first axis read as (layer, step), the same values in the same order (a stream's chunk: the
+/// angles alone; its final chunk carries the merged [`step_summary`]).
+pub fn step_angles(r: &Rotations) -> Option<proto::SublayerRotations> {
     let steps = r.steps.as_ref()?;
     let (layer_steps, rows, conditions) = steps.dim();
     let (layers, per_layer) = (layer_steps / STEPS.len(), STEPS.len() as u32);
-    let means = steps.mean_axis(Axis(1));
     Some(proto::SublayerRotations {
         angles: Some(proto::Tensor {
             shape: vec![layers as u32, per_layer, rows as u32, conditions as u32],
             values: steps.iter().map(|&v| v as f32).collect(),
         }),
+        ..step_names()
+    })
+}
+
+/// Analyze's step angles: [`step_angles`] with their means and exact sums ([`step_summary`]).
+///
+/// # Errors
+/// An angle outside the exact sums' range (none is).
+pub fn sublayer_rotations(r: &Rotations) -> Result<Option<proto::SublayerRotations>, Error> {
+    let (Some(steps), Some(wire)) = (r.steps.as_ref(), step_angles(r)) else { return Ok(None) };
+    Ok(Some(proto::SublayerRotations { angles: wire.angles, ..step_summary(&condition_moments(steps.view())?) }))
+}
+
+/// The steps' and conditions' names, nothing else.
+fn step_names() -> proto::SublayerRotations {
+    proto::SublayerRotations {
         steps: STEPS.iter().map(|s| s.to_string()).collect(),
         conditions: STEP_CONDITIONS.iter().map(|c| c.to_string()).collect(),
-        layer_means: means.map(|m| proto::Tensor {
-            shape: vec![layers as u32, per_layer, conditions as u32],
-            values: m.iter().map(|&v| v as f32).collect(),
-        }),
-    })
+        ..Default::default()
+    }
+}
+
+/// Means and exact sums of merged step-angle moments (`per_condition[c][2 (l − 1) + step]`), without
+/// angles: the same for Analyze, a stream's final chunk and the sharding clients' merge.
+pub fn step_summary(per_condition: &[Vec<ExactMoments>]) -> proto::SublayerRotations {
+    let layers = (per_condition.first().map_or(0, Vec::len) / STEPS.len()) as u32;
+    proto::SublayerRotations {
+        layer_means: Some(condition_means(per_condition, vec![layers, STEPS.len() as u32])),
+        condition_statistics: condition_statistics(per_condition),
+        ..step_names()
+    }
 }
 
 pub fn significance_result(r: &SignificanceResult, opts: &SignificanceOptions) -> proto::SignificanceResult {

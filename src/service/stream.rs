@@ -115,6 +115,7 @@ fn chunk_span(number: usize, first: usize, range: &std::ops::Range<usize>) -> Sp
 struct Merged {
     stats: Vec<PairedStats>,
     steps: Vec<PairedStats>,
+    step_conditions: Vec<Vec<ExactMoments>>,
     norms: Vec<Vec<ExactMoments>>,
     growth: Vec<Vec<ExactMoments>>,
     per_condition: Vec<Vec<ExactMoments>>,
@@ -141,6 +142,7 @@ impl Merged {
             }
             if let Some(steps) = &part.steps {
                 merge_layers(&mut self.steps, &step_stats(steps.view())?);
+                merge_conditions(&mut self.step_conditions, &condition_moments(steps.view())?);
             }
             if let Some(sums) = &part.layer_matrices {
                 self.matrices.merge(sums)?;
@@ -158,6 +160,7 @@ impl Merged {
             last.norms = Some(convert::norm_summary(&self.norms, &self.growth));
         }
         if job.steps {
+            last.sublayers = Some(convert::step_summary(&self.step_conditions));
             last.step_statistics = convert::layer_statistics(&self.steps);
             (last.step_significance, last.step_significance_error) =
                 convert::step_significance(&self.steps, &context.significance);

@@ -21,6 +21,8 @@ pub enum Tamper {
     DropLastRows,
     /// The final message names another model.
     OtherModel,
+    /// The first part's step angles lose their last layer (shape and values alike).
+    TruncateSteps,
     /// The chunk that ends the corpus (`end` sentences) fails with `code`, the first `times` times
     /// (`usize::MAX`: always); other chunks pass through.
     FailEnd { end: u64, code: tonic::Code, times: usize },
@@ -94,6 +96,12 @@ fn tamper(how: Tamper, messages: &mut Vec<proto::RotationChunk>) {
             messages.remove(rows);
         }
         Tamper::OtherModel => last.model_name = "another-model".into(),
+        Tamper::TruncateSteps => {
+            let angles = messages[0].sublayers.as_mut().and_then(|s| s.angles.as_mut()).expect("step angles");
+            angles.shape[0] -= 1;
+            let keep = angles.shape.iter().product::<u32>() as usize;
+            angles.values.truncate(keep);
+        }
         Tamper::FailEnd { .. } => {}
     }
 }
