@@ -143,9 +143,11 @@ class Replica:
         _stop(self.process)
 
 
-def start_replicas(hosts: List[str], folder: Path, extra: Optional[Dict[str, List[str]]] = None) -> List[Replica]:
-    """Starts one server per host with --port 0 (and the host's ``extra`` flags), reads each bound
-    port from its --port-file, and waits until all are SERVING."""
+def start_replicas(
+    hosts: List[str], folder: Path, extra: Optional[Dict[str, List[str]]] = None, model_dir: Path = MODEL_DIR
+) -> List[Replica]:
+    """Starts one server of ``model_dir`` per host with --port 0 (and the host's ``extra`` flags),
+    reads each bound port from its --port-file, and waits until all are SERVING."""
     binary = _binary()
     started = []
     for host in hosts:
@@ -153,7 +155,7 @@ def start_replicas(hosts: List[str], folder: Path, extra: Optional[Dict[str, Lis
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 [str(binary), "serve", "--host", host, "--port", "0", "--port-file", str(port_file)]
-                + ["--model-dir", str(MODEL_DIR), "--threads", "1"]
+                + ["--model-dir", str(model_dir), "--threads", "1"]
                 + (extra or {}).get(host, []),
                 stdout=out,
                 stderr=subprocess.STDOUT,

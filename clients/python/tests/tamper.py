@@ -38,6 +38,16 @@ def other_model(messages: List[Any]) -> None:
     messages[-1].model_name = "another-model"
 
 
+def truncate_steps(messages: List[Any]) -> None:
+    """The first part's step angles lose their last layer (shape and values alike)."""
+    angles = messages[0].sublayers.angles
+    angles.shape[0] -= 1
+    keep = 1
+    for d in angles.shape:
+        keep *= d
+    del angles.values[keep:]
+
+
 class Proxy:
     """``tamper`` changes each StreamRotations answer (its messages, in place); ``fail`` may instead
     return a status code to fail a request with."""

@@ -1,20 +1,24 @@
 """Inside the layer on the bundled models/llama-tiny-random-sublayers: steps="sublayers" and norms=True
 through the client, against PyTorch forward hooks (tests/golden/llama_sublayers.json, made by
 tools/make_golden_sublayers.py) and scipy; streamed equals Analyze; a model without sub-layer states
-answers FAILED_PRECONDITION."""
+answers FAILED_PRECONDITION; a Cluster of three replicas (one killed halfway) gives the one Client's
+step angles, step tests and norms bit for bit, and leaves out a replica whose step angles do not fit."""
 
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from typing import Iterator, List
 
 import grpc
 import numpy as np
 import pytest
 
-from rotations_client import Client, Cluster, RotationsError
+from rotations_client import Analysis, Client, Cluster, RotationsError
 
-from .conftest import REPO, run_server
+from . import tamper
+from .conftest import REPLICA_HOSTS, REPO, Replica, run_server, start_replicas
+from .test_cluster import FAST, assert_identical, numbered
+from .test_cluster_trust import LIAR_HOST
 
 SUBLAYERS_DIR = REPO / "models" / "llama-tiny-random-sublayers"
 GOLDEN = json.loads((REPO / "tests" / "golden" / "llama_sublayers.json").read_text())
@@ -62,6 +66,66 @@ def test_a_model_without_sublayer_states_is_a_failed_precondition(tmp_path_facto
         Client("127.0.0.1:1").analyze(["x"], " her", steps="attention")
 
 
-def test_the_cluster_refuses_what_it_does_not_merge_yet() -> None:
-    with pytest.raises(ValueError, match="Cluster does not merge"):
-        list(Cluster(["127.0.0.1:1"]).stream_rotations(["I saw her."], " her", steps="sublayers"))
+def assert_same_inside(got: Analysis, want: Analysis) -> None:
+    """Step angles, step tests, norms and growth (and their means and sums) equal, bit for bit."""
+    assert_identical(got, want)
+    g, w = got.rotations.sublayers, want.rotations.sublayers
+    assert g is not None and w is not None
+    for a, b in [(g.angles, w.angles), (g.layer_means, w.layer_means)]:
+        assert a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32)), "step angles or means differ"
+    assert g.condition_statistics == w.condition_statistics
+    assert got.step_statistics == want.step_statistics
+    assert got.step_significance == want.step_significance and len(want.step_significance.layers) == 8
+    n, m = got.rotations.norms, want.rotations.norms
+    assert n is not None and m is not None
+    for a, b in [(n.norms, m.norms), (n.growth, m.growth), (n.mean_norms, m.mean_norms), (n.mean_growth, m.mean_growth)]:
+        assert a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32)), "norms differ"
+    assert (n.norm_statistics, n.growth_statistics) == (m.norm_statistics, m.growth_statistics)
+
+
+@pytest.fixture(scope="module")
+def sub_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[List[Replica]]:
+    started = start_replicas(REPLICA_HOSTS, tmp_path_factory.mktemp("sub-replicas"), model_dir=SUBLAYERS_DIR)
+    try:
+        yield started
+    finally:
+        for r in started:
+            r.stop()
+
+
+def test_cluster_steps_and_norms_equal_one_client_with_a_replica_killed_halfway(sub_replicas, sentences) -> None:  # type: ignore[no-untyped-def]
+    corpus = numbered(sentences, 80)
+    with Client(sub_replicas[0].address, timeout=120) as one:
+        reference = one.analyze(corpus, " her", steps="sublayers", norms=True)
+    victim = sub_replicas[2]
+
+    def lazily() -> Iterator[str]:
+        """The corpus read lazily; halfway through, one replica dies (SIGKILL)."""
+        for i, s in enumerate(corpus):
+            if i == len(corpus) // 2:
+                victim.process.kill()
+            yield s
+
+    addresses = [r.address for r in sub_replicas]
+    with Cluster(addresses, chunk_size=3, in_flight=2, timeout=60, retry=FAST) as cluster:
+        got = cluster.analyze(lazily(), " her", steps="sublayers", norms=True)
+        assert cluster.stats.failures[victim.address] >= 1, dict(cluster.stats.failures)
+    assert_same_inside(got, reference)
+    # The survivors alone, in other chunks, without failures: the same bits again.
+    with Cluster(addresses[:2], chunk_size=7, timeout=60, retry=FAST) as cluster:
+        assert_same_inside(cluster.analyze(corpus, " her", steps="sublayers", norms=True), reference)
+
+
+def test_a_replica_whose_step_angles_do_not_fit_is_left_out(sub_replicas, sentences) -> None:  # type: ignore[no-untyped-def]
+    corpus = numbered(sentences, 12)
+    honest = sub_replicas[0].address
+    with Client(honest, timeout=120) as one:
+        reference = one.analyze(corpus, " her", steps="sublayers", norms=True)
+    with tamper.Proxy(LIAR_HOST, honest, tamper=tamper.truncate_steps) as liar:
+        with Cluster([liar.address, honest], chunk_size=3, timeout=60, retry=FAST) as cluster:
+            assert_same_inside(cluster.analyze(corpus, " her", steps="sublayers", norms=True), reference)
+            assert cluster.stats.chunks.get(liar.address, 0) == 0 and liar.address in cluster.stats.dropped_replicas
+        with Cluster([liar.address], chunk_size=3, timeout=60, retry=FAST) as cluster:
+            with pytest.raises(RotationsError) as raised:
+                cluster.analyze(corpus, " her", steps="sublayers", norms=True)
+    assert "step angle of shape [3, 2, 3, 2], not [4, 2, 3, 2]" in str(raised.value), raised.value

@@ -253,6 +253,9 @@ class SublayerRotations:
     layer_means: Optional[np.ndarray]
     steps: Tuple[str, ...] = ("attention", "mlp")
     conditions: Tuple[str, ...] = ("target", "non_target")
+    #: Per condition, the exact sums of the step angles per step (``layers[2 l + step]``): merged
+    #: across chunks and replicas by integer addition, ``layer_means`` are their means.
+    condition_statistics: Tuple["ConditionStatistics", ...] = ()
 
     @classmethod
     def from_pb(cls, m: "pb.SublayerRotations") -> SublayerRotations:
@@ -261,6 +264,7 @@ class SublayerRotations:
             layer_means=tensor(m.layer_means, 3) if m.HasField("layer_means") else None,
             steps=tuple(m.steps),
             conditions=tuple(m.conditions),
+            condition_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.condition_statistics),
         )
 
 

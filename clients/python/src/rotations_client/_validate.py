@@ -41,12 +41,30 @@ class Expected:
     unit: str
     seed: int
     all_layers: bool
+    #: ``steps="sublayers"``: step angles and their sums in every answer.
+    steps: bool = False
+    #: ``norms=True``: norms at each of ``num_states`` states and growth ratios in every answer.
+    norms: bool = False
+    num_states: int = 0
 
     @classmethod
-    def of(cls, model: ModelInfo, unit: str, seed: Optional[int], all_layers: bool) -> Expected:
+    def of(
+        cls, model: ModelInfo, unit: str, seed: Optional[int], all_layers: bool, steps: bool = False, norms: bool = False
+    ) -> Expected:
         seed = DEFAULT_SHUFFLE_SEED if seed is None else seed
+        # Hidden states, then (sub-layer states) as many again: the mids and the last block's output.
+        states = (model.num_layers + 1) * (2 if model.sublayers else 1)
         return cls(
-            model.model_name, model.weights_sha256, model.num_layers, model.num_hidden_states, unit, seed, all_layers
+            model.model_name,
+            model.weights_sha256,
+            model.num_layers,
+            model.num_hidden_states,
+            unit,
+            seed,
+            all_layers,
+            steps,
+            norms,
+            states,
         )
 
     @property
@@ -112,6 +130,7 @@ def _validate_part(
         seen = row
     draw_layers = part.shuffle_draws[..., [0, 2]]
     _ensure(bool(np.all((draw_layers >= 0) & (draw_layers <= layers))), f"{where}: a shuffle draw outside the layers")
+    _validate_part_inside(expected, part, where)
     return seen
 
 
@@ -138,21 +157,77 @@ def _validate_last(expected: Expected, end: int, rows: int, last: RotationChunk)
         _ensure(sums.size == size and len(sums.sums_exact) == size * size, f"matrix sums of side {sums.size}")
         most = rows * expected.max_angle * (1 + 1e-9) * _SCALE
         _ensure(all(0 <= s <= most for s in sums.sums_exact), f"a matrix sum beyond {rows} angles in range")
+    _validate_last_inside(expected, rows, last)
 
 
 def _validate_layers(field: str, expected: Expected, layers: Sequence[LayerStatistics], rows: int, low: float) -> None:
     """One per layer, in order, each of ``rows`` values within ``[low, max_angle]``."""
     _ensure(len(layers) == expected.num_layers, f"{field}: {len(layers)} layers, the model has {expected.num_layers}")
-    high = expected.max_angle
+    _validate_sums(field, layers, rows, low, expected.max_angle)
+
+
+def _validate_sums(field: str, layers: Sequence[LayerStatistics], rows: int, low: float, high: float) -> None:
+    """In order, each of ``rows`` values within ``[low, high]``."""
+    largest = max(abs(low), high)
     for i, s in enumerate(layers):
         _ensure(s.layer == i + 1, f"{field}[{i}]: layer {s.layer}")
         _ensure(s.n == rows, f"{field}[{i}]: n = {s.n}, but {rows} rows came")
         slack = 1e-9 * rows * high * _SCALE
         in_range = low * rows * _SCALE - slack <= s.sum_exact <= high * rows * _SCALE + slack
         _ensure(in_range, f"{field}[{i}]: a sum beyond {rows} values in range")
-        squares_in_range = 0 <= s.sum_sq_exact <= rows * (high * _SCALE) ** 2 * (1 + 1e-9)
+        squares_in_range = 0 <= s.sum_sq_exact <= rows * (largest * _SCALE) ** 2 * (1 + 1e-9)
         _ensure(squares_in_range, f"{field}[{i}]: a sum of squares out of range")
         _ensure(s.n * s.sum_sq_exact >= s.sum_exact**2, f"{field}[{i}]: sums that imply a negative variance")
+
+
+#: Norms and growth ratios are bounded by the exact sums' range, as the server's own sums are.
+_MAX_NORM = 2.0**31
+
+
+def _validate_tensor(what: str, t: Optional[np.ndarray], shape: tuple, high: float) -> None:
+    """``t`` has ``shape`` and values within ``[0, high]``."""
+    _ensure(t is not None, f"no {what}")
+    _ensure(t.shape == shape, f"{what} of shape {list(t.shape)}, not {list(shape)}")  # type: ignore[union-attr]
+    _ensure(bool(np.all((t >= 0) & (t <= np.float32(high)))), f"a {what} value outside [0, {high}]")
+
+
+def _validate_part_inside(expected: Expected, part: RotationChunk, where: str) -> None:
+    """A part's step angles ``[L, 2, rows, 2]``, norms ``[states, rows, 2]`` and growth ``[L, rows, 2]``:
+    there when asked for (and only then), of its rows, in range."""
+    layers, rows = expected.num_layers, len(part.sentences)
+    sub, norms = part.sublayers, part.norms
+    _ensure((sub is not None) == expected.steps, f"{where}: step angles asked for {expected.steps}, sent {sub is not None}")
+    if sub is not None:
+        _validate_tensor(f"{where}: step angle", sub.angles, (layers, 2, rows, 2), expected.max_angle)
+    _ensure((norms is not None) == expected.norms, f"{where}: norms asked for {expected.norms}, sent {norms is not None}")
+    if norms is not None:
+        _validate_tensor(f"{where}: norm", norms.norms, (expected.num_states, rows, 2), _MAX_NORM)
+        _validate_tensor(f"{where}: growth ratio", norms.growth, (layers, rows, 2), _MAX_NORM)
+
+
+def _validate_conditions(field: str, conditions: Sequence[ConditionStatistics], count: int, rows: int, high: float) -> None:
+    """Per condition (target, non_target), ``count`` statistics of ``rows`` values each within ``[0, high]``."""
+    _ensure(len(conditions) == 2, f"{field}: {len(conditions)} conditions' statistics, not 2")
+    for c, condition in enumerate(conditions):
+        _ensure(condition.condition == c, f"{field}[{c}] is condition {condition.condition}")
+        _ensure(len(condition.layers) == count, f"{field}[{c}]: {len(condition.layers)} values' statistics, not {count}")
+        _validate_sums(f"{field}[{c}]", condition.layers, rows, 0.0, high)
+
+
+def _validate_last_inside(expected: Expected, rows: int, last: RotationChunk) -> None:
+    """The final message's step and norm sums: one per step (state, layer), each of ``rows`` rows, in range."""
+    layers, top = expected.num_layers, expected.max_angle
+    sub, norms = last.sublayers, last.norms
+    _ensure((sub is not None) == expected.steps, f"step sums asked for {expected.steps}, sent {sub is not None}")
+    if sub is not None:
+        steps = last.step_statistics
+        _ensure(len(steps) == 2 * layers, f"step_statistics: {len(steps)} steps, the model has {2 * layers}")
+        _validate_sums("step_statistics", steps, rows, -top, top)
+        _validate_conditions("sublayers.condition_statistics", sub.condition_statistics, 2 * layers, rows, top)
+    _ensure((norms is not None) == expected.norms, f"norm sums asked for {expected.norms}, sent {norms is not None}")
+    if norms is not None:
+        _validate_conditions("norms.norm_statistics", norms.norm_statistics, expected.num_states, rows, _MAX_NORM)
+        _validate_conditions("norms.growth_statistics", norms.growth_statistics, layers, rows, _MAX_NORM)
 
 
 def validate_merged(

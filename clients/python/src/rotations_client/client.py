@@ -18,7 +18,7 @@ from typing import (
 import grpc
 import numpy as np
 
-from . import _tracing
+from . import _inside, _tracing
 from ._pb import pb, pb_grpc
 from ._types import (
     CONDITIONS,
@@ -372,6 +372,7 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
     row_matrices = [p.all_layers.row_matrices for p in parts if p.all_layers and p.all_layers.row_matrices is not None]
     if all_layers is not None and row_matrices:
         all_layers = dataclasses.replace(all_layers, row_matrices=np.concatenate(row_matrices))
+    sublayers, norms = _inside.assemble(parts, last)
     rotations = RotationResult(
         angles=angles,
         layer_means=angles.astype(np.float64).mean(axis=1).astype(np.float32),
@@ -384,6 +385,9 @@ def collect_stream(chunks: Iterable[RotationChunk]) -> Analysis:
         target_token_id=last.target_token_id,
         all_layers=all_layers,
         target_token_ids=last.target_token_ids,
+        sublayers=sublayers,
+        norms=norms,
         skipped=skipped,
     )
-    return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics)
+    steps = (last.step_significance, last.step_statistics)
+    return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics, *steps)

@@ -47,6 +47,7 @@ from ._options import Condition, Groups, Options, Target, condition_index, label
 from .client import Client, collect_stream
 from .connect import Pem
 from .errors import RotationsError
+from ._inside import InsideSums
 from ._validate import Expected, InvalidAnswer, validate_chunk, validate_merged, validate_significance
 from .retry import RetryPolicy, is_retryable
 
@@ -578,12 +579,9 @@ class Cluster:
         ``timeout`` is each chunk's deadline (default the cluster's). ``progress`` shows a progress
         bar on stderr (tqdm if installed) with the failures so far. ``options`` are :class:`Options`."""
         opts = Options.parse("stream_rotations", options)
-        if opts.steps != "layers" or opts.norms:
-            # Their exact statistics are not merged across replicas yet: refuse rather than drop them.
-            raise ValueError('steps="sublayers" and norms=True run on one Client; Cluster does not merge them yet')
         info = self.model_info(timeout=self.timeout or 30)
         request = _Request(target, opts, self.timeout if timeout is None else timeout)
-        expected = Expected.of(info, opts.unit, opts.seed, opts.all_layers)
+        expected = Expected.of(info, opts.unit, opts.seed, opts.all_layers, opts.steps == "sublayers", opts.norms)
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
             sentences = (line.rstrip("\r\n") for line in sentences)
@@ -599,6 +597,7 @@ class Cluster:
         merged: Optional[List[LayerStatistics]] = None
         conditions: Tuple[ConditionStatistics, ...] = ()
         matrices = AngleMatrixSums(0, 0)
+        inside = InsideSums()
         done = rows = computed = 0
         last: Optional[RotationChunk] = None
         try:
@@ -616,6 +615,7 @@ class Cluster:
                 else:
                     merged = [m.merge(s) for m, s in zip(merged, result.statistics)]
                 conditions = merge_conditions(conditions, result.last.condition_statistics)
+                inside.add(result.last)
                 last = result.last
                 if bar is not None:
                     bar.update(done, sum(self.stats.failures.values()))
@@ -626,10 +626,16 @@ class Cluster:
             raise ValueError("no sentences given")
         try:
             validate_merged(expected, merged, conditions, rows, computed, run.read)
+            layers = expected.num_layers
+            steps, norms = (2 * layers if expected.steps else None), (expected.num_states, layers) if expected.norms else None
+            inside.check(rows, steps, norms)
         except InvalidAnswer as e:
             raise RotationsError(grpc.StatusCode.DATA_LOSS, f"merging the replicas' answers: {e}", "StreamRotations") from e
         if matrices.n:
             last = dataclasses.replace(last, all_layers=AllLayers.from_sums(matrices))
+        last = inside.summarize(last, expected.steps, expected.norms)
+        if expected.steps:
+            last = dataclasses.replace(last, step_significance=self._significance(inside.steps, request, steps=True))
         yield dataclasses.replace(self._final_chunk(last, merged, done, request), condition_statistics=conditions)
 
     def _final_chunk(
@@ -651,13 +657,15 @@ class Cluster:
             significance_error=error,
         )
 
-    def _significance(self, merged: List[LayerStatistics], request: _Request) -> Any:
-        """The t-tests from the merged sums, by the first replica whose answer is valid."""
+    def _significance(self, merged: List[LayerStatistics], request: _Request, steps: bool = False) -> Any:
+        """The t-tests from the merged sums, by the first replica whose answer is valid; with ``steps``
+        the step tests (target against non-target, one test per step, as Analyze's)."""
         o = request.options
+        num_tests = None if steps else o.num_tests
 
         def ask(client: Client) -> SignificanceResult:
             answer = client.significance_from_statistics(
-                merged, alpha=o.alpha, correction=o.correction, num_tests=o.num_tests, timeout=request.timeout or 60
+                merged, alpha=o.alpha, correction=o.correction, num_tests=num_tests, timeout=request.timeout or 60
             )
             validate_significance(merged, answer)
             return answer
@@ -793,8 +801,12 @@ def _collect_to_disk(chunks: Iterator[RotationChunk], path: Path) -> Analysis:
         target_token_id=last.target_token_id,
         all_layers=last.all_layers,
         target_token_ids=last.target_token_ids,
+        # The merged means and sums (the file holds the layer angles only).
+        sublayers=last.sublayers,
+        norms=last.norms,
     )
-    return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics)
+    steps = (last.step_significance, last.step_statistics)
+    return Analysis(rotations, last.significance, last.significance_error, last.condition_statistics, *steps)
 
 
 class _Bar:
