@@ -410,8 +410,8 @@ async fn a_replica_whose_step_angles_do_not_fit_is_left_out() {
     assert!(err.contains("step angle of shape [3, 2, 3, 2], not [4, 2, 3, 2]"), "{err}");
 }
 
-/// `rotations analyze --steps sublayers --norms` over three replicas (and with --angles-out) writes
-/// one server's steps.csv, norms.csv and steps.svg, byte for byte.
+/// `rotations analyze --steps sublayers --norms` over three replicas (and with --angles-out, and
+/// streamed from one server) writes one server's steps.csv, norms.csv and steps.svg, byte for byte.
 #[test]
 fn the_cli_writes_one_servers_steps_and_norms_files_when_sharded() {
     let dir = tempfile::tempdir().unwrap();
@@ -430,9 +430,10 @@ fn the_cli_writes_one_servers_steps_and_norms_files_when_sharded() {
     analyze_cli(&[&sharded[..], &["--chunk-size", "3", "--out", &out("three")]].concat());
     let npy = out("angles.npy");
     analyze_cli(&[&sharded[..], &["--chunk-size", "4", "--angles-out", &npy, "--out", &out("disk")]].concat());
+    analyze_cli(&[&common[..], &["--server", &urls[0], "--stream-above", "5", "--out", &out("streamed")]].concat());
     for name in ["steps.csv", "norms.csv", "steps.svg", "significance.csv"] {
         let want = std::fs::read(dir.path().join("one").join(name)).unwrap();
-        for run in ["three", "disk"] {
+        for run in ["three", "disk", "streamed"] {
             assert!(std::fs::read(dir.path().join(run).join(name)).unwrap() == want, "{run}/{name} differs");
         }
     }

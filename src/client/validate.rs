@@ -445,6 +445,35 @@ mod tests {
         assert!(err.contains("statistics[1]: sum or sum_sq is not its exact sum rounded"), "{err}");
     }
 
+    /// With steps asked for: every part's step angles `[L, 2, rows, 2]` and the final message's
+    /// sums of its rows, or the chunk is refused.
+    #[test]
+    fn step_angles_and_sums_must_fit_the_rows() {
+        let e = Expected { steps: true, ..expected() };
+        let (mut parts, mut last) = chunk(&[(0, 1), (1, 1)], 2);
+        let err = format!("{:#}", validate_chunk(&e, 0, 2, &parts, &last).unwrap_err());
+        assert!(err.contains("step angles asked for true, sent false"), "{err}");
+        let angles = |rows: u32| proto::Tensor {
+            shape: vec![LAYERS as u32, 2, rows, 2],
+            values: vec![5.0; LAYERS * 2 * rows as usize * 2],
+        };
+        parts[0].sublayers = Some(proto::SublayerRotations { angles: Some(angles(3)), ..Default::default() });
+        let err = format!("{:#}", validate_chunk(&e, 0, 2, &parts, &last).unwrap_err());
+        assert!(err.contains("step angle of shape [2, 2, 3, 2], not [2, 2, 2, 2]"), "{err}");
+        parts[0].sublayers = Some(proto::SublayerRotations { angles: Some(angles(2)), ..Default::default() });
+        let err = format!("{:#}", validate_chunk(&e, 0, 2, &parts, &last).unwrap_err());
+        assert!(err.contains("step sums asked for true, sent false"), "{err}");
+        let of = |k: usize, v: f64| vec![ExactMoments::from_values(&vec![v; k]).unwrap(); 2 * LAYERS];
+        last.step_statistics = layer_statistics(&of(2, 1.0));
+        let sums = condition_statistics(&[of(2, 5.0), of(3, 4.0)]);
+        last.sublayers = Some(proto::SublayerRotations { condition_statistics: sums, ..Default::default() });
+        let err = format!("{:#}", validate_chunk(&e, 0, 2, &parts, &last).unwrap_err());
+        assert!(err.contains("sublayers.condition_statistics[1][0]: n = 3, but 2 rows came"), "{err}");
+        let sums = condition_statistics(&[of(2, 5.0), of(2, 4.0)]);
+        last.sublayers = Some(proto::SublayerRotations { condition_statistics: sums, ..Default::default() });
+        assert_eq!(validate_chunk(&e, 0, 2, &parts, &last).unwrap(), 2);
+    }
+
     #[test]
     fn t_tests_must_be_of_the_merged_statistics() {
         let merged = vec![ExactMoments::from_values(&[1.0, 2.0, 4.0]).unwrap(); LAYERS];

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rotations_client import Analysis, Client, Cluster, RotationsError
+from rotations_client.client import collect_stream
 
 from . import tamper
 from .conftest import REPLICA_HOSTS, REPO, Replica, run_server, start_replicas
@@ -54,6 +55,8 @@ def test_the_stream_gives_analyzes_step_tests_and_norms(sub: Client) -> None:
     np.testing.assert_array_equal(last.norms.mean_norms, whole.rotations.norms.mean_norms)
     streamed = np.concatenate([c.sublayers.angles for c in chunks[:-1]], axis=2)
     np.testing.assert_array_equal(streamed, whole.rotations.sublayers.angles)
+    # Reassembled (as Cluster does), the stream gives Analyze's steps and norms bit for bit.
+    assert_same_inside(collect_stream(chunks), whole)
 
 
 def test_a_model_without_sublayer_states_is_a_failed_precondition(tmp_path_factory: pytest.TempPathFactory) -> None:
