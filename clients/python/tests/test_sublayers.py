@@ -132,3 +132,15 @@ def test_a_replica_whose_step_angles_do_not_fit_is_left_out(sub_replicas, senten
             with pytest.raises(RotationsError) as raised:
                 cluster.analyze(corpus, " her", steps="sublayers", norms=True)
     assert "step angle of shape [3, 2, 3, 2], not [4, 2, 3, 2]" in str(raised.value), raised.value
+
+
+def test_cluster_compare_groups_gives_each_groups_steps_and_norms(sub_replicas, sentences) -> None:  # type: ignore[no-untyped-def]
+    corpus = numbered(sentences, 16)
+    groups = {"a": corpus[:7], "b": corpus[7:]}
+    with Client(sub_replicas[0].address, timeout=120) as one:
+        want = one.compare_groups(groups, " her", steps="sublayers", norms=True)
+    with Cluster([r.address for r in sub_replicas[:2]], chunk_size=3, timeout=60, retry=FAST) as cluster:
+        got = cluster.compare_groups(groups, " her", steps="sublayers", norms=True)
+    assert got.tests == want.tests
+    for g, w in zip(got.groups, want.groups):
+        assert_same_inside(g, w)
