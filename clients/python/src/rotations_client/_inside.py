@@ -24,21 +24,24 @@ def _means(conditions: Sequence[ConditionStatistics], shape: Tuple[int, ...]) ->
     return np.array(values, dtype=np.float64).T.astype(np.float32).reshape(*shape, len(conditions))
 
 
+def _count(conditions: Sequence[ConditionStatistics]) -> int:
+    """Values per condition."""
+    return len(conditions[0].layers) if conditions else 0
+
+
 def step_summary(conditions: Sequence[ConditionStatistics]) -> SublayerRotations:
     """Step means and sums of merged step-angle statistics (``layers[2 (l - 1) + step]``), without angles."""
-    steps = len(conditions[0].layers) if conditions else 0
-    means = _means(conditions, (steps // 2, 2))
+    means = _means(conditions, (_count(conditions) // 2, 2))
     return SublayerRotations(angles=None, layer_means=means, condition_statistics=tuple(conditions))
 
 
 def norm_summary(norms: Sequence[ConditionStatistics], growth: Sequence[ConditionStatistics]) -> Norms:
     """Mean norms and growth ratios of merged statistics, without the rows' values."""
-    count = lambda c: len(c[0].layers) if c else 0  # noqa: E731
     return Norms(
         norms=None,
         growth=None,
-        mean_norms=_means(norms, (count(norms),)),
-        mean_growth=_means(growth, (count(growth),)),
+        mean_norms=_means(norms, (_count(norms),)),
+        mean_growth=_means(growth, (_count(growth),)),
         norm_statistics=tuple(norms),
         growth_statistics=tuple(growth),
     )
@@ -69,14 +72,19 @@ class InsideSums:
     def check(self, rows: int, steps: Optional[int], norms: Optional[Tuple[int, int]]) -> None:
         """The merge covers the corpus: ``steps`` (2 per layer) and ``norms`` (states, layers) merged
         when asked for, each of ``rows`` values."""
-        counts = lambda m: [len(c.layers) for c in m]  # noqa: E731
-        want = lambda k: [] if k is None else [k, k]  # noqa: E731
-        if len(self.steps) != (steps or 0) or counts(self.step_conditions) != want(steps):
-            raise InvalidAnswer(f"{len(self.steps)} steps' statistics, step sums {counts(self.step_conditions)} merged")
-        if counts(self.norms) != want(norms and norms[0]) or counts(self.growth) != want(norms and norms[1]):
-            raise InvalidAnswer(f"norm sums {counts(self.norms)} and growth sums {counts(self.growth)} merged")
-        every = [*self.steps, *(s for m in (self.step_conditions, self.norms, self.growth) for c in m for s in c.layers)]
-        ns = [s.n for s in every if s.n != rows]
+        states, layers = norms if norms is not None else (None, None)
+        for what, merged, count in [
+            ("step sums", self.step_conditions, steps),
+            ("norm sums", self.norms, states),
+            ("growth sums", self.growth, layers),
+        ]:
+            got = [len(c.layers) for c in merged]
+            if got != ([] if count is None else [count, count]):
+                raise InvalidAnswer(f"{what} of {got} values merged, not {count} per condition")
+        if len(self.steps) != (steps or 0):
+            raise InvalidAnswer(f"{len(self.steps)} steps' statistics merged, not {steps or 0}")
+        sums = [s for m in (self.step_conditions, self.norms, self.growth) for c in m for s in c.layers]
+        ns = [s.n for s in [*self.steps, *sums] if s.n != rows]
         if ns:
             raise InvalidAnswer(f"merged step or norm sums of n {ns} for {rows} rows")
 
