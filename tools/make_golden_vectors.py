@@ -25,18 +25,11 @@ import numpy as np
 import torch
 import transformers
 
-from make_golden_sublayers import states_of
+# The sentences of the sub-layer reference, and its hooks.
+from make_golden_sublayers import SENTENCES, states_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "tests" / "golden" / "vectors"
-SENTENCES = [
-    "I saw her at the market.",
-    "She gave her the book yesterday after a long day at work.",
-    "They told her.",
-    "We met her brother and her sister at the station last night.",
-    "The author based the character on her.",
-    "Nobody asked her about it.",
-]
 
 
 def gpt2_states(model, ids: list[int]) -> list[np.ndarray]:

@@ -5,12 +5,13 @@
 //! non-target's in FILE.non_target.npy. Each is made full-size (zeroed) at the start and filled in
 //! place through a memory map, so chunks from any replica land in any order; a chunk's wire bytes are
 //! the file's bytes (little-endian, the same layout), copied as they are.
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use memmap2::MmapMut;
-use ndarray_npy::{write_zeroed_npy, WritableElement, WriteDataError};
+use ndarray_npy::{WritableElement, WriteDataError};
+
+use super::angles_file::zeroed;
 
 use crate::proto;
 
@@ -180,20 +181,6 @@ impl VectorsFile {
         }
         Ok(())
     }
-}
-
-/// A zeroed `.npy` of `shape`, mapped for writing.
-fn zeroed<T: WritableElement>(path: &Path, shape: [usize; 3]) -> anyhow::Result<MmapMut> {
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    write_zeroed_npy::<T, _>(&file, shape).with_context(|| format!("cannot write {}", path.display()))?;
-    // SAFETY: the file was just made by us; the map is only read and written through this value.
-    unsafe { MmapMut::map_mut(&file) }.with_context(|| format!("cannot map {}", path.display()))
 }
 
 #[cfg(test)]
