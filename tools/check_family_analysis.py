@@ -5,8 +5,10 @@ Used by scripts/test-families (make test-families): for every sentence, the targ
 word asked for, and the service's angles between consecutive hidden states of the target and of the
 token before it must equal the angles computed here from the model's PyTorch checkpoint (<model>/hf,
 loaded by transformers, each sentence run alone: no padding), within twice the export's angle bound.
+With --vectors (the analysis's --vectors-out file), the vectors on disk must be PyTorch's hidden
+states of the target and of the token before it: within 1e-4 degrees and 1e-5 in relative norm.
 
-    python tools/check_family_analysis.py <model dir>/model.json <out>/analysis.json [--word her]
+    python tools/check_family_analysis.py <model dir>/model.json <out>/analysis.json [--word her] [--vectors V.npy]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     p.add_argument("model_json", type=Path)
     p.add_argument("analysis_json", type=Path)
     p.add_argument("--word", default="her")
+    p.add_argument("--vectors", type=Path, help="the --vectors-out file (the non-target's beside it)")
     args = p.parse_args()
     meta = json.loads(args.model_json.read_text())
     result = json.loads(args.analysis_json.read_text())
@@ -49,6 +52,8 @@ def main() -> None:
     model = transformers.AutoModel.from_pretrained(model_dir / "hf", attn_implementation="eager").eval()
     bound = 2 * meta["verification"]["angle_bound_deg"]
     worst = 0.0
+    on_disk = vector_files(args.vectors, sentences, layers + 1, meta["hidden_size"]) if args.vectors else None
+    worst_vector = (0.0, 0.0)
     for s, info in enumerate(result["sentences"]):
         ids = tok.encode(info["text"]).ids
         assert info["num_tokens"] == len(ids), (info, len(ids))
@@ -63,10 +68,27 @@ def main() -> None:
                 got = result["angles"][layer][s][c]
                 assert np.isfinite(got) and abs(got - expected) <= bound, (s, layer, CONDITIONS[c], got, expected)
                 worst = max(worst, abs(got - expected))
+        for c, position in enumerate((target, previous)):
+            for state in range(layers + 1) if on_disk else ():
+                want, got = states[state][0, position].numpy(), on_disk[c][s, state]
+                norm = abs(np.linalg.norm(got.astype(np.float64)) / np.linalg.norm(want.astype(np.float64)) - 1)
+                angle = angle_deg(got, want)
+                assert angle <= 1e-4 and norm <= 1e-5, (s, state, CONDITIONS[c], angle, norm)
+                worst_vector = (max(worst_vector[0], angle), max(worst_vector[1], norm))
     print(
         f"{meta.get('family', 'gpt2')}: {sentences} sentences x {layers} layers, target and previous token: "
         f"angles within {worst:.2g} deg of PyTorch (bound {bound:g})"
     )
+    if on_disk:
+        print(f"  vectors on disk: within {worst_vector[0]:.2g} deg and {worst_vector[1]:.2g} relative norm of PyTorch")
+
+
+def vector_files(path: Path, sentences: int, states: int, hidden: int) -> tuple:
+    """The target's and the non-target's --vectors-out files, [sentences, states, hidden] each."""
+    files = (np.load(path), np.load(path.with_name(path.stem + ".non_target.npy")))
+    for f in files:
+        assert f.shape == (sentences, states, hidden) and f.dtype == np.float32, (f.shape, f.dtype)
+    return files
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.select.steps == crate::config::StepsArg::Layers && !args.select.norms,
         "--steps sublayers and --norms run on one server (Analyze or its stream), not yet over several \
-         servers or with --angles-out"
+         servers or with --angles-out or --vectors-out"
     );
     anyhow::ensure!(
         args.angles_out.is_none() || !matches!(args.select.occurrence, OccurrenceArg::All),
