@@ -6,7 +6,9 @@ word asked for, and the service's angles between consecutive hidden states of th
 token before it must equal the angles computed here from the model's PyTorch checkpoint (<model>/hf,
 loaded by transformers, each sentence run alone: no padding), within twice the export's angle bound.
 With --vectors (the analysis's --vectors-out file), the vectors on disk must be PyTorch's hidden
-states of the target and of the token before it: within 1e-4 degrees and 1e-5 in relative norm.
+states of the target and of the token before it (and, for a model exported with --sublayers, its
+sub-layer states from forward hooks: tools/sublayer_hooks.py): within 1e-4 degrees and 1e-5 in
+relative norm.
 
     python tools/check_family_analysis.py <model dir>/model.json <out>/analysis.json [--word her] [--vectors V.npy]
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from sublayer_hooks import sublayer_reference
 from tokenizers import Tokenizer
 
 transformers.utils.logging.disable_progress_bar()
@@ -52,7 +55,8 @@ def main() -> None:
     model = transformers.AutoModel.from_pretrained(model_dir / "hf", attn_implementation="eager").eval()
     bound = 2 * meta["verification"]["angle_bound_deg"]
     worst = 0.0
-    on_disk = vector_files(args.vectors, sentences, layers + 1, meta["hidden_size"]) if args.vectors else None
+    num_states = (layers + 1) * (2 if meta.get("sublayers") else 1)
+    on_disk = vector_files(args.vectors, sentences, num_states, meta["hidden_size"]) if args.vectors else None
     worst_vector = (0.0, 0.0)
     for s, info in enumerate(result["sentences"]):
         ids = tok.encode(info["text"]).ids
@@ -68,9 +72,12 @@ def main() -> None:
                 got = result["angles"][layer][s][c]
                 assert np.isfinite(got) and abs(got - expected) <= bound, (s, layer, CONDITIONS[c], got, expected)
                 worst = max(worst, abs(got - expected))
+        if on_disk and meta.get("sublayers"):
+            feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+            states = [h.numpy() for h in states] + list(sublayer_reference(model, meta.get("family", "gpt2"), feeds))
         for c, position in enumerate((target, previous)):
-            for state in range(layers + 1) if on_disk else ():
-                want, got = states[state][0, position].numpy(), on_disk[c][s, state]
+            for state in range(num_states) if on_disk else ():
+                want, got = np.asarray(states[state][0, position]), on_disk[c][s, state]
                 norm = abs(np.linalg.norm(got.astype(np.float64)) / np.linalg.norm(want.astype(np.float64)) - 1)
                 angle = angle_deg(got, want)
                 assert angle <= 1e-4 and norm <= 1e-5, (s, state, CONDITIONS[c], angle, norm)

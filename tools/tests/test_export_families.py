@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import export_model  # noqa: E402
 from families import FAMILIES  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
+from sublayer_hooks import sublayer_reference  # noqa: E402
 from verification import BOUNDS, compare  # noqa: E402
 
 # Not the export's own sentences; lengths from 2 tokens to ~20, right-padded.
@@ -125,35 +126,6 @@ def test_gather_outputs_with_position_ids(exports):
     meta = json.loads((out / "model.json").read_text())
     assert meta["inputs"] == ["input_ids", "attention_mask", "position_ids", "gather_index"]
     assert meta["outputs"][-1] == "gathered_hidden_states"
-
-
-# The module of each family's block whose output is the MLP's contribution to the residual stream (OPT has
-# no MLP module: fc2's output, whose dropout is the identity in eval mode). Written here, not taken from
-# tools/families.py, so the reference does not share the export's choice of modules.
-MLP_OUTPUT = {"gpt2": "mlp", "gpt_neo": "mlp", "gpt_neox": "mlp", "opt": "fc2"}
-BLOCKS = {"gpt2": "h", "gpt_neo": "h", "opt": "decoder.layers"}
-
-
-def sublayer_reference(model, family: str, feeds: dict):
-    """Independent PyTorch references for the --sublayers states, by forward hooks on other modules than the
-    export's: each block's mid state = block output - MLP output (in sequential and parallel blocks alike:
-    the MLP's output is the last thing added), and the last block's output as the block returns it."""
-    blocks = model.get_submodule(BLOCKS.get(family, "layers"))
-    seen = {}
-    hooks = []
-    for i, block in enumerate(blocks):
-        mlp = block.get_submodule(MLP_OUTPUT.get(family, "mlp"))
-        hooks.append(mlp.register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(("mlp", i), out)))
-        hooks.append(block.register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(("out", i), out[0] if isinstance(out, tuple) else out)))
-    args = {k: torch.from_numpy(v) for k, v in feeds.items() if k != "position_ids"}
-    with torch.no_grad():
-        model(**args, use_cache=False)
-    for hook in hooks:
-        hook.remove()
-    n = len(blocks)
-    # OPT's fc2 runs on [batch * seq, hidden]: the block's shape again before subtracting.
-    mids = [(seen[("out", i)] - seen[("mlp", i)].reshape(seen[("out", i)].shape)).numpy() for i in range(n)]
-    return mids + [seen[("out", n - 1)].numpy()]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
