@@ -474,6 +474,8 @@ pub struct AnalyzeArgs {
     /// angles.csv and the per-sentence parts of analysis.json are then left out (docs/src/deployment.md).
     #[arg(long, value_name = "FILE.npy")]
     pub angles_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub vectors: VectorsArgs,
     /// With a tokenizer that puts a BOS token before every sentence (Llama): a target that is a
     /// sentence's first word is compared with the BOS token (refused by default).
     #[arg(long)]
@@ -483,6 +485,40 @@ pub struct AnalyzeArgs {
     /// is named at once and nothing is computed.
     #[arg(long)]
     pub skip_invalid: bool,
+}
+
+/// `analyze --vectors-out`: the vectors themselves on disk (issue 26).
+#[derive(Args, Clone, Debug, Default)]
+pub struct VectorsArgs {
+    /// Write each sentence's target and non-target vectors at every state (or --vectors-states) to
+    /// .npy files as they arrive: [sentences, states, hidden] each, the target's in FILE.npy, the
+    /// non-target's in FILE.non_target.npy, rows in the order of the sentences (as --angles-out's).
+    #[arg(long, value_name = "FILE.npy")]
+    pub vectors_out: Option<PathBuf>,
+    /// With --vectors-out: f32 (the vectors the angles are computed from, exactly) or f16 (each value
+    /// rounded to the nearest float16).
+    #[arg(long, value_enum, default_value = "f32", requires = "vectors_out")]
+    pub vectors_dtype: VectorsDtypeArg,
+    /// With --vectors-out: the states to write, comma-separated indices as in norms.csv (hidden states
+    /// 0..=L, then a model's sub-layer states); default every state the model returns.
+    #[arg(long, value_delimiter = ',', value_name = "STATE,...", requires = "vectors_out")]
+    pub vectors_states: Vec<u32>,
+    /// With --vectors-out: whose vectors, comma-separated (default target,non-target).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "vectors_out")]
+    pub vectors_conditions: Vec<VectorConditionArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum VectorsDtypeArg {
+    #[default]
+    F32,
+    F16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VectorConditionArg {
+    Target,
+    NonTarget,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {

@@ -208,4 +208,9 @@ fn the_analyses_pages_commands_run_as_written() {
     let sentences = std::fs::read_to_string(repo().join("examples/her_twice.txt")).unwrap().lines().count();
     assert_eq!(rows, 2 * sentences, "every sentence of examples/her_twice.txt holds \" her\" twice");
     assert!(home.path().join("groups-output/groups.svg").is_file());
+    // --vectors-out: the target's and the non-target's files beside the analysis.
+    assert!(
+        home.path().join("her-vectors/vectors.npy").is_file()
+            && home.path().join("her-vectors/vectors.non_target.npy").is_file()
+    );
 }

@@ -9,8 +9,12 @@ With steps.csv and norms.csv beside analysis.json (a model exported with --subla
 --steps sublayers --norms), the server's mean attention-step and MLP-step angles and mean norms and
 growth ratios must equal those of independent PyTorch forward hooks (tools/sublayer_hooks.py) to
 1e-4 degrees and 1e-5 relative.
+With --vectors (the analysis's --vectors-out file), the vectors on disk must be PyTorch's hidden
+states of the target and of the token before it (and, for a model exported with --sublayers, its
+sub-layer states from forward hooks: tools/sublayer_hooks.py): within 1e-4 degrees and 1e-5 in
+relative norm.
 
-    python tools/check_family_analysis.py <model dir>/model.json <out>/analysis.json [--word her]
+    python tools/check_family_analysis.py <model dir>/model.json <out>/analysis.json [--word her] [--vectors V.npy]
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from tokenizers import Tokenizer
-
 from sublayer_hooks import sublayer_reference
+from tokenizers import Tokenizer
 
 transformers.utils.logging.disable_progress_bar()
 CONDITIONS = ("target", "non_target")  # the first two conditions, in analysis.json's order
@@ -44,6 +47,7 @@ def main() -> None:
     p.add_argument("model_json", type=Path)
     p.add_argument("analysis_json", type=Path)
     p.add_argument("--word", default="her")
+    p.add_argument("--vectors", type=Path, help="the --vectors-out file (the non-target's beside it)")
     args = p.parse_args()
     meta = json.loads(args.model_json.read_text())
     result = json.loads(args.analysis_json.read_text())
@@ -56,6 +60,9 @@ def main() -> None:
     model = transformers.AutoModel.from_pretrained(model_dir / "hf", attn_implementation="eager").eval()
     bound = 2 * meta["verification"]["angle_bound_deg"]
     worst = 0.0
+    num_states = (layers + 1) * (2 if meta.get("sublayers") else 1)
+    on_disk = vector_files(args.vectors, sentences, num_states, meta["hidden_size"]) if args.vectors else None
+    worst_vector = (0.0, 0.0)
     for s, info in enumerate(result["sentences"]):
         ids = tok.encode(info["text"]).ids
         assert info["num_tokens"] == len(ids), (info, len(ids))
@@ -70,13 +77,34 @@ def main() -> None:
                 got = result["angles"][layer][s][c]
                 assert np.isfinite(got) and abs(got - expected) <= bound, (s, layer, CONDITIONS[c], got, expected)
                 worst = max(worst, abs(got - expected))
+        if on_disk and meta.get("sublayers"):
+            feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+            states = [h.numpy() for h in states] + list(sublayer_reference(model, meta.get("family", "gpt2"), feeds))
+        for c, position in enumerate((target, previous)):
+            for state in range(num_states) if on_disk else ():
+                want, got = np.asarray(states[state][0, position]), on_disk[c][s, state]
+                norm = abs(np.linalg.norm(got.astype(np.float64)) / np.linalg.norm(want.astype(np.float64)) - 1)
+                angle = angle_deg(got, want)
+                assert angle <= 1e-4 and norm <= 1e-5, (s, state, CONDITIONS[c], angle, norm)
+                worst_vector = (max(worst_vector[0], angle), max(worst_vector[1], norm))
     print(
         f"{meta.get('family', 'gpt2')}: {sentences} sentences x {layers} layers, target and previous token: "
         f"angles within {worst:.2g} deg of PyTorch (bound {bound:g})"
     )
+    if on_disk:
+        print(f"  vectors on disk: within {worst_vector[0]:.2g} deg and {worst_vector[1]:.2g} relative norm of PyTorch")
     out = args.analysis_json.parent
     if (out / "steps.csv").exists() and (out / "norms.csv").exists():
         check_steps_and_norms(model, meta, tok, result, out)
+
+
+def vector_files(path: Path, sentences: int, states: int, hidden: int) -> tuple:
+    """The target's and the non-target's --vectors-out files, [sentences, states, hidden] each."""
+    files = (np.load(path), np.load(path.with_name(path.stem + ".non_target.npy")))
+    for f in files:
+        assert f.shape == (sentences, states, hidden) and f.dtype == np.float32, (f.shape, f.dtype)
+    return files
+
 
 
 #: The issue's bounds (#26): step angles to 1e-4 degrees, norms and growth ratios to 1e-5 relative.

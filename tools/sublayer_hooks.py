@@ -1,6 +1,6 @@
 """Independent PyTorch references for the --sublayers states, by forward hooks (needs torch): used by
 tools/tests/test_export_families.py (ONNX Runtime's states) and tools/check_family_analysis.py (the
-server's step angles and norms, make test-families).
+server's step angles and norms, and the vectors it writes to disk: make test-families).
 
 The modules hooked are written here, not taken from tools/families.py, so the reference does not share
 the export's choice of modules: each block's mid state = block output - MLP output (in sequential and

@@ -93,4 +93,4 @@ pub use sublayers::{
 };
 pub use target::{locate, Positions, DEFAULT_NON_TARGET_OFFSET};
 pub use trajectory::{cumulative_angles, pairwise_angles, AngleMatrixSum};
-pub use vectors::HiddenVectors;
+pub use vectors::{row_vectors, HiddenVectors, VectorSelection};

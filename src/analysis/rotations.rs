@@ -94,6 +94,9 @@ pub struct SentenceRotations {
     /// `[num_states, 2]` with [`RotationOptions::norms`]: the target's and non-target's vector norms at
     /// every state the pass returned (hidden states, then sub-layer states).
     pub norms: Option<Array2<f64>>,
+    /// `[conditions, states, hidden_size]` when the vectors themselves are asked for
+    /// ([`super::vectors::row_vectors`]; set by the caller, which knows the chosen states).
+    pub vectors: Option<Array3<f32>>,
 }
 
 impl SentenceRotations {
@@ -278,6 +281,7 @@ fn rotate_layers(
         layer_matrix,
         steps: None,
         norms: None,
+        vectors: None,
     })
 }
 

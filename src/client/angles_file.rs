@@ -31,8 +31,8 @@ pub fn draws_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{stem}.draws.npy"))
 }
 
-/// A zeroed `.npy` of `shape`, mapped for writing.
-fn zeroed<T: ndarray_npy::WritableElement>(path: &Path, shape: [usize; 3]) -> anyhow::Result<MmapMut> {
+/// A zeroed `.npy` of `shape`, mapped for writing (also the vectors' files).
+pub(super) fn zeroed<T: ndarray_npy::WritableElement>(path: &Path, shape: [usize; 3]) -> anyhow::Result<MmapMut> {
     let file = File::options()
         .read(true)
         .write(true)

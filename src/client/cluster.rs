@@ -20,6 +20,7 @@ use super::retry::{should_retry, RetryPolicy};
 use super::sentences::{locate, SentenceLines};
 use super::skipped::Skipped;
 use super::validate::{validate_chunk, validate_significance, Expected};
+use super::vectors_file::{VectorLayout, VectorsFile};
 use super::{connect_to, status_error};
 use crate::analysis::{merge_conditions, merge_layers, AngleMatrixSum, ExactMoments, PairedStats};
 use crate::config::ConnectArgs;
@@ -88,6 +89,8 @@ pub struct Outcome {
     pub analysis: proto::Analysis,
     pub sentences: Vec<String>,
     pub angles_file: Option<AnglesFile>,
+    /// With `--vectors-out`: the vectors' files, written.
+    pub vectors_file: Option<VectorsFile>,
     /// (address, chunks served, failures), in the order the replicas joined.
     pub replicas: Vec<(String, usize, usize)>,
     /// Sentences in the file.
@@ -155,6 +158,7 @@ struct Collected {
     /// Sentences left out (skip_invalid), placed at their lines as their chunks come back.
     skipped: Vec<Skipped>,
     file: Option<AnglesFile>,
+    vectors: Option<VectorsFile>,
 }
 
 struct Run {
@@ -295,6 +299,9 @@ impl Collected {
             self.matrices.merge(&sums).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         self.inside.add(&result.last)?;
+        if let Some(vectors) = &mut self.vectors {
+            result.parts.iter().try_for_each(|part| vectors.write(part))?;
+        }
         match &mut self.file {
             Some(file) => result.parts.iter().try_for_each(|part| file.write(part))?,
             None => {
@@ -579,13 +586,40 @@ pub async fn analyze(
     chunking: Chunking,
     angles_out: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
-    let sentences = corpus.path;
+    let files = OnDisk { angles: angles_out, vectors: None };
+    analyze_to_disk(replicas, how, request, corpus, chunking, files).await
+}
+
+/// The files a sharded run writes as chunks arrive, instead of holding what they hold.
+#[derive(Clone, Copy, Default)]
+pub struct OnDisk<'a> {
+    /// `--angles-out`: angles and draws.
+    pub angles: Option<&'a Path>,
+    /// `--vectors-out`: the vectors `request.vectors` asks for, one row per sentence.
+    pub vectors: Option<&'a Path>,
+}
+
+/// [`analyze`], writing the angles and the vectors to the files `files` names.
+pub async fn analyze_to_disk(
+    replicas: Replicas,
+    how: &ConnectArgs,
+    request: proto::RotationRequest,
+    corpus: CorpusFile<'_>,
+    chunking: Chunking,
+    files: OnDisk<'_>,
+) -> anyhow::Result<Outcome> {
+    let (angles_out, sentences) = (files.angles, corpus.path);
     let total = SentenceLines::count(sentences)?;
     anyhow::ensure!(total > 0, "{} holds no sentences", sentences.display());
     let resolve = replicas.resolve.clone();
     let listed = tokio::task::spawn_blocking(move || resolve()).await??;
     let (known, joined, model) = connect_first(listed, how).await?;
     let file = angles_out.map(|path| AnglesFile::create(path, total, model.num_layers as usize)).transpose()?;
+    let vectors = match (files.vectors, VectorLayout::of(&request, &model)) {
+        (Some(path), Some(layout)) => Some(VectorsFile::create(path, total, layout)?),
+        (None, None) => None,
+        _ => anyhow::bail!("a vectors file needs RotationRequest.vectors, and vectors a file"),
+    };
     let expected = Expected::new(&model, &request);
     let state = State {
         source: SentenceLines::open(sentences)?,
@@ -611,6 +645,7 @@ pub async fn analyze(
             kept: BTreeMap::new(),
             skipped: Vec::new(),
             file,
+            vectors,
         }),
         request,
         expected,
@@ -742,10 +777,21 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     }
     let replicas = state.joined.iter().map(|a| (a.clone(), state.replicas[a].served, state.replicas[a].failures));
     let replicas = replicas.collect();
+    let vectors_file = collected.vectors;
+    if let Some(vectors) = &vectors_file {
+        anyhow::ensure!(
+            collected.rows == vectors.num_rows as u64,
+            "{} rows for {} in the vectors' files",
+            collected.rows,
+            vectors.num_rows
+        );
+        vectors.flush()?;
+    }
     if let Some(file) = collected.file {
         file.flush()?;
         let analysis = super::on_disk_analysis(&file, &last, significance);
-        return Ok(Outcome { analysis, sentences: Vec::new(), angles_file: Some(file), replicas, total, skipped });
+        let angles_file = Some(file);
+        return Ok(Outcome { analysis, sentences: Vec::new(), angles_file, vectors_file, replicas, total, skipped });
     }
     let (mut parts, mut sentences) = (Vec::new(), Vec::with_capacity(total));
     for (chunk_parts, chunk_sentences) in collected.kept.into_values() {
@@ -753,5 +799,5 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
         sentences.extend(chunk_sentences);
     }
     let analysis = super::assemble_stream(parts, &last, significance, total)?;
-    Ok(Outcome { analysis, sentences, angles_file: None, replicas, total, skipped })
+    Ok(Outcome { analysis, sentences, angles_file: None, vectors_file, replicas, total, skipped })
 }

@@ -16,6 +16,7 @@ pub mod retry;
 pub mod sentences;
 pub mod skipped;
 pub mod validate;
+pub mod vectors_file;
 
 use std::io::Write as _;
 
@@ -282,10 +283,28 @@ fn target_label(args: &AnalyzeArgs) -> Option<String> {
     }
 }
 
-/// Several servers, a `dns:///` name, or `--angles-out`: the file read lazily, in chunks over the
-/// replicas (one server is a cluster of one).
+/// Several servers, a `dns:///` name, `--angles-out` or `--vectors-out`: the file read lazily, in
+/// chunks over the replicas (one server is a cluster of one).
 fn sharded(args: &AnalyzeArgs) -> bool {
-    over_replicas(&args.client) || args.angles_out.is_some()
+    over_replicas(&args.client) || args.angles_out.is_some() || args.vectors.vectors_out.is_some()
+}
+
+/// `--vectors-out`'s request option (`None` without it), and its files' one-row-per-sentence rule.
+fn vector_options(args: &AnalyzeArgs) -> anyhow::Result<Option<proto::VectorOptions>> {
+    let v = &args.vectors;
+    let Some(path) = &v.vectors_out else { return Ok(None) };
+    anyhow::ensure!(
+        !matches!(args.select.occurrence, OccurrenceArg::All) && !args.skip_invalid,
+        "--vectors-out {} holds one row per sentence of the file, as --angles-out: --occurrence all (several \
+         rows a sentence) and --skip-invalid (sentences without rows) cannot go with it",
+        path.display()
+    );
+    let dtype = match v.vectors_dtype {
+        crate::config::VectorsDtypeArg::F32 => proto::VectorDtype::Float32,
+        crate::config::VectorsDtypeArg::F16 => proto::VectorDtype::Float16,
+    };
+    let conditions = v.vectors_conditions.iter().map(|c| *c as u32).collect();
+    Ok(Some(proto::VectorOptions { dtype: dtype as i32, states: v.vectors_states.clone(), conditions }))
 }
 
 /// `--chunk-size` and `--chunk-timeout`.
@@ -311,14 +330,16 @@ async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
         "--angles-out keeps one row per sentence of the file and --skip-invalid leaves sentences out: \
          leave out one of them"
     );
-    let request = rotation_request(&args, Vec::new())?;
+    let request = proto::RotationRequest { vectors: vector_options(&args)?, ..rotation_request(&args, Vec::new())? };
     let created = output::prepare(&args.out, args.overwrite)?;
     let interval = std::time::Duration::from_secs_f64(args.resolve_interval);
     let replicas = cluster::Replicas::from_servers(&args.client.server, interval);
     let (how, chunking) = (&args.client.connect, chunking(&args));
     let outcome = {
         let corpus = cluster::CorpusFile { path, marked: args.select.marked };
-        cluster::analyze(replicas, how, request, corpus, chunking, args.angles_out.as_deref()).await
+        let files =
+            cluster::OnDisk { angles: args.angles_out.as_deref(), vectors: args.vectors.vectors_out.as_deref() };
+        cluster::analyze_to_disk(replicas, how, request, corpus, chunking, files).await
     };
     let outcome = outcome.inspect_err(|_| forget_output(created, &args.out))?;
     let skipped = args.skip_invalid.then(|| (outcome.total, outcome.skipped.clone()));
@@ -327,7 +348,12 @@ async fn analyze_sharded(args: AnalyzeArgs) -> anyhow::Result<()> {
         None => report::Report::new(&outcome.analysis, &outcome.sentences)?,
     };
     report.target = target_label(&args);
-    present(&report, &args.out, skipped)
+    present(&report, &args.out, skipped)?;
+    if let Some(file) = &outcome.vectors_file {
+        let paths: Vec<String> = file.paths().iter().map(|p| p.display().to_string()).collect();
+        writeln!(std::io::stdout().lock(), "wrote {}", paths.join(" and "))?;
+    }
+    Ok(())
 }
 
 /// Takes away the output folder a failed analysis created (only if still empty).
@@ -543,6 +569,8 @@ fn rotation_result(last: &proto::RotationChunk, layers: usize, means: Vec<f32>) 
         // none of them).
         sublayers: last.sublayers.clone(),
         norms: last.norms.clone(),
+        // Vectors go to a file as they arrive (--vectors-out), never into the report.
+        vectors: None,
         skipped: Vec::new(),
     }
 }

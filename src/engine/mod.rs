@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::analysis::{
     self, AnalysisError, AngleUnit, NonTargetSelector, Occurrence, RotationOptions, Rotations, RowSelection,
-    SentenceRotations, SubToken, TargetSelector, TokenizedSentence,
+    SentenceRotations, SubToken, TargetSelector, TokenizedSentence, VectorSelection,
 };
 use crate::error::Error;
 use crate::model::{Model, ModelError, Tokenized};
@@ -69,6 +69,35 @@ pub struct RotationJob {
     pub norms: bool,
     /// Invalid sentences are left out and reported ([`Prepared::skipped`]) instead of failing the job.
     pub skip_invalid: bool,
+    /// Also the vectors themselves (as asked: checked against the model by [`Engine::check_job`]).
+    pub vectors: Option<VectorRequest>,
+}
+
+/// The vectors a request asks for, as it asks: state indices (empty: every state) and conditions
+/// (empty: target and non-target), not yet checked against the model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VectorRequest {
+    pub states: Vec<usize>,
+    pub conditions: Vec<usize>,
+    /// Their precision on the wire.
+    pub dtype: VectorDtype,
+}
+
+/// How the vectors travel: the float32 values themselves, or each rounded to float16.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VectorDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl VectorDtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            VectorDtype::F32 => 4,
+            VectorDtype::F16 => 2,
+        }
+    }
 }
 
 /// Budgets for one forward pass.
@@ -90,6 +119,8 @@ impl Default for BatchLimits {
 #[derive(Clone, Debug)]
 pub struct Resolved {
     pub opts: RotationOptions,
+    /// The vectors returned themselves, checked against the model (every state when none was named).
+    pub vectors: Option<VectorSelection>,
     /// The target word's token ids (empty for spans).
     pub target_tokens: Vec<u32>,
 }
@@ -107,6 +138,8 @@ pub struct Prepared {
     /// The target word's token ids (empty for spans).
     pub target_tokens: Vec<u32>,
     pub opts: RotationOptions,
+    /// As [`Resolved::vectors`].
+    pub vectors: Option<VectorSelection>,
     /// Corpus indices `first..end` of this range: the job's `first_index` plus where the range lies
     /// in the job (a stream prepares its corpus a chunk at a time).
     pub first: usize,
@@ -194,6 +227,7 @@ impl Engine {
                 self.model.info.name
             )));
         }
+        self.vector_selection(job)?;
         let offset = job.non_target_offset;
         if !job.selection.non_target_spans.is_empty() {
             return Ok(()); // the offset is not used
@@ -211,6 +245,46 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// The job's vectors checked against the model: every state the model returns when none is named,
+    /// both conditions when none is. A sub-layer state of a model without them is a failed
+    /// precondition (the request is right for another export of the model), any other unknown index
+    /// or a repeated one an invalid argument.
+    pub fn vector_selection(&self, job: &RotationJob) -> Result<Option<VectorSelection>, Error> {
+        let Some(asked) = &job.vectors else { return Ok(None) };
+        let layout = self.model.info.state_layout();
+        let with_sublayers = crate::analysis::StateLayout { sublayers: true, ..layout }.num_states();
+        for (i, &state) in asked.states.iter().enumerate() {
+            let field = format!("vectors.states[{i}]");
+            if state >= with_sublayers {
+                let last = layout.num_states() - 1;
+                return Err(Error::invalid(field, format!("state {state} is past the model's last state, {last}")));
+            }
+            if state >= layout.num_states() {
+                return Err(Error::FailedPrecondition(format!(
+                    "{field}: state {state} is a sub-layer state (hidden states are 0..={}); {} was exported without \
+                     sub-layer states (re-export it with tools/export_model.py --sublayers)",
+                    layout.num_layers, self.model.info.name
+                )));
+            }
+            if asked.states[..i].contains(&state) {
+                return Err(Error::invalid(field, format!("state {state} is asked for twice")));
+            }
+        }
+        for (i, &condition) in asked.conditions.iter().enumerate() {
+            let field = format!("vectors.conditions[{i}]");
+            if condition > 1 {
+                let reason = format!("{condition} is not a condition with vectors (0 target, 1 non_target)");
+                return Err(Error::invalid(field, reason));
+            }
+            if asked.conditions[..i].contains(&condition) {
+                return Err(Error::invalid(field, format!("condition {condition} is asked for twice")));
+            }
+        }
+        let states = if asked.states.is_empty() { (0..layout.num_states()).collect() } else { asked.states.clone() };
+        let conditions = if asked.conditions.is_empty() { vec![0, 1] } else { asked.conditions.clone() };
+        Ok(Some(VectorSelection { states, conditions }))
     }
 
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Tokenized>, Error> {
@@ -247,7 +321,7 @@ impl Engine {
             steps: job.steps,
             norms: job.norms,
         };
-        Ok(Resolved { opts, target_tokens })
+        Ok(Resolved { opts, target_tokens, vectors: self.vector_selection(job)? })
     }
 
     /// [`Engine::prepare`] for the sentences of `range` only. Every sentence is checked; invalid
@@ -272,6 +346,7 @@ impl Engine {
             rows: Vec::with_capacity(texts.len()),
             target_tokens: resolved.target_tokens.clone(),
             opts: resolved.opts,
+            vectors: resolved.vectors.clone(),
             first,
             end: first + texts.len(),
         };
@@ -342,7 +417,16 @@ impl Engine {
             return None;
         }
         let (index, layers) = (prepared.indices[i], self.model.info.num_layers);
-        Some(analysis::rows_vectors_read(index, prepared.ids[i].len(), &prepared.rows[i], layers, &prepared.opts))
+        let mut read =
+            analysis::rows_vectors_read(index, prepared.ids[i].len(), &prepared.rows[i], layers, &prepared.opts);
+        if let Some(chosen) = &prepared.vectors {
+            let rows = &prepared.rows[i];
+            let more = analysis::vectors::vectors_read(chosen, rows, prepared.opts.sub_token);
+            read.extend(more.into_iter().map(|(s, p)| (s as u32, p as u32)));
+            read.sort_unstable();
+            read.dedup();
+        }
+        Some(read)
     }
 
     /// Waits for a submitted range and computes its rows' angles, in input order. The `analysis`
@@ -373,7 +457,13 @@ impl Engine {
                     return Err(AnalysisError::TokenCountMismatch { sentence, num_ids, hidden_tokens }.into());
                 }
                 for &row in &prepared.rows[i] {
-                    rows.push(analysis::rotate_row(sentence, &forwarded.hidden, row, &prepared.opts)?);
+                    let mut rotations = analysis::rotate_row(sentence, &forwarded.hidden, row, &prepared.opts)?;
+                    if let Some(chosen) = &prepared.vectors {
+                        let sub_token = prepared.opts.sub_token;
+                        let vectors = analysis::row_vectors(sentence, &forwarded.hidden, row, sub_token, chosen)?;
+                        rotations.vectors = Some(vectors);
+                    }
+                    rows.push(rotations);
                 }
                 Ok(())
             })?;

@@ -1,13 +1,14 @@
 //! Wire messages ↔ domain types, at the edge: the core never sees unchecked input.
 use ndarray::{Array3, ArrayView2, ArrayView3};
 
+use crate::analysis::VectorSelection;
 use crate::analysis::{
     condition_moments, cumulative_angles, step_test_options, test_layers_from_stats, AngleMatrixSum, AngleUnit,
     Correction, Direction, ExactMoments, GroupFlag, GroupLayerTest, GroupResult, LayerFlag, LayerTest, Occurrence,
     PairedStats, Rotations, SignificanceOptions, SignificanceResult, SubToken, CONDITIONS, DEFAULT_NON_TARGET_OFFSET,
     DEFAULT_SHUFFLE_SEED, STEPS, STEP_CONDITIONS,
 };
-use crate::engine::{InvalidSentence, RotationJob, Selection, Target};
+use crate::engine::{InvalidSentence, RotationJob, Selection, Target, VectorDtype, VectorRequest};
 use crate::error::Error;
 use crate::model::{ModelInfo, Tokenized};
 use crate::proto;
@@ -58,10 +59,11 @@ impl Default for InputLimits {
 /// and a ShuffleDraw (at most 4 varints of 6 bytes and 2 of framing), per row a SentenceReport (at
 /// most 9·6 + 2 bytes) and, with `row_matrices`, its `[L+1, L+1]` f32 matrix; per layer at most 600
 /// bytes (its means, a LayerTest, three conditions' LayerStatistics, a GroupLayerTest); with
-/// `all_layers` the mean matrix and its exact sums (20 bytes an entry, and framing); 4 KiB of names
-/// and framing. Conservative, so that a result that passes always fits.
-pub fn result_bound(num_layers: usize, num_rows: usize, job: &RotationJob) -> u128 {
-    let (layers, states) = (num_layers as u128, num_layers as u128 + 1);
+/// `all_layers` the mean matrix and its exact sums (20 bytes an entry, and framing); with vectors
+/// [`vector_row_bytes`] a row; 4 KiB of names and framing. Conservative, so that a result that passes
+/// always fits.
+pub fn result_bound(info: &ModelInfo, num_rows: usize, job: &RotationJob) -> u128 {
+    let (layers, states) = (info.num_layers as u128, info.num_layers as u128 + 1);
     let selection = &job.selection;
     let matrix = if selection.row_matrices { 4 * states * states + 8 } else { 0 };
     // Sub-layer steps: per row [L, 2, 2] f32 angles; per step a LayerTest and its statistics.
@@ -69,9 +71,20 @@ pub fn result_bound(num_layers: usize, num_rows: usize, job: &RotationJob) -> u1
     // Norms: per row three conditions' norm at every state and growth per layer; per state the
     // means and exact sums of norms and growth.
     let (norm_row, norm_state) = if job.norms { (12 * states + 12 * layers + 16, 600 * states) } else { (0, 0) };
-    let per_row = 38 * layers + 56 + matrix + step_row + norm_row;
+    let per_row = 38 * layers + 56 + matrix + step_row + norm_row + vector_row_bytes(info, job);
     let all_layers = if selection.all_layers { 24 * states * states + 64 } else { 0 };
-    per_row * num_rows as u128 + 600 * layers + step_layer + norm_state + all_layers + 4096
+    // Vectors: their shape, state indices and each condition's length prefix.
+    let vector_fixed = if job.vectors.is_some() { 6 * 2 * info.state_layout().num_states() as u128 + 64 } else { 0 };
+    per_row * num_rows as u128 + 600 * layers + step_layer + norm_state + all_layers + vector_fixed + 4096
+}
+
+/// The bytes one row's vectors take (RotationRequest.vectors): conditions × states × hidden size
+/// values of the dtype's size; 0 without vectors. Unchecked states count as every state.
+pub fn vector_row_bytes(info: &ModelInfo, job: &RotationJob) -> u128 {
+    let Some(v) = &job.vectors else { return 0 };
+    let states = if v.states.is_empty() { info.state_layout().num_states() } else { v.states.len() };
+    let conditions = if v.conditions.is_empty() { 2 } else { v.conditions.len() };
+    (conditions * states * info.hidden_size * v.dtype.bytes()) as u128
 }
 
 /// Refuses, before any work, an answer whose bound ([`result_bound`], summed over a request's
@@ -152,7 +165,58 @@ pub fn rotation_job(
         steps: steps(req.steps)?,
         norms: req.norms,
         skip_invalid: req.skip_invalid,
+        vectors: req.vectors.as_ref().map(vector_request).transpose()?,
     })
+}
+
+/// RotationRequest.vectors as asked (checked against the model by the engine).
+fn vector_request(v: &proto::VectorOptions) -> Result<VectorRequest, Error> {
+    let dtype = match proto::VectorDtype::try_from(v.dtype) {
+        Ok(proto::VectorDtype::Unspecified | proto::VectorDtype::Float32) => VectorDtype::F32,
+        Ok(proto::VectorDtype::Float16) => VectorDtype::F16,
+        Err(_) => return Err(Error::invalid("vectors.dtype", format!("unknown VectorDtype value {}", v.dtype))),
+    };
+    let indices = |values: &[u32]| values.iter().map(|&x| x as usize).collect();
+    Ok(VectorRequest { states: indices(&v.states), conditions: indices(&v.conditions), dtype })
+}
+
+/// The rows' vectors on the wire (`None` unless asked for): per chosen condition, the rows'
+/// `[states, hidden]` vectors one after the other, little-endian, as float32 or rounded to float16.
+///
+/// # Errors
+/// A row without vectors, or of another shape (an internal error: every row is computed alike).
+pub fn vectors(
+    r: &Rotations,
+    chosen: Option<&VectorSelection>,
+    dtype: VectorDtype,
+) -> Result<Option<proto::Vectors>, Error> {
+    let Some(chosen) = chosen else { return Ok(None) };
+    let hidden = r.sentences.iter().find_map(|s| s.vectors.as_ref()).map_or(0, |v| v.dim().2);
+    let shape = (chosen.conditions.len(), chosen.states.len(), hidden);
+    let per_row = chosen.states.len() * hidden * dtype.bytes();
+    let mut data = vec![Vec::with_capacity(per_row * r.sentences.len()); chosen.conditions.len()];
+    for row in &r.sentences {
+        let v = row.vectors.as_ref().filter(|v| v.dim() == shape).ok_or_else(|| {
+            crate::model::ModelError::Runtime(format!("sentence {}: its vectors are missing or misshapen", row.index))
+        })?;
+        for (c, bytes) in data.iter_mut().enumerate() {
+            let values = v.index_axis(Axis(0), c);
+            match dtype {
+                VectorDtype::F32 => bytes.extend(values.iter().flat_map(|x| x.to_le_bytes())),
+                VectorDtype::F16 => bytes.extend(values.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes())),
+            }
+        }
+    }
+    Ok(Some(proto::Vectors {
+        shape: vec![r.sentences.len() as u32, chosen.states.len() as u32, hidden as u32],
+        dtype: match dtype {
+            VectorDtype::F32 => proto::VectorDtype::Float32,
+            VectorDtype::F16 => proto::VectorDtype::Float16,
+        } as i32,
+        states: chosen.states.iter().map(|&s| s as u32).collect(),
+        conditions: chosen.conditions.iter().map(|&c| c as u32).collect(),
+        data,
+    }))
 }
 
 /// RotationRequest.steps: whether the step angles are asked for.
@@ -480,6 +544,8 @@ pub fn rotation_result(
         skipped: Vec::new(),
         sublayers: sublayer_rotations(r)?,
         norms: norms(r)?,
+        // Set by the handler, which knows the chosen states and dtype (vectors()).
+        vectors: None,
     })
 }
 

@@ -129,7 +129,7 @@ impl RotationServiceImpl {
         engine.check_job(&job)?;
         // Every sentence gives at least one row: refused here, before tokenizing, if even that cannot fit.
         let rows = job.sentences.len();
-        let bound = convert::result_bound(engine.model.info.num_layers, rows, &job);
+        let bound = convert::result_bound(&engine.model.info, rows, &job);
         convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         Ok(job)
     }
@@ -150,7 +150,7 @@ impl RotationServiceImpl {
             let (invalid, total) = (prepared.skipped.clone(), job.sentences.len());
             return Err(Error::Sentences { invalid, total, first_index: job.first_index, skipping: true });
         }
-        let bound = convert::result_bound(engine.model.info.num_layers, rows, job);
+        let bound = convert::result_bound(&engine.model.info, rows, job);
         convert::check_result_bound(bound, rows, self.input.max_message_bytes)?;
         let tokens = prepared.num_tokens();
         let _queued = info_span!("admission", tokens = tokens as i64).in_scope(|| self.admission.tokens(tokens))?;
@@ -158,6 +158,8 @@ impl RotationServiceImpl {
         let name = &engine.model.info.name;
         let mut wire = convert::rotation_result(&rotations, job.seed, &prepared.target_tokens, name, row_matrices)?;
         wire.skipped = convert::skipped(&prepared.skipped);
+        let dtype = job.vectors.as_ref().map(|v| v.dtype).unwrap_or_default();
+        wire.vectors = convert::vectors(&rotations, prepared.vectors.as_ref(), dtype)?;
         Ok((rotations, wire))
     }
 
@@ -222,8 +224,8 @@ impl RotationServiceImpl {
             |(i, prepared): (usize, Result<Prepared, Error>)| prepared.map_err(|e| group_status(i, groups[i].0, e));
         let prepared: Vec<Prepared> = prepared.into_iter().enumerate().map(labelled).collect::<Result<_, _>>()?;
         // The answer holds both groups: their sum must fit, before either is computed.
-        let layers = engine.model.info.num_layers;
-        let bounds = jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(layers, p.num_rows(), job));
+        let info = &engine.model.info;
+        let bounds = jobs.iter().zip(&prepared).map(|((job, _), p)| convert::result_bound(info, p.num_rows(), job));
         let rows = prepared.iter().map(Prepared::num_rows).sum();
         convert::check_result_bound(bounds.sum(), rows, self.input.max_message_bytes)?;
         let mut analyses = Vec::new();
@@ -453,6 +455,7 @@ impl RotationService for RotationServiceImpl {
                 significance,
                 send_timeout: self.stream_send_timeout,
                 peer,
+                max_message_bytes: self.input.max_message_bytes,
             };
             Ok(Response::new(stream::start(context, job, slot)))
         }

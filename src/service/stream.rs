@@ -40,6 +40,8 @@ pub struct StreamContext {
     pub send_timeout: Duration,
     /// The connection the stream came on: closed when the stream stalls.
     pub peer: Option<PeerConnection>,
+    /// Largest message (`--max-message-bytes`): a chunk with vectors is cut to fit it.
+    pub max_message_bytes: usize,
 }
 
 /// What became of a message handed to the client.
@@ -147,7 +149,10 @@ impl Merged {
             if let Some(sums) = &part.layer_matrices {
                 self.matrices.merge(sums)?;
             }
-            Ok(convert::chunk(&part, first, job.seed, job.selection.row_matrices))
+            let mut message = convert::chunk(&part, first, job.seed, job.selection.row_matrices);
+            let dtype = job.vectors.as_ref().map(|v| v.dtype).unwrap_or_default();
+            message.vectors = convert::vectors(&part, context.rotation.vectors.as_ref(), dtype)?;
+            Ok(message)
         })
     }
 
@@ -172,7 +177,7 @@ impl Merged {
 async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) -> Result<(), Error> {
     let engine = &context.engine;
     let total = job.sentences.len();
-    let chunk = engine.limits.max_sentences.max(1);
+    let chunk = chunk_sentences(context, &job);
     let mut merged = Merged::default();
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens, Span)> = VecDeque::new();
     let mut ready: Option<(Prepared, Span)> = None; // prepared, waiting for room in the token budget
@@ -191,7 +196,8 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
                         }
                         other => other?,
                     };
-                    (next, chunks) = (end, chunks + 1);
+                    let p = fit_chunk(context, &job, p).instrument(span.clone()).await?;
+                    (next, chunks) = (p.end - job.first_index, chunks + 1);
                     (p, span)
                 }
             };
@@ -237,6 +243,39 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
     Span::current().record("chunks", chunks as i64);
     send(context, tx, Ok(merged.last(context, &job, done, skipped))).await;
     Ok(())
+}
+
+/// Sentences per chunk: the batch's sentence budget, fewer when the rows carry their vectors, so that
+/// a chunk of one row per sentence fits the message limit ([`fit_chunk`] cuts one with more rows).
+fn chunk_sentences(context: &StreamContext, job: &RotationJob) -> usize {
+    let info = &context.engine.model.info;
+    let fixed = convert::result_bound(info, 0, job);
+    let per_row = convert::result_bound(info, 1, job) - fixed;
+    let room = (context.max_message_bytes as u128).saturating_sub(fixed) / per_row.max(1);
+    context.engine.limits.max_sentences.min(usize::try_from(room).unwrap_or(usize::MAX)).max(1)
+}
+
+/// A prepared chunk whose message fits the limit: halved (its first sentences prepared again) while
+/// it does not and holds more than one sentence (several rows per sentence with OCCURRENCE_ALL); one
+/// sentence whose rows alone do not fit fails the stream with RESOURCE_EXHAUSTED.
+async fn fit_chunk(context: &StreamContext, job: &Arc<RotationJob>, mut p: Prepared) -> Result<Prepared, Error> {
+    let info = &context.engine.model.info;
+    loop {
+        let (rows, sentences) = (p.num_rows(), p.end - p.first);
+        let bound = convert::result_bound(info, rows, job);
+        if bound <= context.max_message_bytes as u128 {
+            return Ok(p);
+        }
+        if sentences <= 1 {
+            return Err(Error::ResultTooLarge(format!(
+                "sentence {} has {rows} rows whose message may take up to {bound} bytes, over the message limit \
+                 of {} bytes (max_message_bytes); ask for fewer vectors (states, conditions, float16)",
+                p.first, context.max_message_bytes
+            )));
+        }
+        let start = p.first - job.first_index;
+        p = prepare_chunk(context, job, start..start + sentences / 2).await?;
+    }
 }
 
 /// The final chunk: merged statistics and their t-tests (or why there are none).

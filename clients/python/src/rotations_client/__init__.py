@@ -40,8 +40,9 @@ from ._types import (
     SublayerRotations,
     SkippedSentence,
     Tokenized,
+    Vectors,
 )
-from ._options import Options
+from ._options import Options, VectorsOut
 from .client import DEFAULT_ADDRESS, Client, collect_stream
 from .connect import open_channel
 from .cluster import Cluster, ClusterStats
@@ -81,6 +82,8 @@ __all__ = [
     "SignificanceResult",
     "SublayerRotations",
     "Tokenized",
+    "Vectors",
+    "VectorsOut",
     "collect_stream",
     "open_channel",
     "is_retryable",

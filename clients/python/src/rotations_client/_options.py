@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import os
 from typing import Any, Dict, FrozenSet, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 from ._pb import pb
@@ -41,6 +42,48 @@ _OCCURRENCES: Dict[str, Any] = {
 }
 _STEPS: Dict[str, Any] = {"layers": pb.STEPS_LAYERS, "sublayers": pb.STEPS_SUBLAYERS}
 _SUB_TOKENS: Dict[str, Any] = {"last": pb.SUB_TOKEN_LAST, "first": pb.SUB_TOKEN_FIRST, "mean": pb.SUB_TOKEN_MEAN}
+_VECTOR_DTYPES: Dict[str, Any] = {"float32": pb.VECTOR_DTYPE_FLOAT32, "float16": pb.VECTOR_DTYPE_FLOAT16}
+_VECTOR_CONDITIONS = ("target", "non_target")
+#: The methods that write ``vectors_out`` (each row's vectors arrive in a stream's chunks).
+_VECTOR_METHODS = frozenset({"analyze", "stream_rotations"})
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorsOut:
+    """Where and which vectors ``vectors_out`` writes: the target's to ``path`` (a ``.npy`` file), the
+    non-target's to ``<stem>.non_target.npy``, each ``[rows, states, hidden]`` with the rows of the
+    angles in their order. ``dtype`` "float32" (the vectors the angles are computed from, exactly) or
+    "float16" (each value rounded by the server); ``states`` state indices (hidden states 0..L, then a
+    model's sub-layer states, as ``norms``), default every state; ``conditions`` "target" and/or
+    "non_target" (or 0, 1), default both."""
+
+    path: Union[str, "os.PathLike[str]"]
+    dtype: Literal["float32", "float16"] = "float32"
+    states: Optional[Tuple[int, ...]] = None
+    conditions: Tuple[Union[int, str], ...] = _VECTOR_CONDITIONS
+
+    def condition_indices(self) -> List[int]:
+        """The conditions as indices (0 target, 1 non_target), checked."""
+        out = []
+        for c in self.conditions:
+            index = _VECTOR_CONDITIONS.index(c) if c in _VECTOR_CONDITIONS else c
+            if isinstance(index, bool) or not isinstance(index, int) or index not in (0, 1):
+                raise ValueError(f"vectors_out conditions are 'target' and 'non_target' (0, 1), not {c!r}")
+            out.append(index)
+        return out
+
+    def to_pb(self) -> "pb.VectorOptions":
+        if self.dtype not in _VECTOR_DTYPES:
+            raise ValueError(f"vectors_out dtype must be 'float32' or 'float16', not {self.dtype!r}")
+        if not os.fspath(self.path).endswith(".npy"):
+            raise ValueError(f"vectors_out {os.fspath(self.path)!r}: give a file name ending in .npy")
+        states = [operator.index(s) for s in self.states or ()]
+        return pb.VectorOptions(dtype=_VECTOR_DTYPES[self.dtype], states=states, conditions=self.condition_indices())
+
+    @classmethod
+    def of(cls, value: Union[str, "os.PathLike[str]", VectorsOut]) -> VectorsOut:
+        """A path alone: every state, both conditions, float32."""
+        return value if isinstance(value, VectorsOut) else cls(path=value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +135,9 @@ class Options:
     num_tests: Optional[int] = None
     #: Analyse the valid sentences and report the others (``.skipped``) instead of failing.
     skip_invalid: bool = False
+    #: A ``.npy`` path or a :class:`VectorsOut`: each row's vectors written to disk as they arrive
+    #: (``analyze`` and ``stream_rotations``, which then stream).
+    vectors_out: Union[str, "os.PathLike[str]", VectorsOut, None] = None
 
     @classmethod
     def parse(cls, method: str, keywords: Mapping[str, Any], *, tests: bool = True) -> Options:
@@ -110,6 +156,8 @@ class Options:
                 values[spans] = tuple(values[spans])
         options = cls(**values)
         options.check()
+        if options.vectors_out is not None and method not in _VECTOR_METHODS:
+            raise ValueError(f"vectors_out is written by analyze and stream_rotations, not by {method}()")
         return options
 
     def check(self) -> None:
@@ -162,6 +210,8 @@ class Options:
         request.all_layers, request.row_matrices = bool(self.all_layers), bool(self.row_matrices)
         request.steps = _STEPS[self.steps]
         request.norms = bool(self.norms)
+        if self.vectors_out is not None:
+            request.vectors.CopyFrom(VectorsOut.of(self.vectors_out).to_pb())
 
     def _check_selection(self) -> None:
         _occurrence(self.occurrence)
@@ -171,6 +221,8 @@ class Options:
             raise ValueError(f"sub_token must be 'last', 'first' or 'mean', not {self.sub_token!r}")
         if self.row_matrices and not self.all_layers:
             raise ValueError("row_matrices needs all_layers=True")
+        if self.vectors_out is not None:
+            VectorsOut.of(self.vectors_out).to_pb()
 
     def significance(self) -> "pb.SignificanceOptions":
         """The paired tests' options (conditions, alpha, correction, number of tests)."""

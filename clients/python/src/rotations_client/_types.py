@@ -297,6 +297,28 @@ class Norms:
 
 
 @dataclass(frozen=True)
+class Vectors:
+    """``vectors_out``: one chunk's vectors on the wire. ``data[i]`` holds condition ``conditions[i]``'s
+    (0 target, 1 non_target) ``[rows, states, hidden]`` vectors (float32, or float16 rounded by the
+    server), the states axis being state indices ``states`` (hidden states 0..L, then a model's
+    sub-layer states, as ``Norms``)."""
+
+    states: Tuple[int, ...]
+    conditions: Tuple[int, ...]
+    data: Tuple[np.ndarray, ...]
+
+    @classmethod
+    def from_pb(cls, m: "pb.Vectors") -> Vectors:
+        dtype = "<f2" if m.dtype == pb.VECTOR_DTYPE_FLOAT16 else "<f4"
+        shape = tuple(m.shape)
+        return cls(
+            states=tuple(m.states),
+            conditions=tuple(m.conditions),
+            data=tuple(np.frombuffer(d, dtype=dtype).reshape(shape) for d in m.data),
+        )
+
+
+@dataclass(frozen=True)
 class SkippedSentence:
     """A sentence left out of the analysis (``skip_invalid=True``): its corpus index, a reason code
     (``TARGET_NOT_FOUND``, ``TOO_LONG``, …) and the reason in words."""
@@ -795,6 +817,8 @@ class RotationChunk:
     #: cover the corpus indices ``[first_sentence, end_sentence)``.
     skipped: Tuple[SkippedSentence, ...] = ()
     end_sentence: int = 0
+    #: With ``vectors_out``: this chunk's rows' vectors (written to the files as they arrive).
+    vectors: Optional[Vectors] = None
 
     def to_frame(self) -> "Any":
         """This chunk's angles as a tidy long pandas DataFrame (as :meth:`RotationResult.to_frame`)."""
@@ -831,4 +855,5 @@ class RotationChunk:
             norms=Norms.from_pb(m.norms) if m.HasField("norms") else None,
             skipped=tuple(SkippedSentence.from_pb(s) for s in m.skipped),
             end_sentence=m.end_sentence,
+            vectors=Vectors.from_pb(m.vectors) if m.HasField("vectors") else None,
         )

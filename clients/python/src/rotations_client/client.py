@@ -42,6 +42,7 @@ from ._options import (
     labelled_groups,
     sentences_list,
 )
+from ._vectors import write_vectors
 from .connect import Pem, open_channel
 from .errors import RotationsError
 from .retry import RetryPolicy
@@ -297,8 +298,16 @@ class Client:
         self, sentences: Iterable[str], target: Target = " her", *, timeout: Optional[float] = None, **options: Any
     ) -> Analysis:
         """The notebook in one call: :meth:`rotations` and :meth:`significance` of the result.
-        ``options`` are :class:`Options` (what is compared, which token, all layers, the t-tests)."""
-        request = Options.parse("analyze", options).rotation_request(sentences, target)
+        ``options`` are :class:`Options` (what is compared, which token, all layers, the t-tests);
+        with ``vectors_out`` the analysis streams (:meth:`stream_rotations`), its vectors going to disk."""
+        opts = Options.parse("analyze", options)
+        if opts.vectors_out is not None:
+            if opts.steps != "layers" or opts.norms:
+                # collect_stream does not reassemble them: refuse rather than drop them.
+                raise ValueError('analyze with vectors_out streams, which does not collect steps="sublayers" or '
+                                 "norms=True yet: take them from stream_rotations' chunks")
+            return collect_stream(self.stream_rotations(sentences, target, timeout=timeout, **options))
+        request = opts.rotation_request(sentences, target)
         m = self._call("Analyze", self._stub.Analyze, request, timeout)
         return Analysis.from_pb(m)
 
@@ -320,7 +329,9 @@ class Client:
         exact matrix sums and the mean matrix.
         """
         opts = Options.parse("stream_rotations", options)
-        return self.stream_request(opts.rotation_request(sentences, target, first_sentence_index=first_sentence_index), timeout)
+        request = opts.rotation_request(sentences, target, first_sentence_index=first_sentence_index)
+        chunks = self.stream_request(request, timeout)
+        return chunks if opts.vectors_out is None else write_vectors(chunks, opts.vectors_out)
 
     def stream_request(self, request: "pb.RotationRequest", timeout: Optional[float] = None) -> Iterator[RotationChunk]:
         """``StreamRotations`` of a request built by :meth:`Options.rotation_request` (the Cluster's chunks)."""

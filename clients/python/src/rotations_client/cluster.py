@@ -44,6 +44,8 @@ from ._types import (
 )
 from . import _tracing
 from ._options import Condition, Groups, Options, Target, condition_index, labelled_groups
+from ._npy import NpyAppender as _NpyAppender
+from ._vectors import write_vectors
 from .client import Client, collect_stream
 from .connect import Pem
 from .errors import RotationsError
@@ -585,7 +587,8 @@ class Cluster:
         total = len(sentences) if hasattr(sentences, "__len__") else None  # type: ignore[arg-type]
         if hasattr(sentences, "readline"):  # a text file: one sentence a line, without its line break
             sentences = (line.rstrip("\r\n") for line in sentences)
-        return self._stream(sentences, request, expected, total, progress)
+        chunks = self._stream(sentences, request, expected, total, progress)
+        return chunks if opts.vectors_out is None else write_vectors(chunks, opts.vectors_out)
 
     def _stream(
         self, sentences: Iterable[str], request: _Request, expected: Expected, total: Optional[int], progress: bool
@@ -743,33 +746,6 @@ class Cluster:
             )
         )
         return GroupComparison((labelled[0][0], labelled[1][0]), analyses, tests)  # type: ignore[arg-type]
-
-
-class _NpyAppender:
-    """A ``.npy`` file written one block of rows at a time; its header (with the final row count) is
-    written last, into space reserved at the start (format 1.0, a 128-byte header)."""
-
-    HEADER = 128
-
-    def __init__(self, path: Path, dtype: np.dtype) -> None:
-        self.path, self.dtype, self.rows, self.inner = path, np.dtype(dtype), 0, None
-        self.file = open(path, "wb")
-        self.file.write(b"\0" * self.HEADER)
-
-    def append(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        self.inner = block.shape[1:]
-        self.file.write(block.tobytes())
-        self.rows += block.shape[0]
-
-    def finish(self) -> np.ndarray:
-        shape = (self.rows, *(self.inner or ()))
-        header = repr({"descr": self.dtype.str, "fortran_order": False, "shape": shape}).encode("latin1")
-        padded = header.ljust(self.HEADER - 10 - 1) + b"\n"
-        self.file.seek(0)
-        self.file.write(b"\x93NUMPY\x01\x00" + len(padded).to_bytes(2, "little") + padded)
-        self.file.close()
-        return np.load(self.path, mmap_mode="r")
 
 
 def _collect_to_disk(chunks: Iterator[RotationChunk], path: Path) -> Analysis:
