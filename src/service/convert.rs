@@ -1,5 +1,5 @@
 //! Wire messages ↔ domain types, at the edge: the core never sees unchecked input.
-use ndarray::{Array3, ArrayView2, ArrayView3};
+use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
 
 use crate::analysis::VectorSelection;
 use crate::analysis::{
