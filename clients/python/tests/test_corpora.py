@@ -10,7 +10,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from rotations_client import Client, Cluster, RotationsError, serve
+from rotations_client import Client, Cluster, RotationsError, serve, stream_frame
 
 from .conftest import MODEL_DIR, REPO, _binary
 
@@ -67,6 +67,33 @@ def test_to_frame_is_a_tidy_long_table(client: Client, sentences: List[str]) -> 
     assert one.item() == analysis.angles[1, row, 1]
     tests = analysis.tests_frame()
     assert list(tests.layer) == list(range(1, layers + 1)) and "p_adjusted" in tests.columns
+
+
+def test_a_streams_frame_equals_the_one_shot_frame_and_pandas_means_equal_the_layer_means(
+    client: Client, replicas, sentences: List[str]  # type: ignore[no-untyped-def]
+) -> None:
+    import pandas as pd
+
+    texts = corpus(sentences, 30, [3, 17])
+    whole = client.analyze(texts, " her", skip_invalid=True)
+    frame = whole.to_frame()
+    streamed = stream_frame(client.stream_rotations(texts, " her", skip_invalid=True))
+    pd.testing.assert_frame_equal(streamed, frame)
+    with Cluster([r.address for r in replicas], chunk_size=7, timeout=120) as cluster:
+        sharded = stream_frame(cluster.stream_rotations(iter(texts), " her", skip_invalid=True))
+    pd.testing.assert_frame_equal(sharded, frame)
+    # pandas' own groupby means against the server's layer means (float64 means rounded to float32).
+    means = frame.groupby(["layer", "condition"], sort=False).angle.apply(lambda a: a.astype(np.float64).mean())
+    np.testing.assert_allclose(means.to_numpy().reshape(-1, 3), whole.rotations.layer_means, rtol=1e-6)
+
+
+def test_the_all_layers_frame_is_the_mean_matrix_in_long_form(client: Client, sentences: List[str]) -> None:
+    all_layers = client.rotations(sentences[:6], " her", all_layers=True).all_layers
+    frame = all_layers.to_frame()
+    assert list(frame.columns) == ["from_layer", "to_layer", "condition", "angle"]
+    states = all_layers.mean_matrix.shape[0]
+    want = [(i, j, "target", all_layers.mean_matrix[i, j]) for i in range(states) for j in range(states)]
+    assert list(zip(frame.from_layer, frame.to_layer, frame.condition, frame.angle)) == want
 
 
 def test_no_server_fails_within_seconds_and_serve_starts_one() -> None:

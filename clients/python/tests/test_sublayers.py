@@ -65,3 +65,32 @@ def test_a_model_without_sublayer_states_is_a_failed_precondition(tmp_path_facto
 def test_the_cluster_refuses_what_it_does_not_merge_yet() -> None:
     with pytest.raises(ValueError, match="Cluster does not merge"):
         list(Cluster(["127.0.0.1:1"]).stream_rotations(["I saw her."], " her", steps="sublayers"))
+
+
+def test_step_and_norm_frames_are_the_arrays_in_long_form(sub: Client) -> None:
+    result = sub.rotations(GOLDEN["sentences"], " her", steps="sublayers", norms=True)
+    steps, norms = result.sublayers, result.norms
+    frame = steps.to_frame(result.sentences)
+    assert list(frame.columns) == ["sentence", "occurrence", "layer", "step", "condition", "angle"]
+    layers, _, rows, _ = steps.angles.shape
+    # By hand: row-major over (row, layer, step, condition).
+    want = [
+        (result.sentences[r].index, l + 1, step, cond, steps.angles[l, k, r, c])
+        for r in range(rows)
+        for l in range(layers)
+        for k, step in enumerate(("attention", "mlp"))
+        for c, cond in enumerate(("target", "non_target"))
+    ]
+    got = list(zip(frame.sentence, frame.layer, frame.step, frame.condition, frame.angle))
+    assert got == want
+    means = frame.groupby(["layer", "step", "condition"], sort=False).angle.apply(lambda a: a.astype(np.float64).mean())
+    np.testing.assert_allclose(means.to_numpy().reshape(layers, 2, 2), steps.layer_means, rtol=1e-6)
+
+    norm_frame = norms.to_frame(result.sentences)
+    assert list(norm_frame.columns) == ["sentence", "occurrence", "state", "condition", "norm"]
+    states = norms.norms.shape[0]
+    assert states == 2 * layers + 2
+    names = list(norm_frame.state[: 2 * states : 2])
+    assert names[0] == "hidden_0" and names[layers] == f"hidden_{layers}"
+    assert names[layers + 1] == "resid_mid_1" and names[-1] == "final_block_output"
+    np.testing.assert_array_equal(norm_frame.norm.to_numpy().reshape(rows, states, 2), norms.norms.transpose(1, 0, 2))

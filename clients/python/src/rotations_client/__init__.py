@@ -40,6 +40,8 @@ from ._types import (
     SublayerRotations,
     SkippedSentence,
     Tokenized,
+    read_angles_csv,
+    stream_frame,
 )
 from ._options import Options
 from .client import DEFAULT_ADDRESS, Client, collect_stream
@@ -82,6 +84,8 @@ __all__ = [
     "SublayerRotations",
     "Tokenized",
     "collect_stream",
+    "read_angles_csv",
+    "stream_frame",
     "open_channel",
     "is_retryable",
 ]
