@@ -60,6 +60,7 @@ async fn main() {
         steps: false,
         norms: false,
         skip_invalid: false,
+        validate_only: false,
     };
     let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
     let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());

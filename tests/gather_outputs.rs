@@ -92,6 +92,7 @@ async fn selected_rotations_of(
         steps: false,
         norms: false,
         skip_invalid: false,
+        validate_only: false,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()

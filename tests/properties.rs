@@ -79,6 +79,7 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
                 steps: false,
                 norms: false,
                 skip_invalid: false,
+                validate_only: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 prop_assert_eq!(prepared.len(), job.sentences.len());
@@ -143,6 +144,7 @@ async fn arbitrary_selections_never_panic_and_rows_stay_inside() {
                 steps: false,
                 norms: false,
                 skip_invalid: false,
+                validate_only: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -69,6 +69,8 @@ pub struct RotationJob {
     pub norms: bool,
     /// Invalid sentences are left out and reported ([`Prepared::skipped`]) instead of failing the job.
     pub skip_invalid: bool,
+    /// Only check the sentences and list the invalid ones, no forward pass (StreamRotations).
+    pub validate_only: bool,
 }
 
 /// Budgets for one forward pass.

@@ -152,6 +152,7 @@ pub fn rotation_job(
         steps: steps(req.steps)?,
         norms: req.norms,
         skip_invalid: req.skip_invalid,
+        validate_only: req.validate_only,
     })
 }
 

@@ -33,6 +33,23 @@ def test_every_invalid_sentence_is_listed_on_the_exception(client: Client, sente
     assert error.message.startswith("3 of 8 sentences are invalid")
 
 
+def test_a_cluster_lists_every_invalid_sentence_of_the_corpus_as_one_client_does(
+    client: Client, replicas, sentences: List[str]  # type: ignore[no-untyped-def]
+) -> None:
+    bad = [2, 9, 10, 31, 47, 58]  # in five different chunks of 7
+    texts = corpus(sentences, 60, bad)
+    with pytest.raises(RotationsError) as one:
+        client.analyze(texts, " her")
+    with Cluster([r.address for r in replicas], chunk_size=7, timeout=120) as cluster, pytest.raises(RotationsError) as sharded:
+        cluster.analyze(iter(texts), " her")
+    listed = lambda e: [(s.index, s.field, s.code, s.reason, s.text) for s in e.invalid_sentences]  # noqa: E731
+    assert [s.index for s in sharded.value.invalid_sentences] == bad
+    assert listed(sharded.value) == listed(one.value.with_texts(type("R", (), {"sentences": texts})()))
+    assert sharded.value.invalid_count == one.value.invalid_count == len(bad)
+    assert sharded.value.code_name == "INVALID_ARGUMENT"
+    assert sharded.value.message.startswith("6 of 60 sentences are invalid")
+
+
 def test_skipping_equals_the_valid_sentences_alone_and_sharding_changes_nothing(
     client: Client, replicas, sentences: List[str]  # type: ignore[no-untyped-def]
 ) -> None:
