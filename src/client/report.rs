@@ -327,9 +327,9 @@ impl Report {
         }
         let path = dir.join("all_layers.csv");
         std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
-        let rows = all.sums.as_ref().map_or(self.num_sentences as u64, |s| s.n) as usize;
         let about = format!("{}: {}", self.rotations.model_name, self.target_label());
-        super::heatmap::all_layers_figure(&mean.values, states, self.unit, rows, &about, &dir.join("all_layers.svg"))
+        let n = self.rows_label();
+        super::heatmap::all_layers_figure(&mean.values, states, self.unit, &n, &about, &dir.join("all_layers.svg"))
     }
 }
 
