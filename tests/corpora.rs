@@ -97,9 +97,24 @@ async fn every_invalid_sentence_is_named_at_once_in_text_and_details() {
     let details = status.get_error_details();
     assert_eq!(details.bad_request().unwrap().field_violations.len(), listed);
     assert_eq!(details.error_info().unwrap().metadata["invalid"], "100");
+}
 
-    // validate_only (a sharding client's check of the rest): every invalid sentence, unbounded, in
-    // one final message without angles or statistics; the unary RPCs refuse it.
+/// Forward passes the server has run (its `rotations_sentences_total`), read from its metrics page.
+fn sentences_computed(metrics_port: u16) -> f64 {
+    let page = http_get(metrics_port, "/metrics");
+    let line = page.lines().find(|l| l.starts_with("rotations_sentences_total"));
+    line.and_then(|l| l.split_whitespace().last()).map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_only_lists_every_invalid_sentence_without_a_forward_pass() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = metrics_port.to_string();
+    let (_server, address) = serve_model_with(&bundled_model_dir(), "127.0.0.1", &["--metrics-port", &port], &[]);
+    let mut client = rotations::client::connect_to(&address, &Default::default()).await.unwrap();
+    let many: Vec<usize> = (0..300).filter(|i| i % 3 == 0).collect();
+    // A sharding client's check of the rest: every invalid sentence, unbounded, in one final
+    // message without angles or statistics, and no sentence through the model.
     let mut check = request(corpus(300, &many), false);
     check.validate_only = true;
     check.first_sentence_index = 1000;
@@ -112,6 +127,11 @@ async fn every_invalid_sentence_is_named_at_once_in_text_and_details() {
     assert!(only.last && only.angles.is_none() && only.statistics.is_empty());
     assert_eq!(only.skipped.iter().map(|s| s.index as usize - 1000).collect::<Vec<_>>(), many);
     assert_eq!(only.progress.unwrap().done, 300);
+    assert_eq!(sentences_computed(metrics_port), 0.0, "validate_only ran no forward pass");
+    // The same valid sentences analysed do go through the model (the metric counts them).
+    client.analyze(request(corpus(3, &[]), false)).await.unwrap();
+    assert_eq!(sentences_computed(metrics_port), 3.0);
+    // The unary RPCs refuse the option.
     let refused = client.analyze(check).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("validate_only"), "{}", refused.message());
