@@ -305,7 +305,8 @@ class _Run:
                     for _ in stream:
                         pass
                     if checking:
-                        return self._checked(chunk, part)
+                        self._checked(chunk, part)
+                        return None
                     rows = validate_chunk(self.expected, chunk.first, len(chunk.sentences), parts, part)
                     self._agrees(part)
                     return _Result(parts, part.statistics, part, rows, len(chunk.sentences))
@@ -341,7 +342,6 @@ class _Run:
             self.checking.update(found)
             self.checked += 1
             self.cond.notify_all()
-        return None
 
     def _every_invalid(self) -> RotationsError:
         """The run's error: every invalid sentence of the corpus (not only the first chunk's)."""
