@@ -360,7 +360,7 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
                 }
                 tokio::time::sleep(policy.backoff(failures_in_a_row - 1)).await;
             }
-            Err(status) if InvalidSentences::from_status(&status).is_some_and(|i| !i.sentences.is_empty()) => {
+            Err(status) if run.check_the_rest(&status) => {
                 failed_span(&span, &status, false);
                 run.check_only(chunk);
             }
@@ -772,6 +772,12 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
 /// after it are only checked (`validate_only`: tokenized and located, no forward pass), and the run
 /// ends with the error one server gives for the whole corpus.
 impl Run {
+    /// Whether `status` fails a chunk for its invalid sentences (without --skip-invalid): then the
+    /// rest of the corpus is checked.
+    fn check_the_rest(&self, status: &tonic::Status) -> bool {
+        !self.request.skip_invalid && InvalidSentences::from_status(status).is_some_and(|i| !i.sentences.is_empty())
+    }
+
     /// `chunk` failed with invalid sentences: from now on chunks are only checked, it first.
     fn check_only(&self, chunk: Chunk) {
         lock(&self.invalid).get_or_insert_with(BTreeMap::new);

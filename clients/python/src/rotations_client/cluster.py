@@ -322,6 +322,8 @@ class _Run:
         checked, so that the run names every invalid sentence of the corpus. True if so."""
         if error.code != grpc.StatusCode.INVALID_ARGUMENT or not error.invalid_sentences:
             return False
+        if self.request.options.skip_invalid:  # not a sentence-by-sentence refusal: the run's error
+            return False
         with self.cond:
             if self.checking is None:
                 self.checking = {}
