@@ -158,13 +158,13 @@ impl Report {
     /// The angles as a tidy long table, `sentence,occurrence,layer,condition,angle` (after `prefix`,
     /// e.g. a group's label and comma), one line per (row, layer, condition) in that order: a
     /// sharded or streamed corpus writes the same lines in the same order. Floats in Rust's shortest
-    /// round-trip form. Written through a buffer: 10^5 sentences × 48 layers are ~0.5 GB.
+    /// round-trip form. Written through a buffer: 10^5 sentences × 48 layers are ~0.45 GB.
     pub(super) fn write_angles_csv(&self, out: &mut impl std::io::Write, prefix: &str) -> std::io::Result<()> {
         for s in 0..self.num_sentences {
             let report = self.rotations.sentences.get(s).copied().unwrap_or_default();
             let (index, occurrence) = (report.index, report.occurrence);
             for l in 0..self.num_layers {
-                for (c, condition) in ANGLE_CONDITIONS.iter().enumerate() {
+                for (c, condition) in crate::analysis::CONDITIONS.iter().enumerate() {
                     writeln!(out, "{prefix}{index},{occurrence},{},{condition},{}", l + 1, self.angle(l, s, c))?;
                 }
             }
@@ -347,8 +347,6 @@ pub(super) fn correction_name(c: i32) -> &'static str {
     }
 }
 
-/// The conditions of every angle tensor, in its third axis' order.
-pub const ANGLE_CONDITIONS: [&str; 3] = ["target", "non_target", "shuffled"];
 /// angles.csv's columns (the Python client's `to_frame()` has the same).
 pub const ANGLES_HEADER: &str = "sentence,occurrence,layer,condition,angle";
 
