@@ -153,3 +153,25 @@ def test_group_frames_are_long_tables_whose_means_are_the_groups_layer_means(com
         row = tests[tests.layer == layer]
         np.testing.assert_allclose(row.t.item(), want.statistic, rtol=1e-6)
         np.testing.assert_allclose(row.p.item(), want.pvalue, rtol=1e-5)
+
+
+def test_the_clis_group_tables_are_the_frames(server, comparison, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`rotations compare` on the same groups writes group_angles.csv and group_tests.csv with the
+    columns (and here the values) of comparison.to_frame() and tests_frame()."""
+    import subprocess
+
+    import pandas as pd
+
+    from rotations_client import read_angles_csv
+
+    from .conftest import _env
+
+    examples = REPO / "examples"
+    args = [str(server.binary), "compare", "--server", server.url, "--target", " her", "--correction", "holm"]
+    args += ["--group", f"possessive={examples / 'her_possessive.txt'}", "--group", f"object={examples / 'her_object.txt'}"]
+    done = subprocess.run([*args, "--out", str(tmp_path / "out")], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    pd.testing.assert_frame_equal(read_angles_csv(tmp_path / "out" / "group_angles.csv"), comparison.to_frame(), check_dtype=False)
+    tests = pd.read_csv(tmp_path / "out" / "group_tests.csv", keep_default_na=False)
+    assert list(tests.columns) == list(comparison.tests_frame().columns)
+    np.testing.assert_allclose(tests.p_adjusted.to_numpy(float), comparison.tests.p_adjusted, rtol=1e-12)
