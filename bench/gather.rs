@@ -61,6 +61,7 @@ async fn main() {
         norms: false,
         skip_invalid: false,
         vectors: None,
+        validate_only: false,
     };
     let gathered = Engine::new(load(&dir, &library, GatherOutputs::On), BatchLimits::default());
     let full = Engine::new(load(&dir, &library, GatherOutputs::Off), BatchLimits::default());

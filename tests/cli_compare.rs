@@ -64,7 +64,9 @@ fn one_server_a_stream_per_group_and_two_replicas_give_the_same_tests() {
     assert_eq!(tests_csv.lines().count(), 7);
     assert!(tests_csv.starts_with("layer,n_a,n_b,mean_a,mean_b,sd_a,sd_b,mean_difference,ci_low,ci_high,t,df,p,"));
     let angles_csv = std::fs::read_to_string(single.join("group_angles.csv")).unwrap();
-    assert_eq!(angles_csv.lines().count(), 1 + 2 * 6 * 16);
+    assert_eq!(angles_csv.lines().count(), 1 + 2 * 16 * 6 * 3, "two groups of 16, 6 layers, 3 conditions");
+    assert!(angles_csv.starts_with("group,sentence,occurrence,layer,condition,angle\npossessive,0,1,1,target,"));
+    assert!(angles_csv.lines().last().unwrap().starts_with("object,15,1,6,shuffled,"));
     let svg = std::fs::read_to_string(single.join("groups.svg")).unwrap();
     assert!(svg.contains("possessive (n = 16): mean ± 95% CI") && svg.contains("object (n = 16)"));
 }

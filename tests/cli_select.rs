@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
+use rotations::client::angles_file::read_angles_csv;
 
 fn analyze(args: &[&str], sentences: &Path, out: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rotations"))
@@ -48,9 +49,10 @@ fn every_occurrence_and_all_layers_agree_through_analyze_streams_and_shards() {
         assert!(stdout.contains("all_layers.svg"), "{name}: {stdout}");
     }
     let read = |run: &str, file: &str| std::fs::read_to_string(dir.path().join(run).join(file)).unwrap();
-    let angles = read("unary", "angles.csv");
-    assert_eq!(angles.lines().count(), 1 + 6 * 18, "6 layers x 2 occurrences x 9 sentences");
-    assert!(angles.lines().nth(2).unwrap().ends_with(",2"), "the second occurrence's row");
+    let angles = read_angles_csv(&dir.path().join("unary/angles.csv")).unwrap();
+    assert_eq!(angles.len(), 6 * 18 * 3, "6 layers x 2 occurrences x 9 sentences x 3 conditions");
+    let second = &angles[6 * 3];
+    assert_eq!((second.sentence, second.occurrence, second.layer), (0, 2, 1), "the second occurrence's row");
     for (name, _) in &runs[1..] {
         for file in ["angles.csv", "all_layers.csv"] {
             assert_eq!(read(name, file), read("unary", file), "{name}: {file}");

@@ -93,6 +93,7 @@ async fn selected_rotations_of(
         norms: false,
         skip_invalid: false,
         vectors: None,
+        validate_only: false,
     };
     let prepared = engine.prepare(&job).unwrap();
     engine.rotations(&prepared, job.unit, &mut Default::default()).await.unwrap()

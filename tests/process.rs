@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use rotations::client::angles_file::read_angles_csv;
 use rotations::proto::rotation_request::Target;
 use rotations::proto::rotation_service_client::RotationServiceClient;
 use rotations::proto::{self, RotationRequest};
@@ -204,7 +205,9 @@ async fn the_cli_streams_large_inputs_with_the_same_results() {
     for name in ["angles.svg", "significance.svg", "analysis.json"] {
         assert!(out.path().join("stream").join(name).is_file(), "{name}");
     }
-    let (a, b) = (read_csv(&out.path().join("unary/angles.csv")), read_csv(&out.path().join("stream/angles.csv")));
+    let read_angles = |dir: &str| read_angles_csv(&out.path().join(dir).join("angles.csv")).unwrap();
+    let (a, b) = (read_angles("unary"), read_angles("stream"));
+    assert_eq!(a.len(), 6 * 54 * 3);
     assert_eq!(a, b, "streamed angles equal unary ones");
     let (a, b) =
         (read_csv(&out.path().join("unary/significance.csv")), read_csv(&out.path().join("stream/significance.csv")));

@@ -80,6 +80,7 @@ async fn tokenized_arbitrary_text_never_panics_the_engine_checks() {
                 norms: false,
                 skip_invalid: false,
                 vectors: None,
+                validate_only: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 prop_assert_eq!(prepared.len(), job.sentences.len());
@@ -145,6 +146,7 @@ async fn arbitrary_selections_never_panic_and_rows_stay_inside() {
                 norms: false,
                 skip_invalid: false,
                 vectors: None,
+                validate_only: false,
             };
             if let Ok(prepared) = engine.prepare(&job) {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -97,6 +97,49 @@ impl AnglesFile {
     }
 }
 
+/// One line of `angles.csv`: the angle of one row (a sentence, or one occurrence in it) at one
+/// layer (hidden state layer−1 → layer) for one condition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AngleLine {
+    pub sentence: u32,
+    pub occurrence: u32,
+    pub layer: u32,
+    pub condition: String,
+    pub angle: f32,
+}
+
+/// Reads the `angles.csv` that `analyze` writes (`sentence,occurrence,layer,condition,angle`):
+/// the one reader of it (the tests compare runs through it). Errors name the line.
+pub fn read_angles_csv(path: &Path) -> anyhow::Result<Vec<AngleLine>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    anyhow::ensure!(
+        header == super::report::ANGLES_HEADER,
+        "{}: header {header:?} is not {:?}",
+        path.display(),
+        super::report::ANGLES_HEADER
+    );
+    lines
+        .enumerate()
+        .map(|(k, line)| parse_line(line).with_context(|| format!("{}:{}", path.display(), k + 2)))
+        .collect()
+}
+
+fn parse_line(line: &str) -> anyhow::Result<AngleLine> {
+    let fields: Vec<&str> = line.split(',').collect();
+    let [sentence, occurrence, layer, condition, angle] = fields[..] else {
+        anyhow::bail!("{} fields, not 5: {line:?}", fields.len())
+    };
+    Ok(AngleLine {
+        sentence: sentence.parse().context("sentence")?,
+        occurrence: occurrence.parse().context("occurrence")?,
+        layer: layer.parse().context("layer")?,
+        condition: condition.to_string(),
+        angle: angle.parse().context("angle")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +177,19 @@ mod tests {
         assert_eq!(draws.slice(s![4, 1, ..]).to_vec(), [3, 3, 7, 2]);
         assert_eq!(draws.slice(s![1, 1, ..]).to_vec(), [4, 0, 7, 3]);
         assert!(AnglesFile::create(&dir.path().join("angles.bin"), 1, 1).is_err());
+    }
+
+    #[test]
+    fn angles_csv_lines_are_read_back_and_bad_lines_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("angles.csv");
+        std::fs::write(&path, "sentence,occurrence,layer,condition,angle\n4,2,1,shuffled,81.25\n").unwrap();
+        let want = AngleLine { sentence: 4, occurrence: 2, layer: 1, condition: "shuffled".into(), angle: 81.25 };
+        assert_eq!(read_angles_csv(&path).unwrap(), [want]);
+        std::fs::write(&path, "sentence,occurrence,layer,condition,angle\n4,2,1,shuffled\n").unwrap();
+        let error = format!("{:#}", read_angles_csv(&path).unwrap_err());
+        assert!(error.contains("angles.csv:2: 4 fields, not 5"), "{error}");
+        std::fs::write(&path, "layer,sentence,target\n").unwrap();
+        assert!(read_angles_csv(&path).is_err(), "the old wide header is refused");
     }
 }

@@ -17,6 +17,7 @@ use super::angles_file::AnglesFile;
 use super::connect::AuthChannel;
 use super::inside_merge::{step_options, InsideSums};
 use super::retry::{should_retry, RetryPolicy};
+use super::sentences::InvalidSentences;
 use super::sentences::{locate, SentenceLines};
 use super::skipped::Skipped;
 use super::validate::{validate_chunk, validate_significance, Expected};
@@ -24,6 +25,7 @@ use super::vectors_file::{VectorLayout, VectorsFile};
 use super::{connect_to, status_error};
 use crate::analysis::{merge_conditions, merge_layers, AngleMatrixSum, ExactMoments, PairedStats};
 use crate::config::ConnectArgs;
+use crate::engine::{quote, InvalidSentence};
 use crate::proto;
 use crate::proto::rotation_service_client::RotationServiceClient;
 use crate::service::convert::{
@@ -172,6 +174,9 @@ struct Run {
     marked: bool,
     chunking: Chunking,
     bar: indicatif::ProgressBar,
+    /// Once a chunk has failed with invalid sentences: every invalid sentence found (by corpus
+    /// index, with its line), and the chunks left are only checked (`validate_only`, no forward pass).
+    invalid: Mutex<Option<BTreeMap<usize, (usize, InvalidSentence)>>>,
 }
 
 /// How a corpus is cut: sentences per chunk, and each chunk's deadline (`None`: [`chunk_deadline`]
@@ -329,14 +334,24 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
         };
         let deadline = run.chunking.deadline.unwrap_or_else(|| chunk_deadline(chunk.sentences.len()));
         let span = chunk_span(&address, &chunk);
-        let answer =
-            compute_chunk(&mut client, &run.request, &chunk, run.marked, deadline).instrument(span.clone()).await;
+        let only_check = lock(&run.invalid).is_some();
+        let answer = compute_chunk(&mut client, &run.request, &chunk, run.marked, deadline, only_check)
+            .instrument(span.clone())
+            .await;
         let checked = answer.map(|result| {
-            let valid = validate_chunk(&run.expected, chunk.first, chunk.sentences.len(), &result.parts, &result.last)
-                .and_then(|rows| run.agrees(&result.last).map(|()| rows));
+            let valid = if only_check {
+                Ok(0)
+            } else {
+                validate_chunk(&run.expected, chunk.first, chunk.sentences.len(), &result.parts, &result.last)
+                    .and_then(|rows| run.agrees(&result.last).map(|()| rows))
+            };
             (result, valid)
         });
         match checked {
+            Ok((result, Ok(_))) if only_check => {
+                failures_in_a_row = 0;
+                run.checked(&address, chunk, &result.last)?;
+            }
             Ok((result, Ok(rows))) => {
                 failures_in_a_row = 0;
                 run.computed(&address, chunk, result, rows)?;
@@ -355,6 +370,10 @@ async fn pull_chunks(address: String, mut client: Rpc, run: Arc<Run>) -> anyhow:
                     break true;
                 }
                 tokio::time::sleep(policy.backoff(failures_in_a_row - 1)).await;
+            }
+            Err(status) if run.check_the_rest(&status) => {
+                failed_span(&span, &status, false);
+                run.check_only(chunk);
             }
             Err(status) => {
                 failed_span(&span, &status, false);
@@ -426,10 +445,12 @@ async fn compute_chunk(
     chunk: &Chunk,
     marked: bool,
     deadline: Duration,
+    validate_only: bool,
 ) -> Result<ChunkResult, tonic::Status> {
     let piece = proto::RotationRequest {
         sentences: chunk.sentences.clone(),
         first_sentence_index: chunk.first as u64,
+        validate_only,
         ..request.clone()
     };
     let piece = if marked { unmark_piece(piece)? } else { piece };
@@ -653,11 +674,15 @@ pub async fn analyze_to_disk(
         marked: corpus.marked,
         chunking,
         bar: super::progress_bar(total as u64)?,
+        invalid: Mutex::new(None),
     });
     let outcome = drive(&replicas, how, &model, &run).await;
     run.bar.finish_and_clear();
     report_replicas(&run);
     outcome?;
+    if let Some(every_invalid) = run.every_invalid(total) {
+        return Err(every_invalid);
+    }
     finish(run, total).await
 }
 
@@ -800,4 +825,59 @@ async fn finish(run: Arc<Run>, total: usize) -> anyhow::Result<Outcome> {
     }
     let analysis = super::assemble_stream(parts, &last, significance, total)?;
     Ok(Outcome { analysis, sentences, angles_file: None, vectors_file, replicas, total, skipped })
+}
+
+/// Every invalid sentence in one run: once a chunk fails with invalid sentences, it and every chunk
+/// after it are only checked (`validate_only`: tokenized and located, no forward pass), and the run
+/// ends with the error one server gives for the whole corpus.
+impl Run {
+    /// Whether `status` fails a chunk for its invalid sentences (without --skip-invalid): then the
+    /// rest of the corpus is checked.
+    fn check_the_rest(&self, status: &tonic::Status) -> bool {
+        !self.request.skip_invalid && InvalidSentences::from_status(status).is_some_and(|i| !i.sentences.is_empty())
+    }
+
+    /// `chunk` failed with invalid sentences: from now on chunks are only checked, it first.
+    fn check_only(&self, chunk: Chunk) {
+        lock(&self.invalid).get_or_insert_with(BTreeMap::new);
+        lock(&self.state).resend.push_front(chunk);
+        self.bar.set_message("invalid sentences: checking the rest of the corpus");
+    }
+
+    /// A checked chunk's invalid sentences (`answer.skipped`), placed at their lines.
+    fn checked(&self, address: &str, chunk: Chunk, answer: &proto::RotationChunk) -> anyhow::Result<()> {
+        {
+            let mut invalid = lock(&self.invalid);
+            let found = invalid.get_or_insert_with(BTreeMap::new);
+            for s in &answer.skipped {
+                let k = (s.index as usize)
+                    .checked_sub(chunk.first)
+                    .filter(|k| *k < chunk.sentences.len())
+                    .with_context(|| format!("{address} checked sentence {} outside its chunk", s.index))?;
+                let sentence = InvalidSentence {
+                    index: s.index as usize,
+                    quote: quote(&chunk.sentences[k]),
+                    code: s.reason.clone(),
+                    reason: s.message.clone(),
+                };
+                found.insert(sentence.index, (chunk.lines[k], sentence));
+            }
+        }
+        self.bar.inc(chunk.sentences.len() as u64);
+        let mut s = lock(&self.state);
+        s.computed += 1;
+        s.replicas.get_mut(address).expect("known").served += 1;
+        Ok(())
+    }
+
+    /// The error one server gives for the whole corpus (the same text, lines and details), when
+    /// invalid sentences were found.
+    fn every_invalid(&self, total: usize) -> Option<anyhow::Error> {
+        let found = lock(&self.invalid).take().filter(|found| !found.is_empty())?;
+        let lines: BTreeMap<usize, usize> = found.iter().map(|(i, (line, _))| (*i, *line)).collect();
+        let invalid = found.into_values().map(|(_, sentence)| sentence).collect();
+        let error = crate::error::Error::Sentences { invalid, total, first_index: 0, skipping: false };
+        let status = tonic::Status::from(error);
+        Some(locate(&self.path, |i| lines.get(&i).copied(), status_error(status)))
+    }
 }

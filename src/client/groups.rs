@@ -12,7 +12,7 @@ use std::io::Write as _;
 
 use anyhow::Context;
 
-use super::report::{correction_name, direction_name, Report};
+use super::report::{correction_name, direction_name, write_csv, Report, ANGLES_HEADER};
 use super::sentences::SentenceFile;
 use super::{cluster, connect, connect_to, output, rotation_request, with_retry};
 use crate::config::{AnalyzeArgs, ClientArgs, CompareArgs, ConditionArg};
@@ -319,19 +319,6 @@ impl GroupReport {
         out
     }
 
-    fn angles_csv(&self) -> String {
-        let mut out = String::from("group,layer,sentence,target,non_target,shuffled\n");
-        for (label, r) in self.labels.iter().zip(&self.groups) {
-            for l in 0..r.num_layers {
-                for s in 0..r.num_sentences {
-                    let (t, n, sh) = (r.angle(l, s, 0), r.angle(l, s, 1), r.angle(l, s, 2));
-                    let _ = writeln!(out, "{},{},{s},{t},{n},{sh}", csv_field(label), l + 1);
-                }
-            }
-        }
-        out
-    }
-
     fn json(&self) -> serde_json::Value {
         let t = &self.tests;
         serde_json::json!({
@@ -363,7 +350,13 @@ impl GroupReport {
         let write = |name: &str, body: String| {
             std::fs::write(dir.join(name), body).with_context(|| format!("cannot write {}", dir.join(name).display()))
         };
-        write("group_angles.csv", self.angles_csv())?;
+        let header = format!("group,{ANGLES_HEADER}");
+        write_csv(&dir.join("group_angles.csv"), &header, |out| {
+            for (label, r) in self.labels.iter().zip(&self.groups) {
+                r.write_angles_csv(out, &format!("{},", csv_field(label)))?;
+            }
+            Ok(())
+        })?;
         write("group_tests.csv", self.tests_csv())?;
         write("groups.json", serde_json::to_string_pretty(&self.json())?)?;
         super::group_plot::groups_figure(self, &dir.join("groups.svg"))

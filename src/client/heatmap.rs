@@ -20,12 +20,13 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// Draws the figure of the mean matrix `mean` (`[states, states]` row-major) in `unit`, over
-/// `rows` rows, into `path`; `about` names the model and the target ("gpt2: \" her\"").
+/// `n` (e.g. "54 sentences", as every figure's title says it), into `path`; `about` names the model
+/// and the target ("gpt2: \" her\"").
 pub fn all_layers_figure(
     mean: &[f32],
     states: usize,
     unit: &str,
-    rows: usize,
+    n: &str,
     about: &str,
     path: &Path,
 ) -> anyhow::Result<()> {
@@ -36,7 +37,7 @@ pub fn all_layers_figure(
     );
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let title = format!("{about} across all layers: mean angle between hidden states ({unit}), n = {rows} rows");
+    let title = format!("{about} across all layers: mean angle between hidden states ({unit}), n = {n}");
     let root = root.titled(&title, ("sans-serif", CAPTION_FONT)).map_err(plot_err)?;
     let (left, right) = root.split_horizontally(600);
     let (map, bar) = left.split_horizontally(510);

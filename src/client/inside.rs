@@ -79,7 +79,7 @@ fn steps_figure(means: &[f32], layers: usize, unit: &str, title: &str, path: &Pa
         .margin(16)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d(layer_axis(layers, 0.0), 0f64..f64::from(max) * 1.45 + 1e-12)
+        .build_cartesian_2d(layer_axis(layers, 0.5), 0f64..f64::from(max) * 1.45 + 1e-12)
         .map_err(plot_err)?;
     let unit = if unit == "radians" { "rad." } else { "deg." };
     layer_mesh(&mut chart, LAYER_LABEL, &format!("Mean angle ({unit})"))?;

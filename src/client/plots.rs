@@ -221,7 +221,7 @@ fn shuffled_panel(r: &Report, area: &Area<'_>, points: &[(f64, f64, f64)]) -> an
 
 fn axes<X: Ranged<ValueType = f64> + ValueFormatter<f64>>(chart: &mut Chart<'_, X>, r: &Report) -> anyhow::Result<()> {
     let unit = if r.unit == "radians" { "rad." } else { "deg." };
-    layer_mesh(chart, "Layer (l−1 → l)", &format!("Angle ({unit})"))
+    layer_mesh(chart, LAYER_LABEL, &format!("Angle ({unit})"))
 }
 
 /// The axes every per-layer figure draws: no grid, value labels, the fonts, the two descriptions.
@@ -471,7 +471,9 @@ mod tests {
         let labels = texts(&angles);
         let title = "gpt2-tiny-random: rotation of &quot; her&quot; per layer, n = 54 sentences";
         assert!(labels.contains(&title), "{labels:?}");
-        for label in ["Target", "Non-target (the token before)", "Shuffled", "Shuffled control (own scale)"] {
+        for label in
+            ["Target", "Non-target (the token before)", "Shuffled", "Shuffled control (own scale)", LAYER_LABEL]
+        {
             assert!(labels.contains(&label), "{label} not in {labels:?}");
         }
         assert_eq!(labels.iter().filter(|l| **l == "*").count(), 3, "a star above each significant layer");

@@ -155,35 +155,31 @@ impl Report {
         out
     }
 
-    fn angles_csv(&self) -> String {
-        // One line per layer and row; a row is a sentence, or one occurrence in it (--occurrence all).
-        let mut out = String::from("layer,sentence,target,non_target,shuffled,occurrence\n");
-        for l in 0..self.num_layers {
-            for s in 0..self.num_sentences {
-                let report = self.rotations.sentences.get(s).copied().unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "{},{},{},{},{},{}",
-                    l + 1,
-                    report.index,
-                    self.angle(l, s, 0),
-                    self.angle(l, s, 1),
-                    self.angle(l, s, 2),
-                    report.occurrence
-                );
+    /// The angles as a tidy long table, `sentence,occurrence,layer,condition,angle` (after `prefix`,
+    /// e.g. a group's label and comma), one line per (row, layer, condition) in that order: a
+    /// sharded or streamed corpus writes the same lines in the same order. Floats in Rust's shortest
+    /// round-trip form. Written through a buffer: 10^5 sentences × 48 layers are ~0.45 GB.
+    pub(super) fn write_angles_csv(&self, out: &mut impl std::io::Write, prefix: &str) -> std::io::Result<()> {
+        for s in 0..self.num_sentences {
+            let report = self.rotations.sentences.get(s).copied().unwrap_or_default();
+            let (index, occurrence) = (report.index, report.occurrence);
+            for l in 0..self.num_layers {
+                for (c, condition) in crate::analysis::CONDITIONS.iter().enumerate() {
+                    writeln!(out, "{prefix}{index},{occurrence},{},{condition},{}", l + 1, self.angle(l, s, c))?;
+                }
             }
         }
-        out
+        Ok(())
     }
 
     fn significance_csv(&self) -> String {
         let mut out = String::from(
-            "layer,t,p,p_adjusted,df,mean_difference,sd_difference,cohens_dz,ci_low,ci_high,significant,direction\n",
+            "layer,t,p,p_adjusted,df,mean_difference,sd_difference,cohens_dz,ci_low,ci_high,significant,direction,flag\n",
         );
         for t in &self.significance.layers {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 t.layer,
                 t.t,
                 t.p,
@@ -195,7 +191,8 @@ impl Report {
                 t.ci_low,
                 t.ci_high,
                 t.significant,
-                direction_name(t.direction)
+                direction_name(t.direction),
+                layer_flag_name(t.flag)
             );
         }
         out
@@ -295,7 +292,7 @@ impl Report {
             std::fs::write(dir.join(name), body).with_context(|| format!("cannot write {}", dir.join(name).display()))
         };
         if self.angles_file.is_none() {
-            write("angles.csv", self.angles_csv())?;
+            write_csv(&dir.join("angles.csv"), ANGLES_HEADER, |out| self.write_angles_csv(out, ""))?;
         }
         write("significance.csv", self.significance_csv())?;
         write("analysis.json", serde_json::to_string_pretty(&self.json())?)?;
@@ -330,9 +327,9 @@ impl Report {
         }
         let path = dir.join("all_layers.csv");
         std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
-        let rows = all.sums.as_ref().map_or(self.num_sentences as u64, |s| s.n) as usize;
         let about = format!("{}: {}", self.rotations.model_name, self.target_label());
-        super::heatmap::all_layers_figure(&mean.values, states, self.unit, rows, &about, &dir.join("all_layers.svg"))
+        let n = self.rows_label();
+        super::heatmap::all_layers_figure(&mean.values, states, self.unit, &n, &about, &dir.join("all_layers.svg"))
     }
 }
 
@@ -347,6 +344,31 @@ pub(super) fn correction_name(c: i32) -> &'static str {
         Ok(proto::Correction::BenjaminiHochberg) => "benjamini-hochberg",
         Ok(proto::Correction::None) => "none",
         _ => "bonferroni",
+    }
+}
+
+/// angles.csv's columns (the Python client's `to_frame()` has the same).
+pub const ANGLES_HEADER: &str = "sentence,occurrence,layer,condition,angle";
+
+/// Writes `header` and the lines `body` writes to `path`, through a buffer.
+pub(super) fn write_csv(
+    path: &Path,
+    header: &str,
+    body: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let file = std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    writeln!(out, "{header}")
+        .and_then(|()| body(&mut out))
+        .and_then(|()| out.flush())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn layer_flag_name(f: i32) -> &'static str {
+    match proto::LayerFlag::try_from(f) {
+        Ok(proto::LayerFlag::ZeroVariance) => "zero_variance",
+        _ => "",
     }
 }
 

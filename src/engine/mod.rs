@@ -71,6 +71,8 @@ pub struct RotationJob {
     pub skip_invalid: bool,
     /// Also the vectors themselves (as asked: checked against the model by [`Engine::check_job`]).
     pub vectors: Option<VectorRequest>,
+    /// Only check the sentences and list the invalid ones, no forward pass (StreamRotations).
+    pub validate_only: bool,
 }
 
 /// The vectors a request asks for, as it asks: state indices (empty: every state) and conditions

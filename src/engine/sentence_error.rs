@@ -21,7 +21,7 @@ pub fn quote(sentence: &str) -> String {
 pub struct InvalidSentence {
     pub index: usize,
     pub quote: String,
-    pub code: &'static str,
+    pub code: String,
     pub reason: String,
 }
 
@@ -79,7 +79,7 @@ pub fn explain(
             message.strip_prefix(&format!("sentence {index}: ")).unwrap_or(&message).to_string()
         }
     };
-    Ok(InvalidSentence { index, quote: quote(text), code: code(&error), reason })
+    Ok(InvalidSentence { index, quote: quote(text), code: code(&error).to_string(), reason })
 }
 
 /// A target that is the sentence's first token has no token before it: the fixes that exist

@@ -166,6 +166,7 @@ pub fn rotation_job(
         norms: req.norms,
         skip_invalid: req.skip_invalid,
         vectors: req.vectors.as_ref().map(vector_request).transpose()?,
+        validate_only: req.validate_only,
     })
 }
 

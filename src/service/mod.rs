@@ -125,6 +125,9 @@ impl RotationServiceImpl {
     /// model, and the size of its result.
     fn checked_job(&self, engine: &Engine, req: &proto::RotationRequest) -> Result<RotationJob, Error> {
         let job = convert::rotation_job(req, self.limits.max_sentences, "max_sentences")?;
+        if job.validate_only {
+            return Err(Error::invalid("validate_only", "is served by StreamRotations only"));
+        }
         convert::check_texts("sentences", &job.sentences, self.input.max_text_bytes)?;
         engine.check_job(&job)?;
         // Every sentence gives at least one row: refused here, before tokenizing, if even that cannot fit.

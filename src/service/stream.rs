@@ -175,6 +175,9 @@ impl Merged {
 }
 
 async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) -> Result<(), Error> {
+    if job.validate_only {
+        return validate_only(context, &job, tx).await;
+    }
     let engine = &context.engine;
     let total = job.sentences.len();
     let chunk = chunk_sentences(context, &job);
@@ -335,16 +338,47 @@ async fn every_invalid(
     mut invalid: Vec<InvalidSentence>,
     checked: usize,
 ) -> Error {
+    match check_from(context, job, checked).await {
+        Ok(rest) => invalid.extend(rest),
+        Err(e) => return e,
+    }
+    let total = job.sentences.len();
+    Error::Sentences { invalid, total, first_index: job.first_index, skipping: false }
+}
+
+/// The invalid sentences of the job from `checked` on: tokenized and located a chunk at a time,
+/// no forward pass.
+async fn check_from(
+    context: &StreamContext,
+    job: &Arc<RotationJob>,
+    checked: usize,
+) -> Result<Vec<InvalidSentence>, Error> {
     let (total, chunk) = (job.sentences.len(), context.engine.limits.max_sentences.max(1));
     let skipping = Arc::new(RotationJob { skip_invalid: true, ..(**job).clone() });
-    let mut next = checked;
+    let (mut next, mut invalid) = (checked, Vec::new());
     while next < total {
         let end = (next + chunk).min(total);
-        match prepare_chunk(context, &skipping, next..end).await {
-            Ok(prepared) => invalid.extend(prepared.skipped),
-            Err(e) => return e,
-        }
+        invalid.extend(prepare_chunk(context, &skipping, next..end).await?.skipped);
         next = end;
     }
-    Error::Sentences { invalid, total, first_index: job.first_index, skipping: false }
+    Ok(invalid)
+}
+
+/// `validate_only`: one final chunk listing every invalid sentence of the job, no forward pass.
+async fn validate_only(context: &StreamContext, job: &Arc<RotationJob>, tx: &Sender) -> Result<(), Error> {
+    let invalid = check_from(context, job, 0).await?;
+    let total = job.sentences.len();
+    let message = proto::RotationChunk {
+        first_sentence: job.first_index as u32,
+        end_sentence: (job.first_index + total) as u32,
+        skipped: convert::skipped(&invalid),
+        progress: Some(proto::Progress { done: total as u32, total: total as u32 }),
+        unit: convert::unit_to_proto(job.unit) as i32,
+        shuffle_seed: job.seed,
+        model_name: context.engine.model.info.name.clone(),
+        last: true,
+        ..Default::default()
+    };
+    send(context, tx, Ok(message)).await;
+    Ok(())
 }

@@ -114,6 +114,8 @@ from scipy import stats
 
 xticks = np.arange(1, n_hiddens)
 n = angles.shape[1]
+layer_label = "Layer (hidden state l−1 → l)"  # layer l rotates hidden state l-1 to l, as the CLI's figures say
+about = f"{info.model_name}: {args.target!r}, n = {n:,} sentences"  # every figure names model, target and n
 
 
 def mean_ci(values):
@@ -127,12 +129,12 @@ for c, colour, label in [(0, "r", "Target"), (1, "b", "Non-target (the token bef
     mean, half = mean_ci(angles[:, :, c])
     left.fill_between(xticks, mean - half, mean + half, color=colour, alpha=0.2)
     left.plot(xticks, mean, colour, marker="o", linewidth=2.5, label=label)
-left.set(xlabel="Transformer layer", ylabel=f"Angle ({unit_label})", title="Target vs non-target: mean ± 95% CI")
+left.set(xlabel=layer_label, ylabel=f"Angle ({unit_label})", title="Target vs non-target: mean ± 95% CI")
 left.legend()
 mean, half = mean_ci(angles[:, :, 2])
 right.fill_between(xticks, mean - half, mean + half, color="g", alpha=0.2)
 right.plot(xticks, mean, "g", marker="o", linewidth=2.5, label="Shuffled")
-right.set(xlabel="Transformer layer", ylabel=f"Angle ({unit_label})", title="Shuffled control (own scale)")
+right.set(xlabel=layer_label, ylabel=f"Angle ({unit_label})", title="Shuffled control (own scale)")
 fig.suptitle(f"{info.model_name}: rotation of {args.target!r} relative to the previous layer, n = {n:,} sentences")
 fig.tight_layout()
 
@@ -160,7 +162,7 @@ plt.plot(
     "ko",
     markersize=9,
     markerfacecolor=[0.7, 0.9, 0.7],
-    label="Target > nontarget",
+    label="Target > nontarget" if (issig & (t > 0)).any() else None,  # a legend of the markers shown
 )
 plt.plot(
     xticks[issig & (t < 0)],
@@ -168,16 +170,16 @@ plt.plot(
     "ks",
     markersize=9,
     markerfacecolor=[0.7, 0.7, 0.9],
-    label="Nontarget > target",
+    label="Nontarget > target" if (issig & (t < 0)).any() else None,
 )
 
 # and the non-significant values
-plt.plot(xticks[~issig], t[~issig], "rx", label="Non-sig.")
+plt.plot(xticks[~issig], t[~issig], "rx", label="Non-sig." if (~issig).any() else None)
 plt.axhline(0, linestyle="--", color="gray")
 
 # touch-ups
 plt.legend()
-plt.gca().set(xlabel="Layer", ylabel="T-value", title="Statistical significance of rotation differences")
+plt.gca().set(xlabel=layer_label, ylabel="T-value", title=f"Statistical significance of rotation differences ({about})")
 
 show("significance.png")
 
@@ -198,7 +200,7 @@ if info.sublayers:
         plt.plot(layers, means[:, 0, c], colour + "-o", linewidth=3, label=f"{who}, attention step")
         plt.plot(layers, means[:, 1, c], colour + "--o", linewidth=1.5, mfc="none", label=f"{who}, MLP step")
     plt.legend()
-    plt.gca().set(xlabel="Transformer layer", ylabel=f"Mean angle ({unit_label})", title="Rotation inside each layer")
+    plt.gca().set(xlabel=layer_label, ylabel=f"Mean angle ({unit_label})", title=f"Rotation inside each layer ({about})")
     show("steps.png")
     steps = inside.step_significance
     print(f"{steps.num_tests} step tests ({steps.correction}):", [(t.layer, f"{t.p:.3g}") for t in steps.layers])

@@ -22,6 +22,7 @@ from rotations_client import (
     RotationsError,
     SignificanceResult,
     collect_stream,
+    read_angles_csv,
 )
 
 from .conftest import MODEL_DIR, REPO, SENTENCES_FILE, Server
@@ -131,14 +132,17 @@ def test_rotations_shape_and_reports(client: Client, sentences: List[str]) -> No
 
 
 def test_rotations_match_the_cli_csv(client: Client, sentences: List[str], cli_output: Path) -> None:
+    import pandas as pd
+
     result = client.rotations(sentences, target=" her")
-    rows = read_csv(cli_output / "angles.csv")
-    assert len(rows) == LAYERS * len(sentences)
-    from_csv = np.zeros_like(result.angles)
-    for row in rows:
-        layer, sentence = int(row["layer"]), int(row["sentence"])
-        from_csv[layer - 1, sentence] = [np.float32(row[c]) for c in CONDITIONS]
-    np.testing.assert_allclose(result.angles, from_csv, rtol=RTOL, atol=0)
+    frame = read_angles_csv(cli_output / "angles.csv")
+    assert list(frame.columns) == ["sentence", "occurrence", "layer", "condition", "angle"]
+    assert len(frame) == LAYERS * len(sentences) * 3
+    # By hand: the long table is row-major over (sentence, layer, condition).
+    from_csv = frame.angle.to_numpy().reshape(len(sentences), LAYERS, 3).transpose(1, 0, 2)
+    np.testing.assert_array_equal(result.angles, from_csv)
+    assert list(frame.condition[:3]) == list(CONDITIONS)
+    pd.testing.assert_frame_equal(frame, result.to_frame(), check_dtype=False)
 
 
 def test_analyze_matches_the_cli(client: Client, sentences: List[str], cli_output: Path) -> None:
@@ -147,6 +151,7 @@ def test_analyze_matches_the_cli(client: Client, sentences: List[str], cli_outpu
     assert analysis.angles.shape == (LAYERS, len(sentences), 3)
 
     rows = read_csv(cli_output / "significance.csv")
+    assert list(rows[0]) == list(analysis.tests_frame().columns), "the CLI's columns are tests_frame()'s"
     sig = analysis.significance
     assert [int(r["layer"]) for r in rows] == list(sig.layer) == list(range(1, LAYERS + 1))
     np.testing.assert_allclose(sig.t, [float(r["t"]) for r in rows], rtol=RTOL)

@@ -10,7 +10,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from rotations_client import Client, Cluster, RotationsError, serve
+from rotations_client import Client, Cluster, RotationsError, serve, stream_frame
 
 from .conftest import MODEL_DIR, REPO, _binary
 
@@ -31,6 +31,23 @@ def test_every_invalid_sentence_is_listed_on_the_exception(client: Client, sente
     assert error.invalid_sentences[0].text == "1. Nobody was there."
     assert 'target token 607 " her" not found' in error.invalid_sentences[0].reason
     assert error.message.startswith("3 of 8 sentences are invalid")
+
+
+def test_a_cluster_lists_every_invalid_sentence_of_the_corpus_as_one_client_does(
+    client: Client, replicas, sentences: List[str]  # type: ignore[no-untyped-def]
+) -> None:
+    bad = [2, 9, 10, 31, 47, 58]  # in five different chunks of 7
+    texts = corpus(sentences, 60, bad)
+    with pytest.raises(RotationsError) as one:
+        client.analyze(texts, " her")
+    with Cluster([r.address for r in replicas], chunk_size=7, timeout=120) as cluster, pytest.raises(RotationsError) as sharded:
+        cluster.analyze(iter(texts), " her")
+    listed = lambda e: [(s.index, s.field, s.code, s.reason, s.text) for s in e.invalid_sentences]  # noqa: E731
+    assert [s.index for s in sharded.value.invalid_sentences] == bad
+    assert listed(sharded.value) == listed(one.value.with_texts(type("R", (), {"sentences": texts})()))
+    assert sharded.value.invalid_count == one.value.invalid_count == len(bad)
+    assert sharded.value.code_name == "INVALID_ARGUMENT"
+    assert sharded.value.message.startswith("6 of 60 sentences are invalid")
 
 
 def test_skipping_equals_the_valid_sentences_alone_and_sharding_changes_nothing(
@@ -67,6 +84,33 @@ def test_to_frame_is_a_tidy_long_table(client: Client, sentences: List[str]) -> 
     assert one.item() == analysis.angles[1, row, 1]
     tests = analysis.tests_frame()
     assert list(tests.layer) == list(range(1, layers + 1)) and "p_adjusted" in tests.columns
+
+
+def test_a_streams_frame_equals_the_one_shot_frame_and_pandas_means_equal_the_layer_means(
+    client: Client, replicas, sentences: List[str]  # type: ignore[no-untyped-def]
+) -> None:
+    import pandas as pd
+
+    texts = corpus(sentences, 30, [3, 17])
+    whole = client.analyze(texts, " her", skip_invalid=True)
+    frame = whole.to_frame()
+    streamed = stream_frame(client.stream_rotations(texts, " her", skip_invalid=True))
+    pd.testing.assert_frame_equal(streamed, frame)
+    with Cluster([r.address for r in replicas], chunk_size=7, timeout=120) as cluster:
+        sharded = stream_frame(cluster.stream_rotations(iter(texts), " her", skip_invalid=True))
+    pd.testing.assert_frame_equal(sharded, frame)
+    # pandas' own groupby means against the server's layer means (float64 means rounded to float32).
+    means = frame.groupby(["layer", "condition"], sort=False).angle.apply(lambda a: a.astype(np.float64).mean())
+    np.testing.assert_allclose(means.to_numpy().reshape(-1, 3), whole.rotations.layer_means, rtol=1e-6)
+
+
+def test_the_all_layers_frame_is_the_mean_matrix_in_long_form(client: Client, sentences: List[str]) -> None:
+    all_layers = client.rotations(sentences[:6], " her", all_layers=True).all_layers
+    frame = all_layers.to_frame()
+    assert list(frame.columns) == ["from_layer", "to_layer", "condition", "angle"]
+    states = all_layers.mean_matrix.shape[0]
+    want = [(i, j, "target", all_layers.mean_matrix[i, j]) for i in range(states) for j in range(states)]
+    assert list(zip(frame.from_layer, frame.to_layer, frame.condition, frame.angle)) == want
 
 
 def test_no_server_fails_within_seconds_and_serve_starts_one() -> None:

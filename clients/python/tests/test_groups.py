@@ -127,3 +127,51 @@ def test_errors_name_the_group(client: Client, groups) -> None:  # type: ignore[
         client.compare_groups(groups, condition=1, num_tests=1)
     assert "options" in caught.value.message and "num_tests" in caught.value.message
 
+
+
+def test_group_frames_are_long_tables_whose_means_are_the_groups_layer_means(comparison) -> None:  # type: ignore[no-untyped-def]
+    frame = comparison.to_frame()
+    assert list(frame.columns) == ["group", "sentence", "occurrence", "layer", "condition", "angle"]
+    for label in comparison.labels:
+        angles = comparison[label].angles  # [layers, rows, 3], reshaped by hand below
+        part = frame[frame.group == label]
+        layers, rows, _ = angles.shape
+        assert len(part) == layers * rows * 3
+        for l, s, c in [(0, 0, 0), (layers - 1, rows - 1, 2), (2, rows // 2, 1)]:
+            cell = part[(part.sentence == s) & (part.layer == l + 1) & (part.condition == ("target", "non_target", "shuffled")[c])]
+            assert cell.angle.item() == angles[l, s, c]
+        # pandas' own groupby means against the float64 means of the returned angles.
+        means = part.groupby(["layer", "condition"]).angle.apply(lambda a: a.astype(np.float64).mean()).unstack()
+        np.testing.assert_allclose(means[["target", "non_target", "shuffled"]].to_numpy(), angles.astype(np.float64).mean(axis=1), rtol=1e-12)
+    tests = comparison.tests_frame()
+    assert list(tests.layer) == list(comparison.tests.layer) and list(tests.columns)[:3] == ["layer", "n_a", "n_b"]
+    np.testing.assert_array_equal(tests.p_adjusted.to_numpy(), comparison.tests.p_adjusted)
+    target = frame[frame.condition == "target"]
+    for layer in (1, 4):
+        a, b = (target[(target.group == g) & (target.layer == layer)].angle.to_numpy(np.float64) for g in comparison.labels)
+        want = scipy.stats.ttest_ind(a, b, equal_var=False)
+        row = tests[tests.layer == layer]
+        np.testing.assert_allclose(row.t.item(), want.statistic, rtol=1e-6)
+        np.testing.assert_allclose(row.p.item(), want.pvalue, rtol=1e-5)
+
+
+def test_the_clis_group_tables_are_the_frames(server, comparison, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`rotations compare` on the same groups writes group_angles.csv and group_tests.csv with the
+    columns (and here the values) of comparison.to_frame() and tests_frame()."""
+    import subprocess
+
+    import pandas as pd
+
+    from rotations_client import read_angles_csv
+
+    from .conftest import _env
+
+    examples = REPO / "examples"
+    args = [str(server.binary), "compare", "--server", server.url, "--target", " her", "--correction", "holm"]
+    args += ["--group", f"possessive={examples / 'her_possessive.txt'}", "--group", f"object={examples / 'her_object.txt'}"]
+    done = subprocess.run([*args, "--out", str(tmp_path / "out")], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    pd.testing.assert_frame_equal(read_angles_csv(tmp_path / "out" / "group_angles.csv"), comparison.to_frame(), check_dtype=False)
+    tests = pd.read_csv(tmp_path / "out" / "group_tests.csv", keep_default_na=False)
+    assert list(tests.columns) == list(comparison.tests_frame().columns)
+    np.testing.assert_allclose(tests.p_adjusted.to_numpy(float), comparison.tests.p_adjusted, rtol=1e-12)

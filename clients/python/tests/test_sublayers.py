@@ -144,3 +144,30 @@ def test_cluster_compare_groups_gives_each_groups_steps_and_norms(sub_replicas, 
     assert got.tests == want.tests
     for g, w in zip(got.groups, want.groups):
         assert_same_inside(g, w)
+def test_step_and_norm_frames_are_the_arrays_in_long_form(sub: Client) -> None:
+    result = sub.rotations(GOLDEN["sentences"], " her", steps="sublayers", norms=True)
+    steps, norms = result.sublayers, result.norms
+    frame = steps.to_frame(result.sentences)
+    assert list(frame.columns) == ["sentence", "occurrence", "layer", "step", "condition", "angle"]
+    layers, _, rows, _ = steps.angles.shape
+    # By hand: row-major over (row, layer, step, condition).
+    want = [
+        (result.sentences[r].index, l + 1, step, cond, steps.angles[l, k, r, c])
+        for r in range(rows)
+        for l in range(layers)
+        for k, step in enumerate(("attention", "mlp"))
+        for c, cond in enumerate(("target", "non_target"))
+    ]
+    got = list(zip(frame.sentence, frame.layer, frame.step, frame.condition, frame.angle))
+    assert got == want
+    means = frame.groupby(["layer", "step", "condition"], sort=False).angle.apply(lambda a: a.astype(np.float64).mean())
+    np.testing.assert_allclose(means.to_numpy().reshape(layers, 2, 2), steps.layer_means, rtol=1e-6)
+
+    norm_frame = norms.to_frame(result.sentences)
+    assert list(norm_frame.columns) == ["sentence", "occurrence", "state", "condition", "norm"]
+    states = norms.norms.shape[0]
+    assert states == 2 * layers + 2
+    names = list(norm_frame.state[: 2 * states : 2])
+    assert names[0] == "hidden_0" and names[layers] == f"hidden_{layers}"
+    assert names[layers + 1] == "resid_mid_1" and names[-1] == "final_block_output"
+    np.testing.assert_array_equal(norm_frame.norm.to_numpy().reshape(rows, states, 2), norms.norms.transpose(1, 0, 2))

@@ -41,6 +41,8 @@ from ._types import (
     SkippedSentence,
     Tokenized,
     Vectors,
+    read_angles_csv,
+    stream_frame,
 )
 from ._options import Options, VectorsOut
 from .client import DEFAULT_ADDRESS, Client, collect_stream
@@ -85,6 +87,8 @@ __all__ = [
     "Vectors",
     "VectorsOut",
     "collect_stream",
+    "read_angles_csv",
+    "stream_frame",
     "open_channel",
     "is_retryable",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -242,6 +242,16 @@ class AllLayers:
         mean = sums.mean()
         return cls(mean.astype(np.float32), cumulative_angles(mean).astype(np.float32), sums, row_matrices)
 
+    def to_frame(self) -> "Any":
+        """The mean matrix as a tidy long pandas DataFrame: from_layer, to_layer, condition, angle
+        (hidden states 0..L, 0 = embeddings; the condition is the target's)."""
+        states = self.mean_matrix.shape[0]
+        return long_frame(
+            self.mean_matrix[..., None],
+            [{"from_layer": np.arange(states)}, {"to_layer": np.arange(states)}, {"condition": ["target"]}],
+            "angle",
+        )
+
 
 @dataclass(frozen=True)
 class SublayerRotations:
@@ -265,6 +275,23 @@ class SublayerRotations:
             steps=tuple(m.steps),
             conditions=tuple(m.conditions),
             condition_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.condition_statistics),
+        )
+
+    def to_frame(self, sentences: Sequence[SentenceReport] = ()) -> "Any":
+        """The step angles as a tidy long pandas DataFrame: sentence, occurrence, layer, step,
+        condition, angle (``sentences``: the result's reports, e.g. ``result.sentences``)."""
+        if self.angles is None:
+            raise ValueError("no per-row step angles in this result")
+        layers, steps, rows, conds = self.angles.shape
+        return long_frame(
+            np.transpose(self.angles, (2, 0, 1, 3)),
+            [
+                row_labels(sentences, rows),
+                {"layer": np.arange(1, layers + 1)},
+                {"step": list(self.steps)[:steps]},
+                {"condition": list(self.conditions)[:conds]},
+            ],
+            "angle",
         )
 
 
@@ -293,6 +320,19 @@ class Norms:
             mean_growth=t("mean_growth", 2),
             norm_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.norm_statistics),
             growth_statistics=tuple(ConditionStatistics.from_pb(c) for c in m.growth_statistics),
+        )
+
+    def to_frame(self, sentences: Sequence[SentenceReport] = ()) -> "Any":
+        """The norms as a tidy long pandas DataFrame: sentence, occurrence, state, condition, norm
+        (states named hidden_0..hidden_L, then resid_mid_1..L and final_block_output)."""
+        if self.norms is None:
+            raise ValueError("no per-row norms in this result")
+        states, rows, conds = self.norms.shape
+        layers = self.growth.shape[0] if self.growth is not None else states - 1
+        return long_frame(
+            np.transpose(self.norms, (1, 0, 2)),
+            [row_labels(sentences, rows), {"state": state_names(states, layers)}, {"condition": ["target", "non_target"][:conds]}],
+            "norm",
         )
 
 
@@ -348,23 +388,74 @@ def _pandas() -> "Any":
     return pandas
 
 
+def long_frame(values: np.ndarray, axes: Sequence[Any], value: str) -> "Any":
+    """The one builder of tidy long tables: ``values`` of any shape, one line per element in
+    row-major order. ``axes`` has one mapping per dimension, column name -> that dimension's labels
+    (several columns may label one dimension, e.g. a row's sentence and occurrence)."""
+    pd = _pandas()
+    values = np.asarray(values)
+    if len(axes) != values.ndim:
+        raise ValueError(f"{len(axes)} label sets for {values.ndim} dimensions")
+    columns = {}
+    for k, labels in enumerate(axes):
+        inner, outer = int(np.prod(values.shape[k + 1 :])), int(np.prod(values.shape[:k]))
+        for name, column in labels.items():
+            column = np.asarray(column)
+            if len(column) != values.shape[k]:
+                raise ValueError(f"{len(column)} labels for {name!r} but that dimension has {values.shape[k]}")
+            columns[name] = np.tile(np.repeat(column, inner), outer)
+    columns[value] = values.reshape(-1)
+    return pd.DataFrame(columns)
+
+
+def row_labels(sentences: Sequence[SentenceReport], rows: int) -> dict:
+    """The sentence (corpus index) and occurrence of each row; rows 0.. and occurrence 1 without reports."""
+    if not sentences:
+        return {"sentence": np.arange(rows, dtype=np.int64), "occurrence": np.ones(rows, dtype=np.int64)}
+    return {
+        "sentence": np.array([r.index for r in sentences], dtype=np.int64),
+        "occurrence": np.array([r.occurrence for r in sentences], dtype=np.int64),
+    }
+
+
 def angles_frame(angles: np.ndarray, sentences: Sequence[SentenceReport], conditions: Sequence[str]) -> "Any":
     """A tidy long table of ``angles[layer, row, condition]``: one line per (sentence, occurrence,
-    layer, condition) with its angle; layers count from 1 (hidden state l-1 -> l)."""
-    pd = _pandas()
+    layer, condition) with its angle, in that order (so a stream's chunks' frames, concatenated, are
+    the whole corpus's); layers count from 1 (hidden state l-1 -> l)."""
     layers, rows, conds = angles.shape
-    index = np.array([r.index for r in sentences], dtype=np.int64) if sentences else np.arange(rows)
-    occurrence = np.array([r.occurrence for r in sentences], dtype=np.int64) if sentences else np.ones(rows, np.int64)
-    # Row-major [layer, row, condition]: each column repeats or tiles the others' values.
-    return pd.DataFrame(
-        {
-            "sentence": np.tile(np.repeat(index, conds), layers),
-            "occurrence": np.tile(np.repeat(occurrence, conds), layers),
-            "layer": np.repeat(np.arange(1, layers + 1), rows * conds),
-            "condition": np.tile(np.array(list(conditions)[:conds], dtype=object), layers * rows),
-            "angle": angles.reshape(-1),
-        }
+    return long_frame(
+        np.transpose(angles, (1, 0, 2)),
+        [row_labels(sentences, rows), {"layer": np.arange(1, layers + 1)}, {"condition": list(conditions)[:conds]}],
+        "angle",
     )
+
+
+def stream_frame(chunks: Iterable["RotationChunk"]) -> "Any":
+    """One tidy long table of a whole stream (:meth:`Client.stream_rotations`, a ``Cluster``'s), chunk
+    by chunk: equal to the one-shot ``analyze(...).to_frame()`` of the same corpus."""
+    pd = _pandas()
+    frames = [c.to_frame() for c in chunks if not c.last and c.angles.size]
+    if not frames:
+        return angles_frame(np.zeros((0, 0, 3), np.float32), (), CONDITIONS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_angles_csv(path: Any) -> "Any":
+    """The CLI's ``angles.csv`` (or ``group_angles.csv``) as the DataFrame ``to_frame()`` gives: the
+    same columns, integer labels, angles float32 exactly as written (shortest round-trip digits)."""
+    pd = _pandas()
+    frame = pd.read_csv(path, dtype={"group": str, "condition": str})
+    frame["angle"] = frame["angle"].astype(np.float32)
+    return frame
+
+
+def state_names(states: int, layers: int) -> list:
+    """Names of ``Norms``' states: hidden states 0..L, then (with sub-layer states) resid_mid_1..L and
+    final_block_output."""
+    names = [f"hidden_{k}" for k in range(min(states, layers + 1))]
+    if states > layers + 1:
+        names += [f"resid_mid_{k}" for k in range(1, layers + 1)] + ["final_block_output"]
+    return names[:states] + [str(k) for k in range(len(names), states)]
 
 
 @dataclass(frozen=True)
@@ -779,6 +870,22 @@ class GroupComparison:
         labels = tuple(g.label for g in m.groups)
         groups = tuple(Analysis.from_pb(g.analysis) for g in m.groups)
         return cls(labels, groups, GroupTests.from_pb(m.tests))  # type: ignore[arg-type]
+
+    def to_frame(self) -> "Any":
+        """Both groups' angles as one tidy long pandas DataFrame: group, sentence, occurrence, layer,
+        condition, angle (sentence: the index in its group's corpus)."""
+        pd = _pandas()
+        frames = []
+        for label, analysis in zip(self.labels, self.groups):
+            frame = analysis.to_frame()
+            frame.insert(0, "group", label)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+
+    def tests_frame(self) -> "Any":
+        """The Welch test of each layer as a pandas DataFrame (one line per layer, GroupLayerTest's fields)."""
+        pd = _pandas()
+        return pd.DataFrame([dataclasses.asdict(t) for t in self.tests.layers], columns=list(GroupLayerTest.__dataclass_fields__))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from ._npy import NpyAppender as _NpyAppender
 from ._vectors import write_vectors
 from .client import Client, collect_stream
 from .connect import Pem
-from .errors import RotationsError
+from .errors import InvalidSentence, RotationsError
 from ._inside import InsideSums
 from ._validate import Expected, InvalidAnswer, validate_chunk, validate_merged, validate_significance
 from .retry import RetryPolicy, is_retryable
@@ -175,6 +175,10 @@ class _Run:
         self.cond = threading.Condition()
         # The caller's trace context: worker threads do not inherit it, and chunk spans join it.
         self.trace_context = _tracing.current()
+        #: Once a chunk fails with invalid sentences: every invalid sentence found (by corpus index),
+        #: the chunks left only checked (validate_only, no forward pass); ``checked`` counts them.
+        self.checking: Optional[Dict[int, InvalidSentence]] = None
+        self.checked = 0
 
     # -- workers ----------------------------------------------------------------------------------
 
@@ -199,11 +203,12 @@ class _Run:
             if self.resend:
                 return self.resend.popleft()
             if self.exhausted:
-                if self.delivered + len(self.results) == self.taken:
+                if self.delivered + len(self.results) + self.checked == self.taken:
                     return None
                 self.cond.wait(0.5)
                 continue
-            if self.window < self.cluster.max_window:
+            # Checked chunks are never handed to the caller: the window does not hold them back.
+            if self.window < self.cluster.max_window or self.checking is not None:
                 sentences = list(itertools.islice(self.source, self.cluster.chunk_size))
                 for i, s in enumerate(sentences):
                     if not isinstance(s, str):
@@ -244,6 +249,8 @@ class _Run:
                     self._invalid(address, chunk, e)
                     return
                 except RotationsError as e:
+                    if self._check_the_rest(chunk, e):
+                        continue
                     if not self._failed(address, chunk, e):
                         return
                     delay = next(delays, None)
@@ -259,6 +266,8 @@ class _Run:
                         self.cond.notify_all()
                     return
                 delays = self.cluster.retry.delays()  # a success resets the backoff
+                if result is None:  # the chunk was only checked
+                    continue
                 with self.cond:
                     self.results[chunk.number] = result
                     self.cluster.stats.chunks[address] += 1
@@ -283,12 +292,13 @@ class _Run:
                 _tracing.failed(span, e.code, e.message, _failover(e.code))
                 raise
 
-    def _stream_chunk(self, client: Client, chunk: _Chunk) -> _Result:
-        """The chunk's answer, validated (``InvalidAnswer`` otherwise)."""
+    def _stream_chunk(self, client: Client, chunk: _Chunk) -> Optional[_Result]:
+        """The chunk's answer, validated (``InvalidAnswer`` otherwise); None when only checked."""
         parts: List[RotationChunk] = []
         r = self.request
         options = r.options.for_rows(chunk.first, len(chunk.sentences))
         request = options.rotation_request(chunk.sentences, r.target, first_sentence_index=chunk.first)
+        checking = request.validate_only = self.checking is not None
         timeout = chunk_deadline(len(chunk.sentences)) if r.timeout is None else r.timeout
         try:
             stream = iter(client.stream_request(request, timeout))
@@ -297,6 +307,9 @@ class _Run:
                     # Read the call to its status: left early, the server would see it cancelled.
                     for _ in stream:
                         pass
+                    if checking:
+                        self._checked(chunk, part)
+                        return None
                     rows = validate_chunk(self.expected, chunk.first, len(chunk.sentences), parts, part)
                     self._agrees(part)
                     return _Result(parts, part.statistics, part, rows, len(chunk.sentences))
@@ -306,6 +319,46 @@ class _Run:
         except ValueError as e:  # a message that does not even decode (a tensor of the wrong size)
             raise InvalidAnswer(str(e)) from e
         raise RotationsError(grpc.StatusCode.UNAVAILABLE, "the stream ended without its final chunk", "StreamRotations")
+
+    def _check_the_rest(self, chunk: _Chunk, error: RotationsError) -> bool:
+        """A chunk failed with invalid sentences: from now on every chunk, this one first, is only
+        checked, so that the run names every invalid sentence of the corpus. True if so."""
+        if error.code != grpc.StatusCode.INVALID_ARGUMENT or not error.invalid_sentences:
+            return False
+        if self.request.options.skip_invalid:  # not a sentence-by-sentence refusal: the run's error
+            return False
+        with self.cond:
+            if self.checking is None:
+                self.checking = {}
+            self.resend.appendleft(chunk)
+            self.cond.notify_all()
+        return True
+
+    def _checked(self, chunk: _Chunk, answer: RotationChunk) -> None:
+        """A checked chunk's invalid sentences (``answer.skipped``), as a Client's error lists them."""
+        found = {}
+        for s in answer.skipped:
+            k = s.index - chunk.first
+            if not 0 <= k < len(chunk.sentences):
+                raise InvalidAnswer(f"checked sentence {s.index} outside its chunk at {chunk.first}")
+            found[s.index] = InvalidSentence(s.index, f"sentences[{s.index}]", s.reason, s.message, chunk.sentences[k])
+        with self.cond:
+            assert self.checking is not None
+            self.checking.update(found)
+            self.checked += 1
+            self.cond.notify_all()
+
+    def _every_invalid(self) -> RotationsError:
+        """The run's error: every invalid sentence of the corpus (not only the first chunk's)."""
+        assert self.checking is not None
+        invalid = [self.checking[i] for i in sorted(self.checking)]
+        lines = [f"sentence {s.index}: {s.reason}" for s in invalid[:20]]
+        more = [f"and {len(invalid) - 20:,} more"] if len(invalid) > 20 else []
+        header = f"{len(invalid)} of {self.read} sentences are invalid (skip_invalid analyses the others):"
+        message = "\n".join([header, *lines, *more])
+        return RotationsError(
+            grpc.StatusCode.INVALID_ARGUMENT, message, "StreamRotations", invalid_sentences=invalid, invalid_count=len(invalid)
+        )
 
     def _agrees(self, last: RotationChunk) -> None:
         """What a chunk cannot check alone: the target's token ids, the same in every chunk."""
@@ -370,6 +423,9 @@ class _Run:
         while self.delivered not in self.results:
             if self.error is not None:
                 raise self.error
+            if self.checking is not None and self.exhausted and not self.resend:
+                if self.delivered + len(self.results) + self.checked == self.taken:
+                    raise self._every_invalid()
             if self.exhausted and self.delivered == self.taken and not self.resend:
                 return _FINISHED
             if not any(self.live.values()):
