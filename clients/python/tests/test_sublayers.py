@@ -7,6 +7,7 @@ step angles, step tests and norms bit for bit, and leaves out a replica whose st
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Iterator, List
 
 import grpc
@@ -171,3 +172,13 @@ def test_step_and_norm_frames_are_the_arrays_in_long_form(sub: Client) -> None:
     assert names[0] == "hidden_0" and names[layers] == f"hidden_{layers}"
     assert names[layers + 1] == "resid_mid_1" and names[-1] == "final_block_output"
     np.testing.assert_array_equal(norm_frame.norm.to_numpy().reshape(rows, states, 2), norms.norms.transpose(1, 0, 2))
+
+
+def test_analyze_with_vectors_out_keeps_the_steps_and_norms(sub: Client, tmp_path: Path) -> None:
+    """vectors_out makes analyze stream; the stream's steps and norms are still collected, equal to
+    Analyze's, and the files hold every state (hidden, resid_mid, final block output)."""
+    want = sub.analyze(GOLDEN["sentences"], " her", steps="sublayers", norms=True)
+    got = sub.analyze(GOLDEN["sentences"], " her", steps="sublayers", norms=True, vectors_out=tmp_path / "v.npy")
+    assert_same_inside(got, want)
+    layers = want.rotations.sublayers.angles.shape[0]
+    assert np.load(tmp_path / "v.npy").shape[:2] == (len(GOLDEN["sentences"]), 2 * layers + 2)

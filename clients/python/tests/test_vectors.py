@@ -84,8 +84,6 @@ def test_bad_vector_options_are_named(client: Client, tmp_path: Path) -> None:
         client.analyze(SENTENCES, " her", vectors_out=tmp_path / "v.bin")
     with pytest.raises(ValueError, match="not by rotations"):
         client.rotations(SENTENCES, " her", vectors_out=tmp_path / "v.npy")
-    with pytest.raises(ValueError, match="norms=True"):
-        client.analyze(SENTENCES, " her", norms=True, vectors_out=tmp_path / "v.npy")
     with pytest.raises(ValueError, match="conditions"):
         client.analyze(SENTENCES, " her", vectors_out=VectorsOut(tmp_path / "v.npy", conditions=("shuffled",)))
     with pytest.raises(RotationsError, match=r"vectors.states\[0\]"):

@@ -302,10 +302,6 @@ class Client:
         with ``vectors_out`` the analysis streams (:meth:`stream_rotations`), its vectors going to disk."""
         opts = Options.parse("analyze", options)
         if opts.vectors_out is not None:
-            if opts.steps != "layers" or opts.norms:
-                # collect_stream does not reassemble them: refuse rather than drop them.
-                raise ValueError('analyze with vectors_out streams, which does not collect steps="sublayers" or '
-                                 "norms=True yet: take them from stream_rotations' chunks")
             return collect_stream(self.stream_rotations(sentences, target, timeout=timeout, **options))
         request = opts.rotation_request(sentences, target)
         m = self._call("Analyze", self._stub.Analyze, request, timeout)
