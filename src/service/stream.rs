@@ -251,6 +251,11 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
 /// Sentences per chunk: the batch's sentence budget, fewer when the rows carry their vectors, so that
 /// a chunk of one row per sentence fits the message limit ([`fit_chunk`] cuts one with more rows).
 fn chunk_sentences(context: &StreamContext, job: &RotationJob) -> usize {
+    if job.vectors.is_none() {
+        // Without vectors a row is a few hundred bytes: the batch's budget is the chunk (and the
+        // bound's 4 KiB allowance for an Analysis' names would refuse any stream under a tiny limit).
+        return context.engine.limits.max_sentences;
+    }
     let info = &context.engine.model.info;
     let fixed = convert::result_bound(info, 0, job);
     let per_row = convert::result_bound(info, 1, job) - fixed;
@@ -263,6 +268,9 @@ fn chunk_sentences(context: &StreamContext, job: &RotationJob) -> usize {
 /// sentence whose rows alone do not fit fails the stream with RESOURCE_EXHAUSTED.
 async fn fit_chunk(context: &StreamContext, job: &Arc<RotationJob>, mut p: Prepared) -> Result<Prepared, Error> {
     let info = &context.engine.model.info;
+    if job.vectors.is_none() {
+        return Ok(p); // as in chunk_sentences: only vectors make a chunk's rows large
+    }
     loop {
         let (rows, sentences) = (p.num_rows(), p.end - p.first);
         let bound = convert::result_bound(info, rows, job);
