@@ -98,7 +98,10 @@ async fn arbitrary_selections_never_panic_and_rows_stay_inside() {
     use rotations::analysis::{Occurrence, SubToken};
     use rotations::engine::{RotationJob, Selection, Target};
     let engine = rotations::engine::Engine::new(common::load_bundled(), Default::default());
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(200));
+    // A fixed seed and enough cases: with a random seed and 200 cases, about 1 run in 4 accepted
+    // fewer than 20 selections and failed the check below.
+    let rng = proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha);
+    let mut runner = proptest::test_runner::TestRunner::new_with_rng(ProptestConfig::with_cases(600), rng);
     let accepted = std::sync::atomic::AtomicUsize::new(0);
     // A sentence as words, a target and an optional non-target as word ranges (or raw spans).
     let word = "[a-zé]{1,6}|her|Her|Nakamura|\\PC{1,3}";
@@ -163,5 +166,6 @@ async fn arbitrary_selections_never_panic_and_rows_stay_inside() {
         })
         .unwrap();
     // Enough accepted selections that the checks above are not vacuous.
-    assert!(accepted.into_inner() >= 20, "too few selections were accepted to test anything");
+    let accepted = accepted.into_inner();
+    assert!(accepted >= 20, "too few selections were accepted to test anything: {accepted} of 600");
 }
