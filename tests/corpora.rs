@@ -297,6 +297,8 @@ fn the_cli_skips_alike_on_one_server_and_sharded_over_three() {
         ("one", &one, &["--stream-above", "1000"][..]),
         ("streamed", &one, &["--stream-above", "10"]),
         ("three", &three, &["--chunk-size", "7"]),
+        // Chunks of one sentence: six chunks have every sentence skipped (no rows at all).
+        ("three, chunks of one", &three, &["--chunk-size", "1"]),
     ] {
         let out_dir = dir.path().join(name);
         let out = analyze_cli(servers, &path, &out_dir, &[extra, &["--skip-invalid"]].concat());
@@ -313,6 +315,7 @@ fn the_cli_skips_alike_on_one_server_and_sharded_over_three() {
     }
     assert_eq!(results[0], results[1], "Analyze and a stream give the same files");
     assert_eq!(results[0], results[2], "one server and three replicas give the same files");
+    assert_eq!(results[0], results[3], "chunks with no valid sentence merge as no rows");
 }
 
 #[test]

@@ -246,7 +246,8 @@ fn validate_sums(field: &str, moments: &[ExactMoments], rows: u64, (low, high): 
         let slack = 1e-9 * n * high;
         ensure!(sum >= low * n - slack && sum <= high * n + slack, "{field}[{l}]: a sum beyond {n} values in range");
         ensure!(
-            m.mean_sq() <= largest * largest * (1.0 + 1e-9),
+            // As a sum, not a mean: a piece whose every sentence was skipped has n = 0.
+            m.sum_sq() <= n * largest * largest * (1.0 + 1e-9),
             "{field}[{l}]: a sum of squares beyond values in range"
         );
     }

@@ -17,13 +17,14 @@ use super::admission::{Admission, QueuedTokens, Slot};
 use super::connection::PeerConnection;
 use super::convert;
 use crate::analysis::{
-    condition_moments, merge_conditions, merge_layers, paired_stats, step_stats, test_layers_from_stats,
+    condition_moments, merge_conditions, merge_layers, paired_stats, step_stats, test_layers_from_stats, AnalysisError,
     AngleMatrixSum, ExactMoments, PairedStats, Rotations, SignificanceOptions,
 };
 use crate::engine::{blocking, Engine, Finished, InvalidSentence, Pending, Prepared, Resolved, RotationJob};
 use crate::error::Error;
 use crate::proto;
 use crate::telemetry::StageTimings;
+use ndarray::Array3;
 
 pub type ChunkStream = ReceiverStream<Result<proto::RotationChunk, Status>>;
 
@@ -156,6 +157,27 @@ impl Merged {
         })
     }
 
+    /// Before any row (a piece of a corpus whose every sentence was skipped): statistics of no rows
+    /// in the model's shape, so the final chunk says "n = 0 at every layer" (which a sharding client
+    /// merges) rather than naming no layers at all.
+    fn no_rows(&mut self, context: &StreamContext, job: &RotationJob) -> Result<(), AnalysisError> {
+        let info = &context.engine.model.info;
+        let (layers, states) = (info.num_layers, info.state_layout().num_states());
+        let none = |n: usize, conditions: usize| Array3::<f64>::zeros((n, 0, conditions));
+        let (a, b) = (context.significance.condition_a, context.significance.condition_b);
+        merge_layers(&mut self.stats, &paired_stats(none(layers, 3).view(), a, b)?);
+        merge_conditions(&mut self.per_condition, &condition_moments(none(layers, 3).view())?);
+        if job.norms {
+            merge_conditions(&mut self.norms, &condition_moments(none(states, 2).view())?);
+            merge_conditions(&mut self.growth, &condition_moments(none(layers, 2).view())?);
+        }
+        if job.steps {
+            merge_layers(&mut self.steps, &step_stats(none(2 * layers, 2).view())?);
+            merge_conditions(&mut self.step_conditions, &condition_moments(none(2 * layers, 2).view())?);
+        }
+        Ok(())
+    }
+
     /// The final chunk: the merged statistics, their tests, and what the job asked for besides.
     fn last(&self, context: &StreamContext, job: &RotationJob, done: usize, skipped: usize) -> proto::RotationChunk {
         let mut last = last_chunk(context, job, &self.stats, done, skipped);
@@ -244,6 +266,9 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
     }
     Span::current().record("tokens", all_tokens as i64);
     Span::current().record("chunks", chunks as i64);
+    if merged.stats.is_empty() {
+        merged.no_rows(context, &job)?;
+    }
     send(context, tx, Ok(merged.last(context, &job, done, skipped))).await;
     Ok(())
 }

@@ -64,11 +64,13 @@ def test_skipping_equals_the_valid_sentences_alone_and_sharding_changes_nothing(
         rows = [c for c in alone if not c.last][0]
         np.testing.assert_array_equal(got.angles[:, k], rows.angles[:, 0])
         np.testing.assert_array_equal(got.rotations.shuffle_draws[:, k], rows.shuffle_draws[:, 0])
-    with Cluster([r.address for r in replicas], chunk_size=7, timeout=120) as cluster:
-        sharded = cluster.analyze(iter(texts), " her", skip_invalid=True)
-    assert sharded.skipped == got.skipped
-    np.testing.assert_array_equal(sharded.angles, got.angles)
-    assert sharded.significance == got.significance
+    # Chunks of one sentence: four chunks have every sentence skipped (no rows at all).
+    for chunk_size in (7, 1):
+        with Cluster([r.address for r in replicas], chunk_size=chunk_size, timeout=120) as cluster:
+            sharded = cluster.analyze(iter(texts), " her", skip_invalid=True)
+        assert sharded.skipped == got.skipped
+        np.testing.assert_array_equal(sharded.angles, got.angles)
+        assert sharded.significance == got.significance
     with pytest.raises(RotationsError, match="only 1 of 3 sentences are valid"):
         client.analyze(corpus(sentences, 3, [0, 2]), " her", skip_invalid=True)
 
