@@ -298,7 +298,7 @@ fn the_cli_skips_alike_on_one_server_and_sharded_over_three() {
         ("streamed", &one, &["--stream-above", "10"]),
         ("three", &three, &["--chunk-size", "7"]),
         // Chunks of one sentence: six chunks have every sentence skipped (no rows at all).
-        ("three, chunks of one", &three, &["--chunk-size", "1"]),
+        ("three, chunks of one", &three, &["--chunk-size", "1", "--all-layers"]),
     ] {
         let out_dir = dir.path().join(name);
         let out = analyze_cli(servers, &path, &out_dir, &[extra, &["--skip-invalid"]].concat());
@@ -316,6 +316,11 @@ fn the_cli_skips_alike_on_one_server_and_sharded_over_three() {
     assert_eq!(results[0], results[1], "Analyze and a stream give the same files");
     assert_eq!(results[0], results[2], "one server and three replicas give the same files");
     assert_eq!(results[0], results[3], "chunks with no valid sentence merge as no rows");
+    let one_all = dir.path().join("one, all layers");
+    let out = analyze_cli(&one, &path, &one_all, &["--skip-invalid", "--all-layers"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all_layers = |d: &Path| std::fs::read_to_string(d.join("all_layers.csv")).unwrap();
+    assert_eq!(all_layers(&one_all), all_layers(&dir.path().join("three, chunks of one")));
 }
 
 #[test]

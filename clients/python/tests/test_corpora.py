@@ -71,6 +71,11 @@ def test_skipping_equals_the_valid_sentences_alone_and_sharding_changes_nothing(
         assert sharded.skipped == got.skipped
         np.testing.assert_array_equal(sharded.angles, got.angles)
         assert sharded.significance == got.significance
+    # With all_layers too: pieces with no rows send no mean matrix, and the merge is one server's.
+    with Cluster([r.address for r in replicas], chunk_size=1, timeout=120) as cluster:
+        sharded = cluster.analyze(iter(texts), " her", skip_invalid=True, all_layers=True)
+    whole = client.analyze(texts, " her", skip_invalid=True, all_layers=True)
+    np.testing.assert_array_equal(sharded.rotations.all_layers.mean_matrix, whole.rotations.all_layers.mean_matrix)
     with pytest.raises(RotationsError, match="only 1 of 3 sentences are valid"):
         client.analyze(corpus(sentences, 3, [0, 2]), " her", skip_invalid=True)
 
