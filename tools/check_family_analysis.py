@@ -69,20 +69,17 @@ def main() -> None:
         target, previous = info["target_position"], info["non_target_position"]
         assert tok.id_to_token(ids[target]).lstrip(WORD_MARKERS) == args.word, (info, tok.id_to_token(ids[target]))
         assert previous == target - 1 and (not meta.get("adds_bos") or previous >= 1), info
-        with torch.no_grad():
-            states = model(input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False).hidden_states
+        # Hidden states 0..L, then the sub-layer states (the --vectors-out order), [tokens, hidden] each.
+        states = reference_states(model, meta.get("family", "gpt2"), ids)
         for layer in range(layers):
             for c, position in enumerate((target, previous)):
-                expected = angle_deg(states[layer][0, position].numpy(), states[layer + 1][0, position].numpy())
+                expected = angle_deg(states[layer][position], states[layer + 1][position])
                 got = result["angles"][layer][s][c]
                 assert np.isfinite(got) and abs(got - expected) <= bound, (s, layer, CONDITIONS[c], got, expected)
                 worst = max(worst, abs(got - expected))
-        if on_disk and meta.get("sublayers"):
-            feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-            states = [h.numpy() for h in states] + list(sublayer_reference(model, meta.get("family", "gpt2"), feeds))
         for c, position in enumerate((target, previous)):
             for state in range(num_states) if on_disk else ():
-                want, got = np.asarray(states[state][0, position]), on_disk[c][s, state]
+                want, got = states[state][position], on_disk[c][s, state]
                 norm = abs(np.linalg.norm(got.astype(np.float64)) / np.linalg.norm(want.astype(np.float64)) - 1)
                 angle = angle_deg(got, want)
                 assert angle <= 1e-4 and norm <= 1e-5, (s, state, CONDITIONS[c], angle, norm)
