@@ -157,25 +157,26 @@ impl Merged {
         })
     }
 
-    /// Before any row (a piece of a corpus whose every sentence was skipped): statistics of no rows
-    /// in the model's shape, so the final chunk says "n = 0 at every layer" (which a sharding client
+    /// Statistics of no rows in the model's shape, to which every chunk adds: a piece of a corpus
+    /// whose every sentence was skipped then says "n = 0 at every layer" (which a sharding client
     /// merges) rather than naming no layers at all.
-    fn no_rows(&mut self, context: &StreamContext, job: &RotationJob) -> Result<(), AnalysisError> {
+    fn new(context: &StreamContext, job: &RotationJob) -> Result<Self, AnalysisError> {
+        let mut m = Merged::default();
         let info = &context.engine.model.info;
         let (layers, states) = (info.num_layers, info.state_layout().num_states());
         let none = |n: usize, conditions: usize| Array3::<f64>::zeros((n, 0, conditions));
         let (a, b) = (context.significance.condition_a, context.significance.condition_b);
-        merge_layers(&mut self.stats, &paired_stats(none(layers, 3).view(), a, b)?);
-        merge_conditions(&mut self.per_condition, &condition_moments(none(layers, 3).view())?);
+        merge_layers(&mut m.stats, &paired_stats(none(layers, 3).view(), a, b)?);
+        merge_conditions(&mut m.per_condition, &condition_moments(none(layers, 3).view())?);
         if job.norms {
-            merge_conditions(&mut self.norms, &condition_moments(none(states, 2).view())?);
-            merge_conditions(&mut self.growth, &condition_moments(none(layers, 2).view())?);
+            merge_conditions(&mut m.norms, &condition_moments(none(states, 2).view())?);
+            merge_conditions(&mut m.growth, &condition_moments(none(layers, 2).view())?);
         }
         if job.steps {
-            merge_layers(&mut self.steps, &step_stats(none(2 * layers, 2).view())?);
-            merge_conditions(&mut self.step_conditions, &condition_moments(none(2 * layers, 2).view())?);
+            merge_layers(&mut m.steps, &step_stats(none(2 * layers, 2).view())?);
+            merge_conditions(&mut m.step_conditions, &condition_moments(none(2 * layers, 2).view())?);
         }
-        Ok(())
+        Ok(m)
     }
 
     /// The final chunk: the merged statistics, their tests, and what the job asked for besides.
@@ -203,7 +204,7 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
     let engine = &context.engine;
     let total = job.sentences.len();
     let chunk = chunk_sentences(context, &job);
-    let mut merged = Merged::default();
+    let mut merged = Merged::new(context, &job)?;
     let mut inflight: VecDeque<(Prepared, Pending, QueuedTokens, Span)> = VecDeque::new();
     let mut ready: Option<(Prepared, Span)> = None; // prepared, waiting for room in the token budget
     let (mut next, mut done, mut chunks, mut all_tokens, mut skipped) = (0, 0, 0, 0, 0);
@@ -266,9 +267,6 @@ async fn produce(context: &StreamContext, job: Arc<RotationJob>, tx: &Sender) ->
     }
     Span::current().record("tokens", all_tokens as i64);
     Span::current().record("chunks", chunks as i64);
-    if merged.stats.is_empty() {
-        merged.no_rows(context, &job)?;
-    }
     send(context, tx, Ok(merged.last(context, &job, done, skipped))).await;
     Ok(())
 }
